@@ -1,0 +1,1059 @@
+//! The decision engine (SPEC section 3): snapshot + observations + policy + user map in, a plan of
+//! writes (each with its reason) out. Pure: no I/O, no clock (the cycle passes `now`), deterministic.
+//!
+//! Vocabulary: a record's *base* is in the snapshot; its *current* state is the observation of this
+//! cycle when it was read, else its base. A record has *changed* when current != base.
+
+use crate::links::{Links, resolve_links};
+use crate::model::{
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogState, EmployeeId,
+    KommoUserId, RecordId,
+};
+use crate::usermap::UserMap;
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Who wins when a card in `E_in` and the dialog both changed (SPEC rule 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// The later change time wins; a difference under `clock_skew` is a tie, which goes to the CRM.
+    #[default]
+    Newest,
+    /// The CRM always wins.
+    Crm,
+    /// The dialog always wins.
+    Chat,
+}
+
+/// What the first cycle on an empty state db does (SPEC rule 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Bootstrap {
+    /// Record what is there as base, write nothing, report disagreements.
+    #[default]
+    Adopt,
+    /// Every linked dialog takes its CRM responsible (as if opened: rules 2 and 4).
+    Crm,
+    /// Every linked card in `chat_to_crm` takes its dialog's responsible (as if changed: rule 3).
+    Chat,
+}
+
+/// The parts of the config the engine decides by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Policy {
+    /// Kinds whose responsible is pushed into linked dialogs.
+    pub crm_to_chat: BTreeSet<CardKind>,
+    /// Kinds that receive the dialog's responsible.
+    pub chat_to_crm: BTreeSet<CardKind>,
+    /// Conflict rule.
+    pub conflict: ConflictPolicy,
+    /// Change times closer than this (seconds) are a tie.
+    pub clock_skew_secs: i64,
+    /// First-run mode.
+    pub bootstrap: Bootstrap,
+    /// Safety brake: the most targets one cycle may write.
+    pub max_writes_per_cycle: usize,
+    /// Link a contact to a dialog when a phone matches.
+    pub match_phone: bool,
+}
+
+/// The rule a write or a park comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Rule 1: a card in `E_in` changed; the dialog takes the latest-changed card's responsible.
+    CrmChanged,
+    /// Rule 2: the dialog was opened; it takes the latest-changed card's responsible.
+    DialogOpened,
+    /// Rule 3: the dialog's responsible changed; cards in `E_out` take it.
+    DialogChanged,
+    /// Rule 4: a dialog assigned by rule 1 or 2; cards in `E_out` follow it.
+    Cascade,
+    /// Rule 12: the first cycle's `bootstrap = crm | chat`.
+    Bootstrap,
+}
+
+impl Rule {
+    /// The SPEC rule number.
+    pub fn number(self) -> u8 {
+        match self {
+            Rule::CrmChanged => 1,
+            Rule::DialogOpened => 2,
+            Rule::DialogChanged => 3,
+            Rule::Cascade => 4,
+            Rule::Bootstrap => 12,
+        }
+    }
+
+    /// A stable label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rule::CrmChanged => "crm_changed",
+            Rule::DialogOpened => "dialog_opened",
+            Rule::DialogChanged => "dialog_changed",
+            Rule::Cascade => "cascade",
+            Rule::Bootstrap => "bootstrap",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rule {} ({})", self.number(), self.label())
+    }
+}
+
+/// Why a write is planned: the rule, the record the value comes from, and the times compared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    /// The rule.
+    pub rule: Rule,
+    /// The record whose responsible is copied.
+    pub source: RecordId,
+    /// The source's change time (unix seconds).
+    pub source_changed_at: i64,
+    /// A one-line explanation with the change times that were compared.
+    pub detail: String,
+}
+
+/// One planned write: set `target`'s responsible from `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Write {
+    /// The card or dialog to write.
+    pub target: RecordId,
+    /// The value the decision was based on (Kommo user id or employee id; `None` = nobody). The
+    /// executor checks the target still holds it right before writing (rule 10).
+    pub from: Option<u64>,
+    /// The new value: a Kommo user id for a card, an employee id for a dialog.
+    pub to: u64,
+    /// Why.
+    pub reason: Reason,
+    /// Records whose bases must stay as they were if this write fails, so the change is decided
+    /// again next cycle (the target and the source).
+    pub holds: Vec<RecordId>,
+}
+
+/// Why a pair is parked instead of written (rule 8).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "reason", content = "value", rename_all = "snake_case")]
+pub enum ParkReason {
+    /// The Kommo user has no employee in the user map.
+    UnmappedKommoUser(KommoUserId),
+    /// The employee has no Kommo user in the user map.
+    UnmappedEmployee(EmployeeId),
+    /// The source has no responsible (zero or empty).
+    NoResponsible,
+    /// The target card is deleted.
+    CardDeleted,
+    /// The target dialog is closed.
+    DialogClosed,
+    /// A Messenger reference that matches no known dialog.
+    DialogUnknown(String),
+}
+
+impl ParkReason {
+    /// A stable label for metrics and `status` counts.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ParkReason::UnmappedKommoUser(_) => "unmapped_kommo_user",
+            ParkReason::UnmappedEmployee(_) => "unmapped_employee",
+            ParkReason::NoResponsible => "no_responsible",
+            ParkReason::CardDeleted => "card_deleted",
+            ParkReason::DialogClosed => "dialog_closed",
+            ParkReason::DialogUnknown(_) => "dialog_unknown",
+        }
+    }
+}
+
+impl fmt::Display for ParkReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParkReason::UnmappedKommoUser(u) => write!(f, "Kommo user {u} has no ChatApp employee"),
+            ParkReason::UnmappedEmployee(e) => write!(f, "ChatApp employee {e} has no Kommo user"),
+            ParkReason::NoResponsible => f.write_str("the source has no responsible"),
+            ParkReason::CardDeleted => f.write_str("the card is deleted"),
+            ParkReason::DialogClosed => f.write_str("the dialog is closed"),
+            ParkReason::DialogUnknown(r) => {
+                write!(f, "Messenger value {r} matches no known dialog")
+            }
+        }
+    }
+}
+
+/// What made the engine decide a pair; replayed when a parked pair is decided again.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "card", rename_all = "snake_case")]
+pub enum Trigger {
+    /// A card's responsible changed.
+    CardChanged(CardId),
+    /// The dialog's responsible changed.
+    DialogChanged,
+    /// The dialog was opened.
+    DialogOpened,
+}
+
+/// A pair that could not be written, kept until its inputs change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    /// The record whose decision this is: the dialog, or the contact of an unknown reference.
+    pub subject: RecordId,
+    /// The record that would have been written.
+    pub target: Option<RecordId>,
+    /// Why it was not written.
+    pub reason: ParkReason,
+    /// What triggered the decision.
+    pub trigger: Trigger,
+    /// [`fingerprint`] of the policy and user map it was decided under; a different fingerprint
+    /// (a config change, a new user pair) makes the engine decide it again.
+    pub fingerprint: u64,
+}
+
+impl Parked {
+    /// A stable key for the store: subject and target.
+    pub fn key(&self) -> String {
+        match &self.target {
+            Some(t) => format!("{} -> {}", self.subject, t),
+            None => self.subject.to_string(),
+        }
+    }
+}
+
+/// Both sides of a pair changed to different people (rule 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The dialog.
+    pub dialog: DialogKey,
+    /// The latest-changed card of `E_in`.
+    pub card: CardId,
+    /// The card's change time.
+    pub card_changed_at: i64,
+    /// The dialog's change time.
+    pub dialog_changed_at: i64,
+    /// True when the CRM side won.
+    pub crm_won: bool,
+}
+
+/// A linked pair whose sides disagree on the first cycle with `bootstrap = adopt` (reported only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disagreement {
+    /// The dialog.
+    pub dialog: DialogKey,
+    /// The card.
+    pub card: CardId,
+    /// The card's responsible.
+    pub card_responsible: KommoUserId,
+    /// The dialog's responsible.
+    pub dialog_responsible: Option<EmployeeId>,
+}
+
+/// Why a cycle refuses to write (rule 13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Brake {
+    /// More planned writes than `max_writes_per_cycle`.
+    TooManyWrites {
+        /// Planned writes.
+        planned: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A full listing came back empty where the snapshot holds many records.
+    EmptyListing {
+        /// What was listed.
+        what: String,
+        /// Records of it in the snapshot.
+        in_snapshot: usize,
+    },
+}
+
+impl fmt::Display for Brake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Brake::TooManyWrites { planned, max } => write!(
+                f,
+                "safety brake: {planned} writes planned, more than max_writes_per_cycle = {max}; nothing written (re-run once with --force to apply)"
+            ),
+            Brake::EmptyListing { what, in_snapshot } => write!(
+                f,
+                "safety brake: the {what} listing came back empty while the snapshot holds {in_snapshot}; nothing written (re-run once with --force to apply)"
+            ),
+        }
+    }
+}
+
+/// The records a full listing must not come back without (rule 13): this many or more in the
+/// snapshot and zero listed trips the brake.
+pub const EMPTY_LISTING_THRESHOLD: usize = 10;
+
+/// Rule 13's second half: a full listing of `what` returned `listed` records while the snapshot
+/// holds `in_snapshot`.
+pub fn empty_listing_brake(what: &str, in_snapshot: usize, listed: usize) -> Option<Brake> {
+    (listed == 0 && in_snapshot >= EMPTY_LISTING_THRESHOLD).then(|| Brake::EmptyListing {
+        what: what.to_string(),
+        in_snapshot,
+    })
+}
+
+/// The daemon's memory: bases of every record seen, parked pairs, and whether the first cycle ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Card bases.
+    pub cards: BTreeMap<CardId, CardState>,
+    /// Dialog bases.
+    pub dialogs: BTreeMap<DialogKey, DialogState>,
+    /// Parked pairs, by [`Parked::key`].
+    pub parked: BTreeMap<String, Parked>,
+    /// The first cycle has run (its bootstrap is done).
+    pub bootstrapped: bool,
+}
+
+/// What one cycle read: a subset of records (all of them on a full cycle).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observations {
+    /// Cards read.
+    pub cards: BTreeMap<CardId, CardObs>,
+    /// Dialogs read.
+    pub dialogs: BTreeMap<DialogKey, DialogObs>,
+    /// The cycle's time (unix seconds): "first observed" for values with no better time.
+    pub now: i64,
+}
+
+/// The engine's output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Writes, in a deterministic order (cards by id, then dialogs by key).
+    pub writes: Vec<Write>,
+    /// Pairs parked this cycle.
+    pub parked: Vec<Parked>,
+    /// Subjects decided this cycle: their old parked entries are replaced by `parked`.
+    pub decided: BTreeSet<RecordId>,
+    /// Conflicts resolved this cycle.
+    pub conflicts: Vec<Conflict>,
+    /// Disagreements reported by `bootstrap = adopt`.
+    pub disagreements: Vec<Disagreement>,
+    /// The new base of every observed or targeted card, before its write (the executor applies
+    /// confirmed writes and skips held records).
+    pub settle_cards: BTreeMap<CardId, CardState>,
+    /// Same for dialogs.
+    pub settle_dialogs: BTreeMap<DialogKey, DialogState>,
+    /// Set when the cycle must write nothing (rule 13).
+    pub brake: Option<Brake>,
+    /// The first cycle's bootstrap ran in this plan.
+    pub bootstrap: bool,
+}
+
+/// A stable hash of what a parked decision depends on besides the records: the policy and the
+/// user map (FNV-1a over a canonical text).
+pub fn fingerprint(policy: &Policy, users: &UserMap) -> u64 {
+    let mut text = format!(
+        "{:?}|{:?}|{:?}|{}|{}|",
+        policy.crm_to_chat,
+        policy.chat_to_crm,
+        policy.conflict,
+        policy.clock_skew_secs,
+        policy.match_phone
+    );
+    for (k, e) in users.pairs() {
+        text.push_str(&format!("{k}={e},"));
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// True when a dialog known before counts as *reopened* (rule 2). ChatApp's public material does not
+/// say how a reopen shows; the assumption (isolated here) is: it was closed and is open now, or a new
+/// conversation started (`conversation.startTime` moved forward).
+pub fn dialog_reopened(base: &DialogState, now: &DialogObs) -> bool {
+    (base.closed && !now.closed) || (base.session != 0 && now.session > base.session)
+}
+
+/// The change time of an observed dialog value. ChatApp exposes no assignment time in chat listings;
+/// the assumption (isolated here) is that an assignment moves `lastTime` (a system message), so a
+/// changed value whose `lastTime` moved is dated by `lastTime`, else by the time first observed.
+pub fn dialog_change_time(base: Option<&DialogState>, obs: &DialogObs, now: i64) -> i64 {
+    match base {
+        Some(b) if b.responsible == obs.responsible => b.changed_at,
+        Some(b) if obs.last_time > b.last_time => obs.last_time,
+        None if obs.last_time > 0 => obs.last_time,
+        _ => now,
+    }
+}
+
+/// The change time of an observed card value: its latest responsible-change event, else (unchanged)
+/// its base's, else the time first observed.
+pub fn card_change_time(base: Option<&CardState>, obs: &CardObs, now: i64) -> i64 {
+    match (obs.event_time, base) {
+        (Some(t), _) => t,
+        (None, Some(b)) if b.responsible == obs.responsible => b.changed_at,
+        _ => now,
+    }
+}
+
+/// How a proposal weighs a target card that a person changed too.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TargetChange {
+    /// Already weighed by rule 5 (the card is in the dialog's `E_in`): the proposal stands.
+    Settled,
+    /// A dialog's change against the card's own change: the conflict policy decides.
+    ChatVsCard,
+    /// A cascaded card value against the card's own change: the later change wins.
+    CardVsCard,
+}
+
+struct Proposal {
+    value: KommoUserId,
+    time: i64,
+    via: DialogKey,
+    reason: Reason,
+    holds: Vec<RecordId>,
+    target_change: TargetChange,
+}
+
+/// The per-cycle working state of [`plan`].
+struct Work<'a> {
+    policy: &'a Policy,
+    users: &'a UserMap,
+    fp: u64,
+    cards: BTreeMap<CardId, CardState>,
+    dialogs: BTreeMap<DialogKey, DialogState>,
+    card_changed: BTreeSet<CardId>,
+    dialog_changed: BTreeSet<DialogKey>,
+    dialog_opened: BTreeSet<DialogKey>,
+    links: Links,
+    plan: Plan,
+    proposals: BTreeMap<CardId, Vec<Proposal>>,
+}
+
+/// Decides one cycle. See the module docs and SPEC section 3; rule numbers are cited inline.
+pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMap) -> Plan {
+    let first_run = !snap.bootstrapped;
+    let mut w = Work {
+        policy,
+        users,
+        fp: fingerprint(policy, users),
+        cards: snap.cards.clone(),
+        dialogs: snap.dialogs.clone(),
+        card_changed: BTreeSet::new(),
+        dialog_changed: BTreeSet::new(),
+        dialog_opened: BTreeSet::new(),
+        links: Links::default(),
+        plan: Plan {
+            bootstrap: first_run,
+            ..Plan::default()
+        },
+        proposals: BTreeMap::new(),
+    };
+
+    // Current states and what changed (changes are detected by value against the base).
+    for (id, o) in &obs.cards {
+        let base = snap.cards.get(id);
+        let st = CardState {
+            responsible: o.responsible,
+            changed_at: card_change_time(base, o, obs.now),
+            flag: o.flag,
+            deleted: o.deleted,
+            contacts: o.contacts.clone(),
+            dialog_refs: o.dialog_refs.clone(),
+            phones: o.phones.clone(),
+        };
+        if !first_run && base.is_none_or(|b| b.responsible != o.responsible) {
+            w.card_changed.insert(*id);
+        }
+        w.plan.settle_cards.insert(*id, st.clone());
+        w.cards.insert(*id, st);
+    }
+    for (key, o) in &obs.dialogs {
+        let base = snap.dialogs.get(key);
+        let st = DialogState {
+            responsible: o.responsible,
+            changed_at: dialog_change_time(base, o, obs.now),
+            last_time: o.last_time,
+            session: o.session,
+            closed: o.closed,
+            phone: o.phone.clone(),
+        };
+        if !first_run {
+            match base {
+                None => {
+                    w.dialog_opened.insert(key.clone());
+                    if o.responsible.is_some() {
+                        w.dialog_changed.insert(key.clone());
+                    }
+                }
+                Some(b) => {
+                    if b.responsible != o.responsible {
+                        w.dialog_changed.insert(key.clone());
+                    }
+                    if dialog_reopened(b, o) {
+                        w.dialog_opened.insert(key.clone());
+                    }
+                }
+            }
+        }
+        w.plan.settle_dialogs.insert(key.clone(), st.clone());
+        w.dialogs.insert(key.clone(), st);
+    }
+
+    // Rule 12: the first cycle's bootstrap.
+    if first_run {
+        match policy.bootstrap {
+            Bootstrap::Adopt => {}
+            Bootstrap::Crm => w.dialog_opened.extend(w.dialogs.keys().cloned()),
+            Bootstrap::Chat => w.dialog_changed.extend(
+                w.dialogs
+                    .iter()
+                    .filter(|(_, d)| d.responsible.is_some())
+                    .map(|(k, _)| k.clone()),
+            ),
+        }
+    }
+
+    // Rule 8: parked pairs decided under another policy or user map are decided again.
+    for p in snap.parked.values().filter(|p| p.fingerprint != w.fp) {
+        match (&p.trigger, &p.subject) {
+            (Trigger::CardChanged(c), _) if w.cards.contains_key(c) => {
+                w.card_changed.insert(*c);
+            }
+            (Trigger::DialogChanged, RecordId::Dialog(d)) if w.dialogs.contains_key(d) => {
+                w.dialog_changed.insert(d.clone());
+            }
+            (Trigger::DialogOpened, RecordId::Dialog(d)) if w.dialogs.contains_key(d) => {
+                w.dialog_opened.insert(d.clone());
+            }
+            _ => {}
+        }
+    }
+
+    w.links = resolve_links(&w.cards, &w.dialogs, policy.match_phone);
+    w.park_unknown_refs();
+    let keys: Vec<DialogKey> = w.links.cards_of.keys().cloned().collect();
+    for d in &keys {
+        w.decide_dialog(d, first_run);
+    }
+    w.resolve_card_proposals(first_run);
+
+    // Deterministic order: cards first (by id), then dialogs (by key).
+    w.plan.writes.sort_by(|a, b| a.target.cmp(&b.target));
+    if w.plan.writes.len() > policy.max_writes_per_cycle {
+        w.plan.brake = Some(Brake::TooManyWrites {
+            planned: w.plan.writes.len(),
+            max: policy.max_writes_per_cycle,
+        });
+    }
+    w.plan
+}
+
+impl Work<'_> {
+    fn in_e_in(&self, c: &CardId) -> bool {
+        let st = &self.cards[c];
+        self.policy.crm_to_chat.contains(&c.kind) && st.flag && !st.deleted
+    }
+
+    fn in_e_out(&self, c: &CardId) -> bool {
+        self.policy.chat_to_crm.contains(&c.kind) && self.cards[c].flag
+    }
+
+    fn park(
+        &mut self,
+        subject: RecordId,
+        target: Option<RecordId>,
+        reason: ParkReason,
+        trigger: Trigger,
+    ) {
+        self.plan.parked.push(Parked {
+            subject,
+            target,
+            reason,
+            trigger,
+            fingerprint: self.fp,
+        });
+    }
+
+    /// Rule 8: a changed contact whose Messenger value matches no known dialog.
+    fn park_unknown_refs(&mut self) {
+        let unknown: Vec<(u64, Vec<String>)> = self
+            .links
+            .unknown_refs
+            .iter()
+            .map(|(id, refs)| (*id, refs.iter().map(|r| format!("{r:?}")).collect()))
+            .collect();
+        for (id, refs) in unknown {
+            let card = CardId::new(CardKind::Contact, id);
+            if !self.card_changed.contains(&card) || !self.in_e_in(&card) {
+                continue;
+            }
+            self.plan.decided.insert(RecordId::Card(card));
+            for r in refs {
+                self.park(
+                    RecordId::Card(card),
+                    None,
+                    ParkReason::DialogUnknown(r),
+                    Trigger::CardChanged(card),
+                );
+            }
+        }
+    }
+
+    /// The card of `E_in` with the latest change time (ties: a card changed this cycle, then the
+    /// smallest id).
+    fn latest_changed(&self, e_in: &[CardId]) -> Option<CardId> {
+        e_in.iter().copied().max_by_key(|c| {
+            (
+                self.cards[c].changed_at,
+                self.card_changed.contains(c),
+                Reverse(*c),
+            )
+        })
+    }
+
+    fn decide_dialog(&mut self, d: &DialogKey, first_run: bool) {
+        let linked = self.links.cards_of[d].clone();
+        let e_in: Vec<CardId> = linked.iter().copied().filter(|c| self.in_e_in(c)).collect();
+        let e_out: Vec<CardId> = linked
+            .iter()
+            .copied()
+            .filter(|c| self.in_e_out(c))
+            .collect();
+        let dialog = self.dialogs[d].clone();
+        let winner = self.latest_changed(&e_in);
+        let crm_changed = e_in.iter().any(|c| self.card_changed.contains(c));
+        let d_changed = self.dialog_changed.contains(d);
+        let d_opened = self.dialog_opened.contains(d);
+
+        if first_run && self.policy.bootstrap == Bootstrap::Adopt {
+            self.report_disagreements(d, &dialog, winner, &e_out);
+            return;
+        }
+        let crm_rule = match winner {
+            Some(_) if crm_changed => Some(Rule::CrmChanged),
+            Some(_) if d_opened => Some(Rule::DialogOpened),
+            _ => None,
+        };
+        if crm_rule.is_none() && !d_changed {
+            return;
+        }
+        self.plan.decided.insert(RecordId::Dialog(d.clone()));
+
+        let crm_wins = match (crm_rule, winner) {
+            (Some(Rule::CrmChanged), Some(wc)) if d_changed => {
+                let card = &self.cards[&wc];
+                let mapped = self.users.to_chat(card.responsible);
+                if mapped.is_some() && mapped == dialog.responsible {
+                    // Rule 7: both changed to the same person; nothing to write on this pair.
+                    false
+                } else {
+                    let crm_won = match self.policy.conflict {
+                        ConflictPolicy::Crm => true,
+                        ConflictPolicy::Chat => false,
+                        ConflictPolicy::Newest => {
+                            dialog.changed_at - card.changed_at < self.policy.clock_skew_secs
+                        }
+                    };
+                    self.plan.conflicts.push(Conflict {
+                        dialog: d.clone(),
+                        card: wc,
+                        card_changed_at: card.changed_at,
+                        dialog_changed_at: dialog.changed_at,
+                        crm_won,
+                    });
+                    crm_won
+                }
+            }
+            (Some(_), Some(_)) => true,
+            _ => false,
+        };
+
+        if crm_wins {
+            let wc = winner.expect("crm side wins only with a winner");
+            let rule = if first_run {
+                Rule::Bootstrap
+            } else {
+                crm_rule.expect("crm rule")
+            };
+            self.assign_dialog_from_card(d, &dialog, wc, rule, &e_in, &e_out, d_changed);
+        } else {
+            self.assign_cards_from_dialog(d, &dialog, &e_in, &e_out, first_run);
+        }
+    }
+
+    fn report_disagreements(
+        &mut self,
+        d: &DialogKey,
+        dialog: &DialogState,
+        winner: Option<CardId>,
+        e_out: &[CardId],
+    ) {
+        let mut seen = BTreeSet::new();
+        if let Some(wc) = winner {
+            let card = &self.cards[&wc];
+            if self.users.to_chat(card.responsible) != dialog.responsible {
+                seen.insert(wc);
+                self.plan.disagreements.push(Disagreement {
+                    dialog: d.clone(),
+                    card: wc,
+                    card_responsible: card.responsible,
+                    dialog_responsible: dialog.responsible,
+                });
+            }
+        }
+        let want = dialog.responsible.and_then(|e| self.users.to_crm(e));
+        for c in e_out {
+            let card = &self.cards[c];
+            if !card.deleted && Some(card.responsible) != want && seen.insert(*c) {
+                self.plan.disagreements.push(Disagreement {
+                    dialog: d.clone(),
+                    card: *c,
+                    card_responsible: card.responsible,
+                    dialog_responsible: dialog.responsible,
+                });
+            }
+        }
+    }
+
+    /// Rules 1/2 (and bootstrap `crm`), then rule 4's cascade to `E_out`.
+    #[allow(clippy::too_many_arguments)]
+    fn assign_dialog_from_card(
+        &mut self,
+        d: &DialogKey,
+        dialog: &DialogState,
+        wc: CardId,
+        rule: Rule,
+        e_in: &[CardId],
+        e_out: &[CardId],
+        d_changed: bool,
+    ) {
+        let card = self.cards[&wc].clone();
+        let changed: Vec<CardId> = e_in
+            .iter()
+            .copied()
+            .filter(|c| self.card_changed.contains(c))
+            .collect();
+        let trigger = match self.latest_changed(&changed) {
+            Some(c) => Trigger::CardChanged(c),
+            None => Trigger::DialogOpened,
+        };
+        let subject = RecordId::Dialog(d.clone());
+        let target = Some(RecordId::Dialog(d.clone()));
+        if dialog.closed {
+            self.park(subject, target, ParkReason::DialogClosed, trigger);
+            return;
+        }
+        if card.responsible == 0 {
+            self.park(subject, target, ParkReason::NoResponsible, trigger);
+            return;
+        }
+        let Some(employee) = self.users.to_chat(card.responsible) else {
+            self.park(
+                subject,
+                target,
+                ParkReason::UnmappedKommoUser(card.responsible),
+                trigger,
+            );
+            return;
+        };
+        let others: Vec<String> = e_in
+            .iter()
+            .filter(|c| **c != wc)
+            .map(|c| format!("{c} at {}", self.cards[c].changed_at))
+            .collect();
+        let mut detail = format!(
+            "{wc} responsible {} (changed at {}) is the latest-changed card checked for this dialog",
+            card.responsible, card.changed_at
+        );
+        if !others.is_empty() {
+            detail.push_str(&format!("; others: {}", others.join(", ")));
+        }
+        if d_changed {
+            detail.push_str(&format!(
+                "; the dialog also changed at {} and the CRM side won (conflict = {:?}, clock_skew = {}s)",
+                dialog.changed_at, self.policy.conflict, self.policy.clock_skew_secs
+            ));
+        }
+        if rule == Rule::DialogOpened {
+            detail.push_str("; the dialog was opened");
+        }
+        let reason = Reason {
+            rule,
+            source: RecordId::Card(wc),
+            source_changed_at: card.changed_at,
+            detail,
+        };
+        if dialog.responsible != Some(employee) {
+            self.plan.writes.push(Write {
+                target: RecordId::Dialog(d.clone()),
+                from: dialog.responsible,
+                to: employee,
+                reason: reason.clone(),
+                holds: vec![RecordId::Dialog(d.clone()), RecordId::Card(wc)],
+            });
+        }
+        // Rule 4: cards in E_out follow the dialog's new responsible.
+        for c in e_out.iter().copied().filter(|c| *c != wc) {
+            let cascade_rule = if rule == Rule::Bootstrap {
+                Rule::Bootstrap
+            } else {
+                Rule::Cascade
+            };
+            self.proposals.entry(c).or_default().push(Proposal {
+                value: card.responsible,
+                time: card.changed_at,
+                via: d.clone(),
+                reason: Reason {
+                    rule: cascade_rule,
+                    source: RecordId::Card(wc),
+                    source_changed_at: card.changed_at,
+                    detail: format!(
+                        "dialog {d} was assigned from {wc} ({}); linked cards follow it",
+                        reason.rule
+                    ),
+                },
+                holds: vec![RecordId::Card(c), RecordId::Card(wc)],
+                target_change: TargetChange::CardVsCard,
+            });
+        }
+    }
+
+    /// Rule 3 (and bootstrap `chat`): cards in `E_out` take the dialog's responsible.
+    fn assign_cards_from_dialog(
+        &mut self,
+        d: &DialogKey,
+        dialog: &DialogState,
+        e_in: &[CardId],
+        e_out: &[CardId],
+        first_run: bool,
+    ) {
+        if e_out.is_empty() {
+            return;
+        }
+        let subject = RecordId::Dialog(d.clone());
+        let Some(employee) = dialog.responsible else {
+            self.park(
+                subject,
+                None,
+                ParkReason::NoResponsible,
+                Trigger::DialogChanged,
+            );
+            return;
+        };
+        let Some(user) = self.users.to_crm(employee) else {
+            self.park(
+                subject,
+                None,
+                ParkReason::UnmappedEmployee(employee),
+                Trigger::DialogChanged,
+            );
+            return;
+        };
+        let rule = if first_run {
+            Rule::Bootstrap
+        } else {
+            Rule::DialogChanged
+        };
+        for c in e_out.iter().copied() {
+            let mut detail = format!(
+                "dialog {d} responsible {employee} (Kommo user {user}) changed at {}",
+                dialog.changed_at
+            );
+            if let Some(wc) = self
+                .latest_changed(e_in)
+                .filter(|wc| self.card_changed.contains(wc))
+            {
+                detail.push_str(&format!(
+                    "; {wc} also changed at {} and the dialog won (conflict = {:?}, clock_skew = {}s)",
+                    self.cards[&wc].changed_at, self.policy.conflict, self.policy.clock_skew_secs
+                ));
+            }
+            self.proposals.entry(c).or_default().push(Proposal {
+                value: user,
+                time: dialog.changed_at,
+                via: d.clone(),
+                reason: Reason {
+                    rule,
+                    source: RecordId::Dialog(d.clone()),
+                    source_changed_at: dialog.changed_at,
+                    detail,
+                },
+                holds: vec![RecordId::Card(c), RecordId::Dialog(d.clone())],
+                target_change: if e_in.contains(&c) {
+                    TargetChange::Settled
+                } else {
+                    TargetChange::ChatVsCard
+                },
+            });
+        }
+    }
+
+    /// Rule 6 (several dialogs, one card: the latest-changed dialog wins), then the card writes.
+    fn resolve_card_proposals(&mut self, first_run: bool) {
+        let proposals = std::mem::take(&mut self.proposals);
+        for (c, mut props) in proposals {
+            props.sort_by_key(|p| (Reverse(p.time), p.via.clone()));
+            let distinct: BTreeSet<KommoUserId> = props.iter().map(|p| p.value).collect();
+            let best = props.swap_remove(0);
+            let card = self.cards[&c].clone();
+            if card.deleted {
+                self.park(
+                    RecordId::Dialog(best.via.clone()),
+                    Some(RecordId::Card(c)),
+                    ParkReason::CardDeleted,
+                    match &best.reason.source {
+                        RecordId::Card(s) => Trigger::CardChanged(*s),
+                        RecordId::Dialog(_) => Trigger::DialogChanged,
+                    },
+                );
+                continue;
+            }
+            if card.responsible == best.value {
+                continue;
+            }
+            // A target that a person changed after the source changed keeps its value: the later
+            // change wins here too (rule 5 applied to targets). With `conflict = chat`, a dialog's
+            // change still overwrites; with `conflict = crm` a changed card is never overwritten by
+            // a dialog.
+            if !first_run && self.card_changed.contains(&c) {
+                let keep = match (best.target_change, self.policy.conflict) {
+                    (TargetChange::Settled, _) => false,
+                    (TargetChange::ChatVsCard, ConflictPolicy::Chat) => false,
+                    (TargetChange::ChatVsCard, ConflictPolicy::Crm) => true,
+                    // Two clocks: the dialog must be newer by clock_skew; a tie goes to the CRM.
+                    (TargetChange::ChatVsCard, ConflictPolicy::Newest) => {
+                        best.time - card.changed_at < self.policy.clock_skew_secs
+                    }
+                    // One clock (Kommo's): strictly later wins.
+                    (TargetChange::CardVsCard, _) => card.changed_at > best.time,
+                };
+                if keep {
+                    continue;
+                }
+            }
+            let mut reason = best.reason;
+            if distinct.len() > 1 {
+                reason.detail.push_str(&format!(
+                    "; rule 6: {} linked dialogs proposed different values, dialog {} changed latest",
+                    distinct.len(),
+                    best.via
+                ));
+            }
+            self.plan
+                .settle_cards
+                .entry(c)
+                .or_insert_with(|| card.clone());
+            self.plan.writes.push(Write {
+                target: RecordId::Card(c),
+                from: Some(card.responsible).filter(|u| *u != 0),
+                to: best.value,
+                reason,
+                holds: best.holds,
+            });
+        }
+        // Dialog targets that were not observed still need a settle entry.
+        let targets: Vec<DialogKey> = self
+            .plan
+            .writes
+            .iter()
+            .filter_map(|w| match &w.target {
+                RecordId::Dialog(d) => Some(d.clone()),
+                RecordId::Card(_) => None,
+            })
+            .collect();
+        for d in targets {
+            let st = self.dialogs[&d].clone();
+            self.plan.settle_dialogs.entry(d).or_insert(st);
+        }
+    }
+}
+
+/// The base changes a cycle commits at its end (SPEC section 1, "base").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// New card bases.
+    pub cards: Vec<(CardId, CardState)>,
+    /// New dialog bases.
+    pub dialogs: Vec<(DialogKey, DialogState)>,
+    /// Parked entries to remove (by key).
+    pub unpark: Vec<String>,
+    /// Parked entries to add.
+    pub park: Vec<Parked>,
+    /// Records held back because a write involving them failed or was dropped: decided again next
+    /// cycle.
+    pub held: BTreeSet<RecordId>,
+}
+
+/// Computes the new bases once the plan ran: each observed record's base becomes the value the
+/// cycle settled on (the confirmed written value for a target, the observed value otherwise);
+/// records involved in a write that was not confirmed keep their old base. `confirmed[i]` tells
+/// whether `plan.writes[i]` was confirmed. A braked or dry-run cycle must not call this.
+pub fn settle(snap: &Snapshot, plan: &Plan, confirmed: &[bool], now: i64) -> Settlement {
+    let mut held = BTreeSet::new();
+    let mut written: BTreeMap<RecordId, u64> = BTreeMap::new();
+    for (i, w) in plan.writes.iter().enumerate() {
+        if confirmed.get(i).copied().unwrap_or(false) {
+            written.insert(w.target.clone(), w.to);
+        } else {
+            held.extend(w.holds.iter().cloned());
+        }
+    }
+    let mut out = Settlement::default();
+    for (id, st) in &plan.settle_cards {
+        let rid = RecordId::Card(*id);
+        if held.contains(&rid) {
+            continue;
+        }
+        let mut st = st.clone();
+        if let Some(to) = written.get(&rid) {
+            st.responsible = *to;
+            st.changed_at = now;
+        }
+        out.cards.push((*id, st));
+    }
+    for (key, st) in &plan.settle_dialogs {
+        let rid = RecordId::Dialog(key.clone());
+        if held.contains(&rid) {
+            continue;
+        }
+        let mut st = st.clone();
+        if let Some(to) = written.get(&rid) {
+            st.responsible = Some(*to);
+            st.changed_at = now;
+        }
+        out.dialogs.push((key.clone(), st));
+    }
+    for (k, p) in &snap.parked {
+        if plan.decided.contains(&p.subject) {
+            out.unpark.push(k.clone());
+        }
+    }
+    out.park = plan
+        .parked
+        .iter()
+        .filter(|p| !held.contains(&p.subject))
+        .cloned()
+        .collect();
+    out.held = held;
+    out
+}
+
+impl Snapshot {
+    /// Applies a settlement (what the store does durably), and marks the bootstrap done.
+    pub fn apply(&mut self, s: &Settlement) {
+        for (id, st) in &s.cards {
+            self.cards.insert(*id, st.clone());
+        }
+        for (k, st) in &s.dialogs {
+            self.dialogs.insert(k.clone(), st.clone());
+        }
+        for k in &s.unpark {
+            self.parked.remove(k);
+        }
+        for p in &s.park {
+            self.parked.insert(p.key(), p.clone());
+        }
+        self.bootstrapped = true;
+    }
+}

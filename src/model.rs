@@ -1,0 +1,270 @@
+//! Domain types shared by the decision engine, the API clients and the store.
+//!
+//! Everything here is plain data: no I/O, no clocks. Times are unix seconds as the APIs give them.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A Kommo user id (`responsible_user_id`); `0` means "nobody".
+pub type KommoUserId = u64;
+/// A ChatApp employee id (`responsible.id` of a chat).
+pub type EmployeeId = u64;
+
+/// The four kinds of Kommo card the daemon can sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CardKind {
+    /// A lead (deal).
+    Lead,
+    /// A contact: the only kind that links to dialogs directly.
+    Contact,
+    /// A company.
+    Company,
+    /// A customer (periodic purchases).
+    Customer,
+}
+
+impl CardKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [CardKind; 4] = [
+        CardKind::Lead,
+        CardKind::Contact,
+        CardKind::Company,
+        CardKind::Customer,
+    ];
+
+    /// The config and event name: `lead`, `contact`, `company`, `customer`.
+    pub fn singular(self) -> &'static str {
+        match self {
+            CardKind::Lead => "lead",
+            CardKind::Contact => "contact",
+            CardKind::Company => "company",
+            CardKind::Customer => "customer",
+        }
+    }
+
+    /// The API path segment and collection key: `leads`, `contacts`, ...
+    pub fn plural(self) -> &'static str {
+        match self {
+            CardKind::Lead => "leads",
+            CardKind::Contact => "contacts",
+            CardKind::Company => "companies",
+            CardKind::Customer => "customers",
+        }
+    }
+
+    /// Parses a singular or plural name.
+    pub fn parse(s: &str) -> Option<CardKind> {
+        CardKind::ALL
+            .into_iter()
+            .find(|k| k.singular() == s || k.plural() == s)
+    }
+
+    /// A one-byte code used in store keys.
+    pub fn code(self) -> u8 {
+        match self {
+            CardKind::Lead => 1,
+            CardKind::Contact => 2,
+            CardKind::Company => 3,
+            CardKind::Customer => 4,
+        }
+    }
+
+    /// The inverse of [`CardKind::code`].
+    pub fn from_code(c: u8) -> Option<CardKind> {
+        CardKind::ALL.into_iter().find(|k| k.code() == c)
+    }
+}
+
+impl fmt::Display for CardKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.singular())
+    }
+}
+
+/// A card: its kind and Kommo id. Displays as `lead:123`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CardId {
+    /// The kind.
+    pub kind: CardKind,
+    /// The Kommo entity id.
+    pub id: u64,
+}
+
+impl CardId {
+    /// Builds a card id.
+    pub fn new(kind: CardKind, id: u64) -> Self {
+        CardId { kind, id }
+    }
+
+    /// Parses `kind:id`, e.g. `lead:123`.
+    pub fn parse(s: &str) -> Option<CardId> {
+        let (k, id) = s.split_once(':')?;
+        Some(CardId::new(CardKind::parse(k)?, id.parse().ok()?))
+    }
+}
+
+impl fmt::Display for CardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.id)
+    }
+}
+
+/// A ChatApp dialog: `(licenseId, messengerType, chatId)`. Displays as `1:grWhatsApp:7999@c.us`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DialogKey {
+    /// The ChatApp license ("line").
+    pub license_id: u64,
+    /// The messenger type, e.g. `grWhatsApp`, `telegram`.
+    pub messenger_type: String,
+    /// The chat id within the messenger.
+    pub chat_id: String,
+}
+
+impl DialogKey {
+    /// Builds a dialog key.
+    pub fn new(license_id: u64, messenger_type: &str, chat_id: &str) -> Self {
+        DialogKey {
+            license_id,
+            messenger_type: messenger_type.to_string(),
+            chat_id: chat_id.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for DialogKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}",
+            self.license_id, self.messenger_type, self.chat_id
+        )
+    }
+}
+
+/// Either side of a pair.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RecordId {
+    /// A Kommo card.
+    Card(CardId),
+    /// A ChatApp dialog.
+    Dialog(DialogKey),
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordId::Card(c) => write!(f, "card {c}"),
+            RecordId::Dialog(d) => write!(f, "dialog {d}"),
+        }
+    }
+}
+
+/// How a contact's Messenger field value refers to a dialog (SPEC section 4).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DialogRef {
+    /// `<licenseId>:<messengerType>:<chatId>`: exactly one dialog.
+    Full(DialogKey),
+    /// A bare chat id, matched on any configured license.
+    ChatId(String),
+    /// A phone (digits only), matched on any configured license.
+    Phone(String),
+}
+
+/// What the daemon knows of one card: its base in the snapshot, or its current value in a cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardState {
+    /// `responsible_user_id`; 0 when none.
+    pub responsible: KommoUserId,
+    /// Change time of `responsible` (unix seconds): the latest `entity_responsible_changed` event, or
+    /// the time the daemon first observed the value.
+    pub changed_at: i64,
+    /// The sync flag is checked (always true for a kind without a flag field).
+    pub flag: bool,
+    /// The card is deleted (never written, never a source).
+    pub deleted: bool,
+    /// Leads, companies, customers: ids of linked contacts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<u64>,
+    /// Contacts: dialogs referenced by the Messenger field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dialog_refs: Vec<DialogRef>,
+    /// Contacts: phone numbers, digits only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phones: Vec<String>,
+}
+
+/// A card as read in this cycle, before the engine derives its change time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardObs {
+    /// Current `responsible_user_id` (0 = none).
+    pub responsible: KommoUserId,
+    /// Sync flag checked (true when the kind has no flag field).
+    pub flag: bool,
+    /// Deleted (or gone: a by-id read returned nothing).
+    pub deleted: bool,
+    /// Linked contact ids (non-contacts).
+    pub contacts: Vec<u64>,
+    /// Messenger-field references (contacts).
+    pub dialog_refs: Vec<DialogRef>,
+    /// Phones, digits only (contacts).
+    pub phones: Vec<String>,
+    /// `created_at` of the latest known `entity_responsible_changed` event whose new value equals
+    /// `responsible`, if any.
+    pub event_time: Option<i64>,
+}
+
+/// What the daemon knows of one dialog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialogState {
+    /// `responsible.id`; `None` when unassigned.
+    pub responsible: Option<EmployeeId>,
+    /// Change time of `responsible` (unix seconds).
+    pub changed_at: i64,
+    /// ChatApp's `lastTime` when last read.
+    pub last_time: i64,
+    /// The current conversation started at (reopen marker); 0 when unknown.
+    pub session: i64,
+    /// The dialog is closed (never written).
+    pub closed: bool,
+    /// The dialog's phone, digits only, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+/// A dialog as read in this cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialogObs {
+    /// Current responsible.
+    pub responsible: Option<EmployeeId>,
+    /// ChatApp's `lastTime`.
+    pub last_time: i64,
+    /// Conversation start time (reopen marker), 0 if unknown.
+    pub session: i64,
+    /// Closed.
+    pub closed: bool,
+    /// Phone, digits only.
+    pub phone: Option<String>,
+}
+
+/// A Kommo user as the user map needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KommoUser {
+    /// User id.
+    pub id: KommoUserId,
+    /// E-mail (may be empty).
+    pub email: String,
+    /// `rights.is_active`.
+    pub active: bool,
+}
+
+/// A ChatApp employee as the user map needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Employee {
+    /// Employee id.
+    pub id: EmployeeId,
+    /// E-mail (may be empty).
+    pub email: String,
+}

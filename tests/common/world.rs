@@ -1,0 +1,211 @@
+//! A small builder of engine worlds shared by the engine tests (pure: no I/O).
+#![allow(dead_code)]
+
+use chatapp_kommo_sync::engine::{
+    Bootstrap, ConflictPolicy, Observations, Plan, Policy, Snapshot, plan, settle,
+};
+use chatapp_kommo_sync::model::{
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, RecordId,
+};
+use chatapp_kommo_sync::usermap::UserMap;
+
+/// Kommo user `n` <-> employee `100 + n`, for n in 1..=9.
+pub fn users() -> UserMap {
+    let pairs: Vec<(u64, u64)> = (1..=9).map(|n| (n, 100 + n)).collect();
+    UserMap::build(&pairs, false, &[], &[])
+}
+
+pub fn policy(crm_to_chat: &[CardKind], chat_to_crm: &[CardKind]) -> Policy {
+    Policy {
+        crm_to_chat: crm_to_chat.iter().copied().collect(),
+        chat_to_crm: chat_to_crm.iter().copied().collect(),
+        conflict: ConflictPolicy::Newest,
+        clock_skew_secs: 5,
+        bootstrap: Bootstrap::Adopt,
+        max_writes_per_cycle: 500,
+        match_phone: true,
+    }
+}
+
+pub fn dkey(n: u64) -> DialogKey {
+    DialogKey::new(1, "grWhatsApp", &format!("7999000000{n}@c.us"))
+}
+
+pub fn contact(id: u64) -> CardId {
+    CardId::new(CardKind::Contact, id)
+}
+pub fn lead(id: u64) -> CardId {
+    CardId::new(CardKind::Lead, id)
+}
+
+/// A world: the snapshot (bases) plus what the next cycle will observe.
+#[derive(Clone)]
+pub struct World {
+    pub snap: Snapshot,
+    pub obs: Observations,
+    pub policy: Policy,
+    pub users: UserMap,
+}
+
+impl World {
+    pub fn new(policy: Policy) -> Self {
+        World {
+            snap: Snapshot {
+                bootstrapped: true,
+                ..Snapshot::default()
+            },
+            obs: Observations {
+                now: 10_000,
+                ..Observations::default()
+            },
+            policy,
+            users: users(),
+        }
+    }
+
+    /// A contact in the base, linked to dialog `dialog`, responsible `user` changed at `t`.
+    pub fn base_contact(&mut self, id: u64, user: u64, t: i64, dialog: Option<u64>) -> &mut Self {
+        self.snap.cards.insert(
+            contact(id),
+            CardState {
+                responsible: user,
+                changed_at: t,
+                flag: true,
+                deleted: false,
+                contacts: vec![],
+                dialog_refs: dialog
+                    .map(|d| DialogRef::Full(dkey(d)))
+                    .into_iter()
+                    .collect(),
+                phones: vec![],
+            },
+        );
+        self
+    }
+
+    /// A lead in the base, linked to `contacts`.
+    pub fn base_lead(&mut self, id: u64, user: u64, t: i64, contacts: &[u64]) -> &mut Self {
+        self.snap.cards.insert(
+            lead(id),
+            CardState {
+                responsible: user,
+                changed_at: t,
+                flag: true,
+                deleted: false,
+                contacts: contacts.to_vec(),
+                dialog_refs: vec![],
+                phones: vec![],
+            },
+        );
+        self
+    }
+
+    /// A dialog in the base.
+    pub fn base_dialog(&mut self, n: u64, employee: Option<u64>, t: i64) -> &mut Self {
+        self.snap.dialogs.insert(
+            dkey(n),
+            DialogState {
+                responsible: employee,
+                changed_at: t,
+                last_time: t,
+                session: 1,
+                closed: false,
+                phone: None,
+            },
+        );
+        self
+    }
+
+    /// Observe a card as its base says, with some fields changed by `f`.
+    pub fn observe_card(&mut self, id: CardId, f: impl FnOnce(&mut CardObs)) -> &mut Self {
+        let b = self.snap.cards.get(&id).cloned();
+        let mut o = self.obs.cards.get(&id).cloned().unwrap_or_else(|| {
+            let b = b.expect("observe_card of an unknown card: use observe_new_card");
+            CardObs {
+                responsible: b.responsible,
+                flag: b.flag,
+                deleted: b.deleted,
+                contacts: b.contacts.clone(),
+                dialog_refs: b.dialog_refs.clone(),
+                phones: b.phones.clone(),
+                event_time: None,
+            }
+        });
+        f(&mut o);
+        self.obs.cards.insert(id, o);
+        self
+    }
+
+    /// A person set a card's responsible at time `t` (an event exists).
+    pub fn card_changed(&mut self, id: CardId, user: u64, t: i64) -> &mut Self {
+        self.observe_card(id, |o| {
+            o.responsible = user;
+            o.event_time = Some(t);
+        })
+    }
+
+    /// Observe a dialog as its base says, with fields changed by `f`.
+    pub fn observe_dialog(&mut self, n: u64, f: impl FnOnce(&mut DialogObs)) -> &mut Self {
+        let key = dkey(n);
+        let mut o = self.obs.dialogs.get(&key).cloned().unwrap_or_else(|| {
+            match self.snap.dialogs.get(&key) {
+                Some(b) => DialogObs {
+                    responsible: b.responsible,
+                    last_time: b.last_time,
+                    session: b.session,
+                    closed: b.closed,
+                    phone: b.phone.clone(),
+                },
+                None => DialogObs {
+                    responsible: None,
+                    last_time: 0,
+                    session: 1,
+                    closed: false,
+                    phone: None,
+                },
+            }
+        });
+        f(&mut o);
+        self.obs.dialogs.insert(key, o);
+        self
+    }
+
+    /// A person (or ChatApp's distribution) set a dialog's responsible at `t`.
+    pub fn dialog_changed(&mut self, n: u64, employee: Option<u64>, t: i64) -> &mut Self {
+        self.observe_dialog(n, |o| {
+            o.responsible = employee;
+            o.last_time = t;
+        })
+    }
+
+    pub fn plan(&self) -> Plan {
+        plan(&self.snap, &self.obs, &self.policy, &self.users)
+    }
+
+    /// Plans, confirms every write, settles, and starts a new (empty) observation round in which
+    /// the targets now hold the written values.
+    pub fn run_and_apply(&mut self) -> Plan {
+        let p = self.plan();
+        let ok = vec![true; p.writes.len()];
+        let s = settle(&self.snap, &p, &ok, self.obs.now);
+        self.snap.apply(&s);
+        self.obs.cards.clear();
+        self.obs.dialogs.clear();
+        self.obs.now += 60;
+        p
+    }
+}
+
+/// `(target, to)` of each write, as strings for easy asserts.
+pub fn writes(p: &Plan) -> Vec<(String, u64)> {
+    p.writes
+        .iter()
+        .map(|w| {
+            let t = match &w.target {
+                RecordId::Card(c) => c.to_string(),
+                RecordId::Dialog(d) => format!("dialog:{}", d.chat_id),
+            };
+            (t, w.to)
+        })
+        .collect()
+}
