@@ -1,0 +1,1729 @@
+//! A stateful fake of the Kommo (amoCRM) REST API v4, as described in `api/kommo.md`.
+//!
+//! Served endpoints (everything else is `404` problem+json, a known path with a wrong method is
+//! `405`):
+//!
+//! | method | path | notes |
+//! |---|---|---|
+//! | GET | `/api/v4/account` | `with=is_api_filter_enabled,amojo_id,datetime_settings` |
+//! | GET | `/api/v4/users`, `/api/v4/users/{id}` | `page`, `limit` (≤ 250) |
+//! | GET | `/api/v4/{leads,contacts,companies,customers}` | `page`, `limit`, `with`, `order[..]`, `filter[..]` |
+//! | GET | `/api/v4/{kind}/{id}` | `204` when missing or deleted |
+//! | PATCH | `/api/v4/{kind}` (array), `/api/v4/{kind}/{id}` (object) | `responsible_user_id` only |
+//! | GET | `/api/v4/events`, `/api/v4/events/{id}` | `filter[type,entity,entity_id,created_by,created_at,id]` |
+//! | POST | `/oauth2/access_token` | `grant_type=refresh_token` |
+//!
+//! Decisions where `kommo.md` is silent or marks things UNCONFIRMED:
+//! - **List `limit`**: default 50; a value above 250 (or below 1, or not a number) is a `400`
+//!   validation error (so a client bug is visible rather than silently clamped). `page` < 1 is a
+//!   `400` too.
+//! - **Events `limit`**: default 50, silently **capped at 100** (this mirrors the reported real
+//!   behaviour where a larger limit quietly returns fewer rows; `_links.next` is present whenever
+//!   the returned page is full).
+//! - **Events order**: ascending by `(created_at, insertion order)`. Bounds of every `[from]`/`[to]`
+//!   range filter (events `created_at`, cards `updated_at`/`created_at`) are **inclusive**. The
+//!   legacy `filter[created_at]=from,to` and a single `filter[created_at]=ts` ("from") are accepted.
+//! - **Cards**: default order `id` asc; `order[id|updated_at|created_at]=asc|desc` (ties broken by
+//!   `id` asc). `filter[id]`, `filter[responsible_user_id]` (array, `[N]` or comma forms),
+//!   `filter[updated_at][from|to]`, `filter[created_at][from|to]`. With `api_filter_enabled: false`
+//!   every `filter[..]` and `order[..]` parameter is **silently ignored** (default order, no
+//!   filtering).
+//! - **Deleted cards** are hidden from lists and `GET /{kind}/{id}` (`204`); `with=only_deleted`
+//!   lists only them, as `{id, updated_at, is_deleted: true, _links}`.
+//! - **PATCH** is **atomic**: if any item names an unknown/deleted card, an unknown user or has a
+//!   wrong type, the answer is `400` with `validation-errors` per `request_id` and nothing is
+//!   applied. Other fields than `responsible_user_id` are ignored. Every applied item bumps
+//!   `updated_at` and sets `updated_by = current_user_id`; an item whose responsible actually
+//!   changes appends an `entity_responsible_changed` event with `created_by = current_user_id`.
+//!   Items without `request_id` are echoed with their index as `request_id`. More than 250 items
+//!   is `422 Limit 250 per page`; an empty array is `400 Request data can not be empty`.
+//!   [`KommoSim::patch_count`] counts PATCH requests that passed auth and reached the handler
+//!   (validation failures included, faulted/blocked/rate-limited ones not).
+//! - **Auth**: `Authorization: Bearer <token>` where the token is the configured long-lived token
+//!   (rejected once its JWT `exp`, if it has one, is past) or the current OAuth access token (until
+//!   it expires on the clock). Anything else is `401`. The OAuth endpoint checks `client_id`,
+//!   `client_secret` (`401` if wrong), `grant_type` and `redirect_uri` (`400` if wrong or missing);
+//!   refresh tokens live 90 days on the clock. JSON or form-encoded bodies are accepted.
+//! - No user is created implicitly, not even `current_user_id`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+
+use super::SimClock;
+use super::faults::{
+    Faults, Flavor, Incoming, ServerTask, bind_local, fault_methods, kommo_problem, process,
+};
+use super::util::{
+    XorShift, b64url_decode, b64url_encode, href, href_with_page, json_response, multi, no_content,
+    param, parse_query, segments,
+};
+
+const HAL: &str = "application/hal+json";
+const MAX_PAGE: u64 = 250;
+const MAX_EVENTS_PAGE: u64 = 100;
+const REFRESH_TTL_SECS: i64 = 90 * 86_400;
+
+/// Configuration of a [`KommoSim`].
+#[derive(Clone, Debug)]
+pub struct KommoSimConfig {
+    /// Shared clock (a fresh one when `None`).
+    pub clock: Option<SimClock>,
+    /// The accepted long-lived token, if any.
+    pub long_lived_token: Option<String>,
+    /// OAuth settings, if the OAuth refresh flow is enabled.
+    pub oauth: Option<OAuthSim>,
+    /// Account id reported by `/api/v4/account` and in events.
+    pub account_id: u64,
+    /// The user the API acts as (`current_user_id`, `created_by` of PATCH events).
+    pub current_user_id: u64,
+    /// Whether `filter[..]`/`order[..]` work on lists (`is_api_filter_enabled`).
+    pub api_filter_enabled: bool,
+}
+
+impl Default for KommoSimConfig {
+    fn default() -> Self {
+        KommoSimConfig {
+            clock: None,
+            long_lived_token: Some("kommo-test-token".to_string()),
+            oauth: None,
+            account_id: 31_000_001,
+            current_user_id: 1,
+            api_filter_enabled: true,
+        }
+    }
+}
+
+/// OAuth settings of a [`KommoSim`]: the initial refresh token is the only credential; the first
+/// access token is obtained by refreshing.
+#[derive(Clone, Debug)]
+pub struct OAuthSim {
+    /// Expected `client_id`.
+    pub client_id: String,
+    /// Expected `client_secret`.
+    pub client_secret: String,
+    /// Expected `redirect_uri`.
+    pub redirect_uri: String,
+    /// The currently valid refresh token.
+    pub refresh_token: String,
+    /// Lifetime of issued access tokens, in seconds on the clock.
+    pub access_ttl_secs: i64,
+}
+
+impl Default for OAuthSim {
+    fn default() -> Self {
+        OAuthSim {
+            client_id: "sim-client-id".to_string(),
+            client_secret: "sim-client-secret".to_string(),
+            redirect_uri: "https://example.com/oauth/callback".to_string(),
+            refresh_token: "def50200-initial-refresh-token".to_string(),
+            access_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// The four Kommo card kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CardKind {
+    /// `leads` / `lead`
+    Lead,
+    /// `contacts` / `contact`
+    Contact,
+    /// `companies` / `company`
+    Company,
+    /// `customers` / `customer`
+    Customer,
+}
+
+impl CardKind {
+    /// All kinds.
+    pub const ALL: [CardKind; 4] = [
+        CardKind::Lead,
+        CardKind::Contact,
+        CardKind::Company,
+        CardKind::Customer,
+    ];
+
+    /// Plural path / collection name (`leads`).
+    pub fn path(self) -> &'static str {
+        match self {
+            CardKind::Lead => "leads",
+            CardKind::Contact => "contacts",
+            CardKind::Company => "companies",
+            CardKind::Customer => "customers",
+        }
+    }
+
+    /// Singular event `entity_type` (`lead`).
+    pub fn singular(self) -> &'static str {
+        match self {
+            CardKind::Lead => "lead",
+            CardKind::Contact => "contact",
+            CardKind::Company => "company",
+            CardKind::Customer => "customer",
+        }
+    }
+
+    /// Parses a plural or singular name.
+    pub fn parse(s: &str) -> Option<CardKind> {
+        CardKind::ALL
+            .into_iter()
+            .find(|k| k.path() == s || k.singular() == s)
+    }
+
+    fn from_path(s: &str) -> Option<CardKind> {
+        CardKind::ALL.into_iter().find(|k| k.path() == s)
+    }
+
+    fn idx(self) -> usize {
+        self as usize
+    }
+
+    fn must(s: &str) -> CardKind {
+        CardKind::parse(s).unwrap_or_else(|| panic!("unknown Kommo card kind {s:?}"))
+    }
+}
+
+/// A custom field value set, rendered like `kommo.md` 3.5.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimField {
+    /// Field id.
+    pub field_id: u64,
+    /// Field code (`PHONE`, ...), if any.
+    pub field_code: Option<String>,
+    /// Field type (`checkbox`, `text`, `multitext`, ...).
+    pub field_type: String,
+    /// The `values` array items.
+    pub values: Vec<Value>,
+}
+
+impl SimField {
+    /// A checkbox field: `values: [{"value": checked}]`.
+    pub fn checkbox(field_id: u64, checked: bool) -> Self {
+        SimField {
+            field_id,
+            field_code: None,
+            field_type: "checkbox".to_string(),
+            values: vec![json!({ "value": checked })],
+        }
+    }
+
+    /// A text field with one `{"value": ..}` per string.
+    pub fn text(field_id: u64, code: Option<&str>, values: &[&str]) -> Self {
+        SimField {
+            field_id,
+            field_code: code.map(str::to_string),
+            field_type: "text".to_string(),
+            values: values.iter().map(|v| json!({ "value": v })).collect(),
+        }
+    }
+
+    /// The standard phone field: id 3, code `PHONE`, type `multitext`, `enum_code` `WORK`.
+    pub fn phones(phones: &[&str]) -> Self {
+        SimField {
+            field_id: 3,
+            field_code: Some("PHONE".to_string()),
+            field_type: "multitext".to_string(),
+            values: phones
+                .iter()
+                .map(|p| json!({ "value": p, "enum_id": 1, "enum_code": "WORK" }))
+                .collect(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let name = match self.field_code.as_deref() {
+            Some("PHONE") => "Phone".to_string(),
+            Some("EMAIL") => "Email".to_string(),
+            Some(code) => code.to_string(),
+            None => format!("Field {}", self.field_id),
+        };
+        json!({
+            "field_id": self.field_id,
+            "field_name": name,
+            "field_code": self.field_code,
+            "field_type": self.field_type,
+            "values": self.values,
+        })
+    }
+}
+
+/// A card (lead, contact, company or customer).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SimCard {
+    /// Card id.
+    pub id: u64,
+    /// Card name.
+    pub name: String,
+    /// Responsible Kommo user id.
+    pub responsible_user_id: u64,
+    /// Creation time (0: set to now by `add_card`).
+    pub created_at: i64,
+    /// Last update time (0: set to now by `add_card`).
+    pub updated_at: i64,
+    /// Deleted (hidden from normal reads).
+    pub is_deleted: bool,
+    /// Custom fields (`null` in JSON when empty).
+    pub custom_fields_values: Vec<SimField>,
+    /// Linked contact ids (leads, companies, customers); the first one is the main contact.
+    pub contacts: Vec<u64>,
+}
+
+impl SimCard {
+    /// A card with the given id, name and responsible; timestamps are set when added.
+    pub fn new(id: u64, name: impl Into<String>, responsible_user_id: u64) -> Self {
+        SimCard {
+            id,
+            name: name.into(),
+            responsible_user_id,
+            ..SimCard::default()
+        }
+    }
+
+    /// Adds (or replaces, by `field_id`) a custom field.
+    pub fn with_field(mut self, field: SimField) -> Self {
+        replace_field(&mut self.custom_fields_values, field);
+        self
+    }
+
+    /// Sets the linked contacts.
+    pub fn with_contacts(mut self, contacts: &[u64]) -> Self {
+        self.contacts = contacts.to_vec();
+        self
+    }
+}
+
+fn replace_field(fields: &mut Vec<SimField>, field: SimField) {
+    match fields.iter_mut().find(|f| f.field_id == field.field_id) {
+        Some(f) => *f = field,
+        None => fields.push(field),
+    }
+}
+
+/// A Kommo user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimUser {
+    /// User id.
+    pub id: u64,
+    /// Display name.
+    pub name: String,
+    /// E-mail.
+    pub email: String,
+    /// `rights.is_active`.
+    pub active: bool,
+}
+
+#[derive(Clone, Debug)]
+struct CardEntry {
+    card: SimCard,
+    created_by: u64,
+    updated_by: u64,
+}
+
+#[derive(Clone, Debug)]
+struct EventRec {
+    id: String,
+    seq: u64,
+    event_type: String,
+    entity: CardKind,
+    entity_id: u64,
+    created_by: u64,
+    created_at: i64,
+    value_before: Value,
+    value_after: Value,
+}
+
+#[derive(Debug)]
+struct OAuthState {
+    cfg: OAuthSim,
+    refresh: String,
+    refresh_exp: i64,
+    access: Option<(String, i64)>,
+    refresh_count: u64,
+}
+
+struct KState {
+    users: BTreeMap<u64, SimUser>,
+    cards: [BTreeMap<u64, CardEntry>; 4],
+    events: Vec<EventRec>,
+    event_seq: u64,
+    long_lived: Option<String>,
+    oauth: Option<OAuthState>,
+    api_filter_enabled: bool,
+    patch_count: u64,
+    written: [Vec<u64>; 4],
+    rng: XorShift,
+    token_seq: u64,
+}
+
+struct Shared {
+    state: Mutex<KState>,
+    faults: Faults,
+    clock: SimClock,
+    base_url: String,
+    server: ServerTask,
+    account_id: u64,
+    current_user_id: u64,
+}
+
+/// Handle to a running fake Kommo server. Cheap to clone; all clones share the state.
+#[derive(Clone)]
+pub struct KommoSim {
+    shared: Arc<Shared>,
+}
+
+impl KommoSim {
+    /// Binds `127.0.0.1:0` and starts serving.
+    pub async fn start(cfg: KommoSimConfig) -> std::io::Result<KommoSim> {
+        let (listener, base_url, port) = bind_local().await?;
+        let clock = cfg.clock.unwrap_or_default();
+        let now = clock.now();
+        let oauth = cfg.oauth.map(|o| OAuthState {
+            refresh: o.refresh_token.clone(),
+            refresh_exp: now + REFRESH_TTL_SECS,
+            cfg: o,
+            access: None,
+            refresh_count: 0,
+        });
+        let state = KState {
+            users: BTreeMap::new(),
+            cards: Default::default(),
+            events: Vec::new(),
+            event_seq: 0,
+            long_lived: cfg.long_lived_token,
+            oauth,
+            api_filter_enabled: cfg.api_filter_enabled,
+            patch_count: 0,
+            written: Default::default(),
+            rng: XorShift::new(0x4B4F_4D4D_4F00_0000 ^ u64::from(port) ^ (now as u64) << 16),
+            token_seq: 0,
+        };
+        let sim = KommoSim {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                faults: Faults::default(),
+                clock,
+                base_url,
+                server: ServerTask::new(),
+                account_id: cfg.account_id,
+                current_user_id: cfg.current_user_id,
+            }),
+        };
+        let router = Router::new().fallback(entry).with_state(sim.clone());
+        sim.shared.server.spawn(listener, router);
+        Ok(sim)
+    }
+
+    fault_methods!();
+
+    /// Makes every request answer `403` with an nginx HTML page (a persistent IP block) until
+    /// called with `false`.
+    pub fn set_blocked(&self, blocked: bool) {
+        self.shared.faults.set_blocked(blocked);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, KState> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The account's `current_user_id`.
+    pub fn current_user_id(&self) -> u64 {
+        self.shared.current_user_id
+    }
+
+    /// The account id.
+    pub fn account_id(&self) -> u64 {
+        self.shared.account_id
+    }
+
+    /// Turns the API filter add-on on or off (see the module docs).
+    pub fn set_api_filter_enabled(&self, enabled: bool) {
+        self.lock().api_filter_enabled = enabled;
+    }
+
+    // ----- users -----
+
+    /// Adds (or replaces) a user.
+    pub fn add_user(&self, id: u64, name: &str, email: &str, active: bool) {
+        self.lock().users.insert(
+            id,
+            SimUser {
+                id,
+                name: name.to_string(),
+                email: email.to_string(),
+                active,
+            },
+        );
+    }
+
+    /// Sets `rights.is_active` of a user.
+    ///
+    /// # Panics
+    /// If the user does not exist.
+    pub fn set_user_active(&self, id: u64, active: bool) {
+        self.lock()
+            .users
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("unknown Kommo user {id}"))
+            .active = active;
+    }
+
+    /// Removes a user (cards keep pointing at the id).
+    pub fn remove_user(&self, id: u64) {
+        self.lock().users.remove(&id);
+    }
+
+    /// All users, by id.
+    pub fn users(&self) -> Vec<SimUser> {
+        self.lock().users.values().cloned().collect()
+    }
+
+    // ----- cards -----
+
+    /// Adds (or replaces) a card; `created_at`/`updated_at` of 0 become now.
+    ///
+    /// # Panics
+    /// On an unknown kind (every card method accepts `leads`/`lead` etc.).
+    pub fn add_card(&self, kind: &str, card: SimCard) {
+        self.add_cards(kind, [card]);
+    }
+
+    /// Adds many cards under one lock (fast bulk world building).
+    ///
+    /// # Panics
+    /// On an unknown kind.
+    pub fn add_cards(&self, kind: &str, cards: impl IntoIterator<Item = SimCard>) {
+        let kind = CardKind::must(kind);
+        let now = self.shared.clock.now();
+        let mut st = self.lock();
+        for mut card in cards {
+            if card.created_at == 0 {
+                card.created_at = now;
+            }
+            if card.updated_at == 0 {
+                card.updated_at = now;
+            }
+            st.cards[kind.idx()].insert(
+                card.id,
+                CardEntry {
+                    card,
+                    created_by: 0,
+                    updated_by: 0,
+                },
+            );
+        }
+    }
+
+    /// A card (deleted ones included).
+    pub fn card(&self, kind: &str, id: u64) -> Option<SimCard> {
+        let kind = CardKind::must(kind);
+        self.lock().cards[kind.idx()]
+            .get(&id)
+            .map(|e| e.card.clone())
+    }
+
+    /// The responsible of a card, if it exists.
+    pub fn responsible_of(&self, kind: &str, id: u64) -> Option<u64> {
+        self.card(kind, id).map(|c| c.responsible_user_id)
+    }
+
+    /// All cards of a kind (deleted ones included), by id.
+    pub fn cards(&self, kind: &str) -> Vec<SimCard> {
+        let kind = CardKind::must(kind);
+        self.lock().cards[kind.idx()]
+            .values()
+            .map(|e| e.card.clone())
+            .collect()
+    }
+
+    fn with_card<R>(
+        &self,
+        kind: &str,
+        id: u64,
+        f: impl FnOnce(&mut KState, CardKind, i64) -> R,
+    ) -> R {
+        let kind = CardKind::must(kind);
+        let now = self.shared.clock.now();
+        let mut st = self.lock();
+        assert!(
+            st.cards[kind.idx()].contains_key(&id),
+            "unknown Kommo {} {id}",
+            kind.singular()
+        );
+        f(&mut st, kind, now)
+    }
+
+    /// A person changes the responsible in the UI: updates, bumps `updated_at`, sets `updated_by`
+    /// and, only if the value changed, appends an `entity_responsible_changed` event with
+    /// `created_by = by_user`.
+    ///
+    /// # Panics
+    /// On an unknown kind or card.
+    pub fn set_responsible_as_human(&self, kind: &str, id: u64, user_id: u64, by_user: u64) {
+        self.with_card(kind, id, |st, kind, now| {
+            st.set_responsible(kind, id, user_id, by_user, now);
+        });
+    }
+
+    /// Sets the responsible without an event and without touching `updated_at` (world setup).
+    ///
+    /// # Panics
+    /// On an unknown kind or card.
+    pub fn set_responsible_silently(&self, kind: &str, id: u64, user_id: u64) {
+        self.with_card(kind, id, |st, kind, _| {
+            if let Some(e) = st.cards[kind.idx()].get_mut(&id) {
+                e.card.responsible_user_id = user_id;
+            }
+        });
+    }
+
+    /// Replaces (by `field_id`) or adds a custom field and bumps `updated_at`.
+    ///
+    /// # Panics
+    /// On an unknown kind or card.
+    pub fn set_field(&self, kind: &str, id: u64, field: SimField) {
+        self.with_card(kind, id, |st, kind, now| {
+            if let Some(e) = st.cards[kind.idx()].get_mut(&id) {
+                replace_field(&mut e.card.custom_fields_values, field);
+                e.card.updated_at = now;
+            }
+        });
+    }
+
+    /// Removes a custom field and bumps `updated_at`.
+    ///
+    /// # Panics
+    /// On an unknown kind or card.
+    pub fn remove_field(&self, kind: &str, id: u64, field_id: u64) {
+        self.with_card(kind, id, |st, kind, now| {
+            if let Some(e) = st.cards[kind.idx()].get_mut(&id) {
+                e.card
+                    .custom_fields_values
+                    .retain(|f| f.field_id != field_id);
+                e.card.updated_at = now;
+            }
+        });
+    }
+
+    /// Links a contact to a lead/company/customer (no-op if already linked); bumps `updated_at`.
+    ///
+    /// # Panics
+    /// On an unknown kind or card.
+    pub fn link_contact(&self, kind: &str, id: u64, contact_id: u64) {
+        self.with_card(kind, id, |st, kind, now| {
+            if let Some(e) = st.cards[kind.idx()].get_mut(&id)
+                && !e.card.contacts.contains(&contact_id)
+            {
+                e.card.contacts.push(contact_id);
+                e.card.updated_at = now;
+            }
+        });
+    }
+
+    /// Unlinks a contact; bumps `updated_at` if it was linked.
+    ///
+    /// # Panics
+    /// On an unknown kind or card.
+    pub fn unlink_contact(&self, kind: &str, id: u64, contact_id: u64) {
+        self.with_card(kind, id, |st, kind, now| {
+            if let Some(e) = st.cards[kind.idx()].get_mut(&id)
+                && e.card.contacts.contains(&contact_id)
+            {
+                e.card.contacts.retain(|c| *c != contact_id);
+                e.card.updated_at = now;
+            }
+        });
+    }
+
+    /// Marks a card deleted and bumps `updated_at`.
+    ///
+    /// # Panics
+    /// On an unknown kind or card.
+    pub fn delete_card(&self, kind: &str, id: u64) {
+        self.with_card(kind, id, |st, kind, now| {
+            if let Some(e) = st.cards[kind.idx()].get_mut(&id) {
+                e.card.is_deleted = true;
+                e.card.updated_at = now;
+            }
+        });
+    }
+
+    /// Restores a deleted card and bumps `updated_at`.
+    ///
+    /// # Panics
+    /// On an unknown kind or card.
+    pub fn restore_card(&self, kind: &str, id: u64) {
+        self.with_card(kind, id, |st, kind, now| {
+            if let Some(e) = st.cards[kind.idx()].get_mut(&id) {
+                e.card.is_deleted = false;
+                e.card.updated_at = now;
+            }
+        });
+    }
+
+    // ----- events and writes -----
+
+    /// Appends an event of an arbitrary type (e.g. `lead_added`, for filter tests) with empty
+    /// values.
+    ///
+    /// # Panics
+    /// On an unknown kind.
+    pub fn add_custom_event(&self, event_type: &str, kind: &str, entity_id: u64, created_by: u64) {
+        let kind = CardKind::must(kind);
+        let now = self.shared.clock.now();
+        self.lock().push_event(
+            event_type,
+            kind,
+            entity_id,
+            created_by,
+            now,
+            json!([]),
+            json!([]),
+        );
+    }
+
+    /// All events, as rendered by the API, in (created_at, insertion) order.
+    pub fn events(&self) -> Vec<Value> {
+        let st = self.lock();
+        let mut evs: Vec<&EventRec> = st.events.iter().collect();
+        evs.sort_by_key(|e| (e.created_at, e.seq));
+        evs.into_iter()
+            .map(|e| event_json(e, &self.shared.base_url, self.shared.account_id))
+            .collect()
+    }
+
+    /// Number of PATCH requests that reached the handler (see the module docs).
+    pub fn patch_count(&self) -> u64 {
+        self.lock().patch_count
+    }
+
+    /// Every card id whose responsible was set through PATCH, in order, duplicates kept.
+    ///
+    /// # Panics
+    /// On an unknown kind.
+    pub fn written_ids(&self, kind: &str) -> Vec<u64> {
+        let kind = CardKind::must(kind);
+        self.lock().written[kind.idx()].clone()
+    }
+
+    // ----- tokens -----
+
+    /// Number of successful OAuth refreshes.
+    pub fn refresh_count(&self) -> u64 {
+        self.lock().oauth.as_ref().map_or(0, |o| o.refresh_count)
+    }
+
+    /// The currently valid OAuth refresh token.
+    pub fn current_refresh_token(&self) -> Option<String> {
+        self.lock().oauth.as_ref().map(|o| o.refresh.clone())
+    }
+
+    /// The current OAuth access token (possibly expired).
+    pub fn current_access_token(&self) -> Option<String> {
+        self.lock()
+            .oauth
+            .as_ref()
+            .and_then(|o| o.access.as_ref().map(|a| a.0.clone()))
+    }
+
+    /// Forces the current OAuth access token to be expired.
+    pub fn expire_access_token(&self) {
+        let now = self.shared.clock.now();
+        if let Some(o) = self.lock().oauth.as_mut()
+            && let Some(a) = o.access.as_mut()
+        {
+            a.1 = now - 1;
+        }
+    }
+
+    /// Replaces (or revokes, with `None`) the accepted long-lived token.
+    pub fn set_long_lived_token(&self, token: Option<String>) {
+        self.lock().long_lived = token;
+    }
+
+    // ----- HTTP -----
+
+    fn route(&self, inc: Incoming) -> Response {
+        let segs = segments(&inc.path);
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let now = self.shared.clock.now();
+        let mut st = self.lock();
+        if segs == ["oauth2", "access_token"] {
+            if inc.method != Method::POST {
+                return method_not_allowed();
+            }
+            return self.oauth_token(&mut st, &inc, now);
+        }
+        if segs.len() < 3 || segs[0] != "api" || segs[1] != "v4" {
+            return not_found(&self.shared.base_url, &inc);
+        }
+        if !st.authorized(&inc, now) {
+            return kommo_problem(StatusCode::UNAUTHORIZED, "Invalid user name or password");
+        }
+        let get = inc.method == Method::GET;
+        let patch = inc.method == Method::PATCH;
+        match &segs[2..] {
+            ["account"] if get => self.account(&st, &inc, now),
+            ["users"] if get => self.users_list(&st, &inc),
+            ["users", id] if get => match id.parse::<u64>().ok().and_then(|i| st.users.get(&i)) {
+                Some(u) => json_response(StatusCode::OK, HAL, &user_json(u, &self.shared.base_url)),
+                None => no_content(),
+            },
+            ["events"] if get => self.events_list(&st, &inc),
+            ["events", id] if get => match st.events.iter().find(|e| e.id == *id) {
+                Some(e) => json_response(
+                    StatusCode::OK,
+                    HAL,
+                    &event_json(e, &self.shared.base_url, self.shared.account_id),
+                ),
+                None => no_content(),
+            },
+            [kind] if CardKind::from_path(kind).is_some() => {
+                let kind = CardKind::from_path(kind).unwrap_or(CardKind::Lead);
+                if get {
+                    self.cards_list(&st, kind, &inc)
+                } else if patch {
+                    self.patch(&mut st, kind, &inc, None, now)
+                } else {
+                    method_not_allowed()
+                }
+            }
+            [kind, id] if CardKind::from_path(kind).is_some() => {
+                let kind = CardKind::from_path(kind).unwrap_or(CardKind::Lead);
+                let Ok(id) = id.parse::<u64>() else {
+                    return not_found(&self.shared.base_url, &inc);
+                };
+                if get {
+                    self.card_get(&st, kind, id, &inc)
+                } else if patch {
+                    self.patch(&mut st, kind, &inc, Some(id), now)
+                } else {
+                    method_not_allowed()
+                }
+            }
+            ["account" | "users" | "events", ..] => method_not_allowed(),
+            _ => not_found(&self.shared.base_url, &inc),
+        }
+    }
+
+    fn account(&self, st: &KState, inc: &Incoming, now: i64) -> Response {
+        let with = with_set(&inc.params);
+        let base = &self.shared.base_url;
+        let mut body = json!({
+            "id": self.shared.account_id,
+            "name": "Simulated account",
+            "subdomain": "sim",
+            "created_at": now - 86_400 * 365,
+            "created_by": 0,
+            "updated_at": now,
+            "updated_by": 0,
+            "current_user_id": self.shared.current_user_id,
+            "country": "US",
+            "currency": "USD",
+            "currency_symbol": "$",
+            "customers_mode": "segments",
+            "is_unsorted_on": false,
+            "is_loss_reason_enabled": false,
+            "is_helpbot_enabled": false,
+            "is_technical_account": false,
+            "contact_name_display_order": 1,
+            "_links": {"self": {"href": format!("{base}/api/v4/account")}},
+        });
+        if with.contains("is_api_filter_enabled") {
+            body["is_api_filter_enabled"] = json!(st.api_filter_enabled);
+        }
+        if with.contains("amojo_id") {
+            body["amojo_id"] = json!(format!("sim-amojo-{}", self.shared.account_id));
+        }
+        if with.contains("datetime_settings") {
+            body["_embedded"] = json!({"datetime_settings": {
+                "date_pattern": "d.m.Y H:i", "short_date_pattern": "d.m.Y",
+                "short_time_pattern": "H:i", "date_format": "d.m.Y", "time_format": "H:i:s",
+                "timezone": "UTC", "timezone_offset": "+00:00"}});
+        }
+        json_response(StatusCode::OK, HAL, &body)
+    }
+
+    fn users_list(&self, st: &KState, inc: &Incoming) -> Response {
+        let (page, limit) = match page_limit(&inc.params, MAX_PAGE) {
+            Ok(v) => v,
+            Err(name) => return bad_param(name),
+        };
+        let total = st.users.len() as u64;
+        let page_count = total.div_ceil(limit);
+        let start = (page - 1) * limit;
+        if start >= total {
+            return no_content();
+        }
+        let base = &self.shared.base_url;
+        let users: Vec<Value> = st
+            .users
+            .values()
+            .skip(start as usize)
+            .take(limit as usize)
+            .map(|u| user_json(u, base))
+            .collect();
+        let mut links = json!({"self": {"href": href(base, &inc.path, &inc.query)}});
+        if page < page_count {
+            links["next"] = json!({"href": href_with_page(base, &inc.path, &inc.query, page + 1)});
+        }
+        if page > 1 {
+            links["prev"] = json!({"href": href_with_page(base, &inc.path, &inc.query, page - 1)});
+        }
+        json_response(
+            StatusCode::OK,
+            HAL,
+            &json!({
+                "_total_items": total,
+                "_page": page,
+                "_page_count": page_count,
+                "_links": links,
+                "_embedded": {"users": users},
+            }),
+        )
+    }
+
+    fn cards_list(&self, st: &KState, kind: CardKind, inc: &Incoming) -> Response {
+        let (page, limit) = match page_limit(&inc.params, MAX_PAGE) {
+            Ok(v) => v,
+            Err(name) => return bad_param(name),
+        };
+        let q = &inc.params;
+        let with = with_set(q);
+        let only_deleted = with.contains("only_deleted");
+        let mut items: Vec<&CardEntry> = st.cards[kind.idx()]
+            .values()
+            .filter(|e| e.card.is_deleted == only_deleted)
+            .collect();
+        if st.api_filter_enabled {
+            let ids: Option<HashSet<u64>> =
+                multi(q, "filter[id]").map(|v| v.iter().filter_map(|s| s.parse().ok()).collect());
+            let resp: Option<HashSet<u64>> = multi(q, "filter[responsible_user_id]")
+                .map(|v| v.iter().filter_map(|s| s.parse().ok()).collect());
+            let upd = range(q, "filter[updated_at]");
+            let crt = range(q, "filter[created_at]");
+            items.retain(|e| {
+                ids.as_ref().is_none_or(|s| s.contains(&e.card.id))
+                    && resp
+                        .as_ref()
+                        .is_none_or(|s| s.contains(&e.card.responsible_user_id))
+                    && in_range(upd, e.card.updated_at)
+                    && in_range(crt, e.card.created_at)
+            });
+            if let Some((field, desc)) = order_param(q) {
+                items.sort_by(|a, b| {
+                    let (ka, kb) = match field {
+                        "updated_at" => (a.card.updated_at, b.card.updated_at),
+                        "created_at" => (a.card.created_at, b.card.created_at),
+                        _ => (a.card.id as i64, b.card.id as i64),
+                    };
+                    let ord = if desc { kb.cmp(&ka) } else { ka.cmp(&kb) };
+                    ord.then(a.card.id.cmp(&b.card.id))
+                });
+            }
+        }
+        let start = ((page - 1) * limit) as usize;
+        if start >= items.len() {
+            return no_content();
+        }
+        let slice = &items[start..(start + limit as usize).min(items.len())];
+        let ctx = RenderCtx::new(st, kind, &with, slice);
+        let rendered: Vec<Value> = slice
+            .iter()
+            .map(|e| self.card_json(st, kind, e, &with, &ctx))
+            .collect();
+        let base = &self.shared.base_url;
+        let mut links = json!({
+            "self": {"href": href(base, &inc.path, &inc.query)},
+            "first": {"href": href_with_page(base, &inc.path, &inc.query, 1)},
+        });
+        if slice.len() as u64 == limit {
+            links["next"] = json!({"href": href_with_page(base, &inc.path, &inc.query, page + 1)});
+        }
+        if page > 1 {
+            links["prev"] = json!({"href": href_with_page(base, &inc.path, &inc.query, page - 1)});
+        }
+        let mut embedded = Map::new();
+        embedded.insert(kind.path().to_string(), Value::Array(rendered));
+        json_response(
+            StatusCode::OK,
+            HAL,
+            &json!({"_page": page, "_links": links, "_embedded": embedded}),
+        )
+    }
+
+    fn card_get(&self, st: &KState, kind: CardKind, id: u64, inc: &Incoming) -> Response {
+        let with = with_set(&inc.params);
+        match st.cards[kind.idx()].get(&id) {
+            Some(e) if !e.card.is_deleted => {
+                let ctx = RenderCtx::new(st, kind, &with, &[e]);
+                json_response(
+                    StatusCode::OK,
+                    HAL,
+                    &self.card_json(st, kind, e, &with, &ctx),
+                )
+            }
+            _ => no_content(),
+        }
+    }
+
+    fn card_json(
+        &self,
+        st: &KState,
+        kind: CardKind,
+        e: &CardEntry,
+        with: &HashSet<String>,
+        ctx: &RenderCtx,
+    ) -> Value {
+        let base = &self.shared.base_url;
+        let c = &e.card;
+        let self_link =
+            json!({"self": {"href": format!("{base}/api/v4/{}/{}", kind.path(), c.id)}});
+        if c.is_deleted {
+            return json!({
+                "id": c.id, "updated_at": c.updated_at, "is_deleted": true, "_links": self_link,
+            });
+        }
+        let cfv = if c.custom_fields_values.is_empty() {
+            Value::Null
+        } else {
+            Value::Array(
+                c.custom_fields_values
+                    .iter()
+                    .map(SimField::to_json)
+                    .collect(),
+            )
+        };
+        let mut v = json!({
+            "id": c.id,
+            "name": c.name,
+            "responsible_user_id": c.responsible_user_id,
+            "group_id": 0,
+            "created_by": e.created_by,
+            "updated_by": e.updated_by,
+            "created_at": c.created_at,
+            "updated_at": c.updated_at,
+            "closest_task_at": null,
+            "is_deleted": false,
+            "custom_fields_values": cfv,
+            "account_id": self.shared.account_id,
+            "_links": self_link,
+        });
+        match kind {
+            CardKind::Lead => {
+                v["price"] = json!(0);
+                v["status_id"] = json!(142);
+                v["pipeline_id"] = json!(1300);
+                v["loss_reason_id"] = Value::Null;
+                v["source_id"] = Value::Null;
+                v["closed_at"] = Value::Null;
+                v["score"] = Value::Null;
+            }
+            CardKind::Contact => {
+                v["first_name"] = json!("");
+                v["last_name"] = json!("");
+            }
+            CardKind::Company => {}
+            CardKind::Customer => {
+                v["next_price"] = json!(0);
+                v["next_date"] = Value::Null;
+                v["status_id"] = json!(1);
+                v["periodicity"] = json!(0);
+            }
+        }
+        let mut emb = Map::new();
+        emb.insert("tags".into(), json!([]));
+        let link = |p: &str, id: u64| json!({"id": id, "_links": {"self": {"href": format!("{base}/api/v4/{p}/{id}")}}});
+        match kind {
+            CardKind::Contact => {
+                let companies = ctx.companies_of.get(&c.id).cloned().unwrap_or_default();
+                emb.insert(
+                    "companies".into(),
+                    companies.iter().map(|id| link("companies", *id)).collect(),
+                );
+                if with.contains("leads") {
+                    let leads = ctx.leads_of.get(&c.id).cloned().unwrap_or_default();
+                    emb.insert(
+                        "leads".into(),
+                        leads.iter().map(|id| link("leads", *id)).collect(),
+                    );
+                }
+                if with.contains("customers") {
+                    let cust = ctx.customers_of.get(&c.id).cloned().unwrap_or_default();
+                    emb.insert(
+                        "customers".into(),
+                        cust.iter().map(|id| link("customers", *id)).collect(),
+                    );
+                }
+            }
+            _ => {
+                if kind != CardKind::Company {
+                    emb.insert("companies".into(), json!([]));
+                }
+                if with.contains("contacts") {
+                    let live: Vec<u64> = c
+                        .contacts
+                        .iter()
+                        .copied()
+                        .filter(|id| {
+                            st.cards[CardKind::Contact.idx()]
+                                .get(id)
+                                .is_some_and(|e| !e.card.is_deleted)
+                        })
+                        .collect();
+                    let contacts: Vec<Value> = live
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| {
+                            let mut l = link("contacts", *id);
+                            l["is_main"] = json!(i == 0);
+                            l
+                        })
+                        .collect();
+                    emb.insert("contacts".into(), Value::Array(contacts));
+                }
+                if kind == CardKind::Company && with.contains("leads") {
+                    emb.insert("leads".into(), json!([]));
+                }
+            }
+        }
+        v["_embedded"] = Value::Object(emb);
+        v
+    }
+
+    fn patch(
+        &self,
+        st: &mut KState,
+        kind: CardKind,
+        inc: &Incoming,
+        single: Option<u64>,
+        now: i64,
+    ) -> Response {
+        st.patch_count += 1;
+        let body: Value = match serde_json::from_slice(&inc.body) {
+            Ok(v) => v,
+            Err(_) if inc.body.is_empty() => {
+                return kommo_problem(StatusCode::BAD_REQUEST, "Request data can not be empty");
+            }
+            Err(e) => {
+                return kommo_problem(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Request body is not valid JSON: {e}"),
+                );
+            }
+        };
+        let items: Vec<Value> = match (single, body) {
+            (Some(id), Value::Object(mut o)) => {
+                if o.get("id").is_some_and(|v| v.as_u64() != Some(id)) {
+                    return validation_error(vec![(
+                        "0".into(),
+                        vec![("InvalidValue", "id", "The id does not match the URL")],
+                    )]);
+                }
+                o.insert("id".into(), json!(id));
+                vec![Value::Object(o)]
+            }
+            (None, Value::Array(a)) => a,
+            _ => {
+                return validation_error(vec![(
+                    "0".into(),
+                    vec![("InvalidType", "", "This value should be of type array.")],
+                )]);
+            }
+        };
+        if items.is_empty() {
+            return kommo_problem(StatusCode::BAD_REQUEST, "Request data can not be empty");
+        }
+        if items.len() > MAX_PAGE as usize {
+            return kommo_problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 250 per page");
+        }
+        let mut errors: Vec<ItemErrors> = Vec::new();
+        let mut plan: Vec<(u64, Option<u64>, Value)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let rid = match item.get("request_id") {
+                Some(Value::String(s)) => Value::String(s.clone()),
+                Some(Value::Number(n)) => Value::String(n.to_string()),
+                _ => Value::String(i.to_string()),
+            };
+            let rid_s = rid.as_str().unwrap_or_default().to_string();
+            let mut errs = Vec::new();
+            let Some(obj) = item.as_object() else {
+                errors.push((
+                    rid_s,
+                    vec![("InvalidType", "", "This value should be of type object.")],
+                ));
+                continue;
+            };
+            let id = obj.get("id").and_then(Value::as_u64);
+            match id {
+                None => errs.push(("InvalidType", "id", "This value should be of type int.")),
+                Some(id) => {
+                    if st.cards[kind.idx()]
+                        .get(&id)
+                        .is_none_or(|e| e.card.is_deleted)
+                    {
+                        errs.push(("NotFound", "id", "Entity not found."));
+                    }
+                }
+            }
+            let resp = match obj.get("responsible_user_id") {
+                None => None,
+                Some(v) => match v.as_u64() {
+                    None => {
+                        errs.push((
+                            "InvalidType",
+                            "responsible_user_id",
+                            "This value should be of type int.",
+                        ));
+                        None
+                    }
+                    Some(u) => {
+                        if !st.users.contains_key(&u) {
+                            errs.push((
+                                "NotSupportedChoice",
+                                "responsible_user_id",
+                                "The value you selected is not a valid choice.",
+                            ));
+                        }
+                        Some(u)
+                    }
+                },
+            };
+            if errs.is_empty() {
+                plan.push((id.unwrap_or_default(), resp, rid));
+            } else {
+                errors.push((rid_s, errs));
+            }
+        }
+        if !errors.is_empty() {
+            return validation_error(errors);
+        }
+        let me = self.shared.current_user_id;
+        let base = &self.shared.base_url;
+        let mut out = Vec::with_capacity(plan.len());
+        for (id, resp, rid) in plan {
+            match resp {
+                Some(u) => {
+                    st.written[kind.idx()].push(id);
+                    st.set_responsible(kind, id, u, me, now);
+                }
+                None => {
+                    if let Some(e) = st.cards[kind.idx()].get_mut(&id) {
+                        e.card.updated_at = now;
+                        e.updated_by = me;
+                    }
+                }
+            }
+            let updated_at = st.cards[kind.idx()]
+                .get(&id)
+                .map_or(now, |e| e.card.updated_at);
+            out.push(json!({
+                "id": id,
+                "updated_at": updated_at,
+                "request_id": rid,
+                "_links": {"self": {"href": format!("{base}/api/v4/{}/{id}", kind.path())}},
+            }));
+        }
+        if single.is_some() {
+            let item = out.pop().unwrap_or(Value::Null);
+            return json_response(StatusCode::OK, HAL, &item);
+        }
+        let mut embedded = Map::new();
+        embedded.insert(kind.path().to_string(), Value::Array(out));
+        json_response(
+            StatusCode::OK,
+            HAL,
+            &json!({
+                "_links": {"self": {"href": format!("{base}/api/v4/{}", kind.path())}},
+                "_embedded": embedded,
+            }),
+        )
+    }
+
+    fn events_list(&self, st: &KState, inc: &Incoming) -> Response {
+        let q = &inc.params;
+        let page = match param(q, "page") {
+            None => 1,
+            Some(p) => match p.parse::<u64>() {
+                Ok(p) if p >= 1 => p,
+                _ => return bad_param("page"),
+            },
+        };
+        let limit = match param(q, "limit") {
+            None => 50,
+            Some(l) => match l.parse::<u64>() {
+                Ok(l) if l >= 1 => l.min(MAX_EVENTS_PAGE),
+                _ => return bad_param("limit"),
+            },
+        };
+        let types: Option<HashSet<String>> =
+            multi(q, "filter[type]").map(|v| v.into_iter().collect());
+        let entities: Option<HashSet<String>> =
+            multi(q, "filter[entity]").map(|v| v.into_iter().collect());
+        let entity_ids: Option<HashSet<u64>> = multi(q, "filter[entity_id]")
+            .map(|v| v.iter().filter_map(|s| s.parse().ok()).collect());
+        let created_by: Option<HashSet<u64>> = multi(q, "filter[created_by]")
+            .map(|v| v.iter().filter_map(|s| s.parse().ok()).collect());
+        let ids: Option<HashSet<String>> = multi(q, "filter[id]").map(|v| v.into_iter().collect());
+        let mut created = range(q, "filter[created_at]");
+        if created == (None, None)
+            && let Some(legacy) = param(q, "filter[created_at]")
+        {
+            let mut parts = legacy.split(',').map(|s| s.trim().parse::<i64>().ok());
+            created = (parts.next().flatten(), parts.next().flatten());
+        }
+        let mut evs: Vec<&EventRec> = st
+            .events
+            .iter()
+            .filter(|e| {
+                types.as_ref().is_none_or(|t| t.contains(&e.event_type))
+                    && entities
+                        .as_ref()
+                        .is_none_or(|t| t.contains(e.entity.singular()))
+                    && entity_ids.as_ref().is_none_or(|t| t.contains(&e.entity_id))
+                    && created_by
+                        .as_ref()
+                        .is_none_or(|t| t.contains(&e.created_by))
+                    && ids.as_ref().is_none_or(|t| t.contains(&e.id))
+                    && in_range(created, e.created_at)
+            })
+            .collect();
+        evs.sort_by_key(|e| (e.created_at, e.seq));
+        let start = ((page - 1) * limit) as usize;
+        if start >= evs.len() {
+            return no_content();
+        }
+        let slice = &evs[start..(start + limit as usize).min(evs.len())];
+        let base = &self.shared.base_url;
+        let items: Vec<Value> = slice
+            .iter()
+            .map(|e| event_json(e, base, self.shared.account_id))
+            .collect();
+        let mut links = json!({"self": {"href": href(base, &inc.path, &inc.query)}});
+        if slice.len() as u64 == limit {
+            links["next"] = json!({"href": href_with_page(base, &inc.path, &inc.query, page + 1)});
+        }
+        if page > 1 {
+            links["prev"] = json!({"href": href_with_page(base, &inc.path, &inc.query, page - 1)});
+        }
+        json_response(
+            StatusCode::OK,
+            HAL,
+            &json!({"_page": page, "_links": links, "_embedded": {"events": items}}),
+        )
+    }
+
+    fn oauth_token(&self, st: &mut KState, inc: &Incoming, now: i64) -> Response {
+        let fields: HashMap<String, String> = match serde_json::from_slice::<Value>(&inc.body) {
+            Ok(Value::Object(o)) => o
+                .into_iter()
+                .map(|(k, v)| {
+                    let s = match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (k, s)
+                })
+                .collect(),
+            _ => parse_query(std::str::from_utf8(&inc.body).unwrap_or(""))
+                .into_iter()
+                .collect(),
+        };
+        let account_id = self.shared.account_id;
+        let user = self.shared.current_user_id;
+        let tok_seq = st.token_seq + 1;
+        let sig_seed = st.rng.next_u64();
+        let refresh_suffix = st.rng.string(b"0123456789abcdef", 48);
+        let Some(o) = st.oauth.as_mut() else {
+            return oauth_problem(
+                StatusCode::BAD_REQUEST,
+                "OAuth is not enabled on this account",
+            );
+        };
+        let get = |k: &str| fields.get(k).map(String::as_str);
+        if get("client_id") != Some(o.cfg.client_id.as_str())
+            || get("client_secret") != Some(o.cfg.client_secret.as_str())
+        {
+            return oauth_problem(StatusCode::UNAUTHORIZED, "Client authentication failed");
+        }
+        if get("grant_type") != Some("refresh_token") {
+            return oauth_problem(
+                StatusCode::BAD_REQUEST,
+                "The authorization grant type is not supported by the authorization server.",
+            );
+        }
+        if get("redirect_uri") != Some(o.cfg.redirect_uri.as_str()) {
+            return oauth_problem(StatusCode::BAD_REQUEST, "Invalid redirect_uri");
+        }
+        if get("refresh_token") != Some(o.refresh.as_str()) || now >= o.refresh_exp {
+            return oauth_problem(StatusCode::UNAUTHORIZED, "Token has been revoked");
+        }
+        let exp = now + o.cfg.access_ttl_secs;
+        let access = fake_jwt_seeded(
+            &json!({
+                "aud": o.cfg.client_id,
+                "jti": format!("sim-jti-{tok_seq}-{sig_seed:x}"),
+                "iat": now,
+                "nbf": now,
+                "exp": exp,
+                "sub": user.to_string(),
+                "account_id": account_id,
+                "api_domain": "api-sim.kommo.com",
+                "scopes": ["crm", "notifications"],
+            }),
+            sig_seed,
+        );
+        let refresh = format!("def50200{refresh_suffix}{tok_seq:x}");
+        o.refresh = refresh.clone();
+        o.refresh_exp = now + REFRESH_TTL_SECS;
+        o.access = Some((access.clone(), exp));
+        o.refresh_count += 1;
+        let ttl = o.cfg.access_ttl_secs;
+        st.token_seq = tok_seq;
+        json_response(
+            StatusCode::OK,
+            "application/json",
+            &json!({
+                "token_type": "Bearer",
+                "expires_in": ttl,
+                "server_time": now,
+                "access_token": access,
+                "refresh_token": refresh,
+            }),
+        )
+    }
+}
+
+async fn entry(State(sim): State<KommoSim>, req: Request) -> Response {
+    let now = sim.shared.clock.now();
+    let shared = sim.shared.clone();
+    process(&shared.faults, Flavor::Kommo, now, req, |inc| {
+        sim.route(inc)
+    })
+    .await
+}
+
+impl KState {
+    fn authorized(&self, inc: &Incoming, now: i64) -> bool {
+        let Some(tok) = inc
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+        else {
+            return false;
+        };
+        if let Some(ll) = &self.long_lived
+            && ll == tok
+        {
+            return jwt_exp(tok).is_none_or(|exp| now < exp);
+        }
+        if let Some(o) = &self.oauth
+            && let Some((access, exp)) = &o.access
+            && access == tok
+        {
+            return now < *exp;
+        }
+        false
+    }
+
+    fn set_responsible(&mut self, kind: CardKind, id: u64, user: u64, by: u64, now: i64) {
+        let Some(e) = self.cards[kind.idx()].get_mut(&id) else {
+            return;
+        };
+        let before = e.card.responsible_user_id;
+        e.card.responsible_user_id = user;
+        e.card.updated_at = now;
+        e.updated_by = by;
+        if before != user {
+            self.push_event(
+                "entity_responsible_changed",
+                kind,
+                id,
+                by,
+                now,
+                json!([{"responsible_user": {"id": before}}]),
+                json!([{"responsible_user": {"id": user}}]),
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_event(
+        &mut self,
+        event_type: &str,
+        entity: CardKind,
+        entity_id: u64,
+        created_by: u64,
+        created_at: i64,
+        value_before: Value,
+        value_after: Value,
+    ) {
+        self.event_seq += 1;
+        let seq = self.event_seq;
+        let mut b36 = String::new();
+        let mut n = seq;
+        while n > 0 {
+            b36.insert(0, char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+            n /= 36;
+        }
+        self.events.push(EventRec {
+            id: format!("01j{b36:0>23}"),
+            seq,
+            event_type: event_type.to_string(),
+            entity,
+            entity_id,
+            created_by,
+            created_at,
+            value_before,
+            value_after,
+        });
+    }
+}
+
+/// `(code, path, detail)` of one validation error.
+type FieldError = (&'static str, &'static str, &'static str);
+/// Validation errors of one `request_id`.
+type ItemErrors = (String, Vec<FieldError>);
+
+/// Reverse-link indexes needed to render one page.
+#[derive(Default)]
+struct RenderCtx {
+    leads_of: HashMap<u64, Vec<u64>>,
+    customers_of: HashMap<u64, Vec<u64>>,
+    companies_of: HashMap<u64, Vec<u64>>,
+}
+
+impl RenderCtx {
+    fn new(st: &KState, kind: CardKind, with: &HashSet<String>, page: &[&CardEntry]) -> Self {
+        let mut ctx = RenderCtx::default();
+        if kind != CardKind::Contact {
+            return ctx;
+        }
+        let wanted: HashSet<u64> = page.iter().map(|e| e.card.id).collect();
+        let index = |k: CardKind, out: &mut HashMap<u64, Vec<u64>>| {
+            for e in st.cards[k.idx()].values().filter(|e| !e.card.is_deleted) {
+                for c in &e.card.contacts {
+                    if wanted.contains(c) {
+                        out.entry(*c).or_default().push(e.card.id);
+                    }
+                }
+            }
+        };
+        index(CardKind::Company, &mut ctx.companies_of);
+        if with.contains("leads") {
+            index(CardKind::Lead, &mut ctx.leads_of);
+        }
+        if with.contains("customers") {
+            index(CardKind::Customer, &mut ctx.customers_of);
+        }
+        ctx
+    }
+}
+
+fn event_json(e: &EventRec, base: &str, account_id: u64) -> Value {
+    json!({
+        "id": e.id,
+        "type": e.event_type,
+        "entity_id": e.entity_id,
+        "entity_type": e.entity.singular(),
+        "created_by": e.created_by,
+        "created_at": e.created_at,
+        "value_after": e.value_after,
+        "value_before": e.value_before,
+        "account_id": account_id,
+        "_links": {"self": {"href": format!("{base}/api/v4/events/{}", e.id)}},
+        "_embedded": {"entity": {"id": e.entity_id, "_links": {"self": {"href":
+            format!("{base}/api/v4/{}/{}", e.entity.path(), e.entity_id)}}}},
+    })
+}
+
+fn user_json(u: &SimUser, base: &str) -> Value {
+    let all = json!({"view": "A", "edit": "A", "add": "A", "delete": "A", "export": "A"});
+    json!({
+        "id": u.id,
+        "name": u.name,
+        "email": u.email,
+        "lang": "en",
+        "rights": {
+            "leads": all, "contacts": all, "companies": all,
+            "mail_access": false, "catalog_access": false, "status_rights": null,
+            "is_admin": false, "is_free": false, "is_active": u.active,
+            "group_id": null, "role_id": null,
+        },
+        "_links": {"self": {"href": format!("{base}/api/v4/users/{}", u.id)}},
+    })
+}
+
+fn with_set(params: &[(String, String)]) -> HashSet<String> {
+    params
+        .iter()
+        .filter(|(k, _)| k == "with")
+        .flat_map(|(_, v)| v.split(',').map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn page_limit(params: &[(String, String)], max: u64) -> Result<(u64, u64), &'static str> {
+    let page = match param(params, "page") {
+        None => 1,
+        Some(p) => match p.parse::<u64>() {
+            Ok(p) if p >= 1 => p,
+            _ => return Err("page"),
+        },
+    };
+    let limit = match param(params, "limit") {
+        None => 50,
+        Some(l) => match l.parse::<u64>() {
+            Ok(l) if (1..=max).contains(&l) => l,
+            _ => return Err("limit"),
+        },
+    };
+    Ok((page, limit))
+}
+
+fn bad_param(name: &'static str) -> Response {
+    validation_error(vec![(
+        "0".into(),
+        vec![(
+            "InvalidValue",
+            name,
+            "This value is not valid (limit: 1..=250, page: >= 1).",
+        )],
+    )])
+}
+
+fn range(params: &[(String, String)], base: &str) -> (Option<i64>, Option<i64>) {
+    let get = |suffix: &str| {
+        param(params, &format!("{base}[{suffix}]")).and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    (get("from"), get("to"))
+}
+
+fn in_range(r: (Option<i64>, Option<i64>), v: i64) -> bool {
+    r.0.is_none_or(|from| v >= from) && r.1.is_none_or(|to| v <= to)
+}
+
+fn order_param(params: &[(String, String)]) -> Option<(&'static str, bool)> {
+    params.iter().find_map(|(k, v)| {
+        let field = k.strip_prefix("order[")?.strip_suffix(']')?;
+        let field = match field {
+            "updated_at" => "updated_at",
+            "created_at" => "created_at",
+            "id" => "id",
+            _ => return None,
+        };
+        Some((field, v.eq_ignore_ascii_case("desc")))
+    })
+}
+
+fn validation_error(errors: Vec<ItemErrors>) -> Response {
+    let list: Vec<Value> = errors
+        .into_iter()
+        .map(|(rid, errs)| {
+            json!({
+                "request_id": rid,
+                "errors": errs.into_iter().map(|(code, path, detail)| json!({
+                    "code": code, "path": path, "detail": detail,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::BAD_REQUEST,
+        "application/problem+json",
+        &json!({
+            "validation-errors": list,
+            "title": "Bad Request",
+            "type": "https://httpstatus.es/400",
+            "status": 400,
+            "detail": "Request validation failed",
+        }),
+    )
+}
+
+fn oauth_problem(status: StatusCode, hint: &str) -> Response {
+    json_response(
+        status,
+        "application/problem+json",
+        &json!({
+            "hint": hint,
+            "title": "Некорректный запрос",
+            "type": "https://developers.amocrm.ru/v3/errors/OAuthProblemJson",
+            "status": status.as_u16(),
+            "detail": "В запросе отсутствует ряд параметров или параметры невалидны",
+        }),
+    )
+}
+
+fn not_found(base: &str, inc: &Incoming) -> Response {
+    kommo_problem(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "Cannot {} {}",
+            inc.method,
+            href(base, &inc.path, &inc.query)
+        ),
+    )
+}
+
+fn method_not_allowed() -> Response {
+    kommo_problem(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}
+
+/// Builds a JWT-shaped token (`header.payload.signature`, base64url) carrying `claims`. The
+/// signature is fake; clients can read the claims (e.g. `exp`) without verifying it.
+pub fn fake_jwt(claims: &Value) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in claims.to_string().bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    fake_jwt_seeded(claims, h)
+}
+
+fn fake_jwt_seeded(claims: &Value, seed: u64) -> String {
+    let header = b64url_encode(br#"{"typ":"JWT","alg":"RS256","jti":"sim"}"#);
+    let payload = b64url_encode(claims.to_string().as_bytes());
+    let mut rng = XorShift::new(seed);
+    let sig: Vec<u8> = (0..64).map(|_| rng.next_u64() as u8).collect();
+    format!("{header}.{payload}.{}", b64url_encode(&sig))
+}
+
+/// Reads the `exp` claim of a JWT-shaped token without verifying it.
+pub fn jwt_exp(token: &str) -> Option<i64> {
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = b64url_decode(payload)?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("exp")?.as_i64()
+}
+
+/// Convenience: the events of one card, oldest first (for assertions).
+pub fn events_of(events: &[Value], kind: &str, id: u64) -> Vec<Value> {
+    let singular: &str = match CardKind::parse(kind) {
+        Some(k) => k.singular(),
+        None => kind,
+    };
+    events
+        .iter()
+        .filter(|e| e["entity_type"] == singular && e["entity_id"] == id)
+        .cloned()
+        .collect()
+}
+
+impl std::fmt::Debug for KommoSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KommoSim")
+            .field("base_url", &self.shared.base_url)
+            .finish_non_exhaustive()
+    }
+}

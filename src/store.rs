@@ -1,0 +1,779 @@
+//! The state db (redb 4.6): bases of every card and dialog (their link references included), parked
+//! pairs, pending write intents, watermarks, tokens, the audit log and the cycle log.
+//!
+//! Values are versioned bytes: one format byte, then JSON (readable, insulated from redb's own type
+//! encodings). Every commit is durable (`Durability::Immediate`, redb's default). The db is opened in
+//! redb's `SingleWriter` mode: one writing process (the daemon or `once`), and any number of
+//! read-only processes (`status`) that follow its commits. A second writer is refused with
+//! [`StoreError::Locked`].
+
+use crate::engine::{Parked, Rule, Settlement, Snapshot};
+use crate::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
+use redb::{
+    ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+const FORMAT: u8 = 1;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const CARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cards");
+const DIALOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("dialogs");
+const PARKED: TableDefinition<&str, &[u8]> = TableDefinition::new("parked");
+const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("intents");
+const RECHECK: TableDefinition<&str, &[u8]> = TableDefinition::new("recheck");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const CYCLES: TableDefinition<u64, &[u8]> = TableDefinition::new("cycles");
+const EVENTS_SEEN: TableDefinition<&str, i64> = TableDefinition::new("events_seen");
+
+/// Meta key: schema version.
+pub const META_SCHEMA: &str = "schema_version";
+/// Meta key: the first cycle ran.
+pub const META_BOOTSTRAPPED: &str = "bootstrapped";
+/// Meta key: the ChatApp token pair.
+pub const META_CHATAPP_TOKEN: &str = "chatapp_token";
+/// Meta key: the Kommo OAuth token pair.
+pub const META_KOMMO_OAUTH: &str = "kommo_oauth";
+/// Meta key: watermarks of incremental reads.
+pub const META_WATERMARKS: &str = "watermarks";
+
+/// A state db problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process has the db open for writing (redb's file lock).
+    #[error(
+        "state db {0} is locked by another chatapp-kommo-sync process (redb file lock): one daemon per state db; stop the other one or use another state_path"
+    )]
+    Locked(PathBuf),
+    /// The db does not exist (read-only open).
+    #[error("state db {0} does not exist yet: run a cycle first")]
+    Missing(PathBuf),
+    /// The db was written by a newer schema.
+    #[error("state db {path} has schema version {found}; this build understands {SCHEMA_VERSION}")]
+    Schema {
+        /// The db.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// A redb error, with what was being done.
+    #[error("state db: {context}: {source}")]
+    Db {
+        /// What was being done.
+        context: &'static str,
+        /// The error.
+        #[source]
+        source: redb::Error,
+    },
+    /// A stored value that does not decode.
+    #[error("state db: cannot decode {what}: {reason}")]
+    Decode {
+        /// Table and key.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn db_err<E: Into<redb::Error>>(context: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Db {
+        context,
+        source: e.into(),
+    }
+}
+
+/// Encodes a value as versioned bytes.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT];
+    serde_json::to_writer(&mut out, v).expect("serializing plain data cannot fail");
+    out
+}
+
+/// Decodes versioned bytes.
+pub fn decode<T: DeserializeOwned>(
+    what: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => serde_json::from_slice(rest).map_err(|e| StoreError::Decode {
+            what: what(),
+            reason: e.to_string(),
+        }),
+        Some((v, _)) => Err(StoreError::Decode {
+            what: what(),
+            reason: format!("unknown format byte {v}"),
+        }),
+        None => Err(StoreError::Decode {
+            what: what(),
+            reason: "empty value".into(),
+        }),
+    }
+}
+
+fn card_key(id: &CardId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = id.kind.code();
+    k[1..].copy_from_slice(&id.id.to_be_bytes());
+    k
+}
+
+fn card_from_key(k: &[u8]) -> Option<CardId> {
+    let kind = CardKind::from_code(*k.first()?)?;
+    let id = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+    Some(CardId::new(kind, id))
+}
+
+fn dialog_key(d: &DialogKey) -> String {
+    serde_json::to_string(d).expect("plain data")
+}
+
+fn record_key(r: &RecordId) -> String {
+    serde_json::to_string(r).expect("plain data")
+}
+
+/// One audit-log line: a confirmed write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix seconds of the confirmation.
+    pub at: i64,
+    /// Cycle id.
+    pub cycle: u64,
+    /// What was written.
+    pub target: RecordId,
+    /// Its value before.
+    pub from: Option<u64>,
+    /// Its value after.
+    pub to: u64,
+    /// The rule.
+    pub rule: Rule,
+    /// Where the value came from.
+    pub source: RecordId,
+    /// The source's change time.
+    pub source_changed_at: i64,
+    /// The explanation.
+    pub detail: String,
+    /// `write` for a write of this daemon, `recovered` for an intent settled after a crash.
+    pub how: String,
+}
+
+/// A write about to be made, recorded before the call (SPEC rule 11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Cycle id.
+    pub cycle: u64,
+    /// The target.
+    pub target: RecordId,
+    /// The value the decision was based on.
+    pub from: Option<u64>,
+    /// The value being written.
+    pub to: u64,
+    /// The audit entry to record when confirmed.
+    pub audit: AuditEntry,
+    /// The base to record when confirmed.
+    pub base: Base,
+}
+
+/// A base of either kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Base {
+    /// A card's.
+    Card(CardState),
+    /// A dialog's.
+    Dialog(DialogState),
+}
+
+/// What one cycle did, for `status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CycleRecord {
+    /// Cycle id.
+    pub id: u64,
+    /// `full` or `incremental`.
+    pub kind: String,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds.
+    pub finished_at: i64,
+    /// `ok`, `failed`, `braked` or `dry_run`.
+    pub outcome: String,
+    /// The error of a failed cycle, or the brake's reason.
+    pub error: Option<String>,
+    /// Requests made to Kommo.
+    pub kommo_requests: u64,
+    /// Requests made to ChatApp.
+    pub chatapp_requests: u64,
+    /// Cards read.
+    pub cards_read: u64,
+    /// Dialogs read.
+    pub dialogs_read: u64,
+    /// Writes planned.
+    pub writes_planned: u64,
+    /// Writes confirmed.
+    pub writes_done: u64,
+    /// Writes failed or dropped by check-before-write.
+    pub writes_failed: u64,
+    /// Pairs parked in this cycle.
+    pub parked: u64,
+    /// Conflicts resolved.
+    pub conflicts: u64,
+    /// Wall time, milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Watermarks of incremental reads (server times, unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermarks {
+    /// Latest `created_at` of a Kommo event fully read.
+    pub kommo_events: i64,
+    /// Latest `updated_at` per card kind fully read.
+    pub kommo_updated: BTreeMap<CardKind, i64>,
+    /// Latest `lastTime` of a ChatApp chat fully read.
+    pub chats: i64,
+}
+
+/// Everything a cycle commits at its end, in one transaction.
+#[derive(Debug, Default)]
+pub struct CycleCommit {
+    /// New bases and parked pairs.
+    pub settlement: Settlement,
+    /// New watermarks.
+    pub watermarks: Watermarks,
+    /// Kommo event ids seen (with their `created_at`) for dedupe; older ones are pruned.
+    pub events_seen: Vec<(String, i64)>,
+    /// Event ids older than this are pruned.
+    pub prune_events_before: i64,
+    /// The cycle's record.
+    pub cycle: CycleRecord,
+}
+
+enum Handle {
+    Write(Database),
+    Read(ReadOnlyDatabase),
+}
+
+/// The state db.
+pub struct Store {
+    db: Handle,
+    path: PathBuf,
+}
+
+fn is_locked(e: &redb::DatabaseError) -> bool {
+    matches!(e, redb::DatabaseError::DatabaseAlreadyOpen)
+        || e.to_string().to_lowercase().contains("lock")
+}
+
+impl Store {
+    /// Opens (or creates) the db for writing. A db another process writes gives [`StoreError::Locked`].
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .create(path)
+            .map_err(|e| {
+                if is_locked(&e) {
+                    StoreError::Locked(path.to_path_buf())
+                } else {
+                    StoreError::Db {
+                        context: "open",
+                        source: e.into(),
+                    }
+                }
+            })?;
+        let store = Store {
+            db: Handle::Write(db),
+            path: path.to_path_buf(),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Opens an existing db read-only; works while a daemon writes it.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .open_read_only(path)
+            .map_err(|e| {
+                if is_locked(&e) {
+                    StoreError::Locked(path.to_path_buf())
+                } else {
+                    StoreError::Db {
+                        context: "open read-only",
+                        source: e.into(),
+                    }
+                }
+            })?;
+        let store = Store {
+            db: Handle::Read(db),
+            path: path.to_path_buf(),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// The db file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn writer(&self) -> &Database {
+        match &self.db {
+            Handle::Write(db) => db,
+            Handle::Read(_) => panic!("write on a read-only store"),
+        }
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        match &self.db {
+            Handle::Write(db) => db.begin_read(),
+            Handle::Read(db) => db.begin_read(),
+        }
+        .map_err(db_err("begin read"))
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_err("open meta"))?;
+            if meta
+                .get(META_SCHEMA)
+                .map_err(db_err("read schema"))?
+                .is_none()
+            {
+                meta.insert(META_SCHEMA, encode(&SCHEMA_VERSION).as_slice())
+                    .map_err(db_err("write schema"))?;
+            }
+            tx.open_table(CARDS).map_err(db_err("open cards"))?;
+            tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?;
+            tx.open_table(PARKED).map_err(db_err("open parked"))?;
+            tx.open_table(INTENTS).map_err(db_err("open intents"))?;
+            tx.open_table(RECHECK).map_err(db_err("open recheck"))?;
+            tx.open_table(AUDIT).map_err(db_err("open audit"))?;
+            tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
+            tx.open_table(EVENTS_SEEN)
+                .map_err(db_err("open events_seen"))?;
+        }
+        tx.commit().map_err(db_err("commit init"))?;
+        self.check_schema()
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let found: u32 = self.meta(META_SCHEMA)?.unwrap_or(SCHEMA_VERSION);
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::Schema {
+                path: self.path.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads a meta value.
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err("open meta")(e)),
+        };
+        let v = t.get(key).map_err(db_err("read meta"))?;
+        v.map(|v| decode(|| format!("meta {key}"), v.value()))
+            .transpose()
+    }
+
+    /// Writes a meta value durably.
+    pub fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        {
+            let mut t = tx.open_table(META).map_err(db_err("open meta"))?;
+            t.insert(key, encode(value).as_slice())
+                .map_err(db_err("write meta"))?;
+        }
+        tx.commit().map_err(db_err("commit meta"))
+    }
+
+    /// Loads the whole snapshot.
+    pub fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
+        let tx = self.read()?;
+        let mut snap = Snapshot {
+            bootstrapped: self.meta::<bool>(META_BOOTSTRAPPED)?.unwrap_or(false),
+            ..Snapshot::default()
+        };
+        let cards = tx.open_table(CARDS).map_err(db_err("open cards"))?;
+        for row in cards.iter().map_err(db_err("scan cards"))? {
+            let (k, v) = row.map_err(db_err("scan cards"))?;
+            let Some(id) = card_from_key(k.value()) else {
+                return Err(StoreError::Decode {
+                    what: "cards key".into(),
+                    reason: format!("{:?}", k.value()),
+                });
+            };
+            snap.cards
+                .insert(id, decode(|| format!("card {id}"), v.value())?);
+        }
+        let dialogs = tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?;
+        for row in dialogs.iter().map_err(db_err("scan dialogs"))? {
+            let (k, v) = row.map_err(db_err("scan dialogs"))?;
+            let key: DialogKey =
+                serde_json::from_str(k.value()).map_err(|e| StoreError::Decode {
+                    what: format!("dialog key {}", k.value()),
+                    reason: e.to_string(),
+                })?;
+            let st = decode(|| format!("dialog {key}"), v.value())?;
+            snap.dialogs.insert(key, st);
+        }
+        let parked = tx.open_table(PARKED).map_err(db_err("open parked"))?;
+        for row in parked.iter().map_err(db_err("scan parked"))? {
+            let (k, v) = row.map_err(db_err("scan parked"))?;
+            let p: Parked = decode(|| format!("parked {}", k.value()), v.value())?;
+            snap.parked.insert(k.value().to_string(), p);
+        }
+        Ok(snap)
+    }
+
+    /// Records write intents durably before the writes are made.
+    pub fn record_intents(&self, intents: &[Intent]) -> Result<(), StoreError> {
+        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        {
+            let mut t = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
+            for i in intents {
+                t.insert(record_key(&i.target).as_str(), encode(i).as_slice())
+                    .map_err(db_err("write intent"))?;
+            }
+        }
+        tx.commit().map_err(db_err("commit intents"))
+    }
+
+    /// Pending intents (writes whose outcome is not recorded).
+    pub fn intents(&self) -> Result<Vec<Intent>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
+        let mut out = vec![];
+        for row in t.iter().map_err(db_err("scan intents"))? {
+            let (k, v) = row.map_err(db_err("scan intents"))?;
+            out.push(decode(|| format!("intent {}", k.value()), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// A confirmed write: its new base, its audit entry, and the intent's removal, in one
+    /// transaction (so the daemon's own write never comes back as a change).
+    pub fn confirm_write(&self, intent: &Intent, audit: &AuditEntry) -> Result<(), StoreError> {
+        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        {
+            match (&intent.target, &intent.base) {
+                (RecordId::Card(id), Base::Card(st)) => {
+                    let mut t = tx.open_table(CARDS).map_err(db_err("open cards"))?;
+                    t.insert(card_key(id).as_slice(), encode(st).as_slice())
+                        .map_err(db_err("write card"))?;
+                }
+                (RecordId::Dialog(k), Base::Dialog(st)) => {
+                    let mut t = tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?;
+                    t.insert(dialog_key(k).as_str(), encode(st).as_slice())
+                        .map_err(db_err("write dialog"))?;
+                }
+                _ => {
+                    return Err(StoreError::Decode {
+                        what: format!("intent for {}", intent.target),
+                        reason: "base of the wrong kind".into(),
+                    });
+                }
+            }
+            let mut a = tx.open_table(AUDIT).map_err(db_err("open audit"))?;
+            let next = a
+                .last()
+                .map_err(db_err("read audit"))?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(1);
+            a.insert(next, encode(audit).as_slice())
+                .map_err(db_err("write audit"))?;
+            let mut i = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
+            i.remove(record_key(&intent.target).as_str())
+                .map_err(db_err("remove intent"))?;
+        }
+        tx.commit().map_err(db_err("commit confirmed write"))
+    }
+
+    /// Removes an intent whose write certainly did not happen (rejected, or dropped by
+    /// check-before-write).
+    pub fn drop_intent(&self, target: &RecordId) -> Result<(), StoreError> {
+        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        {
+            let mut i = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
+            i.remove(record_key(target).as_str())
+                .map_err(db_err("remove intent"))?;
+        }
+        tx.commit().map_err(db_err("commit intent removal"))
+    }
+
+    /// Records to read again next cycle (held by a failed or dropped write).
+    pub fn recheck(&self) -> Result<BTreeSet<RecordId>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(RECHECK).map_err(db_err("open recheck"))?;
+        let mut out = BTreeSet::new();
+        for row in t.iter().map_err(db_err("scan recheck"))? {
+            let (k, _) = row.map_err(db_err("scan recheck"))?;
+            let r: RecordId = serde_json::from_str(k.value()).map_err(|e| StoreError::Decode {
+                what: format!("recheck {}", k.value()),
+                reason: e.to_string(),
+            })?;
+            out.insert(r);
+        }
+        Ok(out)
+    }
+
+    /// Event ids already seen.
+    pub fn events_seen(&self) -> Result<BTreeSet<String>, StoreError> {
+        let tx = self.read()?;
+        let t = tx
+            .open_table(EVENTS_SEEN)
+            .map_err(db_err("open events_seen"))?;
+        let mut out = BTreeSet::new();
+        for row in t.iter().map_err(db_err("scan events_seen"))? {
+            out.insert(
+                row.map_err(db_err("scan events_seen"))?
+                    .0
+                    .value()
+                    .to_string(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Commits the end of a successful cycle in one durable transaction: new bases, parked
+    /// pairs, records to recheck, watermarks, seen event ids, the bootstrap flag and the cycle record.
+    pub fn commit_cycle(&self, c: &CycleCommit) -> Result<(), StoreError> {
+        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        {
+            let mut cards = tx.open_table(CARDS).map_err(db_err("open cards"))?;
+            for (id, st) in &c.settlement.cards {
+                cards
+                    .insert(card_key(id).as_slice(), encode(st).as_slice())
+                    .map_err(db_err("write card"))?;
+            }
+            let mut dialogs = tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?;
+            for (k, st) in &c.settlement.dialogs {
+                dialogs
+                    .insert(dialog_key(k).as_str(), encode(st).as_slice())
+                    .map_err(db_err("write dialog"))?;
+            }
+            let mut parked = tx.open_table(PARKED).map_err(db_err("open parked"))?;
+            for k in &c.settlement.unpark {
+                parked.remove(k.as_str()).map_err(db_err("remove parked"))?;
+            }
+            for p in &c.settlement.park {
+                parked
+                    .insert(p.key().as_str(), encode(p).as_slice())
+                    .map_err(db_err("write parked"))?;
+            }
+            let mut recheck = tx.open_table(RECHECK).map_err(db_err("open recheck"))?;
+            recheck
+                .retain(|_, _| false)
+                .map_err(db_err("clear recheck"))?;
+            for r in &c.settlement.held {
+                recheck
+                    .insert(record_key(r).as_str(), [].as_slice())
+                    .map_err(db_err("write recheck"))?;
+            }
+            let mut seen = tx
+                .open_table(EVENTS_SEEN)
+                .map_err(db_err("open events_seen"))?;
+            for (id, at) in &c.events_seen {
+                seen.insert(id.as_str(), *at)
+                    .map_err(db_err("write events_seen"))?;
+            }
+            let cutoff = c.prune_events_before;
+            seen.retain(|_, at| at >= cutoff)
+                .map_err(db_err("prune events_seen"))?;
+            let mut meta = tx.open_table(META).map_err(db_err("open meta"))?;
+            meta.insert(META_WATERMARKS, encode(&c.watermarks).as_slice())
+                .map_err(db_err("write watermarks"))?;
+            meta.insert(META_BOOTSTRAPPED, encode(&true).as_slice())
+                .map_err(db_err("write bootstrapped"))?;
+            let mut cycles = tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
+            cycles
+                .insert(c.cycle.id, encode(&c.cycle).as_slice())
+                .map_err(db_err("write cycle"))?;
+        }
+        tx.commit().map_err(db_err("commit cycle"))
+    }
+
+    /// Records a cycle that did not commit (failed, braked, dry run).
+    pub fn record_cycle(&self, c: &CycleRecord) -> Result<(), StoreError> {
+        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        {
+            let mut cycles = tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
+            cycles
+                .insert(c.id, encode(c).as_slice())
+                .map_err(db_err("write cycle"))?;
+        }
+        tx.commit().map_err(db_err("commit cycle record"))
+    }
+
+    /// The next cycle id.
+    pub fn next_cycle_id(&self) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
+        Ok(t.last()
+            .map_err(db_err("read cycles"))?
+            .map(|(k, _)| k.value() + 1)
+            .unwrap_or(1))
+    }
+
+    /// The last `n` cycles, newest first.
+    pub fn recent_cycles(&self, n: usize) -> Result<Vec<CycleRecord>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
+        let mut out = vec![];
+        for row in t.iter().map_err(db_err("scan cycles"))?.rev().take(n) {
+            let (k, v) = row.map_err(db_err("scan cycles"))?;
+            out.push(decode(|| format!("cycle {}", k.value()), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Audit entries, newest first, that match `filter`, at most `n`.
+    pub fn audit(
+        &self,
+        n: usize,
+        filter: impl Fn(&AuditEntry) -> bool,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(AUDIT).map_err(db_err("open audit"))?;
+        let mut out = vec![];
+        for row in t.iter().map_err(db_err("scan audit"))?.rev() {
+            let (k, v) = row.map_err(db_err("scan audit"))?;
+            let e: AuditEntry = decode(|| format!("audit {}", k.value()), v.value())?;
+            if filter(&e) {
+                out.push(e);
+                if out.len() >= n {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of audit entries.
+    pub fn audit_len(&self) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(AUDIT).map_err(db_err("open audit"))?;
+        t.len().map_err(db_err("count audit"))
+    }
+
+    /// Closes the db, surfacing errors that dropping would hide.
+    pub fn close(self) -> Result<(), StoreError> {
+        match self.db {
+            Handle::Write(db) => db.close().map_err(db_err("close")),
+            Handle::Read(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(resp: u64) -> CardState {
+        CardState {
+            responsible: resp,
+            changed_at: 1,
+            flag: true,
+            deleted: false,
+            contacts: vec![2],
+            dialog_refs: vec![],
+            phones: vec!["7999".into()],
+        }
+    }
+
+    #[test]
+    fn versioned_bytes_round_trip_and_reject_unknown_formats() {
+        let b = encode(&card(5));
+        assert_eq!(b[0], FORMAT);
+        let back: CardState = decode(|| "x".into(), &b).unwrap();
+        assert_eq!(back, card(5));
+        let mut bad = b.clone();
+        bad[0] = 9;
+        assert!(decode::<CardState>(|| "x".into(), &bad).is_err());
+        assert!(decode::<CardState>(|| "x".into(), &[]).is_err());
+    }
+
+    #[test]
+    fn cycle_commit_and_confirmed_write_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let id = CardId::new(CardKind::Lead, 7);
+        {
+            let s = Store::open(&path).unwrap();
+            let mut commit = CycleCommit::default();
+            commit.settlement.cards.push((id, card(1)));
+            commit.cycle.id = 1;
+            commit.watermarks.chats = 42;
+            s.commit_cycle(&commit).unwrap();
+            let audit = AuditEntry {
+                at: 5,
+                cycle: 2,
+                target: RecordId::Card(id),
+                from: Some(1),
+                to: 3,
+                rule: Rule::DialogChanged,
+                source: RecordId::Dialog(DialogKey::new(1, "telegram", "@a")),
+                source_changed_at: 4,
+                detail: "d".into(),
+                how: "write".into(),
+            };
+            let intent = Intent {
+                cycle: 2,
+                target: RecordId::Card(id),
+                from: Some(1),
+                to: 3,
+                audit: audit.clone(),
+                base: Base::Card(card(3)),
+            };
+            s.record_intents(std::slice::from_ref(&intent)).unwrap();
+            assert_eq!(s.intents().unwrap().len(), 1);
+            s.confirm_write(&intent, &audit).unwrap();
+            s.close().unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let snap = s.load_snapshot().unwrap();
+        assert!(snap.bootstrapped);
+        assert_eq!(snap.cards[&id].responsible, 3);
+        assert!(s.intents().unwrap().is_empty());
+        assert_eq!(s.audit_len().unwrap(), 1);
+        assert_eq!(
+            s.meta::<Watermarks>(META_WATERMARKS)
+                .unwrap()
+                .unwrap()
+                .chats,
+            42
+        );
+        assert_eq!(s.next_cycle_id().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_but_a_reader_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let first = Store::open(&path).unwrap();
+        let second = Store::open(&path);
+        assert!(
+            matches!(second, Err(StoreError::Locked(_))),
+            "{:?}",
+            second.err()
+        );
+        let reader = Store::open_read_only(&path).unwrap();
+        assert!(!reader.load_snapshot().unwrap().bootstrapped);
+        drop(first);
+    }
+}
