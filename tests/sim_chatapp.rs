@@ -80,6 +80,7 @@ async fn put_responsible(
 #[tokio::test]
 async fn login_refresh_and_invalid_tokens() {
     let clock = SimClock::new();
+    clock.freeze();
     let s = sim_with(ChatAppSimConfig {
         clock: Some(clock.clone()),
         ..Default::default()
@@ -182,6 +183,7 @@ async fn login_refresh_and_invalid_tokens() {
 #[tokio::test]
 async fn chat_paging_is_stable_under_concurrent_change() {
     let clock = SimClock::new();
+    clock.freeze();
     let s = sim_with(ChatAppSimConfig {
         clock: Some(clock.clone()),
         license_ids: vec![1, 2],
@@ -309,6 +311,7 @@ async fn chat_paging_is_stable_under_concurrent_change() {
 #[tokio::test]
 async fn single_chat_put_responsible_and_lifecycle() {
     let clock = SimClock::new();
+    clock.freeze();
     let s = sim_with(ChatAppSimConfig {
         clock: Some(clock.clone()),
         ..Default::default()

@@ -125,6 +125,7 @@ async fn pagination_full_page_has_next_and_past_end_is_204() {
 #[tokio::test]
 async fn order_filters_and_with() {
     let clock = SimClock::new();
+    clock.freeze();
     let s = sim_with(KommoSimConfig {
         clock: Some(clock.clone()),
         ..Default::default()
@@ -325,6 +326,7 @@ async fn patch_validation_events_and_written_ids() {
 #[tokio::test]
 async fn events_window_entities_paging_and_204() {
     let clock = SimClock::new();
+    clock.freeze();
     let s = sim_with(KommoSimConfig {
         clock: Some(clock.clone()),
         ..Default::default()
@@ -401,6 +403,7 @@ async fn events_window_entities_paging_and_204() {
 #[tokio::test]
 async fn auth_401_and_oauth_rotation() {
     let clock = SimClock::new();
+    clock.freeze();
     let oauth = OAuthSim {
         access_ttl_secs: 3600,
         ..OAuthSim::default()

@@ -34,11 +34,23 @@ use tokio::task::JoinHandle;
 
 use super::util::{json_response, parse_query};
 
-/// A shared clock: real unix seconds plus an adjustable offset. Cloning shares the offset, so
-/// two simulators given clones of one clock agree on the time.
-#[derive(Clone, Debug, Default)]
+/// A shared clock: real unix seconds plus an adjustable offset, or a frozen time after
+/// [`SimClock::freeze`]. Cloning shares the state, so two simulators given clones of one clock
+/// agree on the time.
+#[derive(Clone, Debug)]
 pub struct SimClock {
     offset: Arc<AtomicI64>,
+    /// The frozen time, or `i64::MIN` while the clock follows real time.
+    frozen: Arc<AtomicI64>,
+}
+
+impl Default for SimClock {
+    fn default() -> Self {
+        SimClock {
+            offset: Arc::new(AtomicI64::new(0)),
+            frozen: Arc::new(AtomicI64::new(i64::MIN)),
+        }
+    }
 }
 
 impl SimClock {
@@ -49,17 +61,37 @@ impl SimClock {
 
     /// Current simulated unix time in seconds.
     pub fn now(&self) -> i64 {
-        real_unix() + self.offset.load(Ordering::SeqCst)
+        match self.frozen.load(Ordering::SeqCst) {
+            i64::MIN => real_unix() + self.offset.load(Ordering::SeqCst),
+            t => t,
+        }
+    }
+
+    /// Stops the clock at its current time: it then moves only by [`SimClock::advance`] and
+    /// [`SimClock::set_now`], so tests that compare exact times cannot straddle a second.
+    pub fn freeze(&self) {
+        let now = self.now();
+        self.frozen.store(now, Ordering::SeqCst);
     }
 
     /// Moves the clock forward by `secs` (a negative value moves it back).
     pub fn advance(&self, secs: i64) {
         self.offset.fetch_add(secs, Ordering::SeqCst);
+        let _ = self
+            .frozen
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                (t != i64::MIN).then_some(t + secs)
+            });
     }
 
     /// Sets the clock so that [`SimClock::now`] returns `unix` at this moment.
     pub fn set_now(&self, unix: i64) {
         self.offset.store(unix - real_unix(), Ordering::SeqCst);
+        let _ = self
+            .frozen
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                (t != i64::MIN).then_some(unix)
+            });
     }
 
     /// The current offset from real time, in seconds.
