@@ -215,8 +215,8 @@ impl Parked {
     /// A stable key for the store: subject and target.
     pub fn key(&self) -> String {
         match &self.target {
-            Some(t) => format!("{} -> {}", self.subject, t),
-            None => self.subject.to_string(),
+            Some(t) if *t != self.subject => format!("{} -> {}", self.subject, t),
+            _ => self.subject.to_string(),
         }
     }
 }
@@ -769,7 +769,7 @@ impl Work<'_> {
         if !others.is_empty() {
             detail.push_str(&format!("; others: {}", others.join(", ")));
         }
-        if d_changed {
+        if d_changed && rule == Rule::CrmChanged {
             detail.push_str(&format!(
                 "; the dialog also changed at {} and the CRM side won (conflict = {:?}, clock_skew = {}s)",
                 dialog.changed_at, self.policy.conflict, self.policy.clock_skew_secs

@@ -1,12 +1,20 @@
 //! chatapp-kommo-sync: keeps the responsible person of ChatApp Dialog chats and Kommo CRM cards in agreement.
 
+pub mod chatapp;
+pub mod cli;
 pub mod config;
+pub mod cycle;
+pub mod daemon;
+pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod kommo;
 pub mod links;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod schedule;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod usermap;

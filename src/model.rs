@@ -163,7 +163,7 @@ impl fmt::Display for RecordId {
 
 /// How a contact's Messenger field value refers to a dialog (SPEC section 4).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", content = "ref", rename_all = "snake_case")]
 pub enum DialogRef {
     /// `<licenseId>:<messengerType>:<chatId>`: exactly one dialog.
     Full(DialogKey),

@@ -691,7 +691,11 @@ mod tests {
             flag: true,
             deleted: false,
             contacts: vec![2],
-            dialog_refs: vec![],
+            dialog_refs: vec![
+                crate::model::DialogRef::ChatId("@bob".into()),
+                crate::model::DialogRef::Phone("7999".into()),
+                crate::model::DialogRef::Full(DialogKey::new(1, "telegram", "@a")),
+            ],
             phones: vec!["7999".into()],
         }
     }

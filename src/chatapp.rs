@@ -1,0 +1,564 @@
+//! The ChatApp API client: tokens (login, refresh with the `Refresh` header, persisted in the state
+//! db and reused across runs), employees, chats newest-first, one chat, and the call that sets a
+//! dialog's responsible (UNCONFIRMED in ChatApp's public material: method, path and body field come
+//! from `[chatapp.set_responsible]`). Facts and sources: `../shared/api/chatapp.md`.
+
+use crate::config::{ChatAppConfig, SetResponsibleConfig};
+use crate::http::{ApiClient, ApiError, Limits, Response, decode};
+use crate::links::phone_digits;
+use crate::model::{DialogKey, DialogObs, Employee, EmployeeId};
+use crate::store::{META_CHATAPP_TOKEN, Store};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+const API: &str = "chatapp";
+/// Chats per page (ChatApp's ceiling).
+pub const CHATS_LIMIT: usize = 100;
+/// Meta key of the login log (unix times of recent logins).
+pub const META_LOGINS: &str = "chatapp_logins";
+
+/// The token pair as ChatApp issues it and as it is stored.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPair {
+    /// Access token (raw, sent without `Bearer`).
+    pub access_token: String,
+    /// Its expiry (unix seconds).
+    #[serde(default)]
+    pub access_token_end_time: i64,
+    /// Refresh token.
+    pub refresh_token: String,
+    /// Its expiry (unix seconds).
+    #[serde(default)]
+    pub refresh_token_end_time: i64,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenPair([REDACTED])")
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    data: T,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct Items<T> {
+    items: Vec<T>,
+    #[serde(default, rename = "nextPage")]
+    next_page: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct EmployeeItem {
+    id: u64,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+/// A chat as ChatApp lists it (fields the daemon uses).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chat {
+    /// Chat id in the messenger.
+    pub id: String,
+    /// License.
+    pub license_id: u64,
+    /// Messenger type.
+    pub messenger_type: String,
+    /// Phone, if any.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Time of the last activity (unix seconds).
+    #[serde(default)]
+    pub last_time: i64,
+    /// The responsible employee, `null` when unassigned.
+    #[serde(default)]
+    pub responsible: Option<ResponsibleRef>,
+    /// Chat status (values UNCONFIRMED; `closed` is taken as closed).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// The current conversation.
+    #[serde(default)]
+    pub conversation: Option<Conversation>,
+}
+
+/// `responsible` of a chat.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResponsibleRef {
+    /// Employee id.
+    pub id: u64,
+}
+
+/// `conversation` of a chat.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conversation {
+    /// Start (unix seconds), 0 if unknown.
+    #[serde(default)]
+    pub start_time: Option<i64>,
+}
+
+/// True when a chat status means closed. ChatApp's status values are UNCONFIRMED; this is the one
+/// place that interprets them.
+pub fn status_is_closed(status: Option<&str>) -> bool {
+    status.is_some_and(|s| s.eq_ignore_ascii_case("closed"))
+}
+
+impl Chat {
+    /// The dialog's key.
+    pub fn key(&self) -> DialogKey {
+        DialogKey::new(self.license_id, &self.messenger_type, &self.id)
+    }
+
+    /// The daemon's view of the chat.
+    pub fn to_obs(&self) -> DialogObs {
+        DialogObs {
+            responsible: self
+                .responsible
+                .as_ref()
+                .map(|r| r.id)
+                .filter(|id| *id != 0),
+            last_time: self.last_time,
+            session: self
+                .conversation
+                .as_ref()
+                .and_then(|c| c.start_time)
+                .unwrap_or(0),
+            closed: status_is_closed(self.status.as_deref()),
+            phone: self
+                .phone
+                .as_deref()
+                .map(phone_digits)
+                .filter(|p| !p.is_empty()),
+        }
+    }
+}
+
+/// The ChatApp client.
+pub struct ChatAppClient {
+    /// Shared HTTP plumbing.
+    pub api: ApiClient,
+    cfg: ChatAppConfig,
+    password: SecretString,
+    store: Arc<Store>,
+    token: Mutex<Option<TokenPair>>,
+    max_logins_per_day: usize,
+    /// Logins made by this process.
+    pub logins: std::sync::atomic::AtomicU64,
+    /// Token refreshes made by this process.
+    pub refreshes: std::sync::atomic::AtomicU64,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn is_invalid_token(r: &Response) -> bool {
+    if !matches!(r.status.as_u16(), 401 | 403) {
+        return false;
+    }
+    serde_json::from_slice::<ErrorEnvelope>(&r.body)
+        .ok()
+        .and_then(|e| e.error)
+        .is_some_and(|e| e.code == "ApiInvalidTokenError")
+        || r.status.as_u16() == 401
+}
+
+fn error_text(r: &Response) -> String {
+    match serde_json::from_slice::<ErrorEnvelope>(&r.body)
+        .ok()
+        .and_then(|e| e.error)
+    {
+        Some(e) => format!("{} {}", e.code, e.message),
+        None => r.excerpt(200),
+    }
+}
+
+impl ChatAppClient {
+    /// Builds the client; the stored token pair (if any) is reused.
+    pub fn new(
+        cfg: &ChatAppConfig,
+        password: SecretString,
+        store: Arc<Store>,
+        max_logins_per_day: usize,
+    ) -> Result<ChatAppClient, ApiError> {
+        let limits = Limits {
+            requests_per_second: cfg.requests_per_second,
+            timeout: cfg.timeout,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_attempts: 8,
+            block_cooloff: None,
+        };
+        let token = store.meta::<TokenPair>(META_CHATAPP_TOKEN).ok().flatten();
+        Ok(ChatAppClient {
+            api: ApiClient::new(API, &cfg.base_url, limits)?,
+            cfg: cfg.clone(),
+            password,
+            store,
+            token: Mutex::new(token),
+            max_logins_per_day,
+            logins: Default::default(),
+            refreshes: Default::default(),
+        })
+    }
+
+    fn persist(&self, pair: &TokenPair) -> Result<(), ApiError> {
+        self.store
+            .put_meta(META_CHATAPP_TOKEN, pair)
+            .map_err(|e| ApiError::Auth {
+                api: API,
+                reason: format!("cannot store the new token pair: {e}"),
+            })
+    }
+
+    async fn login(&self) -> Result<TokenPair, ApiError> {
+        let now = now_unix();
+        let mut log: Vec<i64> = self
+            .store
+            .meta(META_LOGINS)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        log.retain(|t| *t > now - 86_400);
+        if log.len() >= self.max_logins_per_day {
+            return Err(ApiError::Auth {
+                api: API,
+                reason: format!(
+                    "{} logins in the last 24 h: refusing another (ChatApp allows about 100 a day); check chatapp.email/password_file and the token in the state db",
+                    log.len()
+                ),
+            });
+        }
+        log.push(now);
+        let _ = self.store.put_meta(META_LOGINS, &log);
+        let endpoint = "POST /v1/tokens";
+        let url = self.api.url("/v1/tokens");
+        let body = serde_json::json!({
+            "email": self.cfg.email,
+            "password": self.password.expose_secret(),
+            "appId": self.cfg.app_id,
+        });
+        let r = self
+            .api
+            .execute(endpoint, |c| c.post(&url).json(&body))
+            .await?;
+        if !r.status.is_success() {
+            return Err(ApiError::Auth {
+                api: API,
+                reason: format!("{endpoint}: HTTP {}: {}", r.status.as_u16(), error_text(&r)),
+            });
+        }
+        let pair: Envelope<TokenPair> = decode(API, endpoint, &r.body)?;
+        self.persist(&pair.data)?;
+        self.logins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(api = API, "logged in to ChatApp; token pair stored");
+        Ok(pair.data)
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ApiError> {
+        let endpoint = "POST /v1/tokens/refresh";
+        let url = self.api.url("/v1/tokens/refresh");
+        let r = self
+            .api
+            .execute(endpoint, |c| c.post(&url).header("Refresh", refresh_token))
+            .await?;
+        if !r.status.is_success() {
+            return Err(ApiError::Auth {
+                api: API,
+                reason: format!("{endpoint}: HTTP {}: {}", r.status.as_u16(), error_text(&r)),
+            });
+        }
+        let pair: Envelope<TokenPair> = decode(API, endpoint, &r.body)?;
+        self.persist(&pair.data)?;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(api = API, "refreshed the ChatApp token pair");
+        Ok(pair.data)
+    }
+
+    /// A usable access token: the stored one, else a refresh, else a login.
+    async fn access_token(&self, invalid: Option<&str>) -> Result<String, ApiError> {
+        let mut guard = self.token.lock().await;
+        if let Some(pair) = guard.as_ref() {
+            match invalid {
+                Some(bad) if bad == pair.access_token => {}
+                _ => return Ok(pair.access_token.clone()),
+            }
+        }
+        // the current token is missing or was rejected: refresh, then log in
+        let refreshed = match guard.as_ref() {
+            Some(pair) => match self.refresh(&pair.refresh_token.clone()).await {
+                Ok(p) => Some(p),
+                Err(e @ ApiError::Budget { .. }) | Err(e @ ApiError::Transport { .. }) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(api = API, error = %e, "token refresh failed; logging in again");
+                    None
+                }
+            },
+            None => None,
+        };
+        let pair = match refreshed {
+            Some(p) => p,
+            None => self.login().await?,
+        };
+        let t = pair.access_token.clone();
+        *guard = Some(pair);
+        Ok(t)
+    }
+
+    /// Sends an authorized request; on `ApiInvalidTokenError` refreshes (or logs in) and retries once.
+    async fn call(
+        &self,
+        endpoint: &str,
+        make: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Response, ApiError> {
+        let token = self.access_token(None).await?;
+        let r = self.api.execute(endpoint, |c| make(c, &token)).await?;
+        let r = if is_invalid_token(&r) {
+            let token = self.access_token(Some(&token)).await?;
+            let r = self.api.execute(endpoint, |c| make(c, &token)).await?;
+            if is_invalid_token(&r) {
+                return Err(ApiError::Auth {
+                    api: API,
+                    reason: format!("{endpoint}: a fresh token was rejected: {}", error_text(&r)),
+                });
+            }
+            r
+        } else {
+            r
+        };
+        if !r.status.is_success() {
+            return Err(ApiError::Status {
+                api: API,
+                endpoint: endpoint.into(),
+                status: r.status.as_u16(),
+                body: error_text(&r),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Employees of the configured company.
+    pub async fn employees(&self) -> Result<Vec<Employee>, ApiError> {
+        let path = format!("/v1/companies/{}/employees", self.cfg.company_id);
+        let endpoint = "GET /v1/companies/{companyId}/employees";
+        let url = self.api.url(&path);
+        let r = self
+            .call(endpoint, |c, t| {
+                c.get(&url)
+                    .header("Authorization", t)
+                    .query(&[("limit", "500")])
+            })
+            .await?;
+        let e: Envelope<Items<EmployeeItem>> = decode(API, endpoint, &r.body)?;
+        Ok(e.data
+            .items
+            .into_iter()
+            .map(|i| Employee {
+                id: i.id,
+                email: i.email.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Chats of the configured licenses, newest (`lastTime`) first. With `since`, stops after the
+    /// first chat older than it; otherwise reads all.
+    pub async fn chats(&self, since: Option<i64>) -> Result<Vec<Chat>, ApiError> {
+        let endpoint = "GET /v1/chats";
+        let url = self.api.url("/v1/chats");
+        let licenses = self
+            .cfg
+            .license_ids
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut out = vec![];
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = vec![
+                ("companyId".to_string(), self.cfg.company_id.to_string()),
+                ("limit".to_string(), CHATS_LIMIT.to_string()),
+                ("filter[licenseIds]".to_string(), licenses.clone()),
+            ];
+            if let Some(c) = &cursor {
+                q.push(("nextPage".into(), c.clone()));
+            }
+            let r = self
+                .call(endpoint, |c, t| {
+                    c.get(&url).header("Authorization", t).query(&q)
+                })
+                .await?;
+            let page: Envelope<Items<Chat>> = decode(API, endpoint, &r.body)?;
+            let mut done = false;
+            for chat in page.data.items {
+                if since.is_some_and(|s| chat.last_time < s) {
+                    done = true;
+                    break;
+                }
+                if self.cfg.license_ids.contains(&chat.license_id) {
+                    out.push(chat);
+                }
+            }
+            cursor = match page.data.next_page {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            if done || cursor.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One chat; `None` when ChatApp does not know it.
+    pub async fn chat(&self, key: &DialogKey) -> Result<Option<Chat>, ApiError> {
+        let endpoint = "GET /v1/licenses/{licenseId}/messengers/{messengerType}/chats/{chatId}";
+        let url = self.api.url(&format!(
+            "/v1/licenses/{}/messengers/{}/chats/{}",
+            key.license_id,
+            key.messenger_type,
+            urlencode(&key.chat_id)
+        ));
+        match self
+            .call(endpoint, |c, t| c.get(&url).header("Authorization", t))
+            .await
+        {
+            Ok(r) => {
+                let e: Envelope<Chat> = decode(API, endpoint, &r.body)?;
+                Ok(Some(e.data))
+            }
+            Err(ApiError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets a dialog's responsible through the configured call.
+    pub async fn set_responsible(
+        &self,
+        key: &DialogKey,
+        employee: EmployeeId,
+    ) -> Result<(), ApiError> {
+        let SetResponsibleConfig {
+            method,
+            path,
+            body_field,
+        } = &self.cfg.set_responsible;
+        let endpoint = format!("{} {}", method.to_ascii_uppercase(), path);
+        let url = self.api.url(&set_responsible_path(path, key));
+        let method =
+            reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                ApiError::Status {
+                    api: API,
+                    endpoint: endpoint.clone(),
+                    status: 0,
+                    body: "invalid method".into(),
+                }
+            })?;
+        let body = serde_json::json!({ body_field.as_str(): employee });
+        self.call(&endpoint, |c, t| {
+            c.request(method.clone(), &url)
+                .header("Authorization", t)
+                .json(&body)
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Fills `{licenseId}`, `{messengerType}` and `{chatId}` of the set-responsible path template.
+pub fn set_responsible_path(template: &str, key: &DialogKey) -> String {
+    template
+        .replace("{licenseId}", &key.license_id.to_string())
+        .replace("{messengerType}", &urlencode(&key.messenger_type))
+        .replace("{chatId}", &urlencode(&key.chat_id))
+}
+
+/// Percent-encodes a path segment (keeps `@`, which chat ids use).
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_template_is_filled_and_encoded() {
+        let k = DialogKey::new(7, "grWhatsApp", "7999 1@c.us");
+        assert_eq!(
+            set_responsible_path(
+                "/v1/licenses/{licenseId}/messengers/{messengerType}/chats/{chatId}/responsible",
+                &k
+            ),
+            "/v1/licenses/7/messengers/grWhatsApp/chats/7999%201@c.us/responsible"
+        );
+    }
+
+    #[test]
+    fn chat_to_obs() {
+        let c: Chat = serde_json::from_str(
+            r#"{"id":"79991234567@c.us","licenseId":1,"messengerType":"grWhatsApp","phone":"+7 999 123-45-67",
+               "lastTime":100,"responsible":{"id":85501},"status":"closed","conversation":{"startTime":90}}"#,
+        )
+        .unwrap();
+        let o = c.to_obs();
+        assert_eq!(o.responsible, Some(85501));
+        assert!(o.closed);
+        assert_eq!(o.session, 90);
+        assert_eq!(o.phone.as_deref(), Some("79991234567"));
+        let c: Chat = serde_json::from_str(
+            r#"{"id":"x","licenseId":1,"messengerType":"telegram","responsible":null}"#,
+        )
+        .unwrap();
+        assert_eq!(c.to_obs().responsible, None);
+        assert!(!c.to_obs().closed);
+    }
+
+    #[test]
+    fn token_pair_debug_is_redacted() {
+        let p = TokenPair {
+            access_token: "secret-a".into(),
+            access_token_end_time: 1,
+            refresh_token: "secret-r".into(),
+            refresh_token_end_time: 2,
+        };
+        assert!(!format!("{p:?}").contains("secret"));
+    }
+}

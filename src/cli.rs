@@ -1,0 +1,228 @@
+//! The command line (SPEC section 5): `run`, `once`, `check-config`, `status`, `demo`.
+//! Exit codes: 0 ok, 2 config error, 3 safety brake (nothing written), 1 any other failure.
+
+use crate::config::{self, ConfigError};
+use crate::cycle::{CycleOptions, Syncer, WriteResult, describe_write};
+use crate::model::CardId;
+use crate::status::{StatusQuery, render};
+use crate::store::Store;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Exit code of a config error.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code of a cycle stopped by the safety brake.
+pub const EXIT_BRAKE: u8 = 3;
+
+/// Keeps the responsible person of ChatApp Dialog chats and Kommo cards in agreement.
+#[derive(Debug, Parser)]
+#[command(name = "chatapp-kommo-sync", version, about)]
+pub struct Cli {
+    /// Config file (else $CHATAPP_KOMMO_SYNC_CONFIG, else /etc/chatapp-kommo-sync/config.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: schedules, signals (USR1 cycle now, HUP reload, TERM/INT stop), systemd notify.
+    Run,
+    /// One cycle (incremental, or full), then exit.
+    Once {
+        /// Read everything instead of what changed since the last cycle.
+        #[arg(long)]
+        full: bool,
+        /// Print the plan; write nothing to either API or to the state db's bases.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply even if the safety brake trips.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the config and read its secrets.
+    CheckConfig {
+        /// Also check credentials and field ids against the APIs.
+        #[arg(long)]
+        online: bool,
+    },
+    /// What the state db says: last cycles, counts, parked pairs, recent corrections.
+    Status {
+        /// Explain one dialog (its chat id, or licenseId:messengerType:chatId).
+        #[arg(long, value_name = "CHAT_ID")]
+        dialog: Option<String>,
+        /// Explain one card (`kind:id`, e.g. `lead:123`).
+        #[arg(long, value_name = "KIND:ID")]
+        card: Option<String>,
+    },
+    /// Run the whole sync against built-in simulators with sample data.
+    Demo,
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = config::config_path(cli.config.as_deref());
+    match cli.command {
+        Command::Demo => {
+            crate::logging::init("error", false);
+            let rt = runtime();
+            match rt.block_on(crate::demo::run()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { online } => {
+            let loaded = match config::load(&path) {
+                Ok(l) => l,
+                Err(e) => return config_error(&e),
+            };
+            if online {
+                crate::logging::init(&loaded.config.daemon.log_level, false);
+                let rt = runtime();
+                if let Err(e) = rt.block_on(crate::daemon::check_online(&loaded)) {
+                    eprintln!("check-config --online: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Command::Status { dialog, card } => {
+            let card = match card.map(|c| CardId::parse(&c).ok_or(c)).transpose() {
+                Ok(c) => c,
+                Err(bad) => {
+                    eprintln!("--card {bad:?}: expected kind:id, e.g. lead:123");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!(
+                        "config error in {}: (file): cannot read: {e}",
+                        path.display()
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let cfg = match config::Config::parse(&text, &path.display().to_string()) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            match Store::open_read_only(&cfg.daemon.state_path)
+                .and_then(|s| render(&s, &StatusQuery { dialog, card }))
+            {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Once {
+            full,
+            dry_run,
+            force,
+        } => {
+            let loaded = match config::load(&path) {
+                Ok(l) => l,
+                Err(e) => return config_error(&e),
+            };
+            crate::logging::init(&loaded.config.daemon.log_level, true);
+            let store = match Store::open(&loaded.config.daemon.state_path) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let rt = runtime();
+            let code = rt.block_on(async {
+                let syncer = match Syncer::new(&loaded, store.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match syncer.run_cycle(CycleOptions { full, dry_run, force }).await {
+                    Ok(r) => {
+                        let verb = if dry_run { "would write" } else { "wrote" };
+                        for (w, res) in r.plan.writes.iter().zip(&r.results) {
+                            let tag = match res {
+                                WriteResult::Done => "wrote".to_string(),
+                                WriteResult::Skipped => verb.to_string(),
+                                WriteResult::Dropped(why) => format!("dropped ({why})"),
+                                WriteResult::Rejected(why) => format!("rejected ({why})"),
+                            };
+                            println!("{tag}: {}", describe_write(w));
+                        }
+                        for p in &r.plan.parked {
+                            println!("parked: {}: {}", p.key(), p.reason);
+                        }
+                        println!(
+                            "cycle {} ({}): {} planned, {} written, {} parked, {} disagreements; {} Kommo and {} ChatApp requests",
+                            r.record.id,
+                            r.record.kind,
+                            r.plan.writes.len(),
+                            r.record.writes_done,
+                            r.plan.parked.len(),
+                            r.plan.disagreements.len(),
+                            r.record.kommo_requests,
+                            r.record.chatapp_requests
+                        );
+                        match r.brake {
+                            Some(b) if !dry_run => {
+                                eprintln!("{b}");
+                                ExitCode::from(EXIT_BRAKE)
+                            }
+                            Some(b) => {
+                                println!("note: {b}");
+                                ExitCode::SUCCESS
+                            }
+                            None => ExitCode::SUCCESS,
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("cycle failed: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            });
+            drop(rt);
+            if let Ok(s) = Arc::try_unwrap(store)
+                && let Err(e) = s.close()
+            {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+            code
+        }
+        Command::Run => crate::daemon::main(&path),
+    }
+}
+
+/// The multi-threaded tokio runtime every command uses.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -1,0 +1,207 @@
+//! `status`: what the state db says: last cycles, counts, parked pairs, recent corrections, and
+//! the explanation of one dialog's or card's current value from the audit log. Opens the db
+//! read-only (redb `SingleWriter` mode), so it works while the daemon runs. Never prints secrets:
+//! nothing it reads holds any (tokens live in a meta key it does not print).
+
+use crate::engine::ParkReason;
+use crate::model::{CardId, RecordId};
+use crate::store::{AuditEntry, Store, StoreError};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// What `status` is asked about.
+#[derive(Debug, Clone, Default)]
+pub struct StatusQuery {
+    /// A dialog, by chat id.
+    pub dialog: Option<String>,
+    /// A card, `kind:id`.
+    pub card: Option<CardId>,
+}
+
+fn when(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn audit_line(e: &AuditEntry) -> String {
+    format!(
+        "{}  cycle {}  {}: {} -> {}  [{}; source {}] {}{}",
+        when(e.at),
+        e.cycle,
+        e.target,
+        e.from
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "none".into()),
+        e.to,
+        e.rule,
+        e.source,
+        e.detail,
+        if e.how == "write" {
+            String::new()
+        } else {
+            format!(" ({})", e.how)
+        }
+    )
+}
+
+/// Renders the status report.
+pub fn render(store: &Store, q: &StatusQuery) -> Result<String, StoreError> {
+    let mut out = String::new();
+    let snap = store.load_snapshot()?;
+    if let Some(chat) = &q.dialog {
+        let keys: Vec<_> = snap
+            .dialogs
+            .keys()
+            .filter(|k| &k.chat_id == chat || k.to_string() == *chat)
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            let _ = writeln!(out, "dialog {chat}: not in the state db");
+        }
+        for k in keys {
+            let st = &snap.dialogs[&k];
+            let _ = writeln!(
+                out,
+                "dialog {k}: responsible {} (since {}){}",
+                st.responsible
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                when(st.changed_at),
+                if st.closed { ", closed" } else { "" }
+            );
+            explain(store, &mut out, &RecordId::Dialog(k.clone()), &snap)?;
+        }
+        return Ok(out);
+    }
+    if let Some(card) = q.card {
+        match snap.cards.get(&card) {
+            None => {
+                let _ = writeln!(out, "card {card}: not in the state db");
+            }
+            Some(st) => {
+                let _ = writeln!(
+                    out,
+                    "card {card}: responsible {} (since {}), sync flag {}{}",
+                    st.responsible,
+                    when(st.changed_at),
+                    if st.flag { "checked" } else { "unchecked" },
+                    if st.deleted { ", deleted" } else { "" }
+                );
+                explain(store, &mut out, &RecordId::Card(card), &snap)?;
+            }
+        }
+        return Ok(out);
+    }
+
+    let _ = writeln!(out, "state db: {}", store.path().display());
+    let _ = writeln!(
+        out,
+        "bootstrapped: {}",
+        if snap.bootstrapped {
+            "yes"
+        } else {
+            "no (no cycle has completed)"
+        }
+    );
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for c in snap.cards.keys() {
+        *kinds.entry(c.kind.plural().to_string()).or_default() += 1;
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let _ = writeln!(
+        out,
+        "records: {} dialogs; {}",
+        snap.dialogs.len(),
+        kinds.join(", ")
+    );
+    let _ = writeln!(out, "corrections recorded: {}", store.audit_len()?);
+    let intents = store.intents()?;
+    if !intents.is_empty() {
+        let _ = writeln!(
+            out,
+            "pending intents (settled at the next cycle): {}",
+            intents.len()
+        );
+    }
+    let mut by_reason: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for p in snap.parked.values() {
+        *by_reason.entry(p.reason.label()).or_default() += 1;
+    }
+    let _ = writeln!(out, "\nparked pairs: {}", snap.parked.len());
+    for (r, n) in &by_reason {
+        let _ = writeln!(out, "  {r}: {n}");
+    }
+    for p in snap.parked.values().take(20) {
+        let _ = writeln!(out, "  {}: {}", p.key(), p.reason);
+    }
+    let _ = writeln!(out, "\nlast cycles:");
+    for c in store.recent_cycles(10)? {
+        let _ = writeln!(
+            out,
+            "  #{:<5} {}  {:<11} {:<8} reads kommo {} req / chatapp {} req ({} cards, {} dialogs)  writes {}/{}  parked {}  {} ms{}",
+            c.id,
+            when(c.started_at),
+            c.kind,
+            c.outcome,
+            c.kommo_requests,
+            c.chatapp_requests,
+            c.cards_read,
+            c.dialogs_read,
+            c.writes_done,
+            c.writes_planned,
+            c.parked,
+            c.duration_ms,
+            c.error.map(|e| format!("  error: {e}")).unwrap_or_default()
+        );
+    }
+    let _ = writeln!(out, "\nrecent corrections:");
+    for e in store.audit(15, |_| true)? {
+        let _ = writeln!(out, "  {}", audit_line(&e));
+    }
+    Ok(out)
+}
+
+fn explain(
+    store: &Store,
+    out: &mut String,
+    r: &RecordId,
+    snap: &crate::engine::Snapshot,
+) -> Result<(), StoreError> {
+    let entries = store.audit(10, |e| &e.target == r)?;
+    match entries.first() {
+        Some(e) => {
+            let _ = writeln!(out, "why: the daemon wrote it: {}", audit_line(e));
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "why: the daemon never wrote it; its value is the one observed in ChatApp/Kommo"
+            );
+        }
+    }
+    for e in entries.iter().skip(1) {
+        let _ = writeln!(out, "  earlier: {}", audit_line(e));
+    }
+    for p in snap
+        .parked
+        .values()
+        .filter(|p| &p.subject == r || p.target.as_ref() == Some(r))
+    {
+        let _ = writeln!(out, "parked: {} ({})", p.key(), p.reason);
+        if let ParkReason::UnmappedKommoUser(u) = p.reason {
+            let _ = writeln!(
+                out,
+                "  hint: add [[users.map]] {{ kommo = {u}, chatapp = <employee id> }} or give both the same e-mail"
+            );
+        }
+    }
+    let as_source = store.audit(5, |e| &e.source == r)?;
+    if !as_source.is_empty() {
+        let _ = writeln!(out, "its value was copied to:");
+        for e in as_source {
+            let _ = writeln!(out, "  {}", audit_line(&e));
+        }
+    }
+    Ok(())
+}
