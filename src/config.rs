@@ -868,6 +868,18 @@ chat_to_crm = ["lead"]
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let c = Config::parse(
+            include_str!("../config.example.toml"),
+            "config.example.toml",
+        )
+        .unwrap();
+        assert_eq!(c.sync.flag_fields.lead, Some(184994));
+        assert_eq!(c.users.map.len(), 1);
+        assert_eq!(c.chatapp.set_responsible, SetResponsibleConfig::default());
+    }
+
+    #[test]
     fn http_is_accepted_for_loopback_only() {
         assert!(check_base_url("http://127.0.0.1:8080").is_ok());
         assert!(check_base_url("http://localhost:1").is_ok());
