@@ -342,7 +342,7 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 fn default_overlap() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_secs(120)
 }
 fn default_skew() -> Duration {
     Duration::from_secs(5)

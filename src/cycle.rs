@@ -245,7 +245,9 @@ impl Syncer {
 
         // users
         let users = self.kommo.users().await?;
+        let kommo_read_at = self.kommo.api.server_time().unwrap_or(now);
         let employees = self.chatapp.employees().await?;
+        let chats_read_at = self.chatapp.api.server_time().unwrap_or(now);
         let usermap = UserMap::build(
             &self.config.user_pairs(),
             self.config.users.match_by_email,
@@ -255,12 +257,14 @@ impl Syncer {
 
         // events: change times of cards
         let events_from = if snap.bootstrapped {
-            wm.kommo_events - k_overlap
+            wm.kommo_since(wm.kommo_events, k_overlap)
         } else {
-            now - k_overlap
+            kommo_read_at - k_overlap
         };
         let events = self.kommo.responsible_events(&kinds, events_from).await?;
         let mut new_wm = wm.clone();
+        new_wm.kommo_read_at = kommo_read_at;
+        new_wm.chats_read_at = chats_read_at;
         new_wm.kommo_events = events
             .iter()
             .map(|e| e.created_at)
@@ -312,7 +316,8 @@ impl Syncer {
         } else {
             if self.kommo.filters_enabled().await? {
                 for &kind in &kinds {
-                    let since = wm.kommo_updated.get(&kind).copied().unwrap_or(0) - k_overlap;
+                    let since = wm
+                        .kommo_since(wm.kommo_updated.get(&kind).copied().unwrap_or(0), k_overlap);
                     for c in &self.kommo.list_cards(kind, Some(since)).await? {
                         new_wm.kommo_updated.insert(
                             kind,
@@ -374,7 +379,7 @@ impl Syncer {
         }
 
         // dialogs
-        let since = (!full).then(|| wm.chats - c_overlap);
+        let since = (!full).then(|| wm.chats_since(c_overlap));
         let chats = self.chatapp.chats(since).await?;
         if full && listing_brake.is_none() {
             listing_brake = empty_listing_brake("chats", snap.dialogs.len(), chats.len());

@@ -204,6 +204,7 @@ pub struct ApiClient {
     pub counters: Arc<Counters>,
     deadline: Mutex<Option<Instant>>,
     blocked_until: Mutex<Option<(Instant, i64)>>,
+    server_time: std::sync::atomic::AtomicI64,
 }
 
 fn unix_now() -> i64 {
@@ -238,6 +239,7 @@ impl ApiClient {
             counters: Arc::new(Counters::default()),
             deadline: Mutex::new(None),
             blocked_until: Mutex::new(None),
+            server_time: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -259,6 +261,13 @@ impl ApiClient {
     /// Sets (or clears) the time after which retries give up (the cycle's budget).
     pub fn set_deadline(&self, deadline: Option<Instant>) {
         *self.deadline.lock().expect("deadline") = deadline;
+    }
+
+    /// The server's time (unix seconds) from the `Date` header of the latest response, if any.
+    /// Incremental reads use it as their signpost: the next read starts from it (minus an
+    /// overlap), so an idle account costs the same few requests whatever happened before.
+    pub fn server_time(&self) -> Option<i64> {
+        Some(self.server_time.load(Ordering::SeqCst)).filter(|t| *t > 0)
     }
 
     /// The breaker's state: when calls resume (unix), if blocked now.
@@ -308,6 +317,14 @@ impl ApiClient {
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok());
+                    if let Some(t) = resp
+                        .headers()
+                        .get(reqwest::header::DATE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+                    {
+                        self.server_time.store(t.timestamp(), Ordering::SeqCst);
+                    }
                     let content_type = resp
                         .headers()
                         .get(reqwest::header::CONTENT_TYPE)

@@ -80,6 +80,23 @@ pub struct Linked {
 struct CardsPage {
     #[serde(rename = "_embedded")]
     embedded: CardsEmbedded,
+    #[serde(default, rename = "_links")]
+    links: Option<PageLinks>,
+}
+
+/// `_links` of a page: only whether `next` is there matters.
+#[derive(Deserialize, Default)]
+struct PageLinks {
+    #[serde(default)]
+    next: Option<serde_json::Value>,
+}
+
+/// Whether a page ends a listing. Kommo shows `next` even when the next page is empty, and has
+/// changed page sizes under its clients (amocrm-api-php #209, #528), so: an empty page ends it; a
+/// page shorter than one the server already served ends it; a page shorter than asked ends it
+/// unless it has a `next` link (the server's page size is smaller than asked).
+pub fn page_ends_listing(n: usize, asked: usize, has_next: bool, largest_seen: usize) -> bool {
+    n == 0 || n < largest_seen || (n < asked && !has_next)
 }
 
 #[derive(Deserialize)]
@@ -141,6 +158,8 @@ impl KommoEvent {
 struct EventsPage {
     #[serde(rename = "_embedded")]
     embedded: EventsEmbedded,
+    #[serde(default, rename = "_links")]
+    links: Option<PageLinks>,
 }
 
 #[derive(Deserialize)]
@@ -458,6 +477,7 @@ impl KommoClient {
     ) -> Result<Vec<KommoCard>, ApiError> {
         let path = format!("/api/v4/{}", kind.plural());
         let mut out = vec![];
+        let mut largest = 0;
         for page in 1.. {
             let mut q = vec![
                 ("page".to_string(), page.to_string()),
@@ -475,7 +495,9 @@ impl KommoClient {
             }
             let p: CardsPage = decode(API, &endpoint_of(&path), &r.body)?;
             let n = p.embedded.items.len();
-            let mut done = n < PAGE_LIMIT;
+            let has_next = p.links.as_ref().is_some_and(|l| l.next.is_some());
+            let mut done = page_ends_listing(n, PAGE_LIMIT, has_next, largest);
+            largest = largest.max(n);
             for c in p.embedded.items {
                 if let Some(since) = updated_since
                     && c.updated_at < since
@@ -561,6 +583,7 @@ impl KommoClient {
     ) -> Result<Vec<KommoEvent>, ApiError> {
         let path = "/api/v4/events";
         let mut out: Vec<KommoEvent> = vec![];
+        let mut largest = 0;
         for page in 1.. {
             let mut q = vec![
                 (
@@ -583,15 +606,17 @@ impl KommoClient {
             }
             let p: EventsPage = decode(API, &endpoint_of(path), &r.body)?;
             let n = p.embedded.events.len();
+            let has_next = p.links.as_ref().is_some_and(|l| l.next.is_some());
             out.extend(
                 p.embedded
                     .events
                     .into_iter()
                     .filter(|e| e.kind == "entity_responsible_changed"),
             );
-            if n < EVENTS_LIMIT {
+            if page_ends_listing(n, EVENTS_LIMIT, has_next, largest) {
                 break;
             }
+            largest = largest.max(n);
         }
         // stable order whatever the server's: by time, then id; duplicates (page shifts) dropped
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -657,6 +682,18 @@ mod tests {
             o.dialog_refs
                 .contains(&DialogRef::ChatId("79990001122@c.us".into()))
         );
+    }
+
+    #[test]
+    fn paging_survives_a_smaller_server_page_size() {
+        // asked 250, the server serves 50 with a next link: go on
+        assert!(!page_ends_listing(50, 250, true, 0));
+        // then a shorter page than the server's size: the end, next link or not
+        assert!(page_ends_listing(20, 250, true, 50));
+        // a short page without next ends it; a full one with a next link to an empty page goes on
+        assert!(page_ends_listing(20, 250, false, 0));
+        assert!(!page_ends_listing(250, 250, true, 250));
+        assert!(page_ends_listing(0, 250, true, 250));
     }
 
     #[test]

@@ -235,6 +235,33 @@ pub struct Watermarks {
     pub kommo_updated: BTreeMap<CardKind, i64>,
     /// Latest `lastTime` of a ChatApp chat fully read.
     pub chats: i64,
+    /// Kommo's time (its `Date` header) when the last complete read began; 0 if unknown.
+    #[serde(default)]
+    pub kommo_read_at: i64,
+    /// ChatApp's time when the last complete read began; 0 if unknown.
+    #[serde(default)]
+    pub chats_read_at: i64,
+}
+
+impl Watermarks {
+    /// Where an incremental Kommo read starts: the last read's signpost (or, without one, the
+    /// latest `updated_at`/`created_at` seen), minus the overlap.
+    pub fn kommo_since(&self, latest_seen: i64, overlap: i64) -> i64 {
+        (if self.kommo_read_at > 0 {
+            self.kommo_read_at
+        } else {
+            latest_seen
+        }) - overlap
+    }
+
+    /// Where an incremental ChatApp read starts (see [`Watermarks::kommo_since`]).
+    pub fn chats_since(&self, overlap: i64) -> i64 {
+        (if self.chats_read_at > 0 {
+            self.chats_read_at
+        } else {
+            self.chats
+        }) - overlap
+    }
 }
 
 /// Everything a cycle commits at its end, in one transaction.

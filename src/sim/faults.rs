@@ -379,6 +379,14 @@ where
         Admission::Fault(Fault::Truncated) => truncate(flavor, handler(incoming)).await,
         Admission::Normal => handler(incoming),
     };
+    let mut resp = resp;
+    // the server's own time, from the simulator's clock (clients use it as the read signpost)
+    if let Some(date) = chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+        .and_then(|d| HeaderValue::from_str(&d).ok())
+    {
+        resp.headers_mut().insert(header::DATE, date);
+    }
     faults.record(LoggedRequest {
         method: parts.method.as_str().to_string(),
         path,

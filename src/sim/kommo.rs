@@ -355,6 +355,7 @@ struct KState {
     long_lived: Option<String>,
     oauth: Option<OAuthState>,
     api_filter_enabled: bool,
+    page_cap: Option<u64>,
     patch_count: u64,
     written: [Vec<u64>; 4],
     rng: XorShift,
@@ -398,6 +399,7 @@ impl KommoSim {
             long_lived: cfg.long_lived_token,
             oauth,
             api_filter_enabled: cfg.api_filter_enabled,
+            page_cap: None,
             patch_count: 0,
             written: Default::default(),
             rng: XorShift::new(0x4B4F_4D4D_4F00_0000 ^ u64::from(port) ^ (now as u64) << 16),
@@ -444,6 +446,12 @@ impl KommoSim {
     /// Turns the API filter add-on on or off (see the module docs).
     pub fn set_api_filter_enabled(&self, enabled: bool) {
         self.lock().api_filter_enabled = enabled;
+    }
+
+    /// Silently serves card-list pages of at most `cap` items whatever `limit` asks (Kommo once
+    /// changed a page size under its clients: amocrm-api-php #528); `next` links follow the cap.
+    pub fn set_page_cap(&self, cap: Option<u64>) {
+        self.lock().page_cap = cap;
     }
 
     // ----- users -----
@@ -893,6 +901,7 @@ impl KommoSim {
             Ok(v) => v,
             Err(name) => return bad_param(name),
         };
+        let limit = st.page_cap.map_or(limit, |cap| limit.min(cap.max(1)));
         let q = &inc.params;
         let with = with_set(q);
         let only_deleted = with.contains("only_deleted");
