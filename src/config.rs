@@ -367,7 +367,7 @@ fn default_phone_field() -> FieldRef {
 }
 
 /// Kommo credentials as loaded from their files.
-pub enum KommoAuth {
+pub enum KommoCredentials {
     /// A long-lived token.
     LongLived(SecretString),
     /// OAuth: client secret and the seed refresh token.
@@ -379,11 +379,13 @@ pub enum KommoAuth {
     },
 }
 
-impl fmt::Debug for KommoAuth {
+impl fmt::Debug for KommoCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KommoAuth::LongLived(_) => f.write_str("KommoAuth::LongLived([REDACTED])"),
-            KommoAuth::OAuth { .. } => f.write_str("KommoAuth::OAuth([REDACTED])"),
+            KommoCredentials::LongLived(_) => {
+                f.write_str("KommoCredentials::LongLived([REDACTED])")
+            }
+            KommoCredentials::OAuth { .. } => f.write_str("KommoCredentials::OAuth([REDACTED])"),
         }
     }
 }
@@ -392,7 +394,7 @@ impl fmt::Debug for KommoAuth {
 #[derive(Debug)]
 pub struct Secrets {
     /// Kommo credentials.
-    pub kommo: KommoAuth,
+    pub kommo: KommoCredentials,
     /// The ChatApp password.
     pub chatapp_password: SecretString,
 }
@@ -743,8 +745,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     })?;
     let config = Config::parse(&text, &file)?;
     let kommo = match (&config.kommo.token_file, &config.kommo.oauth) {
-        (Some(t), _) => KommoAuth::LongLived(read_secret("kommo.token_file", t, path)?),
-        (None, Some(o)) => KommoAuth::OAuth {
+        (Some(t), _) => KommoCredentials::LongLived(read_secret("kommo.token_file", t, path)?),
+        (None, Some(o)) => KommoCredentials::OAuth {
             client_secret: read_secret(
                 "kommo.oauth.client_secret_file",
                 &o.client_secret_file,

@@ -4,7 +4,7 @@
 //! write with its new base and audit entry in one transaction, then commit the rest of the cycle.
 
 use crate::chatapp::ChatAppClient;
-use crate::config::{Config, KommoAuth, Loaded};
+use crate::config::{Config, KommoCredentials, Loaded};
 use crate::engine::{self, Brake, Plan, Write, empty_listing_brake};
 use crate::http::ApiError;
 use crate::kommo::{FieldMap, KommoClient, KommoEvent};
@@ -113,16 +113,29 @@ impl Syncer {
     /// Builds the syncer over an open store.
     pub fn new(loaded: &Loaded, store: Arc<Store>) -> Result<Syncer, CycleError> {
         let cfg = loaded.config.clone();
-        let token = match &loaded.secrets.kommo {
-            KommoAuth::LongLived(t) => t.clone(),
-            KommoAuth::OAuth { .. } => {
-                return Err(CycleError::Api(ApiError::Auth {
-                    api: "kommo",
-                    reason: "[kommo.oauth] is not supported by this build yet; use token_file (a long-lived token)".into(),
-                }));
+        let auth = match &loaded.secrets.kommo {
+            KommoCredentials::LongLived(t) => crate::kommo_auth::KommoAuth::long_lived(t.clone()),
+            KommoCredentials::OAuth {
+                client_secret,
+                refresh_token_seed,
+            } => {
+                let o = cfg
+                    .kommo
+                    .oauth
+                    .as_ref()
+                    .expect("validated: oauth table present");
+                crate::kommo_auth::KommoAuth::oauth(
+                    crate::kommo_auth::OAuthSettings {
+                        client_id: o.client_id.clone(),
+                        client_secret: client_secret.clone(),
+                        redirect_uri: o.redirect_uri.clone(),
+                    },
+                    store.clone(),
+                    refresh_token_seed,
+                )?
             }
         };
-        let kommo = KommoClient::new(&cfg.kommo, token)?;
+        let kommo = KommoClient::new(&cfg.kommo, auth)?;
         let chatapp = ChatAppClient::new(
             &cfg.chatapp,
             loaded.secrets.chatapp_password.clone(),

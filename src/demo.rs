@@ -90,10 +90,16 @@ fn messenger(value: &str) -> SimField {
 
 /// Starts both simulators and fills them with the sample world.
 pub async fn sample_world() -> std::io::Result<DemoWorld> {
+    sample_world_with(KommoSimConfig::default()).await
+}
+
+/// [`sample_world`] with a Kommo simulator configured by `kommo_cfg` (its clock is replaced by the
+/// shared one).
+pub async fn sample_world_with(kommo_cfg: KommoSimConfig) -> std::io::Result<DemoWorld> {
     let clock = SimClock::new();
     let kommo = KommoSim::start(KommoSimConfig {
         clock: Some(clock.clone()),
-        ..Default::default()
+        ..kommo_cfg
     })
     .await?;
     let chatapp = ChatAppSim::start(ChatAppSimConfig {

@@ -6,7 +6,6 @@ use crate::config::{FieldRef, KommoConfig, LinksConfig};
 use crate::http::{ApiClient, ApiError, Limits, Response, decode};
 use crate::links::{parse_messenger_value, phone_digits};
 use crate::model::{CardId, CardKind, CardObs, KommoUser, KommoUserId};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -354,7 +353,7 @@ impl KommoCard {
 pub struct KommoClient {
     /// Shared HTTP plumbing (limiter, retries, counters).
     pub api: ApiClient,
-    token: SecretString,
+    auth: crate::kommo_auth::KommoAuth,
     filters: std::sync::Mutex<Option<bool>>,
 }
 
@@ -364,7 +363,10 @@ fn endpoint_of(path: &str) -> String {
 
 impl KommoClient {
     /// Builds the client for a long-lived token.
-    pub fn new(cfg: &KommoConfig, token: SecretString) -> Result<KommoClient, ApiError> {
+    pub fn new(
+        cfg: &KommoConfig,
+        auth: crate::kommo_auth::KommoAuth,
+    ) -> Result<KommoClient, ApiError> {
         let limits = Limits {
             requests_per_second: cfg.requests_per_second,
             timeout: cfg.timeout,
@@ -375,26 +377,37 @@ impl KommoClient {
         };
         Ok(KommoClient {
             api: ApiClient::new(API, &cfg.base_url, limits)?,
-            token,
+            auth,
             filters: std::sync::Mutex::new(None),
         })
     }
 
-    fn bearer(&self) -> String {
-        format!("Bearer {}", self.token.expose_secret())
+    /// Sends an authorized request; after a 401, refreshes OAuth credentials once and retries.
+    async fn send(
+        &self,
+        endpoint: &str,
+        make: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Response, ApiError> {
+        let token = self.auth.token(&self.api).await?;
+        let bearer = format!("Bearer {token}");
+        let r = self.api.execute(endpoint, |c| make(c, &bearer)).await?;
+        if r.status.as_u16() == 401
+            && let Some(fresh) = self.auth.after_unauthorized(&self.api, &token).await?
+        {
+            let bearer = format!("Bearer {fresh}");
+            let r = self.api.execute(endpoint, |c| make(c, &bearer)).await?;
+            return self.check(endpoint, r);
+        }
+        self.check(endpoint, r)
     }
 
     async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Response, ApiError> {
         let endpoint = endpoint_of(path);
         let url = self.api.url(path);
-        let auth = self.bearer();
-        let r = self
-            .api
-            .execute(&endpoint, |c| {
-                c.get(&url).header("Authorization", &auth).query(query)
-            })
-            .await?;
-        self.check(&endpoint, r)
+        self.send(&endpoint, |c, auth| {
+            c.get(&url).header("Authorization", auth).query(query)
+        })
+        .await
     }
 
     fn check(&self, endpoint: &str, r: Response) -> Result<Response, ApiError> {
@@ -639,14 +652,11 @@ impl KommoClient {
             .map(|(i, (id, user))| serde_json::json!({"id": id, "responsible_user_id": user, "request_id": i.to_string()}))
             .collect();
         let url = self.api.url(&path);
-        let auth = self.bearer();
         let r = self
-            .api
-            .execute(&endpoint, |c| {
-                c.patch(&url).header("Authorization", &auth).json(&body)
+            .send(&endpoint, |c, auth| {
+                c.patch(&url).header("Authorization", auth).json(&body)
             })
             .await?;
-        let r = self.check(&endpoint, r)?;
         let p: PatchResult = decode(API, &endpoint, &r.body)?;
         Ok(p.embedded.items.into_iter().map(|i| i.id).collect())
     }

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod kommo;
+pub mod kommo_auth;
 pub mod links;
 pub mod logging;
 pub mod metrics;

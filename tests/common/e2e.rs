@@ -24,7 +24,11 @@ pub struct Run {
 impl Env {
     /// The sample world with `extra_sync` lines added to `[sync]`.
     pub async fn new(extra_sync: &str) -> Env {
-        let w = sample_world().await.expect("simulators start");
+        Env::from_world(sample_world().await.expect("simulators start"), extra_sync)
+    }
+
+    /// A given world, with `extra_sync` lines added to `[sync]`.
+    pub fn from_world(w: DemoWorld, extra_sync: &str) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write_config(dir.path(), &w.kommo, &w.chatapp, extra_sync).expect("config");
         Env { w, dir, config }

@@ -1,0 +1,265 @@
+//! Kommo credentials: a long-lived token, or OAuth with single-use refresh tokens.
+//!
+//! OAuth rules (Kommo refresh tokens are globally single-use; reusing one gives 401 "Token has been
+//! revoked"): one refresh in flight at a time (a mutex around the pair); the new pair is committed
+//! durably to the state db *before* the new access token is used; the `refresh_token_file` is read
+//! only to seed an empty db; a refresh happens proactively before the access token expires and once
+//! on a 401. The one window no client can close: a crash after Kommo issued the new pair and before
+//! the commit (the commit is the first thing done with the response).
+
+use crate::http::{ApiClient, ApiError, decode};
+use crate::store::{META_KOMMO_OAUTH, Store};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+const API: &str = "kommo";
+/// Refresh this long before the access token expires.
+pub const REFRESH_MARGIN_SECS: i64 = 600;
+/// Warn when a long-lived token expires within this many seconds.
+pub const LONG_LIVED_WARN_SECS: i64 = 14 * 86_400;
+
+/// The stored OAuth pair.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct OAuthPair {
+    /// Access token (empty before the first refresh).
+    pub access_token: String,
+    /// Refresh token (the only valid one).
+    pub refresh_token: String,
+    /// When the access token expires (unix seconds; 0 = unknown/expired).
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for OAuthPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OAuthPair([REDACTED])")
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    refresh_token: String,
+    #[serde(default)]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    server_time: Option<i64>,
+}
+
+/// The OAuth client settings.
+pub struct OAuthSettings {
+    /// Integration id.
+    pub client_id: String,
+    /// Integration secret.
+    pub client_secret: SecretString,
+    /// Redirect URI registered with the integration.
+    pub redirect_uri: String,
+}
+
+/// Where Kommo access tokens come from.
+pub enum KommoAuth {
+    /// A long-lived token.
+    LongLived(SecretString),
+    /// OAuth with rotation.
+    OAuth {
+        /// Client settings.
+        settings: OAuthSettings,
+        /// The state db holding the pair.
+        store: Arc<Store>,
+        /// The current pair (the mutex makes refreshes single-flight).
+        pair: Mutex<OAuthPair>,
+    },
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The `exp` claim of a JWT, read without verifying it.
+pub fn jwt_exp(token: &str) -> Option<i64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64url_decode(payload)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("exp")?.as_i64()
+}
+
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+impl KommoAuth {
+    /// A long-lived token; warns when its JWT `exp` is near or past.
+    pub fn long_lived(token: SecretString) -> KommoAuth {
+        if let Some(exp) = jwt_exp(token.expose_secret()) {
+            let left = exp - now_unix();
+            if left < 0 {
+                tracing::error!(
+                    expired_at = exp,
+                    "the Kommo long-lived token has expired: generate a new one"
+                );
+            } else if left < LONG_LIVED_WARN_SECS {
+                tracing::warn!(
+                    expires_at = exp,
+                    days_left = left / 86_400,
+                    "the Kommo long-lived token expires soon: generate a new one"
+                );
+            }
+        }
+        KommoAuth::LongLived(token)
+    }
+
+    /// OAuth: the pair stored in the db, or (empty db only) the seed refresh token, stored at once.
+    pub fn oauth(
+        settings: OAuthSettings,
+        store: Arc<Store>,
+        seed: &SecretString,
+    ) -> Result<KommoAuth, ApiError> {
+        let stored: Option<OAuthPair> =
+            store.meta(META_KOMMO_OAUTH).map_err(|e| ApiError::Auth {
+                api: API,
+                reason: format!("reading the stored OAuth pair: {e}"),
+            })?;
+        let pair = match stored {
+            Some(p) => p,
+            None => {
+                let p = OAuthPair {
+                    access_token: String::new(),
+                    refresh_token: seed.expose_secret().to_string(),
+                    expires_at: 0,
+                };
+                store
+                    .put_meta(META_KOMMO_OAUTH, &p)
+                    .map_err(|e| ApiError::Auth {
+                        api: API,
+                        reason: format!("storing the seed refresh token: {e}"),
+                    })?;
+                tracing::info!(
+                    "seeded the Kommo OAuth pair from refresh_token_file; the file is not read again"
+                );
+                p
+            }
+        };
+        Ok(KommoAuth::OAuth {
+            settings,
+            store,
+            pair: Mutex::new(pair),
+        })
+    }
+
+    /// A usable access token (refreshing first when an OAuth token is missing or about to expire).
+    pub async fn token(&self, api: &ApiClient) -> Result<String, ApiError> {
+        match self {
+            KommoAuth::LongLived(t) => Ok(t.expose_secret().to_string()),
+            KommoAuth::OAuth { pair, .. } => {
+                let mut p = pair.lock().await;
+                if p.access_token.is_empty() || p.expires_at - REFRESH_MARGIN_SECS <= now_unix() {
+                    self.refresh_locked(api, &mut p).await?;
+                }
+                Ok(p.access_token.clone())
+            }
+        }
+    }
+
+    /// After a 401 with `used`: refresh once (unless another task already did) and return the new
+    /// token; `None` when the credentials cannot be refreshed (long-lived).
+    pub async fn after_unauthorized(
+        &self,
+        api: &ApiClient,
+        used: &str,
+    ) -> Result<Option<String>, ApiError> {
+        match self {
+            KommoAuth::LongLived(_) => Ok(None),
+            KommoAuth::OAuth { pair, .. } => {
+                let mut p = pair.lock().await;
+                if p.access_token == used {
+                    self.refresh_locked(api, &mut p).await?;
+                }
+                Ok(Some(p.access_token.clone()))
+            }
+        }
+    }
+
+    async fn refresh_locked(&self, api: &ApiClient, p: &mut OAuthPair) -> Result<(), ApiError> {
+        let KommoAuth::OAuth {
+            settings, store, ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let endpoint = "POST /oauth2/access_token";
+        let url = api.url("/oauth2/access_token");
+        let body = serde_json::json!({
+            "client_id": settings.client_id,
+            "client_secret": settings.client_secret.expose_secret(),
+            "grant_type": "refresh_token",
+            "refresh_token": p.refresh_token,
+            "redirect_uri": settings.redirect_uri,
+        });
+        let r = api.execute(endpoint, |c| c.post(&url).json(&body)).await?;
+        if !r.status.is_success() {
+            return Err(ApiError::Auth {
+                api: API,
+                reason: format!(
+                    "{endpoint}: HTTP {}: {} (if the refresh token was revoked, authorize the integration again and put the new refresh token in refresh_token_file with an empty state db)",
+                    r.status.as_u16(),
+                    r.excerpt(200)
+                ),
+            });
+        }
+        let t: TokenResponse = decode(API, endpoint, &r.body)?;
+        let issued = t.server_time.unwrap_or_else(now_unix);
+        let next = OAuthPair {
+            expires_at: jwt_exp(&t.access_token).unwrap_or(issued + t.expires_in.unwrap_or(86_400)),
+            access_token: t.access_token,
+            refresh_token: t.refresh_token,
+        };
+        // durable before use: the old refresh token is already revoked
+        store.put_meta(META_KOMMO_OAUTH, &next).map_err(|e| ApiError::Auth {
+            api: API,
+            reason: format!("storing the rotated OAuth pair failed ({e}); the refresh token in this process is the only valid one"),
+        })?;
+        *p = next;
+        tracing::info!(
+            expires_at = p.expires_at,
+            "refreshed the Kommo OAuth pair (stored before use)"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_jwt_exp() {
+        // {"alg":"none"}.{"exp":1893456000}.sig
+        let t = "eyJhbGciOiJub25lIn0.eyJleHAiOjE4OTM0NTYwMDB9.c2ln";
+        assert_eq!(jwt_exp(t), Some(1_893_456_000));
+        assert_eq!(jwt_exp("not-a-jwt"), None);
+        let sim = crate::sim::fake_jwt(&serde_json::json!({"exp": 42}));
+        assert_eq!(jwt_exp(&sim), Some(42));
+    }
+}
