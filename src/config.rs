@@ -97,6 +97,9 @@ pub struct KommoConfig {
     /// How far before the events watermark an incremental cycle reads again.
     #[serde(default = "default_overlap", with = "humantime_serde")]
     pub events_overlap: Duration,
+    /// After a block (403 with an HTML page, or repeated 403s), no Kommo call for this long.
+    #[serde(default = "default_block_cooloff", with = "humantime_serde")]
+    pub block_cooloff: Duration,
 }
 
 /// `[kommo.oauth]`
@@ -138,6 +141,9 @@ pub struct ChatAppConfig {
     /// How far before the chats watermark an incremental cycle reads again.
     #[serde(default = "default_overlap", with = "humantime_serde")]
     pub chats_overlap: Duration,
+    /// The most logins (`POST /v1/tokens`) in any 24 h; ChatApp allows about 100 a day.
+    #[serde(default = "default_max_logins")]
+    pub max_logins_per_day: usize,
     /// The call that sets a dialog's responsible (UNCONFIRMED in ChatApp's public material).
     #[serde(default)]
     pub set_responsible: SetResponsibleConfig,
@@ -344,6 +350,12 @@ fn default_timeout() -> Duration {
 fn default_overlap() -> Duration {
     Duration::from_secs(120)
 }
+fn default_block_cooloff() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_max_logins() -> usize {
+    20
+}
 fn default_skew() -> Duration {
     Duration::from_secs(5)
 }
@@ -517,6 +529,15 @@ impl Config {
                 format!(
                     "{} is out of range 1..=50",
                     self.chatapp.requests_per_second
+                ),
+            ));
+        }
+        if !(1..=100).contains(&self.chatapp.max_logins_per_day) {
+            return Err(err(
+                "chatapp.max_logins_per_day",
+                format!(
+                    "{} is out of range 1..=100 (ChatApp allows about 100 a day)",
+                    self.chatapp.max_logins_per_day
                 ),
             ));
         }

@@ -106,9 +106,6 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// The most ChatApp logins per 24 h the daemon allows itself.
-pub const MAX_CHATAPP_LOGINS_PER_DAY: usize = 20;
-
 impl Syncer {
     /// Builds the syncer over an open store.
     pub fn new(loaded: &Loaded, store: Arc<Store>) -> Result<Syncer, CycleError> {
@@ -140,7 +137,7 @@ impl Syncer {
             &cfg.chatapp,
             loaded.secrets.chatapp_password.clone(),
             store.clone(),
-            MAX_CHATAPP_LOGINS_PER_DAY,
+            cfg.chatapp.max_logins_per_day,
         )?;
         let fields = FieldMap::new(&cfg.sync.flag_fields, &cfg.links);
         Ok(Syncer {

@@ -69,7 +69,7 @@ pub enum ApiError {
     },
     /// The API blocked us (Kommo: 403 with an HTML body); no calls until the cool-off ends.
     #[error(
-        "{api}: blocked (HTTP 403 with an HTML page: an IP/account block after too many requests); no calls until {until_unix} (unix); contact Kommo support if it persists"
+        "{api}: blocked (HTTP 403 with an HTML page, or repeated 403s: an IP/account block after too many requests); no calls until {until_unix} (unix); contact Kommo support if it persists"
     )]
     Blocked {
         /// `kommo`.
@@ -173,9 +173,13 @@ pub struct Limits {
     pub max_backoff: Duration,
     /// Most attempts of one request.
     pub max_attempts: u32,
-    /// Kommo: a 403 with an HTML body opens the breaker for this long.
+    /// Kommo: a 403 with an HTML body, or [`REPEATED_403`] 403s in a row, open the breaker for
+    /// this long.
     pub block_cooloff: Option<Duration>,
 }
+
+/// This many 403 answers in a row (any body) are taken as a block too.
+pub const REPEATED_403: u32 = 3;
 
 /// How much slower than `requests_per_second` the limiter spaces requests, so that network jitter
 /// cannot make the server see more than `requests_per_second` in any one-second window.
@@ -205,6 +209,7 @@ pub struct ApiClient {
     deadline: Mutex<Option<Instant>>,
     blocked_until: Mutex<Option<(Instant, i64)>>,
     server_time: std::sync::atomic::AtomicI64,
+    forbidden_in_a_row: std::sync::atomic::AtomicU32,
 }
 
 fn unix_now() -> i64 {
@@ -240,6 +245,7 @@ impl ApiClient {
             deadline: Mutex::new(None),
             blocked_until: Mutex::new(None),
             server_time: std::sync::atomic::AtomicI64::new(0),
+            forbidden_in_a_row: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -354,25 +360,31 @@ impl ApiClient {
                         content_type,
                         body,
                     };
+                    let in_a_row = if status == StatusCode::FORBIDDEN {
+                        self.forbidden_in_a_row.fetch_add(1, Ordering::SeqCst) + 1
+                    } else {
+                        self.forbidden_in_a_row.store(0, Ordering::SeqCst);
+                        0
+                    };
                     if status == StatusCode::FORBIDDEN
-                        && r.is_html()
+                        && (r.is_html() || in_a_row >= REPEATED_403)
                         && let Some(cool) = self.limits.block_cooloff
                     {
-                        {
-                            let until_unix = unix_now() + cool.as_secs() as i64;
-                            *self.blocked_until.lock().expect("breaker") =
-                                Some((Instant::now() + cool, until_unix));
-                            tracing::error!(
-                                api = self.api,
-                                endpoint,
-                                until_unix,
-                                "API answered 403 with an HTML page: treating it as an IP/account block; no calls until the cool-off ends"
-                            );
-                            return Err(ApiError::Blocked {
-                                api: self.api,
-                                until_unix,
-                            });
-                        }
+                        let until_unix = unix_now() + cool.as_secs() as i64;
+                        *self.blocked_until.lock().expect("breaker") =
+                            Some((Instant::now() + cool, until_unix));
+                        tracing::error!(
+                            api = self.api,
+                            endpoint,
+                            until_unix,
+                            html = r.is_html(),
+                            in_a_row,
+                            "API answered 403 (an HTML page, or repeatedly): treating it as an IP/account block; no calls until the cool-off ends"
+                        );
+                        return Err(ApiError::Blocked {
+                            api: self.api,
+                            until_unix,
+                        });
                     }
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         self.counters.too_many.fetch_add(1, Ordering::Relaxed);

@@ -373,7 +373,7 @@ impl KommoClient {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_attempts: 8,
-            block_cooloff: Some(Duration::from_secs(30 * 60)),
+            block_cooloff: Some(cfg.block_cooloff),
         };
         Ok(KommoClient {
             api: ApiClient::new(API, &cfg.base_url, limits)?,

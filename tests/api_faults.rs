@@ -318,3 +318,50 @@ async fn without_list_filters_incremental_cycles_still_apply_changes() {
         "no list filter is used when the account has none"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_403s_open_the_breaker_across_cycles_of_one_process() {
+    use chatapp_kommo_sync::cycle::{CycleOptions, Syncer};
+    let env = Env::new("").await;
+    let loaded = chatapp_kommo_sync::config::load(&env.config).unwrap();
+    let store = std::sync::Arc::new(
+        chatapp_kommo_sync::store::Store::open(&loaded.config.daemon.state_path).unwrap(),
+    );
+    let syncer = Syncer::new(&loaded, store.clone()).unwrap();
+    syncer.run_cycle(CycleOptions::default()).await.unwrap();
+    env.w
+        .kommo
+        .push_fault(FaultRule::new(Fault::Status(403)).times(3));
+    let mut errors = vec![];
+    for _ in 0..3 {
+        errors.push(
+            syncer
+                .run_cycle(CycleOptions::default())
+                .await
+                .unwrap_err()
+                .to_string(),
+        );
+    }
+    assert!(
+        !errors[0].contains("blocked") && errors[0].contains("HTTP 403"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2].contains("blocked"),
+        "the third 403 in a row opens the breaker: {errors:?}"
+    );
+    env.w.kommo.clear_log();
+    let e = syncer
+        .run_cycle(CycleOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("blocked"), "{e}");
+    assert_eq!(
+        env.w.kommo.request_count(),
+        0,
+        "no Kommo call while the breaker is open"
+    );
+    let status = chatapp_kommo_sync::status::render(&store, &Default::default()).unwrap();
+    assert!(status.contains("blocked"), "status shows it: {status}");
+}
