@@ -124,6 +124,9 @@ pub enum Fault {
     HtmlForbidden,
     /// Waits this long, then serves the request normally.
     Latency(Duration),
+    /// Serves the request (a write is applied), then waits this long before answering: the crash
+    /// point "the write landed but the client never saw the answer".
+    LatencyAfter(Duration),
 }
 
 /// A queued fault: the next `times` requests matching `method` and `path_prefix` get `fault`.
@@ -372,6 +375,11 @@ where
         Admission::Fault(Fault::TooMany { retry_after }) => too_many(flavor, retry_after),
         Admission::Fault(Fault::Status(code)) => status_error(flavor, code),
         Admission::Fault(Fault::HtmlForbidden) => html_forbidden(),
+        Admission::Fault(Fault::LatencyAfter(d)) => {
+            let r = handler(incoming);
+            tokio::time::sleep(d).await;
+            r
+        }
         Admission::Fault(Fault::Latency(d)) => {
             tokio::time::sleep(d).await;
             handler(incoming)
