@@ -19,3 +19,4 @@ pub mod sim;
 pub mod status;
 pub mod store;
 pub mod usermap;
+pub mod webhooks;

@@ -1,0 +1,269 @@
+//! Scale harness: the real binary (`once`, as a child process) against in-process simulators with a
+//! generated world. Prints, for a full cycle, an idle incremental cycle and an incremental cycle with
+//! K changes: requests to each API against the minimum the cycle needs, wall time, the daemon's CPU
+//! time, its peak RSS, and the state file's size.
+//!
+//! ```sh
+//! cargo build --release && cargo run --release --example scale -- --contacts 100000 --leads 150000 --dialogs 30000 --changes 100
+//! ```
+//! `--check` exits non-zero when a cycle costs more than its formula allows (CI runs it small).
+
+use chatapp_kommo_sync::demo::{LEAD_FLAG_FIELD, write_config};
+use chatapp_kommo_sync::sim::{
+    ChatAppSim, ChatAppSimConfig, KommoSim, KommoSimConfig, SimCard, SimChat, SimClock, SimField,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const MANAGERS: u64 = 20;
+
+struct Args {
+    contacts: u64,
+    leads: u64,
+    dialogs: u64,
+    changes: u64,
+    check: bool,
+    bin: PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        contacts: 2000,
+        leads: 3000,
+        dialogs: 600,
+        changes: 50,
+        check: false,
+        bin: PathBuf::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut num = || {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{k} needs a number"))
+        };
+        match k.as_str() {
+            "--contacts" => a.contacts = num(),
+            "--leads" => a.leads = num(),
+            "--dialogs" => a.dialogs = num(),
+            "--changes" => a.changes = num(),
+            "--check" => a.check = true,
+            "--bin" => a.bin = PathBuf::from(it.next().expect("--bin PATH")),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    assert!(a.dialogs <= a.contacts, "--dialogs must be <= --contacts");
+    if a.bin.as_os_str().is_empty() {
+        // the binary built alongside this example (same profile)
+        let exe = std::env::current_exe().unwrap();
+        a.bin = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("chatapp-kommo-sync");
+    }
+    a
+}
+
+fn phone(i: u64) -> String {
+    format!("7{:010}", 9_000_000_000 + i)
+}
+
+struct Usage {
+    cpu_s: f64,
+    max_rss_kb: i64,
+}
+
+fn children_usage() -> Usage {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    Usage {
+        cpu_s: t(ru.ru_utime) + t(ru.ru_stime),
+        max_rss_kb: ru.ru_maxrss,
+    }
+}
+
+struct Measured {
+    kommo: usize,
+    chatapp: usize,
+    wall_s: f64,
+    cpu_s: f64,
+    max_rss_mb: f64,
+    summary: String,
+}
+
+fn run_once(
+    bin: &Path,
+    config: &Path,
+    args: &[&str],
+    kommo: &KommoSim,
+    chatapp: &ChatAppSim,
+) -> Measured {
+    let (k0, c0) = (kommo.request_count(), chatapp.request_count());
+    let u0 = children_usage();
+    let t0 = Instant::now();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .arg("once")
+        .args(args)
+        .output()
+        .expect("run the binary");
+    let wall_s = t0.elapsed().as_secs_f64();
+    let u1 = children_usage();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "once {args:?} failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Measured {
+        kommo: kommo.request_count() - k0,
+        chatapp: chatapp.request_count() - c0,
+        wall_s,
+        cpu_s: u1.cpu_s - u0.cpu_s,
+        max_rss_mb: u1.max_rss_kb as f64 / 1024.0,
+        summary: stdout.lines().last().unwrap_or("").to_string(),
+    }
+}
+
+/// Kommo list pages: a short (or empty, 204) last page ends every listing.
+fn pages(n: u64, per: u64) -> u64 {
+    n / per + 1
+}
+
+/// ChatApp chat pages: its `nextPage` cursor is null on the last page.
+fn chat_pages(n: u64) -> u64 {
+    n.div_ceil(100).max(1)
+}
+
+fn report(name: &str, m: &Measured, min_kommo: u64, min_chatapp: u64, check: bool) -> bool {
+    let ratio = (m.kommo + m.chatapp) as f64 / (min_kommo + min_chatapp).max(1) as f64;
+    println!(
+        "{name:<28} kommo {:>5} (min {:>5})  chatapp {:>5} (min {:>5})  ratio {:>4.2}  wall {:>7.1} s  cpu {:>6.2} s  peak rss {:>6.1} MB",
+        m.kommo, min_kommo, m.chatapp, min_chatapp, ratio, m.wall_s, m.cpu_s, m.max_rss_mb
+    );
+    println!("{:<28} {}", "", m.summary);
+    !check || (m.kommo as u64 <= min_kommo + 4 && m.chatapp as u64 <= min_chatapp + 2)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let a = parse_args();
+    let clock = SimClock::new();
+    let kommo = KommoSim::start(KommoSimConfig {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let chatapp = ChatAppSim::start(ChatAppSimConfig {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t_world = Instant::now();
+    for m in 0..MANAGERS {
+        kommo.add_user(
+            500_000 + m,
+            &format!("m{m}"),
+            &format!("m{m}@scale.example"),
+            true,
+        );
+        chatapp.add_employee(80_000 + m, &format!("m{m}"), &format!("m{m}@scale.example"));
+    }
+    kommo.add_cards(
+        "contacts",
+        (0..a.contacts).map(|i| {
+            SimCard::new(1_000_000 + i, "c", 500_000 + i % MANAGERS)
+                .with_field(SimField::phones(&[&phone(i)]))
+        }),
+    );
+    kommo.add_cards(
+        "leads",
+        (0..a.leads).map(|i| {
+            SimCard::new(5_000_000 + i, "l", 500_000 + (i * 7) % MANAGERS)
+                .with_field(SimField::checkbox(LEAD_FLAG_FIELD, true))
+                .with_contacts(&[1_000_000 + i % a.contacts.max(1)])
+        }),
+    );
+    chatapp.add_chats(
+        (0..a.dialogs).map(|i| SimChat::whatsapp(1, &phone(i), "c", Some(80_000 + i % MANAGERS))),
+    );
+    let dir = std::env::temp_dir().join(format!("chatapp-kommo-sync-scale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = write_config(&dir, &kommo, &chatapp, "").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "max_writes_per_cycle = 500",
+        "max_writes_per_cycle = 1000000",
+    );
+    std::fs::write(&config, text).unwrap();
+    println!(
+        "world: {} contacts, {} leads, {} dialogs, {} managers (built in {:.1} s); Kommo at {} rps",
+        a.contacts,
+        a.leads,
+        a.dialogs,
+        MANAGERS,
+        t_world.elapsed().as_secs_f64(),
+        7
+    );
+    let users = 1;
+    let mut ok = true;
+
+    // 1. full cycle (first run: bootstrap = adopt, writes nothing)
+    let m = run_once(&a.bin, &config, &[], &kommo, &chatapp);
+    let min_k = users + 1 + pages(a.contacts, 250) + pages(a.leads, 250);
+    let min_c = 1 + 1 + chat_pages(a.dialogs); // login + employees + chat pages
+    ok &= report("full (first run, adopt)", &m, min_k, min_c, a.check);
+
+    // 2. idle incremental (after one warm-up incremental past the overlap window)
+    clock.advance(3600);
+    run_once(&a.bin, &config, &[], &kommo, &chatapp);
+    clock.advance(60);
+    let m = run_once(&a.bin, &config, &[], &kommo, &chatapp);
+    // account (once per process) + users + events + one page per kind; employees + one chat page
+    ok &= report("incremental, idle", &m, 1 + users + 1 + 2, 2, a.check);
+
+    // 3. incremental with K changes: K contacts that have dialogs go to another manager
+    clock.advance(60);
+    let k = a.changes.min(a.dialogs);
+    for i in 0..k {
+        let to = 500_000 + (i + 1) % MANAGERS;
+        kommo.set_responsible_as_human("contacts", 1_000_000 + i, to, 500_000);
+    }
+    let m = run_once(&a.bin, &config, &[], &kommo, &chatapp);
+    // leads linked to the changed contacts follow by cascade
+    let lead_writes: u64 = (0..a.leads).filter(|l| l % a.contacts.max(1) < k).count() as u64;
+    let w_leads = lead_writes.div_ceil(100) + lead_writes.div_ceil(50);
+    let min_k = 1 + users + pages(k, 100) + pages(k, 250) + 1 + w_leads;
+    let min_c = 1 + 1 + 2 * k;
+    ok &= report(
+        &format!("incremental, {k} changes"),
+        &m,
+        min_k,
+        min_c,
+        a.check,
+    );
+
+    // 4. full reconcile in the steady state
+    clock.advance(60);
+    let m = run_once(&a.bin, &config, &["--full"], &kommo, &chatapp);
+    let min_k = users + 1 + pages(a.contacts, 250) + pages(a.leads, 250);
+    let min_c = 1 + chat_pages(a.dialogs);
+    ok &= report("full (steady state)", &m, min_k, min_c, a.check);
+
+    let state = dir.join("state.redb");
+    let size = std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
+    println!("state file: {:.1} MB", size as f64 / 1e6);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !ok {
+        eprintln!("a cycle cost more requests than its formula allows");
+        std::process::exit(1);
+    }
+}

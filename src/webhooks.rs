@@ -1,0 +1,240 @@
+//! Webhooks as triggers, never as data: Kommo's `responsible_*` account webhooks (form-encoded) and
+//! ChatApp's callback (`chatResponsible`, `message`) each only wake the runner for a debounced
+//! incremental cycle, which then reads both APIs as usual. Each endpoint sits behind a secret token
+//! in the URL path (neither API signs these calls); a wrong token is a plain 404.
+//!
+//! Routes (on the `[daemon] listen` address): `POST /hooks/kommo/{token}` and
+//! `POST /hooks/chatapp/{token}`. ChatApp checks a callback URL with an empty POST: it gets a 200.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// What the webhook endpoints share with the runner.
+pub struct Hooks {
+    token: SecretString,
+    notify: Notify,
+    /// Calls that triggered a cycle.
+    pub triggered: AtomicU64,
+    /// Calls refused (wrong token).
+    pub refused: AtomicU64,
+    /// Calls accepted that carried nothing to act on.
+    pub ignored: AtomicU64,
+}
+
+impl Hooks {
+    /// Hooks guarded by `token`.
+    pub fn new(token: SecretString) -> Arc<Hooks> {
+        Arc::new(Hooks {
+            token,
+            notify: Notify::new(),
+            triggered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            ignored: AtomicU64::new(0),
+        })
+    }
+
+    /// Waits for a trigger, then for `debounce` more (triggers in that time are folded in).
+    pub async fn next(&self, debounce: Duration) {
+        self.notify.notified().await;
+        let until = Instant::now() + debounce;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => return,
+                _ = self.notify.notified() => {}
+            }
+        }
+    }
+
+    fn fire(&self) {
+        self.triggered.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    fn token_ok(&self, given: &str) -> bool {
+        let want = self.token.expose_secret().as_bytes();
+        let given = given.as_bytes();
+        // constant-time comparison: a timing probe learns nothing about the token
+        want.len() == given.len()
+            && want
+                .iter()
+                .zip(given)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// True when a Kommo webhook body (form-encoded) reports a responsible change: a key under
+/// `[responsible]`, or one naming `responsible_user_id` / `old_responsible_user_id` (contacts and
+/// companies arrive under `contacts[...]`; the action key for them is UNCONFIRMED, so any is read).
+pub fn kommo_body_is_responsible_change(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.split('&').any(|pair| {
+        let key = pair.split('=').next().unwrap_or("");
+        let key = percent_decode(key);
+        key.contains("[responsible]")
+            || key.ends_with("[responsible_user_id]")
+            || key.ends_with("[old_responsible_user_id]")
+    })
+}
+
+/// True when a ChatApp callback body is a `chatResponsible` or `message` event
+/// (`{"data": [...], "meta": {"type": ...}}`).
+pub fn chatapp_body_is_relevant(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("meta")?.get("type")?.as_str().map(str::to_string))
+        .is_some_and(|t| t == "chatResponsible" || t == "message")
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn kommo(State(h): State<Arc<Hooks>>, Path(token): Path<String>, body: Bytes) -> StatusCode {
+    if !h.token_ok(&token) {
+        h.refused.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::NOT_FOUND;
+    }
+    if kommo_body_is_responsible_change(&body) {
+        tracing::debug!("Kommo webhook: a responsible changed; cycle soon");
+        h.fire();
+    } else {
+        h.ignored.fetch_add(1, Ordering::Relaxed);
+    }
+    StatusCode::OK
+}
+
+async fn chatapp(
+    State(h): State<Arc<Hooks>>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> StatusCode {
+    if !h.token_ok(&token) {
+        h.refused.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::NOT_FOUND;
+    }
+    if chatapp_body_is_relevant(&body) {
+        tracing::debug!("ChatApp callback: cycle soon");
+        h.fire();
+    } else {
+        h.ignored.fetch_add(1, Ordering::Relaxed);
+    }
+    StatusCode::OK
+}
+
+/// The webhook routes, to merge into the daemon's HTTP endpoint.
+pub fn routes(hooks: Arc<Hooks>) -> Router {
+    Router::new()
+        .route("/hooks/kommo/{token}", post(kommo))
+        .route("/hooks/chatapp/{token}", post(chatapp))
+        .with_state(hooks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_kommo_responsible_hooks() {
+        assert!(kommo_body_is_responsible_change(
+            b"leads%5Bresponsible%5D%5B0%5D%5Bid%5D=31926520&leads%5Bresponsible%5D%5B0%5D%5Bresponsible_user_id%5D=938348&account%5Bsubdomain%5D=x"
+        ));
+        assert!(kommo_body_is_responsible_change(
+            b"contacts[update][0][id]=1&contacts[update][0][type]=company&contacts[update][0][old_responsible_user_id]=5"
+        ));
+        assert!(!kommo_body_is_responsible_change(
+            b"leads[status][0][id]=1&leads[status][0][status_id]=2"
+        ));
+        assert!(!kommo_body_is_responsible_change(b""));
+    }
+
+    #[test]
+    fn recognises_chatapp_callbacks() {
+        assert!(chatapp_body_is_relevant(
+            br#"{"data":[{}],"meta":{"type":"chatResponsible","licenseId":1}}"#
+        ));
+        assert!(chatapp_body_is_relevant(
+            br#"{"data":[],"meta":{"type":"message"}}"#
+        ));
+        assert!(!chatapp_body_is_relevant(
+            br#"{"data":[],"meta":{"type":"messageStatus"}}"#
+        ));
+        assert!(!chatapp_body_is_relevant(b""));
+    }
+
+    #[tokio::test]
+    async fn wrong_token_is_404_and_a_valid_call_triggers_once_after_the_debounce() {
+        let hooks = Hooks::new(SecretString::from("s3cret-token".to_string()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = routes(hooks.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let c = reqwest::Client::new();
+        let url = |kind: &str, tok: &str| format!("http://{addr}/hooks/{kind}/{tok}");
+        let body = "leads[responsible][0][id]=1&leads[responsible][0][responsible_user_id]=2";
+        let r = c
+            .post(url("kommo", "wrong"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let r = c.post(url("chatapp", "s3cret-token")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "an empty POST (URL check) answers 200");
+        assert_eq!(hooks.triggered.load(Ordering::Relaxed), 0);
+        let waiter = {
+            let h = hooks.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                h.next(Duration::from_millis(300)).await;
+                t0.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..3 {
+            let r = c
+                .post(url("kommo", "s3cret-token"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "debounced: {waited:?}"
+        );
+        assert_eq!(hooks.triggered.load(Ordering::Relaxed), 3);
+        assert_eq!(hooks.refused.load(Ordering::Relaxed), 1);
+    }
+}
