@@ -305,6 +305,9 @@ pub struct Snapshot {
     pub dialogs: BTreeMap<DialogKey, DialogState>,
     /// Parked pairs, by [`Parked::key`].
     pub parked: BTreeMap<String, Parked>,
+    /// Records whose last decision did not complete (a write failed or was dropped): decided
+    /// again whatever their value, so a change a person undid meanwhile is still carried through.
+    pub held: BTreeSet<RecordId>,
     /// The first cycle has run (its bootstrap is done).
     pub bootstrapped: bool,
 }
@@ -423,6 +426,8 @@ struct Work<'a> {
     cards: BTreeMap<CardId, CardState>,
     dialogs: BTreeMap<DialogKey, DialogState>,
     card_changed: BTreeSet<CardId>,
+    /// A parked pair decided again (config change): its card counts as changed for that dialog only.
+    forced_pairs: BTreeSet<(DialogKey, CardId)>,
     dialog_changed: BTreeSet<DialogKey>,
     dialog_opened: BTreeSet<DialogKey>,
     links: Links,
@@ -440,6 +445,7 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
         cards: snap.cards.clone(),
         dialogs: snap.dialogs.clone(),
         card_changed: BTreeSet::new(),
+        forced_pairs: BTreeSet::new(),
         dialog_changed: BTreeSet::new(),
         dialog_opened: BTreeSet::new(),
         links: Links::default(),
@@ -514,11 +520,29 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
         }
     }
 
-    // Rule 8: parked pairs decided under another policy or user map are decided again.
+    // Held records: their last decision did not complete; decide them again whatever their value.
+    if !first_run {
+        for r in &snap.held {
+            match r {
+                RecordId::Card(c) if w.cards.contains_key(c) => {
+                    w.card_changed.insert(*c);
+                }
+                RecordId::Dialog(d) if w.dialogs.contains_key(d) => {
+                    w.dialog_changed.insert(d.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // Rule 8: parked pairs decided under another policy or user map are decided again, each for
+    // its own dialog only.
     for p in snap.parked.values().filter(|p| p.fingerprint != w.fp) {
         match (&p.trigger, &p.subject) {
-            (Trigger::CardChanged(c), _) if w.cards.contains_key(c) => {
-                w.card_changed.insert(*c);
+            (Trigger::CardChanged(c), RecordId::Dialog(d))
+                if w.cards.contains_key(c) && w.dialogs.contains_key(d) =>
+            {
+                w.forced_pairs.insert((d.clone(), *c));
             }
             (Trigger::DialogChanged, RecordId::Dialog(d)) if w.dialogs.contains_key(d) => {
                 w.dialog_changed.insert(d.clone());
@@ -531,6 +555,13 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
     }
 
     w.links = resolve_links(&w.cards, &w.dialogs, policy.match_phone);
+    for p in snap.parked.values() {
+        if let (ParkReason::DialogUnknown(_), RecordId::Card(c)) = (&p.reason, &p.subject)
+            && !w.links.unknown_refs.contains_key(&c.id)
+        {
+            w.plan.decided.insert(p.subject.clone());
+        }
+    }
     w.park_unknown_refs();
     let keys: Vec<DialogKey> = w.links.cards_of.keys().cloned().collect();
     for d in &keys {
@@ -553,6 +584,12 @@ impl Work<'_> {
     fn in_e_in(&self, c: &CardId) -> bool {
         let st = &self.cards[c];
         self.policy.crm_to_chat.contains(&c.kind) && st.flag && !st.deleted
+    }
+
+    /// The card counts as changed for this dialog: a person changed it, it is held, or a parked
+    /// pair of this dialog and card is decided again.
+    fn changed_for(&self, d: &DialogKey, c: &CardId) -> bool {
+        self.card_changed.contains(c) || self.forced_pairs.contains(&(d.clone(), *c))
     }
 
     fn in_e_out(&self, c: &CardId) -> bool {
@@ -622,7 +659,7 @@ impl Work<'_> {
             .collect();
         let dialog = self.dialogs[d].clone();
         let winner = self.latest_changed(&e_in);
-        let crm_changed = e_in.iter().any(|c| self.card_changed.contains(c));
+        let crm_changed = e_in.iter().any(|c| self.changed_for(d, c));
         let d_changed = self.dialog_changed.contains(d);
         let d_opened = self.dialog_opened.contains(d);
 
@@ -732,7 +769,7 @@ impl Work<'_> {
         let changed: Vec<CardId> = e_in
             .iter()
             .copied()
-            .filter(|c| self.card_changed.contains(c))
+            .filter(|c| self.changed_for(d, c))
             .collect();
         let trigger = match self.latest_changed(&changed) {
             Some(c) => Trigger::CardChanged(c),
@@ -862,7 +899,7 @@ impl Work<'_> {
             );
             if let Some(wc) = self
                 .latest_changed(e_in)
-                .filter(|wc| self.card_changed.contains(wc))
+                .filter(|wc| self.changed_for(d, wc))
             {
                 detail.push_str(&format!(
                     "; {wc} also changed at {} and the dialog won (conflict = {:?}, clock_skew = {}s)",
@@ -1054,6 +1091,7 @@ impl Snapshot {
         for p in &s.park {
             self.parked.insert(p.key(), p.clone());
         }
+        self.held = s.held.clone();
         self.bootstrapped = true;
     }
 }

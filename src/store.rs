@@ -459,6 +459,7 @@ impl Store {
             let st = decode(|| format!("dialog {key}"), v.value())?;
             snap.dialogs.insert(key, st);
         }
+        snap.held = self.recheck()?;
         let parked = tx.open_table(PARKED).map_err(db_err("open parked"))?;
         for row in parked.iter().map_err(db_err("scan parked"))? {
             let (k, v) = row.map_err(db_err("scan parked"))?;
