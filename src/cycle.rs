@@ -181,14 +181,25 @@ impl Syncer {
                 Ok(report)
             }
             Err(e) => {
-                tracing::error!(error = %e, "cycle failed; the next cycle starts from the last committed state");
+                if matches!(e, CycleError::Stopped) {
+                    tracing::info!(
+                        "cycle stopped between writes; the rest is decided again next cycle"
+                    );
+                } else {
+                    tracing::error!(error = %e, "cycle failed; the next cycle starts from the last committed state");
+                }
                 if !opts.dry_run {
                     let rec = CycleRecord {
                         id,
                         kind: if opts.full { "full" } else { "incremental" }.into(),
                         started_at,
                         finished_at: now_unix(),
-                        outcome: "failed".into(),
+                        outcome: if matches!(e, CycleError::Stopped) {
+                            "stopped"
+                        } else {
+                            "failed"
+                        }
+                        .into(),
                         error: Some(e.to_string()),
                         kommo_requests: k1 - k0,
                         chatapp_requests: c1 - c0,

@@ -1,27 +1,50 @@
 //! `run`: the daemon. One runner loop feeds one cycle at a time from every trigger: the poll and
 //! full cron schedules (croner, DST-correct in the configured time zone), SIGUSR1, and later
 //! webhooks. Cycles never overlap; triggers that arrive during a cycle are coalesced into one
-//! follow-up (a due full cycle wins over an incremental one). SIGHUP reloads the config between
-//! cycles (a bad one is rejected, the old one kept); SIGTERM/SIGINT stop taking triggers, let the
-//! write in flight finish, and exit 0. systemd: READY=1 once config, db and credentials are
-//! checked, STATUS= with the last cycle's outcome, WATCHDOG=1 only while the runner makes progress,
-//! RELOADING=1/READY=1 around a reload, STOPPING=1.
+//! follow-up (a due full cycle wins over an incremental one). A schedule time missed while a
+//! cycle ran is that follow-up, not skipped. SIGHUP reloads the config between cycles (a bad one
+//! is rejected with its reason logged, the old one kept). SIGTERM/SIGINT stop taking triggers;
+//! a cycle in flight ends before its next write: if a write is on its way (its intent is
+//! recorded) it may finish for up to [`STOP_GRACE`], otherwise the cycle is abandoned at once
+//! (writes it confirmed are recorded, each with its base; the rest is decided again by the next
+//! cycle, as after a failed one); then exit 0. A second signal stops at once (pending intents are
+//! settled by the next cycle, rule 11).
+//!
+//! systemd (`Type=notify`): READY=1 once the config, the state db (and its lock) and the
+//! credentials are checked with one call to each API (a rejected credential, an unknown company
+//! or a wrong base URL fail the start with exit 1; an API that cannot be reached within
+//! [`STARTUP_CHECK`] does not: it is logged and the cycles retry);
+//! STATUS= with the last cycle's outcome and the next scheduled one; WATCHDOG=1 every
+//! WATCHDOG_USEC/2 while the runner is alive: the idle loop beats at least that often, and a
+//! cycle counts as progress until its `cycle_budget` (plus a minute) is spent; RELOADING=1
+//! (with MONOTONIC_USEC) / READY=1 around a reload; STOPPING=1 once, when the stop begins.
 
 use crate::config::{self, Loaded};
-use crate::cycle::{CycleOptions, Syncer};
+use crate::cycle::{CycleError, CycleOptions, CycleReport, Syncer};
+use crate::http::ApiError;
+use crate::metrics::Metrics;
 use crate::schedule::Schedule;
 use crate::store::Store;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sd_notify::NotifyState;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// How long a stop may wait for the cycle in flight before dropping it (intents make that safe).
+/// How long a stop may wait for a write in flight before dropping the cycle (intents make that
+/// safe: the next cycle settles them). With the rest of the shutdown it stays under 10 s.
 pub const STOP_GRACE: Duration = Duration::from_secs(7);
+/// How long the start-up check of the credentials may take before the daemon starts anyway.
+pub const STARTUP_CHECK: Duration = Duration::from_secs(20);
+/// The longest idle sleep: the runner re-reads the wall clock at least this often.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How long past its `cycle_budget` a cycle still counts as progress for the watchdog.
+const CYCLE_SLACK: Duration = Duration::from_secs(60);
+/// The longest STATUS= text (one line; systemd shows it in `systemctl status`).
+const STATUS_MAX: usize = 240;
 
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -84,68 +107,258 @@ pub fn main(path: &Path) -> ExitCode {
 }
 
 /// The runner's heartbeat: the watchdog pings only while it moves.
-#[derive(Default)]
 struct Heartbeat {
-    started: Option<Instant>,
+    started: Instant,
     /// Milliseconds since `started` of the runner's last sign of life.
     beat_ms: AtomicU64,
     /// Milliseconds since `started` at which the cycle in flight began; 0 when idle.
     cycle_ms: AtomicU64,
+    /// The cycle budget (it can change with a reload), milliseconds.
+    budget_ms: AtomicU64,
+    /// Set (under the lock that also covers each ping) when STOPPING=1 is sent: no ping after.
+    stopped: std::sync::Mutex<bool>,
 }
 
 impl Heartbeat {
+    fn new(budget: Duration) -> Heartbeat {
+        let hb = Heartbeat {
+            started: Instant::now(),
+            beat_ms: AtomicU64::new(0),
+            cycle_ms: AtomicU64::new(0),
+            budget_ms: AtomicU64::new(0),
+            stopped: std::sync::Mutex::new(false),
+        };
+        hb.set_budget(budget);
+        hb.beat();
+        hb
+    }
     fn now_ms(&self) -> u64 {
-        self.started
-            .map(|s| s.elapsed().as_millis() as u64)
-            .unwrap_or(0)
-            + 1
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+    fn set_budget(&self, budget: Duration) {
+        self.budget_ms
+            .store(budget.as_millis() as u64, Ordering::SeqCst);
     }
     fn beat(&self) {
         self.beat_ms.store(self.now_ms(), Ordering::SeqCst);
     }
-    /// Alive: the idle loop beat recently, or a cycle is running within its budget.
-    fn alive(&self, period: Duration, budget: Duration) -> bool {
+    /// Sends WATCHDOG=1 unless the stop has begun.
+    fn ping(&self) {
+        let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        if !*stopped {
+            notify(&[NotifyState::Watchdog]);
+        }
+    }
+    /// Sends STOPPING=1 the first time; no ping follows it.
+    fn stop(&self) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        if !*stopped {
+            *stopped = true;
+            notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        }
+    }
+    fn cycle_started(&self) {
+        self.cycle_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+    fn cycle_ended(&self) {
+        self.cycle_ms.store(0, Ordering::SeqCst);
+        self.beat();
+    }
+    /// Alive: the idle loop beat within `period` (it beats every `period / 2`), or a cycle is
+    /// running and has not outlived its budget (its API calls give up at the budget).
+    fn alive(&self, period: Duration) -> bool {
         let now = self.now_ms();
         let cycle = self.cycle_ms.load(Ordering::SeqCst);
         if cycle != 0 {
-            return now.saturating_sub(cycle)
-                < (budget + Duration::from_secs(60)).as_millis() as u64;
+            let limit = self.budget_ms.load(Ordering::SeqCst) + CYCLE_SLACK.as_millis() as u64;
+            return now.saturating_sub(cycle) < limit;
         }
-        now.saturating_sub(self.beat_ms.load(Ordering::SeqCst)) < period.as_millis() as u64 * 2
+        now.saturating_sub(self.beat_ms.load(Ordering::SeqCst)) < period.as_millis() as u64
     }
 }
 
-struct Schedules {
+/// The schedules and their next due times.
+struct Timers {
     poll: Schedule,
     full: Schedule,
+    next_poll: Option<DateTime<Utc>>,
+    next_full: Option<DateTime<Utc>>,
 }
 
-fn schedules(cfg: &config::Config) -> Schedules {
-    Schedules {
-        poll: Schedule::parse(&cfg.daemon.poll_schedule, &cfg.daemon.timezone).expect("validated"),
-        full: Schedule::parse(&cfg.daemon.full_schedule, &cfg.daemon.timezone).expect("validated"),
+impl Timers {
+    fn new(cfg: &config::Config) -> Timers {
+        let poll = Schedule::parse(&cfg.daemon.poll_schedule, &cfg.daemon.timezone)
+            .expect("validated by config::load");
+        let full = Schedule::parse(&cfg.daemon.full_schedule, &cfg.daemon.timezone)
+            .expect("validated by config::load");
+        let now = Utc::now();
+        Timers {
+            next_poll: poll.next_after(now),
+            next_full: full.next_after(now),
+            poll,
+            full,
+        }
+    }
+
+    /// How long until the next due time: zero when one has passed (e.g. during a cycle), at
+    /// most [`MAX_SLEEP`] (so a wall-clock jump is noticed).
+    fn wait(&self) -> Duration {
+        let now = Utc::now();
+        [self.next_poll, self.next_full]
+            .into_iter()
+            .flatten()
+            .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
+            .min()
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP)
+    }
+
+    /// Takes the schedules due at `now`: `Some(true)` when a full cycle is due (it wins over an
+    /// incremental one), `Some(false)` for an incremental one. Each fires once, however many of
+    /// its times passed.
+    fn fire(&mut self, now: DateTime<Utc>) -> Option<bool> {
+        let mut due = None;
+        if self.next_full.is_some_and(|t| t <= now) {
+            due = Some(true);
+            self.next_full = self.full.next_after(now);
+        }
+        if self.next_poll.is_some_and(|t| t <= now) {
+            due = Some(due.unwrap_or(false));
+            self.next_poll = self.poll.next_after(now);
+        }
+        due
+    }
+
+    /// "next incremental cycle at ..." for STATUS=.
+    fn next_text(&self) -> String {
+        let (kind, at) = match (self.next_poll, self.next_full) {
+            (Some(p), Some(f)) if f <= p => ("full", f),
+            (Some(p), _) => ("incremental", p),
+            (None, Some(f)) => ("full", f),
+            (None, None) => return "no scheduled cycle".into(),
+        };
+        format!("next {kind} cycle at {}", fmt_time(at))
     }
 }
 
-fn until(t: Option<chrono::DateTime<Utc>>) -> Duration {
-    t.and_then(|t| (t - Utc::now()).to_std().ok())
-        .unwrap_or(Duration::from_secs(3600))
+fn fmt_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// One line, at most [`STATUS_MAX`] characters.
+fn one_line(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.chars().count() > STATUS_MAX {
+        let cut: String = s.chars().take(STATUS_MAX - 3).collect();
+        format!("{cut}...")
+    } else {
+        s
+    }
+}
+
+/// A due cycle: `full` wins over incremental.
+fn want(pending: &mut Option<bool>, full: bool) {
+    *pending = Some(pending.unwrap_or(false) || full);
+}
+
+/// The outcome of a finished cycle, for STATUS= (starts with "last cycle").
+fn outcome_text(full: bool, r: &Result<CycleReport, CycleError>) -> String {
+    let at = fmt_time(Utc::now());
+    match r {
+        Ok(rep) => {
+            let rec = &rep.record;
+            let mut t = format!(
+                "last cycle #{} {} {} at {at}: {} written",
+                rec.id, rec.kind, rec.outcome, rec.writes_done
+            );
+            if rec.writes_failed > 0 {
+                t.push_str(&format!(", {} not written", rec.writes_failed));
+            }
+            t.push_str(&format!(", {} parked", rec.parked));
+            if let Some(why) = rep
+                .brake
+                .as_ref()
+                .map(|b| b.to_string())
+                .or(rec.error.clone())
+            {
+                t.push_str(&format!(" ({why})"));
+            }
+            t
+        }
+        Err(e) => format!(
+            "last cycle {} failed at {at}: {e}",
+            if full { "full" } else { "incremental" }
+        ),
+    }
+}
+
+/// The daemon's signals.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+}
+
+/// Whether an error of the start-up check means the credentials or the account settings are
+/// wrong (the start fails) rather than that the API cannot be reached now (it is retried).
+fn fatal_at_start(e: &ApiError) -> bool {
+    match e {
+        ApiError::Auth { .. } | ApiError::Decode { .. } => true,
+        ApiError::Status { status, .. } => {
+            (400..500).contains(status) && ![408, 429].contains(status)
+        }
+        ApiError::Transport { .. } | ApiError::Budget { .. } | ApiError::Blocked { .. } => false,
+    }
+}
+
+/// Checks the credentials (Kommo's token with `GET /api/v4/account`, ChatApp's login or stored
+/// token with the employee list) within [`STARTUP_CHECK`].
+async fn check_credentials(syncer: &Syncer) -> Result<(), ApiError> {
+    let deadline = Some(Instant::now() + STARTUP_CHECK);
+    syncer.kommo.api.set_deadline(deadline);
+    syncer.chatapp.api.set_deadline(deadline);
+    let r = async {
+        syncer.kommo.filters_enabled().await?;
+        syncer.chatapp.employees().await?;
+        Ok(())
+    }
+    .await;
+    syncer.kommo.api.set_deadline(None);
+    syncer.chatapp.api.set_deadline(None);
+    match r {
+        Err(e) if !fatal_at_start(&e) => {
+            tracing::warn!(error = %e, "could not check the credentials now; starting anyway (the cycles retry)");
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 async fn run(path: &Path, loaded: Loaded) -> ExitCode {
-    // Signals first: until registered, a SIGHUP would kill the process.
-    let (mut term, mut int, mut hup, mut usr1) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-    ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-        _ => {
-            eprintln!("cannot install signal handlers");
+    // Signals first: until registered, a SIGHUP or SIGUSR1 would kill the process.
+    let mut sig = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
+    notify(&[NotifyState::Status("starting: opening the state db")]);
     let store = match Store::open(&loaded.config.daemon.state_path) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -154,208 +367,457 @@ async fn run(path: &Path, loaded: Loaded) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let code = run_with_store(path, loaded, &store, &mut sig).await;
+    match Arc::try_unwrap(store) {
+        Ok(s) => {
+            if let Err(e) = s.close() {
+                tracing::error!(error = %e, "closing the state db");
+            }
+        }
+        Err(_) => tracing::warn!("the state db is still in use at exit; not closed cleanly"),
+    }
+    tracing::info!("stopped");
+    code
+}
+
+/// Everything between opening and closing the state db.
+async fn run_with_store(
+    path: &Path,
+    loaded: Loaded,
+    store: &Arc<Store>,
+    sig: &mut Signals,
+) -> ExitCode {
     let mut syncer = match Syncer::new(&loaded, store.clone()) {
         Ok(s) => s,
         Err(e) => {
+            tracing::error!(error = %e, "cannot start");
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut sched = schedules(&loaded.config);
     let mut config = loaded.config.clone();
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = Metrics::new();
+    metrics.configure(&config);
     let _server = match &config.daemon.listen {
         Some(addr) => match crate::metrics::serve(addr, metrics.clone(), &config).await {
             Ok(h) => Some(h),
             Err(e) => {
+                tracing::error!(addr = %addr, error = %e, "cannot listen");
                 eprintln!("daemon.listen {addr}: {e}");
                 return ExitCode::FAILURE;
             }
         },
         None => None,
     };
+    notify(&[NotifyState::Status(
+        "starting: checking the credentials with Kommo and ChatApp",
+    )]);
+    tokio::select! {
+        r = check_credentials(&syncer) => if let Err(e) = r {
+            tracing::error!(error = %e, "the start-up check failed");
+            eprintln!("start-up check failed: {e}");
+            return ExitCode::FAILURE;
+        },
+        _ = sig.term.recv() => {
+            notify(&[NotifyState::Stopping]);
+            return ExitCode::SUCCESS;
+        }
+        _ = sig.int.recv() => {
+            notify(&[NotifyState::Stopping]);
+            return ExitCode::SUCCESS;
+        }
+    }
 
-    let hb = Arc::new(Heartbeat {
-        started: Some(Instant::now()),
-        ..Default::default()
-    });
-    hb.beat();
-    let watchdog = sd_notify::watchdog_enabled();
-    let tick = watchdog
-        .map(|d| d / 2)
-        .unwrap_or(Duration::from_secs(30))
-        .max(Duration::from_millis(100));
-    if let Some(period) = watchdog {
+    let hb = Arc::new(Heartbeat::new(config.daemon.cycle_budget));
+    let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
+    let mut timers = Timers::new(&config);
+    let mut last: Option<String> = None;
+    let idle_status = |last: &Option<String>, timers: &Timers| {
+        one_line(&format!(
+            "{}; {}",
+            last.as_deref().unwrap_or("ready; no cycle yet"),
+            timers.next_text()
+        ))
+    };
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&idle_status(&last, &timers)),
+    ]);
+    let mut pinger = watchdog.map(|period| {
         let hb = hb.clone();
-        let budget = config.daemon.cycle_budget;
         tokio::spawn(async move {
+            let mut every = tokio::time::interval((period / 2).max(Duration::from_millis(1)));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::time::sleep(period / 2).await;
-                if hb.alive(period, budget) {
-                    notify(&[NotifyState::Watchdog]);
+                every.tick().await;
+                if hb.alive(period) {
+                    hb.ping();
                 } else {
                     tracing::error!("the runner made no progress: withholding the watchdog ping");
                 }
             }
-        });
-    }
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status("ready; waiting for the first cycle"),
-    ]);
-    tracing::info!(config = %path.display(), state = %config.daemon.state_path.display(), "daemon ready");
+        })
+    });
+    // the idle loop beats at least every half watchdog period
+    let tick = watchdog
+        .map(|d| d / 2)
+        .unwrap_or(MAX_SLEEP)
+        .clamp(Duration::from_millis(50), MAX_SLEEP);
+    tracing::info!(
+        config = %path.display(),
+        state = %config.daemon.state_path.display(),
+        watchdog = ?watchdog,
+        "daemon ready; {}",
+        timers.next_text()
+    );
+    // STOPPING=1 once, and no watchdog ping after it
+    let begin_stop = |pinger: &mut Option<tokio::task::JoinHandle<()>>| {
+        hb.stop();
+        if let Some(p) = pinger.take() {
+            p.abort();
+        }
+    };
 
-    let mut next_poll = sched.poll.next_after(Utc::now());
-    let mut next_full = sched.full.next_after(Utc::now());
     let mut pending: Option<bool> = None; // Some(full?) = a cycle is due
     let mut stopping = false;
     while !stopping {
-        if pending.is_none() {
-            let wait = until(next_poll).min(until(next_full));
+        let Some(full) = pending.take() else {
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {
-                    let now = Utc::now();
-                    if next_full.is_some_and(|t| t <= now) {
-                        pending = Some(true);
-                        next_full = sched.full.next_after(now);
-                    }
-                    if next_poll.is_some_and(|t| t <= now) {
-                        pending = Some(pending.unwrap_or(false));
-                        next_poll = sched.poll.next_after(now);
-                    }
-                }
-                _ = tokio::time::sleep(tick) => hb.beat(),
-                _ = usr1.recv() => {
+                _ = tokio::time::sleep(timers.wait().min(tick)) => {}
+                _ = sig.usr1.recv() => {
                     tracing::info!("SIGUSR1: cycle now");
-                    pending = Some(false);
+                    want(&mut pending, false);
                 }
-                _ = hup.recv() => {
-                    reload(path, &mut config, &mut syncer, &mut sched, &store);
-                    next_poll = sched.poll.next_after(Utc::now());
-                    next_full = sched.full.next_after(Utc::now());
+                _ = sig.hup.recv() => {
+                    let r = reload(path, &mut config, &mut syncer, store);
+                    after_reload(r, &config, &mut timers, &metrics, &hb, &last, idle_status);
                 }
-                _ = term.recv() => stopping = true,
-                _ = int.recv() => stopping = true,
+                _ = sig.term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    stopping = true;
+                }
+                _ = sig.int.recv() => {
+                    tracing::info!("SIGINT: stopping");
+                    stopping = true;
+                }
             }
             hb.beat();
+            if let Some(full) = timers.fire(Utc::now()) {
+                want(&mut pending, full);
+            }
             continue;
-        }
-        // run the due cycle; triggers meanwhile are coalesced into one follow-up
-        let full = pending.take().unwrap_or(false);
-        hb.cycle_ms.store(hb.now_ms(), Ordering::SeqCst);
-        notify(&[NotifyState::Status(if full {
-            "running a full cycle"
-        } else {
-            "running an incremental cycle"
-        })]);
-        let (result, reload_after) = {
+        };
+
+        // one cycle; triggers meanwhile are coalesced into one follow-up
+        hb.cycle_started();
+        metrics.cycle_started();
+        // an incremental request on an empty state db runs the full bootstrap cycle
+        notify(&[NotifyState::Status(&one_line(&format!(
+            "running a {}cycle ({})",
+            if full { "full " } else { "" },
+            last.as_deref().unwrap_or("the first since the start")
+        )))]);
+        let t0 = Instant::now();
+        let mut reload_after = false;
+        let result = {
             let cycle = syncer.run_cycle(CycleOptions {
                 full,
                 ..Default::default()
             });
             tokio::pin!(cycle);
-            let mut reload_after = false;
-            let result = loop {
+            let done = loop {
                 tokio::select! {
                     r = &mut cycle => break Some(r),
-                    _ = usr1.recv() => {
-                        tracing::info!("SIGUSR1 during a cycle: one follow-up cycle queued");
-                        pending = Some(pending.unwrap_or(false));
+                    _ = tokio::time::sleep(timers.wait()) => {
+                        if let Some(f) = timers.fire(Utc::now()) {
+                            tracing::debug!(full = f, "a schedule came due during the cycle: one follow-up queued");
+                            want(&mut pending, f);
+                        }
                     }
-                    _ = hup.recv() => reload_after = true,
-                    _ = term.recv() => { stopping = true; syncer.stop.cancel(); break None; }
-                    _ = int.recv() => { stopping = true; syncer.stop.cancel(); break None; }
-                    _ = tokio::time::sleep(tick) => {
-                        let now = Utc::now();
-                        if next_full.is_some_and(|t| t <= now) {
-                            pending = Some(true);
-                            next_full = sched.full.next_after(now);
-                        }
-                        if next_poll.is_some_and(|t| t <= now) {
-                            pending = Some(pending.unwrap_or(false));
-                            next_poll = sched.poll.next_after(now);
-                        }
+                    _ = sig.usr1.recv() => {
+                        tracing::info!("SIGUSR1 during a cycle: one follow-up cycle queued");
+                        want(&mut pending, false);
+                    }
+                    _ = sig.hup.recv() => {
+                        tracing::info!("SIGHUP during a cycle: reloading after it");
+                        reload_after = true;
+                    }
+                    _ = sig.term.recv() => {
+                        tracing::info!("SIGTERM during a cycle: stopping");
+                        stopping = true;
+                        break None;
+                    }
+                    _ = sig.int.recv() => {
+                        tracing::info!("SIGINT during a cycle: stopping");
+                        stopping = true;
+                        break None;
                     }
                 }
             };
-            let result = match result {
+            match done {
                 Some(r) => Some(r),
                 None => {
-                    tracing::info!("stopping: letting the write in flight finish");
-                    notify(&[NotifyState::Stopping]);
-                    tokio::time::timeout(STOP_GRACE, &mut cycle).await.ok()
+                    begin_stop(&mut pinger);
+                    syncer.stop.cancel();
+                    // The cycle future only moves when polled: while it waits here, nothing of
+                    // it runs. A recorded intent means a write may be on its way.
+                    let writing = store.intents().map(|i| !i.is_empty()).unwrap_or(true);
+                    if writing {
+                        tracing::info!(grace = ?STOP_GRACE, "stopping: letting the write in flight finish");
+                        tokio::select! {
+                            r = tokio::time::timeout(STOP_GRACE, &mut cycle) => match r {
+                                Ok(r) => Some(r),
+                                Err(_) => {
+                                    tracing::warn!("stopping: the write in flight did not finish in time; the next cycle settles it");
+                                    None
+                                }
+                            },
+                            _ = sig.term.recv() => {
+                                tracing::warn!("second stop signal: not waiting; the next cycle settles the write in flight");
+                                None
+                            }
+                            _ = sig.int.recv() => {
+                                tracing::warn!("second stop signal: not waiting; the next cycle settles the write in flight");
+                                None
+                            }
+                        }
+                    } else {
+                        tracing::info!(
+                            "stopping: no write in flight; the cycle is abandoned (the next one decides the rest again)"
+                        );
+                        None
+                    }
                 }
-            };
-            (result, reload_after)
+            }
         };
-        hb.cycle_ms.store(0, Ordering::SeqCst);
-        hb.beat();
+        hb.cycle_ended();
         if let Some(r) = result {
-            metrics.observe_cycle(&r, &syncer);
-            let status = match &r {
-                Ok(rep) => format!(
-                    "last cycle #{} {} {} at {}: {} written, {} parked",
-                    rep.record.id,
-                    rep.record.kind,
-                    rep.record.outcome,
-                    Utc::now().format("%H:%M:%S UTC"),
-                    rep.record.writes_done,
-                    rep.record.parked
-                ),
-                Err(e) => format!(
-                    "last cycle failed at {}: {}",
-                    Utc::now().format("%H:%M:%S UTC"),
-                    e.label()
-                ),
-            };
-            notify(&[NotifyState::Status(&status)]);
+            metrics.observe_cycle(full, t0.elapsed(), &r, &syncer);
+            if let Ok(rep) = &r {
+                tracing::info!(
+                    cycle = rep.record.id,
+                    kind = %rep.record.kind,
+                    outcome = %rep.record.outcome,
+                    written = rep.record.writes_done,
+                    parked = rep.record.parked,
+                    ms = rep.record.duration_ms,
+                    "cycle done"
+                );
+            }
+            last = Some(outcome_text(full, &r));
         }
-        if reload_after && !stopping {
-            reload(path, &mut config, &mut syncer, &mut sched, &store);
+        if stopping {
+            break;
+        }
+        if reload_after {
+            let r = reload(path, &mut config, &mut syncer, store);
+            after_reload(r, &config, &mut timers, &metrics, &hb, &last, idle_status);
+        } else {
+            notify(&[NotifyState::Status(&idle_status(&last, &timers))]);
         }
     }
-    notify(&[NotifyState::Stopping]);
-    tracing::info!("stopped");
-    drop(syncer);
-    if let Ok(s) = Arc::try_unwrap(store)
-        && let Err(e) = s.close()
-    {
-        tracing::error!(error = %e, "closing the state db");
-    }
+    begin_stop(&mut pinger);
     ExitCode::SUCCESS
 }
 
+/// After a reload attempt: new timers and metrics settings if it took, READY=1 and STATUS=.
+fn after_reload(
+    r: Result<(), String>,
+    config: &config::Config,
+    timers: &mut Timers,
+    metrics: &Metrics,
+    hb: &Heartbeat,
+    last: &Option<String>,
+    idle_status: impl Fn(&Option<String>, &Timers) -> String,
+) {
+    let head = match r {
+        Ok(()) => {
+            *timers = Timers::new(config);
+            metrics.configure(config);
+            metrics.syncer_replaced();
+            hb.set_budget(config.daemon.cycle_budget);
+            "config reloaded".to_string()
+        }
+        Err(why) => format!("reload rejected, old config kept: {why}"),
+    };
+    let status = one_line(&format!("{head}; {}", idle_status(last, timers)));
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
+/// Reloads and validates the config; on success the syncer is rebuilt on it. On failure the
+/// old config stays and the reason is returned (and logged).
 fn reload(
     path: &Path,
     config: &mut config::Config,
     syncer: &mut Syncer,
-    sched: &mut Schedules,
     store: &Arc<Store>,
-) {
-    let mono = NotifyState::monotonic_usec_now();
-    match mono {
+) -> Result<(), String> {
+    match NotifyState::monotonic_usec_now() {
         Ok(m) => notify(&[NotifyState::Reloading, m]),
         Err(_) => notify(&[NotifyState::Reloading]),
     }
-    match config::load(path) {
+    let r = match config::load(path) {
+        Err(e) => Err(format!("the new config is invalid: {e}")),
         Ok(new) if new.config.daemon.state_path != config.daemon.state_path => {
-            tracing::error!(
-                key = "daemon.state_path",
-                "reload rejected: state_path cannot change while running; keeping the old config"
-            );
+            Err("daemon.state_path cannot change while the daemon runs (restart it instead)".into())
         }
         Ok(new) => match Syncer::new(&new, store.clone()) {
+            Err(e) => Err(e.to_string()),
             Ok(s) => {
+                if new.config.daemon.listen != config.daemon.listen {
+                    tracing::warn!(
+                        key = "daemon.listen",
+                        "a new listen address takes effect at the next restart"
+                    );
+                }
+                if new.config.daemon.log_level != config.daemon.log_level {
+                    tracing::warn!(
+                        key = "daemon.log_level",
+                        "a new log level takes effect at the next restart"
+                    );
+                }
                 *syncer = s;
-                *sched = schedules(&new.config);
                 *config = new.config;
-                tracing::info!("config reloaded");
+                Ok(())
             }
-            Err(e) => tracing::error!(error = %e, "reload rejected; keeping the old config"),
         },
-        Err(e) => {
-            tracing::error!(error = %e, "reload rejected: the new config is invalid; keeping the old one")
+    };
+    match &r {
+        Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
+        Err(why) => {
+            tracing::error!(config = %path.display(), "reload rejected, keeping the old config: {why}")
         }
     }
-    notify(&[NotifyState::Ready]);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn timers(poll: &str, full: &str, tz: &str, now: DateTime<Utc>) -> Timers {
+        let poll = Schedule::parse(poll, tz).unwrap();
+        let full = Schedule::parse(full, tz).unwrap();
+        Timers {
+            next_poll: poll.next_after(now),
+            next_full: full.next_after(now),
+            poll,
+            full,
+        }
+    }
+
+    #[test]
+    fn a_due_full_cycle_wins_and_missed_times_fire_once() {
+        let t0 = utc("2026-03-29T00:59:50Z");
+        let mut t = timers("*/30 * * * * *", "0 0 3 * * *", "UTC", t0);
+        assert_eq!(t.fire(t0), None);
+        assert_eq!(t.fire(utc("2026-03-29T00:59:59Z")), None);
+        // a long cycle: many poll times passed; one incremental follow-up, next time after now
+        let late = utc("2026-03-29T01:05:07Z");
+        assert_eq!(t.fire(late), Some(false));
+        assert_eq!(t.next_poll, Some(utc("2026-03-29T01:05:30Z")));
+        assert_eq!(t.fire(late), None, "fired once");
+        // 03:00 Berlin on the DST day is 01:00 UTC (CEST, +2): passed together with a poll time
+        let mut t = timers("*/30 * * * * *", "0 0 3 * * *", "Europe/Berlin", t0);
+        assert_eq!(t.next_full, Some(utc("2026-03-29T01:00:00Z")));
+        assert_eq!(t.fire(utc("2026-03-29T01:00:00Z")), Some(true), "full wins");
+        let mut p = None;
+        want(&mut p, true);
+        want(&mut p, false);
+        assert_eq!(
+            p,
+            Some(true),
+            "an incremental trigger does not downgrade a due full cycle"
+        );
+        let mut p = None;
+        want(&mut p, false);
+        want(&mut p, false);
+        assert_eq!(p, Some(false));
+    }
+
+    #[test]
+    fn wait_is_zero_for_a_passed_time_and_bounded() {
+        let now = Utc::now();
+        let mut t = timers("0 0 0 1 1 *", "0 0 0 1 1 *", "UTC", now);
+        assert_eq!(
+            t.wait(),
+            MAX_SLEEP,
+            "a far time is re-checked within MAX_SLEEP"
+        );
+        t.next_poll = Some(now - chrono::Duration::seconds(5));
+        assert_eq!(
+            t.wait(),
+            Duration::ZERO,
+            "a passed time is due now, not in an hour"
+        );
+        t.next_poll = None;
+        t.next_full = None;
+        assert_eq!(t.wait(), MAX_SLEEP);
+        assert_eq!(t.next_text(), "no scheduled cycle");
+    }
+
+    #[test]
+    fn heartbeat_idle_and_cycle() {
+        let period = Duration::from_secs(2);
+        let hb = Heartbeat::new(Duration::from_secs(600));
+        assert!(hb.alive(period));
+        // idle: the last beat is older than the period
+        hb.beat_ms.store(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(hb.alive(Duration::from_secs(60)));
+        assert!(
+            !hb.alive(Duration::from_millis(2)),
+            "a silent idle loop is not alive"
+        );
+        // a cycle within its budget is progress, however long since the last beat
+        hb.cycle_started();
+        assert!(hb.alive(Duration::from_millis(2)));
+        // past budget + slack it is not
+        let hb2 = Heartbeat {
+            started: Instant::now() - CYCLE_SLACK - Duration::from_secs(1),
+            beat_ms: AtomicU64::new(0),
+            cycle_ms: AtomicU64::new(1),
+            budget_ms: AtomicU64::new(0),
+            stopped: std::sync::Mutex::new(false),
+        };
+        assert!(!hb2.alive(period), "a cycle past its budget is stuck");
+        hb2.cycle_ended();
+        assert!(hb2.alive(period), "the end of a cycle is a beat");
+    }
+
+    #[test]
+    fn status_text_is_one_bounded_line() {
+        let s = one_line(&format!("a\nb\r{}", "x".repeat(1000)));
+        assert!(!s.contains('\n') && !s.contains('\r'));
+        assert_eq!(s.chars().count(), STATUS_MAX);
+        assert!(s.ends_with("..."));
+        assert_eq!(one_line("short"), "short");
+    }
+
+    #[test]
+    fn only_rejections_fail_the_start() {
+        let status = |status| ApiError::Status {
+            api: "kommo",
+            endpoint: "GET /api/v4/account".into(),
+            status,
+            body: String::new(),
+        };
+        assert!(fatal_at_start(&ApiError::Auth {
+            api: "kommo",
+            reason: "401".into()
+        }));
+        assert!(fatal_at_start(&status(404)));
+        assert!(!fatal_at_start(&status(429)));
+        assert!(!fatal_at_start(&status(503)));
+        assert!(!fatal_at_start(&ApiError::Transport {
+            api: "chatapp",
+            endpoint: "POST /v1/tokens".into(),
+            attempts: 3,
+            reason: "connection refused".into()
+        }));
+    }
 }

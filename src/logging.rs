@@ -36,6 +36,7 @@ pub fn init(default_level: &str, with_target: bool) {
     let fmt = journald.is_none().then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(with_target)
     });
     let _ = tracing_subscriber::registry()

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,18 +20,47 @@ pub const DURATION_BUCKETS: [f64; 9] = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 9
 #[derive(Default)]
 struct Inner {
     cycles: BTreeMap<(String, String), u64>,
+    errors: BTreeMap<&'static str, u64>,
     writes: BTreeMap<String, u64>,
     parked: BTreeMap<String, u64>,
     conflicts: u64,
     requests: BTreeMap<(&'static str, u16), u64>,
     too_many: BTreeMap<&'static str, u64>,
+    retries: BTreeMap<&'static str, u64>,
     refreshes: u64,
     logins: u64,
+    /// The current syncer's own counters at the last observation: the process-wide totals
+    /// above grow by the difference, so a reload (a new syncer, counting from zero) never makes a
+    /// counter go back.
+    seen: Seen,
+    cycle_running: bool,
     last_success_unix: Option<i64>,
     last_success: Option<Instant>,
     duration_buckets: [u64; DURATION_BUCKETS.len()],
     duration_sum: f64,
     duration_count: u64,
+}
+
+#[derive(Default)]
+struct Seen {
+    requests: BTreeMap<(&'static str, u16), u64>,
+    too_many: BTreeMap<&'static str, u64>,
+    retries: BTreeMap<&'static str, u64>,
+    refreshes: u64,
+    logins: u64,
+}
+
+/// Adds what `now` grew by since `seen` (a counter of the current syncer) to `total`.
+fn grow(total: &mut u64, seen: &mut u64, now: u64) {
+    *total += now.saturating_sub(*seen);
+    *seen = now;
+}
+
+/// A label value, escaped for the text format.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The daemon's metrics; cheap to clone.
@@ -46,9 +76,38 @@ impl Metrics {
         Metrics::default()
     }
 
-    /// Records a finished cycle and the clients' request counters.
-    pub fn observe_cycle(&self, r: &Result<CycleReport, CycleError>, syncer: &Syncer) {
-        let mut m = self.inner.lock().expect("metrics");
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The daemon replaced its syncer (a reload): the new one's counters start from zero.
+    pub fn syncer_replaced(&self) {
+        self.lock().seen = Seen::default();
+    }
+
+    /// A cycle started (`chatapp_kommo_sync_cycle_running` is 1 until it is observed).
+    pub fn cycle_started(&self) {
+        self.lock().cycle_running = true;
+    }
+
+    /// Takes `/readyz`'s window from the config (at start and after a reload).
+    pub fn configure(&self, cfg: &Config) {
+        *self.ready_within.lock().unwrap_or_else(|e| e.into_inner()) =
+            poll_interval(cfg) * 3 + cfg.daemon.cycle_budget.min(Duration::from_secs(60));
+    }
+
+    /// Records a finished cycle (`full` or incremental, its wall time and its result) and the
+    /// clients' request counters.
+    pub fn observe_cycle(
+        &self,
+        full: bool,
+        took: Duration,
+        r: &Result<CycleReport, CycleError>,
+        syncer: &Syncer,
+    ) {
+        let mut m = self.lock();
+        m.cycle_running = false;
+        let kind = if full { "full" } else { "incremental" };
         match r {
             Ok(rep) => {
                 *m.cycles
@@ -72,86 +131,149 @@ impl Metrics {
                     m.last_success_unix = Some(rep.record.finished_at);
                     m.last_success = Some(Instant::now());
                 }
-                let secs = rep.record.duration_ms as f64 / 1000.0;
-                for (i, b) in DURATION_BUCKETS.iter().enumerate() {
-                    if secs <= *b {
-                        m.duration_buckets[i] += 1;
-                    }
-                }
-                m.duration_sum += secs;
-                m.duration_count += 1;
             }
             Err(e) => {
-                *m.cycles
-                    .entry(("any".into(), format!("failed_{}", e.label())))
-                    .or_default() += 1;
+                *m.cycles.entry((kind.into(), "failed".into())).or_default() += 1;
+                *m.errors.entry(e.label()).or_default() += 1;
             }
         }
+        let secs = took.as_secs_f64();
+        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                m.duration_buckets[i] += 1;
+            }
+        }
+        m.duration_sum += secs;
+        m.duration_count += 1;
+        let m = &mut *m;
         for (api, c) in [
             ("kommo", &syncer.kommo.api.counters),
             ("chatapp", &syncer.chatapp.api.counters),
         ] {
             for (status, n) in c.by_status() {
-                m.requests.insert((api, status), n);
+                grow(
+                    m.requests.entry((api, status)).or_default(),
+                    m.seen.requests.entry((api, status)).or_default(),
+                    n,
+                );
             }
-            m.too_many
-                .insert(api, c.too_many.load(std::sync::atomic::Ordering::Relaxed));
+            grow(
+                m.too_many.entry(api).or_default(),
+                m.seen.too_many.entry(api).or_default(),
+                c.too_many.load(Ordering::Relaxed),
+            );
+            grow(
+                m.retries.entry(api).or_default(),
+                m.seen.retries.entry(api).or_default(),
+                c.retries.load(Ordering::Relaxed),
+            );
         }
-        m.refreshes = syncer
-            .chatapp
-            .refreshes
-            .load(std::sync::atomic::Ordering::Relaxed);
-        m.logins = syncer
-            .chatapp
-            .logins
-            .load(std::sync::atomic::Ordering::Relaxed);
+        grow(
+            &mut m.refreshes,
+            &mut m.seen.refreshes,
+            syncer.chatapp.refreshes.load(Ordering::Relaxed),
+        );
+        grow(
+            &mut m.logins,
+            &mut m.seen.logins,
+            syncer.chatapp.logins.load(Ordering::Relaxed),
+        );
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let m = self.inner.lock().expect("metrics");
+        let m = self.lock();
         let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "# HELP chatapp_kommo_sync_cycles_total Cycles by kind and outcome.\n# TYPE chatapp_kommo_sync_cycles_total counter"
+        fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        }
+        family(
+            &mut o,
+            "chatapp_kommo_sync_cycles_total",
+            "counter",
+            "Cycles by kind (full, incremental) and outcome (ok, braked, failed).",
         );
         for ((k, out), n) in &m.cycles {
             let _ = writeln!(
                 o,
-                "chatapp_kommo_sync_cycles_total{{kind=\"{k}\",outcome=\"{out}\"}} {n}"
+                "chatapp_kommo_sync_cycles_total{{kind=\"{}\",outcome=\"{}\"}} {n}",
+                esc(k),
+                esc(out)
             );
         }
+        family(
+            &mut o,
+            "chatapp_kommo_sync_cycle_errors_total",
+            "counter",
+            "Failed cycles by error class.",
+        );
+        for (e, n) in &m.errors {
+            let _ = writeln!(
+                o,
+                "chatapp_kommo_sync_cycle_errors_total{{error=\"{}\"}} {n}",
+                esc(e)
+            );
+        }
+        family(
+            &mut o,
+            "chatapp_kommo_sync_cycle_running",
+            "gauge",
+            "1 while a cycle runs.",
+        );
         let _ = writeln!(
             o,
-            "# HELP chatapp_kommo_sync_last_success_timestamp_seconds End of the last good cycle.\n# TYPE chatapp_kommo_sync_last_success_timestamp_seconds gauge"
+            "chatapp_kommo_sync_cycle_running {}",
+            u8::from(m.cycle_running)
+        );
+        family(
+            &mut o,
+            "chatapp_kommo_sync_last_success_timestamp_seconds",
+            "gauge",
+            "End of the last good cycle (unix seconds; 0 before the first).",
         );
         let _ = writeln!(
             o,
             "chatapp_kommo_sync_last_success_timestamp_seconds {}",
             m.last_success_unix.unwrap_or(0)
         );
-        let _ = writeln!(
-            o,
-            "# HELP chatapp_kommo_sync_writes_total Confirmed writes by target kind.\n# TYPE chatapp_kommo_sync_writes_total counter"
+        family(
+            &mut o,
+            "chatapp_kommo_sync_writes_total",
+            "counter",
+            "Confirmed writes by target kind.",
         );
         for (k, n) in &m.writes {
-            let _ = writeln!(o, "chatapp_kommo_sync_writes_total{{target=\"{k}\"}} {n}");
+            let _ = writeln!(
+                o,
+                "chatapp_kommo_sync_writes_total{{target=\"{}\"}} {n}",
+                esc(k)
+            );
         }
-        let _ = writeln!(
-            o,
-            "# HELP chatapp_kommo_sync_parked_pairs Pairs parked in the last cycle, by reason.\n# TYPE chatapp_kommo_sync_parked_pairs gauge"
+        family(
+            &mut o,
+            "chatapp_kommo_sync_parked_pairs",
+            "gauge",
+            "Pairs parked in the last good cycle, by reason.",
         );
         for (k, n) in &m.parked {
-            let _ = writeln!(o, "chatapp_kommo_sync_parked_pairs{{reason=\"{k}\"}} {n}");
+            let _ = writeln!(
+                o,
+                "chatapp_kommo_sync_parked_pairs{{reason=\"{}\"}} {n}",
+                esc(k)
+            );
         }
-        let _ = writeln!(
-            o,
-            "# HELP chatapp_kommo_sync_conflicts_total Conflicts resolved.\n# TYPE chatapp_kommo_sync_conflicts_total counter"
+        family(
+            &mut o,
+            "chatapp_kommo_sync_conflicts_total",
+            "counter",
+            "Conflicts resolved.",
         );
         let _ = writeln!(o, "chatapp_kommo_sync_conflicts_total {}", m.conflicts);
-        let _ = writeln!(
-            o,
-            "# HELP chatapp_kommo_sync_api_requests_total API requests by api and HTTP status (0 = no response).\n# TYPE chatapp_kommo_sync_api_requests_total counter"
+        family(
+            &mut o,
+            "chatapp_kommo_sync_api_requests_total",
+            "counter",
+            "API requests by api and HTTP status (0 = no response), retries included.",
         );
         for ((api, st), n) in &m.requests {
             let _ = writeln!(
@@ -159,9 +281,23 @@ impl Metrics {
                 "chatapp_kommo_sync_api_requests_total{{api=\"{api}\",status=\"{st}\"}} {n}"
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP chatapp_kommo_sync_rate_limited_total HTTP 429 answers by api.\n# TYPE chatapp_kommo_sync_rate_limited_total counter"
+        family(
+            &mut o,
+            "chatapp_kommo_sync_api_retries_total",
+            "counter",
+            "API request retries by api.",
+        );
+        for (api, n) in &m.retries {
+            let _ = writeln!(
+                o,
+                "chatapp_kommo_sync_api_retries_total{{api=\"{api}\"}} {n}"
+            );
+        }
+        family(
+            &mut o,
+            "chatapp_kommo_sync_rate_limited_total",
+            "counter",
+            "HTTP 429 answers by api.",
         );
         for (api, n) in &m.too_many {
             let _ = writeln!(
@@ -169,23 +305,29 @@ impl Metrics {
                 "chatapp_kommo_sync_rate_limited_total{{api=\"{api}\"}} {n}"
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP chatapp_kommo_sync_token_refreshes_total ChatApp token refreshes.\n# TYPE chatapp_kommo_sync_token_refreshes_total counter"
+        family(
+            &mut o,
+            "chatapp_kommo_sync_token_refreshes_total",
+            "counter",
+            "ChatApp token refreshes.",
         );
         let _ = writeln!(
             o,
             "chatapp_kommo_sync_token_refreshes_total {}",
             m.refreshes
         );
-        let _ = writeln!(
-            o,
-            "# HELP chatapp_kommo_sync_logins_total ChatApp logins.\n# TYPE chatapp_kommo_sync_logins_total counter"
+        family(
+            &mut o,
+            "chatapp_kommo_sync_logins_total",
+            "counter",
+            "ChatApp logins.",
         );
         let _ = writeln!(o, "chatapp_kommo_sync_logins_total {}", m.logins);
-        let _ = writeln!(
-            o,
-            "# HELP chatapp_kommo_sync_cycle_duration_seconds Cycle wall time.\n# TYPE chatapp_kommo_sync_cycle_duration_seconds histogram"
+        family(
+            &mut o,
+            "chatapp_kommo_sync_cycle_duration_seconds",
+            "histogram",
+            "Cycle wall time (failed cycles included).",
         );
         for (i, b) in DURATION_BUCKETS.iter().enumerate() {
             let _ = writeln!(
@@ -212,11 +354,10 @@ impl Metrics {
         o
     }
 
-    fn ready(&self) -> bool {
-        let within = *self.ready_within.lock().expect("metrics");
-        self.inner
-            .lock()
-            .expect("metrics")
+    /// A good cycle ended within 3 poll intervals (plus a minute's slack for a long cycle).
+    pub fn ready(&self) -> bool {
+        let within = *self.ready_within.lock().unwrap_or_else(|e| e.into_inner());
+        self.lock()
             .last_success
             .is_some_and(|t| t.elapsed() <= within)
     }
@@ -236,19 +377,21 @@ fn poll_interval(cfg: &Config) -> Duration {
     }
 }
 
-/// Serves the endpoint on `addr`.
+/// Serves the endpoint on `addr` (`/readyz`'s window is taken from `cfg`).
 pub async fn serve(
     addr: &str,
     metrics: Metrics,
     cfg: &Config,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    *metrics.ready_within.lock().expect("metrics") =
-        poll_interval(cfg) * 3 + cfg.daemon.cycle_budget.min(Duration::from_secs(60));
+    metrics.configure(cfg);
     let app = Router::new()
         .route(
             "/metrics",
             get(|State(m): State<Metrics>| async move {
-                ([("content-type", "text/plain; version=0.0.4")], m.render())
+                (
+                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                    m.render(),
+                )
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -268,6 +411,48 @@ pub async fn serve(
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_grow_by_the_difference_and_survive_a_new_syncer() {
+        let (mut total, mut seen) = (0, 0);
+        grow(&mut total, &mut seen, 5);
+        grow(&mut total, &mut seen, 7);
+        assert_eq!(total, 7);
+        // a reload: the new syncer counts from zero
+        seen = 0;
+        grow(&mut total, &mut seen, 2);
+        assert_eq!(total, 9);
+        // a counter that went back without a reload never makes the total go back
+        grow(&mut total, &mut seen, 1);
+        assert_eq!(total, 9);
+    }
+
+    #[test]
+    fn empty_exposition_declares_every_family() {
+        let text = Metrics::new().render();
+        assert!(text.ends_with('\n'));
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# HELP chatapp_kommo_sync_")
+                    || line.starts_with("# TYPE chatapp_kommo_sync_")
+                    || line.starts_with("chatapp_kommo_sync_"),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            text.matches("# HELP ").count(),
+            text.matches("# TYPE ").count()
+        );
+        assert!(text.contains("chatapp_kommo_sync_cycle_duration_seconds_bucket{le=\"+Inf\"} 0"));
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

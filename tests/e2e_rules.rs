@@ -189,7 +189,7 @@ async fn rule10_a_target_changed_between_read_and_write_is_not_overwritten() {
     env.w.chatapp.push_fault(
         FaultRule::new(Fault::Latency(Duration::from_secs(3)))
             .method("GET")
-            .path(&format!("/v1/licenses/1/messengers/{WA}/chats/")),
+            .path(format!("/v1/licenses/1/messengers/{WA}/chats/")),
     );
     let chatapp = env.w.chatapp.clone();
     let clock = env.w.clock.clone();
