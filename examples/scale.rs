@@ -71,22 +71,6 @@ fn phone(i: u64) -> String {
     format!("7{:010}", 9_000_000_000 + i)
 }
 
-struct Usage {
-    cpu_s: f64,
-    max_rss_kb: i64,
-}
-
-fn children_usage() -> Usage {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    Usage {
-        cpu_s: t(ru.ru_utime) + t(ru.ru_stime),
-        max_rss_kb: ru.ru_maxrss,
-    }
-}
-
 struct Measured {
     kommo: usize,
     chatapp: usize,
@@ -96,6 +80,8 @@ struct Measured {
     summary: String,
 }
 
+/// Runs the binary and waits for it with `wait4`, which reports that child's own CPU time and
+/// peak RSS (`getrusage(RUSAGE_CHILDREN)` would give the largest child so far).
 fn run_once(
     bin: &Path,
     config: &Path,
@@ -104,30 +90,38 @@ fn run_once(
     chatapp: &ChatAppSim,
 ) -> Measured {
     let (k0, c0) = (kommo.request_count(), chatapp.request_count());
-    let u0 = children_usage();
+    let out_path = config.with_extension("stdout");
+    let err_path = config.with_extension("stderr");
     let t0 = Instant::now();
-    let out = Command::new(bin)
+    let child = Command::new(bin)
         .arg("--config")
         .arg(config)
         .arg("once")
         .args(args)
-        .output()
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
         .expect("run the binary");
+    let mut status = 0;
+    // SAFETY: wait4 writes only into the two out-parameters we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4");
     let wall_s = t0.elapsed().as_secs_f64();
-    let u1 = children_usage();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     assert!(
-        out.status.success(),
-        "once {args:?} failed: {}\n{}",
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
+        ok,
+        "once {args:?} failed: {stdout}\n{}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
     );
     Measured {
         kommo: kommo.request_count() - k0,
         chatapp: chatapp.request_count() - c0,
         wall_s,
-        cpu_s: u1.cpu_s - u0.cpu_s,
-        max_rss_mb: u1.max_rss_kb as f64 / 1024.0,
+        cpu_s: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_mb: ru.ru_maxrss as f64 / 1024.0,
         summary: stdout.lines().last().unwrap_or("").to_string(),
     }
 }

@@ -307,31 +307,27 @@ impl Syncer {
             now,
             ..Default::default()
         };
-        let put_card =
-            |obs: &mut engine::Observations, kind: CardKind, c: &crate::kommo::KommoCard| {
-                let mut o: CardObs = c.to_obs(kind, &self.fields);
-                let id = CardId::new(kind, c.id);
-                o.event_time = event_times.get(&(id, o.responsible)).copied();
-                obs.cards.insert(id, o);
-            };
+        let fields = &self.fields;
+        let put_card = |obs: &mut engine::Observations,
+                        wm: &mut Watermarks,
+                        kind: CardKind,
+                        c: crate::kommo::KommoCard| {
+            let latest = wm.kommo_updated.entry(kind).or_insert(0);
+            *latest = (*latest).max(c.updated_at);
+            let mut o: CardObs = c.to_obs(kind, fields);
+            let id = CardId::new(kind, c.id);
+            o.event_time = event_times.get(&(id, o.responsible)).copied();
+            obs.cards.insert(id, o);
+        };
         if full {
             for &kind in &kinds {
-                let cards = self.kommo.list_cards(kind, None).await?;
+                let listed = self
+                    .kommo
+                    .each_card(kind, None, |c| put_card(&mut obs, &mut new_wm, kind, c))
+                    .await?;
                 let in_snap = snap.cards.keys().filter(|c| c.kind == kind).count();
                 if listing_brake.is_none() {
-                    listing_brake = empty_listing_brake(kind.plural(), in_snap, cards.len());
-                }
-                for c in &cards {
-                    new_wm.kommo_updated.insert(
-                        kind,
-                        new_wm
-                            .kommo_updated
-                            .get(&kind)
-                            .copied()
-                            .unwrap_or(0)
-                            .max(c.updated_at),
-                    );
-                    put_card(&mut obs, kind, c);
+                    listing_brake = empty_listing_brake(kind.plural(), in_snap, listed);
                 }
             }
         } else {
@@ -339,18 +335,11 @@ impl Syncer {
                 for &kind in &kinds {
                     let since = wm
                         .kommo_since(wm.kommo_updated.get(&kind).copied().unwrap_or(0), k_overlap);
-                    for c in &self.kommo.list_cards(kind, Some(since)).await? {
-                        new_wm.kommo_updated.insert(
-                            kind,
-                            new_wm
-                                .kommo_updated
-                                .get(&kind)
-                                .copied()
-                                .unwrap_or(0)
-                                .max(c.updated_at),
-                        );
-                        put_card(&mut obs, kind, c);
-                    }
+                    self.kommo
+                        .each_card(kind, Some(since), |c| {
+                            put_card(&mut obs, &mut new_wm, kind, c)
+                        })
+                        .await?;
                 }
             }
             // cards named by fresh events or held by a failed write, not read yet
@@ -372,9 +361,8 @@ impl Syncer {
             }
             for (kind, ids) in wanted {
                 let ids: Vec<u64> = ids.into_iter().collect();
-                let got = self.kommo.cards_by_id(kind, &ids).await?;
-                for c in &got {
-                    put_card(&mut obs, kind, c);
+                for c in self.kommo.cards_by_id(kind, &ids).await? {
+                    put_card(&mut obs, &mut new_wm, kind, c);
                 }
                 // a card that does not come back is gone: deleted
                 for id in ids {
@@ -420,14 +408,15 @@ impl Syncer {
             }
         }
 
-        let plan = engine::plan(&snap, &obs, &self.config.policy(), &usermap);
+        let (cards_read, dialogs_read) = (obs.cards.len() as u64, obs.dialogs.len() as u64);
+        let plan = engine::plan_owned(&snap, obs, &self.config.policy(), &usermap);
         let mut record = CycleRecord {
             id,
             kind: if full { "full" } else { "incremental" }.into(),
             started_at: now,
             outcome: "ok".into(),
-            cards_read: obs.cards.len() as u64,
-            dialogs_read: obs.dialogs.len() as u64,
+            cards_read,
+            dialogs_read,
             writes_planned: plan.writes.len() as u64,
             parked: plan.parked.len() as u64,
             conflicts: plan.conflicts.len() as u64,
@@ -474,7 +463,8 @@ impl Syncer {
             .iter()
             .filter(|r| matches!(r, WriteResult::Dropped(_) | WriteResult::Rejected(_)))
             .count() as u64;
-        let settlement = engine::settle(&snap, &report.plan, &confirmed, now);
+        let settlement = engine::settle_owned(&snap, &mut report.plan, &confirmed, now);
+        drop(snap); // the bases are in the settlement now: do not hold two copies while committing
         let commit = CycleCommit {
             settlement,
             watermarks: new_wm.clone(),

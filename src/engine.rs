@@ -4,7 +4,7 @@
 //! Vocabulary: a record's *base* is in the snapshot; its *current* state is the observation of this
 //! cycle when it was read, else its base. A record has *changed* when current != base.
 
-use crate::links::{Links, resolve_links};
+use crate::links::{Links, resolve_links_with};
 use crate::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogState, EmployeeId,
     KommoUserId, RecordId,
@@ -347,6 +347,28 @@ pub struct Plan {
     pub bootstrap: bool,
 }
 
+/// Iterates `base` overlaid with `over` (both sorted by key): each key once, `over`'s value first.
+fn merge_overlay<'m, K: Ord, V>(
+    base: &'m BTreeMap<K, V>,
+    over: &'m BTreeMap<K, V>,
+) -> impl Iterator<Item = (&'m K, &'m V)> + 'm {
+    let mut b = base.iter().peekable();
+    let mut o = over.iter().peekable();
+    std::iter::from_fn(move || match (b.peek(), o.peek()) {
+        (Some((bk, _)), Some((ok, _))) => match bk.cmp(ok) {
+            std::cmp::Ordering::Less => b.next(),
+            std::cmp::Ordering::Greater => o.next(),
+            std::cmp::Ordering::Equal => {
+                b.next();
+                o.next()
+            }
+        },
+        (Some(_), None) => b.next(),
+        (None, Some(_)) => o.next(),
+        (None, None) => None,
+    })
+}
+
 /// A stable hash of what a parked decision depends on besides the records: the policy and the
 /// user map (FNV-1a over a canonical text).
 pub fn fingerprint(policy: &Policy, users: &UserMap) -> u64 {
@@ -423,6 +445,9 @@ struct Work<'a> {
     policy: &'a Policy,
     users: &'a UserMap,
     fp: u64,
+    /// The snapshot's cards (bases).
+    base_cards: &'a BTreeMap<CardId, CardState>,
+    /// Cards observed this cycle, with their derived change times: overlaid on `base_cards`.
     cards: BTreeMap<CardId, CardState>,
     dialogs: BTreeMap<DialogKey, DialogState>,
     card_changed: BTreeSet<CardId>,
@@ -437,12 +462,21 @@ struct Work<'a> {
 
 /// Decides one cycle. See the module docs and SPEC section 3; rule numbers are cited inline.
 pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMap) -> Plan {
+    plan_owned(snap, obs.clone(), policy, users)
+}
+
+/// [`plan`] consuming the observations: their data moves into the plan instead of being copied
+/// (what the cycle uses: on a full cycle of a large account this halves the memory).
+pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &UserMap) -> Plan {
     let first_run = !snap.bootstrapped;
+    let now = obs.now;
+
     let mut w = Work {
         policy,
         users,
         fp: fingerprint(policy, users),
-        cards: snap.cards.clone(),
+        base_cards: &snap.cards,
+        cards: BTreeMap::new(),
         dialogs: snap.dialogs.clone(),
         card_changed: BTreeSet::new(),
         forced_pairs: BTreeSet::new(),
@@ -457,28 +491,28 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
     };
 
     // Current states and what changed (changes are detected by value against the base).
-    for (id, o) in &obs.cards {
-        let base = snap.cards.get(id);
+    for (id, o) in obs.cards {
+        let base = snap.cards.get(&id);
+        let changed_at = card_change_time(base, &o, now);
+        if !first_run && base.is_none_or(|b| b.responsible != o.responsible) {
+            w.card_changed.insert(id);
+        }
         let st = CardState {
             responsible: o.responsible,
-            changed_at: card_change_time(base, o, obs.now),
+            changed_at,
             flag: o.flag,
             deleted: o.deleted,
-            contacts: o.contacts.clone(),
-            dialog_refs: o.dialog_refs.clone(),
-            phones: o.phones.clone(),
+            contacts: o.contacts,
+            dialog_refs: o.dialog_refs,
+            phones: o.phones,
         };
-        if !first_run && base.is_none_or(|b| b.responsible != o.responsible) {
-            w.card_changed.insert(*id);
-        }
-        w.plan.settle_cards.insert(*id, st.clone());
-        w.cards.insert(*id, st);
+        w.cards.insert(id, st);
     }
     for (key, o) in &obs.dialogs {
         let base = snap.dialogs.get(key);
         let st = DialogState {
             responsible: o.responsible,
-            changed_at: dialog_change_time(base, o, obs.now),
+            changed_at: dialog_change_time(base, o, now),
             last_time: o.last_time,
             session: o.session,
             closed: o.closed,
@@ -524,7 +558,7 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
     if !first_run {
         for r in &snap.held {
             match r {
-                RecordId::Card(c) if w.cards.contains_key(c) => {
+                RecordId::Card(c) if w.has_card(c) => {
                     w.card_changed.insert(*c);
                 }
                 RecordId::Dialog(d) if w.dialogs.contains_key(d) => {
@@ -540,7 +574,7 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
     for p in snap.parked.values().filter(|p| p.fingerprint != w.fp) {
         match (&p.trigger, &p.subject) {
             (Trigger::CardChanged(c), RecordId::Dialog(d))
-                if w.cards.contains_key(c) && w.dialogs.contains_key(d) =>
+                if w.has_card(c) && w.dialogs.contains_key(d) =>
             {
                 w.forced_pairs.insert((d.clone(), *c));
             }
@@ -554,7 +588,7 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
         }
     }
 
-    w.links = resolve_links(&w.cards, &w.dialogs, policy.match_phone);
+    w.links = resolve_links_with(|| w.all_cards(), &w.dialogs, policy.match_phone);
     for p in snap.parked.values() {
         if let (ParkReason::DialogUnknown(_), RecordId::Card(c)) = (&p.reason, &p.subject)
             && !w.links.unknown_refs.contains_key(&c.id)
@@ -569,6 +603,24 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
     }
     w.resolve_card_proposals(first_run);
 
+    // The new bases of observed and targeted cards: the merged view itself, kept in place.
+    let targets: BTreeSet<CardId> = w
+        .plan
+        .writes
+        .iter()
+        .filter_map(|x| match &x.target {
+            RecordId::Card(c) => Some(*c),
+            RecordId::Dialog(_) => None,
+        })
+        .collect();
+    let mut cards = std::mem::take(&mut w.cards);
+    for t in targets {
+        if let (false, Some(st)) = (cards.contains_key(&t), w.base_cards.get(&t)) {
+            cards.insert(t, st.clone());
+        }
+    }
+    w.plan.settle_cards = cards;
+
     // Deterministic order: cards first (by id), then dialogs (by key).
     w.plan.writes.sort_by(|a, b| a.target.cmp(&b.target));
     if w.plan.writes.len() > policy.max_writes_per_cycle {
@@ -580,9 +632,23 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
     w.plan
 }
 
-impl Work<'_> {
+impl<'a> Work<'a> {
+    /// A card's current state: observed this cycle, else its base.
+    fn card(&self, c: &CardId) -> &CardState {
+        self.cards.get(c).unwrap_or_else(|| &self.base_cards[c])
+    }
+
+    fn has_card(&self, c: &CardId) -> bool {
+        self.cards.contains_key(c) || self.base_cards.contains_key(c)
+    }
+
+    /// Every card once, in id order: the observed state where there is one, else the base.
+    fn all_cards(&self) -> impl Iterator<Item = (&CardId, &CardState)> + '_ {
+        merge_overlay(self.base_cards, &self.cards)
+    }
+
     fn in_e_in(&self, c: &CardId) -> bool {
-        let st = &self.cards[c];
+        let st = &self.card(c);
         self.policy.crm_to_chat.contains(&c.kind) && st.flag && !st.deleted
     }
 
@@ -593,7 +659,7 @@ impl Work<'_> {
     }
 
     fn in_e_out(&self, c: &CardId) -> bool {
-        self.policy.chat_to_crm.contains(&c.kind) && self.cards[c].flag
+        self.policy.chat_to_crm.contains(&c.kind) && self.card(c).flag
     }
 
     fn park(
@@ -642,7 +708,7 @@ impl Work<'_> {
     fn latest_changed(&self, e_in: &[CardId]) -> Option<CardId> {
         e_in.iter().copied().max_by_key(|c| {
             (
-                self.cards[c].changed_at,
+                self.card(c).changed_at,
                 self.card_changed.contains(c),
                 Reverse(*c),
             )
@@ -679,7 +745,7 @@ impl Work<'_> {
 
         let crm_wins = match (crm_rule, winner) {
             (Some(Rule::CrmChanged), Some(wc)) if d_changed => {
-                let card = &self.cards[&wc];
+                let card = &self.card(&wc);
                 let mapped = self.users.to_chat(card.responsible);
                 if mapped.is_some() && mapped == dialog.responsible {
                     // Rule 7: both changed to the same person; nothing to write on this pair.
@@ -728,7 +794,7 @@ impl Work<'_> {
     ) {
         let mut seen = BTreeSet::new();
         if let Some(wc) = winner {
-            let card = &self.cards[&wc];
+            let card = &self.card(&wc);
             if self.users.to_chat(card.responsible) != dialog.responsible {
                 seen.insert(wc);
                 self.plan.disagreements.push(Disagreement {
@@ -741,7 +807,7 @@ impl Work<'_> {
         }
         let want = dialog.responsible.and_then(|e| self.users.to_crm(e));
         for c in e_out {
-            let card = &self.cards[c];
+            let card = &self.card(c);
             if !card.deleted && Some(card.responsible) != want && seen.insert(*c) {
                 self.plan.disagreements.push(Disagreement {
                     dialog: d.clone(),
@@ -765,7 +831,7 @@ impl Work<'_> {
         e_out: &[CardId],
         d_changed: bool,
     ) {
-        let card = self.cards[&wc].clone();
+        let card = self.card(&wc).clone();
         let changed: Vec<CardId> = e_in
             .iter()
             .copied()
@@ -797,7 +863,7 @@ impl Work<'_> {
         let others: Vec<String> = e_in
             .iter()
             .filter(|c| **c != wc)
-            .map(|c| format!("{c} at {}", self.cards[c].changed_at))
+            .map(|c| format!("{c} at {}", self.card(c).changed_at))
             .collect();
         let mut detail = format!(
             "{wc} responsible {} (changed at {}) is the latest-changed card checked for this dialog",
@@ -903,7 +969,7 @@ impl Work<'_> {
             {
                 detail.push_str(&format!(
                     "; {wc} also changed at {} and the dialog won (conflict = {:?}, clock_skew = {}s)",
-                    self.cards[&wc].changed_at, self.policy.conflict, self.policy.clock_skew_secs
+                    self.card(&wc).changed_at, self.policy.conflict, self.policy.clock_skew_secs
                 ));
             }
             self.proposals.entry(c).or_default().push(Proposal {
@@ -933,7 +999,7 @@ impl Work<'_> {
             props.sort_by_key(|p| (Reverse(p.time), p.via.clone()));
             let distinct: BTreeSet<KommoUserId> = props.iter().map(|p| p.value).collect();
             let best = props.swap_remove(0);
-            let card = self.cards[&c].clone();
+            let card = self.card(&c).clone();
             if card.deleted {
                 self.park(
                     RecordId::Dialog(best.via.clone()),
@@ -977,10 +1043,6 @@ impl Work<'_> {
                     best.via
                 ));
             }
-            self.plan
-                .settle_cards
-                .entry(c)
-                .or_insert_with(|| card.clone());
             self.plan.writes.push(Write {
                 target: RecordId::Card(c),
                 from: Some(card.responsible).filter(|u| *u != 0),
@@ -1027,6 +1089,13 @@ pub struct Settlement {
 /// records involved in a write that was not confirmed keep their old base. `confirmed[i]` tells
 /// whether `plan.writes[i]` was confirmed. A braked or dry-run cycle must not call this.
 pub fn settle(snap: &Snapshot, plan: &Plan, confirmed: &[bool], now: i64) -> Settlement {
+    let mut plan = plan.clone();
+    settle_owned(snap, &mut plan, confirmed, now)
+}
+
+/// [`settle`] moving the new bases out of the plan (`settle_cards` and `settle_dialogs` are left
+/// empty) instead of copying them.
+pub fn settle_owned(snap: &Snapshot, plan: &mut Plan, confirmed: &[bool], now: i64) -> Settlement {
     let mut held = BTreeSet::new();
     let mut written: BTreeMap<RecordId, u64> = BTreeMap::new();
     for (i, w) in plan.writes.iter().enumerate() {
@@ -1037,29 +1106,27 @@ pub fn settle(snap: &Snapshot, plan: &Plan, confirmed: &[bool], now: i64) -> Set
         }
     }
     let mut out = Settlement::default();
-    for (id, st) in &plan.settle_cards {
-        let rid = RecordId::Card(*id);
+    for (id, mut st) in std::mem::take(&mut plan.settle_cards) {
+        let rid = RecordId::Card(id);
         if held.contains(&rid) {
             continue;
         }
-        let mut st = st.clone();
         if let Some(to) = written.get(&rid) {
             st.responsible = *to;
             st.changed_at = now;
         }
-        out.cards.push((*id, st));
+        out.cards.push((id, st));
     }
-    for (key, st) in &plan.settle_dialogs {
+    for (key, mut st) in std::mem::take(&mut plan.settle_dialogs) {
         let rid = RecordId::Dialog(key.clone());
         if held.contains(&rid) {
             continue;
         }
-        let mut st = st.clone();
         if let Some(to) = written.get(&rid) {
             st.responsible = Some(*to);
             st.changed_at = now;
         }
-        out.dialogs.push((key.clone(), st));
+        out.dialogs.push((key, st));
     }
     for (k, p) in &snap.parked {
         if plan.decided.contains(&p.subject) {

@@ -488,8 +488,21 @@ impl KommoClient {
         kind: CardKind,
         updated_since: Option<i64>,
     ) -> Result<Vec<KommoCard>, ApiError> {
-        let path = format!("/api/v4/{}", kind.plural());
         let mut out = vec![];
+        self.each_card(kind, updated_since, |c| out.push(c)).await?;
+        Ok(out)
+    }
+
+    /// [`KommoClient::list_cards`] handing each card to `sink` as its page arrives (a listing of a
+    /// large account is never held whole). Returns the number of cards listed.
+    pub async fn each_card(
+        &self,
+        kind: CardKind,
+        updated_since: Option<i64>,
+        mut sink: impl FnMut(KommoCard),
+    ) -> Result<usize, ApiError> {
+        let path = format!("/api/v4/{}", kind.plural());
+        let mut count = 0;
         let mut largest = 0;
         for page in 1.. {
             let mut q = vec![
@@ -518,13 +531,14 @@ impl KommoClient {
                     done = true;
                     continue;
                 }
-                out.push(c);
+                count += 1;
+                sink(c);
             }
             if done {
                 break;
             }
         }
-        Ok(out)
+        Ok(count)
     }
 
     /// Reads cards by id: `filter[id][]` in chunks when list filters work, else one

@@ -120,13 +120,24 @@ pub fn resolve_links(
     dialogs: &BTreeMap<DialogKey, DialogState>,
     match_phone: bool,
 ) -> Links {
+    resolve_links_with(|| cards.iter(), dialogs, match_phone)
+}
+
+/// [`resolve_links`] over any view of the cards (`cards()` is called twice, each time yielding
+/// every card once): the engine passes its snapshot overlaid with the cycle's observations.
+pub fn resolve_links_with<'a, I>(
+    cards: impl Fn() -> I,
+    dialogs: &BTreeMap<DialogKey, DialogState>,
+    match_phone: bool,
+) -> Links
+where
+    I: Iterator<Item = (&'a CardId, &'a CardState)>,
+{
     let ix = DialogIndex::new(dialogs.iter());
     let mut links = Links::default();
     let mut dialogs_of_contact: BTreeMap<u64, BTreeSet<DialogKey>> = BTreeMap::new();
-    for (id, st) in
-        cards.range(CardId::new(CardKind::Contact, 0)..=CardId::new(CardKind::Contact, u64::MAX))
-    {
-        let set = dialogs_of_contact.entry(id.id).or_default();
+    for (id, st) in cards().filter(|(id, _)| id.kind == CardKind::Contact) {
+        let mut set = BTreeSet::new();
         for r in &st.dialog_refs {
             let found = ix.resolve(r);
             if found.is_empty() {
@@ -139,9 +150,12 @@ pub fn resolve_links(
                 set.extend(ix.by_phone(p).iter().cloned());
             }
         }
+        if !set.is_empty() {
+            dialogs_of_contact.insert(id.id, set);
+        }
     }
     let mut cards_of: BTreeMap<DialogKey, BTreeSet<CardId>> = BTreeMap::new();
-    for (id, st) in cards {
+    for (id, st) in cards() {
         if id.kind == CardKind::Contact {
             for d in dialogs_of_contact.get(&id.id).into_iter().flatten() {
                 cards_of.entry(d.clone()).or_default().insert(*id);

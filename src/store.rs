@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// redb's page cache (its default is 1 GiB): the daemon reads its tables once a cycle, so a small
+/// cache costs little time and keeps the resident size of large accounts down.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// The schema this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 const FORMAT: u8 = 1;
@@ -303,6 +307,7 @@ impl Store {
         }
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .set_cache_size(CACHE_BYTES)
             .create(path)
             .map_err(|e| {
                 if is_locked(&e) {
@@ -329,6 +334,7 @@ impl Store {
         }
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .set_cache_size(CACHE_BYTES)
             .open_read_only(path)
             .map_err(|e| {
                 if is_locked(&e) {
