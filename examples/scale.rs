@@ -82,6 +82,7 @@ struct Measured {
 
 /// Runs the binary and waits for it with `wait4`, which reports that child's own CPU time and
 /// peak RSS (`getrusage(RUSAGE_CHILDREN)` would give the largest child so far).
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which std's Child does not know about
 fn run_once(
     bin: &Path,
     config: &Path,
