@@ -193,6 +193,13 @@ async fn config_errors_exit_2_and_name_the_key() {
     let r = env.run(&["check-config"]).await;
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("chatapp.password_file"), "{}", r.stderr);
+    // --no-secrets (systemd's ExecReload=) validates the config without reading secret files
+    let r = env.run(&["check-config", "--no-secrets"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    env.edit_config(|t| t.replace("conflict = \"newest\"", "conflict = \"sometimes\""));
+    let r = env.run(&["check-config", "--no-secrets"]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("sync.conflict"), "{}", r.stderr);
     assert_eq!(
         env.requests(),
         (0, 0),
