@@ -71,6 +71,13 @@ pub struct DaemonConfig {
     /// How long one cycle may spend in total, retries included, before it fails.
     #[serde(default = "default_cycle_budget", with = "humantime_serde")]
     pub cycle_budget: Duration,
+    /// A file holding the secret token of the webhook URLs (`/hooks/kommo/<token>`,
+    /// `/hooks/chatapp/<token>` on `listen`); no webhooks without it.
+    #[serde(default)]
+    pub webhook_token_file: Option<PathBuf>,
+    /// A webhook call triggers an incremental cycle this long after it (calls meanwhile fold in).
+    #[serde(default = "default_webhook_debounce", with = "humantime_serde")]
+    pub webhook_debounce: Duration,
 }
 
 /// `[kommo]`
@@ -335,6 +342,9 @@ fn default_log_level() -> String {
 fn default_cycle_budget() -> Duration {
     Duration::from_secs(15 * 60)
 }
+fn default_webhook_debounce() -> Duration {
+    Duration::from_millis(500)
+}
 fn default_kommo_rps() -> u32 {
     6
 }
@@ -409,6 +419,8 @@ pub struct Secrets {
     pub kommo: KommoCredentials,
     /// The ChatApp password.
     pub chatapp_password: SecretString,
+    /// The webhook URLs' token, if webhooks are on.
+    pub webhook_token: Option<SecretString>,
 }
 
 /// A validated config with its secrets.
@@ -483,6 +495,15 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.daemon.log_level)
             .map_err(|e| err("daemon.log_level", format!("{e}")))?;
+        if self.daemon.webhook_token_file.is_some() && self.daemon.listen.is_none() {
+            return Err(err(
+                "daemon.webhook_token_file",
+                "webhooks are served on daemon.listen: set it too (e.g. \"127.0.0.1:9187\" behind a TLS proxy)".into(),
+            ));
+        }
+        if self.daemon.webhook_debounce > Duration::from_secs(60) {
+            return Err(err("daemon.webhook_debounce", "must be at most 60s".into()));
+        }
         if self.daemon.cycle_budget < Duration::from_secs(10) {
             return Err(err("daemon.cycle_budget", "must be at least 10s".into()));
         }
@@ -783,12 +804,27 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     };
     let chatapp_password =
         read_secret("chatapp.password_file", &config.chatapp.password_file, path)?;
+    let webhook_token = match &config.daemon.webhook_token_file {
+        Some(f) => {
+            let t = read_secret("daemon.webhook_token_file", f, path)?;
+            if secrecy::ExposeSecret::expose_secret(&t).len() < 16 {
+                return Err(ConfigError {
+                    file: path.display().to_string(),
+                    key: "daemon.webhook_token_file".into(),
+                    reason: "the token must be at least 16 characters (it is the only thing guarding the URLs)".into(),
+                });
+            }
+            Some(t)
+        }
+        None => None,
+    };
     Ok(Loaded {
         path: path.to_path_buf(),
         config,
         secrets: Secrets {
             kommo,
             chatapp_password,
+            webhook_token,
         },
     })
 }

@@ -381,6 +381,22 @@ async fn run(path: &Path, loaded: Loaded) -> ExitCode {
 }
 
 /// Everything between opening and closing the state db.
+/// Waits for a webhook trigger; never completes without webhooks.
+async fn wait_hook(hooks: &Option<Arc<crate::webhooks::Hooks>>) {
+    match hooks {
+        Some(h) => h.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `t`; never completes for `None`.
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn run_with_store(
     path: &Path,
     loaded: Loaded,
@@ -398,8 +414,23 @@ async fn run_with_store(
     let mut config = loaded.config.clone();
     let metrics = Metrics::new();
     metrics.configure(&config);
+    // Webhooks only wake the runner; the token guards their URLs (changing it needs a restart).
+    let hooks = loaded
+        .secrets
+        .webhook_token
+        .clone()
+        .map(crate::webhooks::Hooks::new);
+    let debounce = config.daemon.webhook_debounce;
+    let mut hook_due: Option<Instant> = None;
     let _server = match &config.daemon.listen {
-        Some(addr) => match crate::metrics::serve(addr, metrics.clone(), &config).await {
+        Some(addr) => match crate::metrics::serve(
+            addr,
+            metrics.clone(),
+            &config,
+            hooks.clone().map(crate::webhooks::routes),
+        )
+        .await
+        {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::error!(addr = %addr, error = %e, "cannot listen");
@@ -484,6 +515,14 @@ async fn run_with_store(
         let Some(full) = pending.take() else {
             tokio::select! {
                 _ = tokio::time::sleep(timers.wait().min(tick)) => {}
+                _ = wait_hook(&hooks) => {
+                    hook_due.get_or_insert(Instant::now() + debounce);
+                }
+                _ = sleep_until_opt(hook_due) => {
+                    tracing::info!("webhook: cycle now");
+                    hook_due = None;
+                    want(&mut pending, false);
+                }
                 _ = sig.usr1.recv() => {
                     tracing::info!("SIGUSR1: cycle now");
                     want(&mut pending, false);
@@ -536,6 +575,10 @@ async fn run_with_store(
                     }
                     _ = sig.usr1.recv() => {
                         tracing::info!("SIGUSR1 during a cycle: one follow-up cycle queued");
+                        want(&mut pending, false);
+                    }
+                    _ = wait_hook(&hooks) => {
+                        tracing::debug!("webhook during a cycle: one follow-up cycle queued");
                         want(&mut pending, false);
                     }
                     _ = sig.hup.recv() => {

@@ -382,6 +382,7 @@ pub async fn serve(
     addr: &str,
     metrics: Metrics,
     cfg: &Config,
+    extra: Option<Router>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     metrics.configure(cfg);
     let app = Router::new()
@@ -409,6 +410,10 @@ pub async fn serve(
             }),
         )
         .with_state(metrics);
+    let app = match extra {
+        Some(routes) => app.merge(routes),
+        None => app,
+    };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

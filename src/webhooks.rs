@@ -41,6 +41,11 @@ impl Hooks {
         })
     }
 
+    /// Waits for the next trigger (cancel-safe: a trigger is kept until a waiter takes it).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
     /// Waits for a trigger, then for `debounce` more (triggers in that time are folded in).
     pub async fn next(&self, debounce: Duration) {
         self.notify.notified().await;
