@@ -232,13 +232,16 @@ pub fn main() -> ExitCode {
                     }
                 }
             });
+            crate::cycle::trace_memory("cycle reported");
             drop(rt);
+            crate::cycle::trace_memory("runtime dropped");
             if let Ok(s) = Arc::try_unwrap(store)
                 && let Err(e) = s.close()
             {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
+            crate::cycle::trace_memory("state db closed");
             code
         }
         Command::Run => crate::daemon::main(&path),

@@ -255,7 +255,9 @@ impl Syncer {
         } else {
             self.settle_intents(now).await?
         };
+        trace_memory("start");
         let snap = self.store.load_snapshot()?;
+        trace_memory("snapshot loaded");
         let full = opts.full || !snap.bootstrapped;
         let wm: Watermarks = self.store.meta(META_WATERMARKS)?.unwrap_or_default();
         let recheck = self.store.recheck()?;
@@ -408,6 +410,7 @@ impl Syncer {
             }
         }
 
+        trace_memory("read");
         let (cards_read, dialogs_read) = (obs.cards.len() as u64, obs.dialogs.len() as u64);
         let plan = engine::plan_owned(&snap, obs, &self.config.policy(), &usermap);
         let mut record = CycleRecord {
@@ -463,6 +466,7 @@ impl Syncer {
             .iter()
             .filter(|r| matches!(r, WriteResult::Dropped(_) | WriteResult::Rejected(_)))
             .count() as u64;
+        trace_memory("planned and applied");
         let settlement = engine::settle_owned(&snap, &mut report.plan, &confirmed, now);
         drop(snap); // the bases are in the settlement now: do not hold two copies while committing
         let commit = CycleCommit {
@@ -472,7 +476,9 @@ impl Syncer {
             prune_events_before: new_wm.kommo_events - 2 * k_overlap,
             cycle: record.clone(),
         };
+        trace_memory("settled");
         self.store.commit_cycle(&commit)?;
+        trace_memory("committed");
         report.record = record;
         Ok(report)
     }
@@ -667,6 +673,28 @@ impl Syncer {
         );
         Ok(())
     }
+}
+
+/// Logs the resident set size at a phase of the cycle (debug level; Linux only).
+pub fn trace_memory(phase: &str) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tracing::debug!(
+        phase,
+        rss_kb = field("VmRSS:"),
+        peak_kb = field("VmHWM:"),
+        "memory"
+    );
 }
 
 /// One line describing a planned write, for `--dry-run`, `demo` and logs.
