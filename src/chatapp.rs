@@ -461,6 +461,60 @@ impl ChatAppClient {
         }
     }
 
+    /// The configured licenses with their messenger types (`GET /v1/licenses`).
+    pub async fn licenses(&self) -> Result<Vec<(u64, Vec<String>)>, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct License {
+            license_id: u64,
+            #[serde(default)]
+            messenger: Vec<Messenger>,
+        }
+        #[derive(Deserialize)]
+        struct Messenger {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        let endpoint = "GET /v1/licenses";
+        let url = self.api.url("/v1/licenses");
+        let r = self
+            .call(endpoint, |c, t| c.get(&url).header("Authorization", t))
+            .await?;
+        let e: Envelope<Vec<License>> = decode(API, endpoint, &r.body)?;
+        Ok(e.data
+            .into_iter()
+            .filter(|l| self.cfg.license_ids.contains(&l.license_id))
+            .map(|l| {
+                (
+                    l.license_id,
+                    l.messenger.into_iter().map(|m| m.kind).collect(),
+                )
+            })
+            .collect())
+    }
+
+    /// Points a license's messenger callback at `url` for `events`
+    /// (`PUT /v1/licenses/{licenseId}/messengers/{messengerType}/callbackUrl`).
+    pub async fn set_callback(
+        &self,
+        license: u64,
+        messenger_type: &str,
+        url: &str,
+        events: &[&str],
+    ) -> Result<(), ApiError> {
+        let endpoint = "PUT /v1/licenses/{licenseId}/messengers/{messengerType}/callbackUrl";
+        let target = self.api.url(&format!(
+            "/v1/licenses/{license}/messengers/{}/callbackUrl",
+            urlencode(messenger_type)
+        ));
+        let body = serde_json::json!({"events": events, "url": url});
+        self.call(endpoint, |c, t| {
+            c.put(&target).header("Authorization", t).json(&body)
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Sets a dialog's responsible through the configured call.
     pub async fn set_responsible(
         &self,

@@ -75,6 +75,10 @@ pub struct DaemonConfig {
     /// `/hooks/chatapp/<token>` on `listen`); no webhooks without it.
     #[serde(default)]
     pub webhook_token_file: Option<PathBuf>,
+    /// The public `https://` address at which `listen` is reachable (through a TLS proxy):
+    /// `check-config --online` registers the webhook URLs under it.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// A webhook call triggers an incremental cycle this long after it (calls meanwhile fold in).
     #[serde(default = "default_webhook_debounce", with = "humantime_serde")]
     pub webhook_debounce: Duration,
@@ -500,6 +504,15 @@ impl Config {
                 "daemon.webhook_token_file",
                 "webhooks are served on daemon.listen: set it too (e.g. \"127.0.0.1:9187\" behind a TLS proxy)".into(),
             ));
+        }
+        if let Some(u) = &self.daemon.public_url {
+            check_base_url(u).map_err(|r| err("daemon.public_url", r))?;
+            if self.daemon.webhook_token_file.is_none() {
+                return Err(err(
+                    "daemon.public_url",
+                    "is used for webhooks: set daemon.webhook_token_file too".into(),
+                ));
+            }
         }
         if self.daemon.webhook_debounce > Duration::from_secs(60) {
             return Err(err("daemon.webhook_debounce", "must be at most 60s".into()));

@@ -79,6 +79,12 @@ pub async fn check_online(loaded: &Loaded) -> anyhow::Result<()> {
             }
         );
         let employees = syncer.chatapp.employees().await?;
+        if let (Some(base), Some(token)) = (
+            &loaded.config.daemon.public_url,
+            &loaded.secrets.webhook_token,
+        ) {
+            register_webhooks(&syncer, &loaded.config, base, token).await?;
+        }
         println!(
             "chatapp: login ok, {} employees in company {}",
             employees.len(),
@@ -90,6 +96,46 @@ pub async fn check_online(loaded: &Loaded) -> anyhow::Result<()> {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Registers the webhook URLs with both APIs (idempotent). Prints them with the token redacted.
+async fn register_webhooks(
+    syncer: &Syncer,
+    cfg: &config::Config,
+    base: &str,
+    token: &secrecy::SecretString,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let base = base.trim_end_matches('/');
+    let kommo_url = format!("{base}/hooks/kommo/{}", token.expose_secret());
+    let settings: Vec<String> = cfg
+        .kinds()
+        .iter()
+        .map(|k| format!("responsible_{}", k.singular()))
+        .collect();
+    let created = syncer.kommo.register_webhook(&kommo_url, &settings).await?;
+    println!(
+        "kommo: webhook {base}/hooks/kommo/<token> for {} {}",
+        settings.join(", "),
+        if created {
+            "registered"
+        } else {
+            "already registered"
+        }
+    );
+    let chat_url = format!("{base}/hooks/chatapp/{}", token.expose_secret());
+    for (license, types) in syncer.chatapp.licenses().await? {
+        for t in types {
+            syncer
+                .chatapp
+                .set_callback(license, &t, &chat_url, &["chatResponsible", "message"])
+                .await?;
+            println!(
+                "chatapp: callback {base}/hooks/chatapp/<token> set for license {license} {t} (chatResponsible, message)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Entry point of `run`.

@@ -651,6 +651,57 @@ impl KommoClient {
         Ok(out)
     }
 
+    /// Registers an account webhook for `settings` (e.g. `responsible_lead`) at `destination`,
+    /// unless one with the same settings is already there. Returns true when it registered one.
+    pub async fn register_webhook(
+        &self,
+        destination: &str,
+        settings: &[String],
+    ) -> Result<bool, ApiError> {
+        let path = "/api/v4/webhooks";
+        let r = self
+            .get(
+                path,
+                &[("filter[destination]".into(), destination.to_string())],
+            )
+            .await?;
+        if r.status.as_u16() != 204 && !r.body.is_empty() {
+            #[derive(Deserialize)]
+            struct Hooks {
+                #[serde(rename = "_embedded")]
+                embedded: HooksEmbedded,
+            }
+            #[derive(Deserialize)]
+            struct HooksEmbedded {
+                webhooks: Vec<Hook>,
+            }
+            #[derive(Deserialize)]
+            struct Hook {
+                destination: String,
+                #[serde(default)]
+                settings: Vec<String>,
+            }
+            let h: Hooks = decode(API, &endpoint_of(path), &r.body)?;
+            let mut want: Vec<&String> = settings.iter().collect();
+            want.sort();
+            if h.embedded.webhooks.iter().any(|x| {
+                let mut have: Vec<&String> = x.settings.iter().collect();
+                have.sort();
+                x.destination == destination && have == want
+            }) {
+                return Ok(false);
+            }
+        }
+        let endpoint = format!("POST {path}");
+        let url = self.api.url(path);
+        let body = serde_json::json!({"destination": destination, "settings": settings});
+        self.send(&endpoint, |c, auth| {
+            c.post(&url).header("Authorization", auth).json(&body)
+        })
+        .await?;
+        Ok(true)
+    }
+
     /// `PATCH /api/v4/{kind}` with `[{id, responsible_user_id, request_id}]` (one batch); returns
     /// the ids the response confirms.
     pub async fn patch_responsible(

@@ -175,3 +175,58 @@ async fn change_to_correction_latency_with_and_without_webhooks() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_online_registers_the_webhooks_without_printing_the_token() {
+    proc::bounded(60, async {
+        let port = free_port();
+        let env = daemon_env(port, None).await;
+        env.edit_config(|t| {
+            t.replace(
+                "[kommo]",
+                "public_url = \"https://sync.example.com\"\n\n[kommo]",
+            )
+        });
+        let out = env
+            .cli(&["check-config", "--online"], Duration::from_secs(30))
+            .await;
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(
+            out.stdout
+                .contains("kommo: webhook https://sync.example.com/hooks/kommo/<token>"),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            !out.stdout.contains(TOKEN) && !out.stderr.contains(TOKEN),
+            "the token is never printed"
+        );
+        let hooks = env.w.kommo.webhooks();
+        assert_eq!(hooks.len(), 1, "{hooks:?}");
+        assert_eq!(
+            hooks[0].0,
+            format!("https://sync.example.com/hooks/kommo/{TOKEN}")
+        );
+        assert!(
+            hooks[0].1.contains(&"responsible_contact".to_string())
+                && hooks[0].1.contains(&"responsible_lead".to_string())
+        );
+        let callbacks = env.w.chatapp.callback_urls();
+        assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+        assert_eq!(
+            callbacks[0].3,
+            format!("https://sync.example.com/hooks/chatapp/{TOKEN}")
+        );
+        assert_eq!(
+            callbacks[0].2,
+            vec!["chatResponsible".to_string(), "message".to_string()]
+        );
+        // idempotent
+        let out = env
+            .cli(&["check-config", "--online"], Duration::from_secs(30))
+            .await;
+        assert!(out.stdout.contains("already registered"), "{}", out.stdout);
+        assert_eq!(env.w.kommo.webhooks().len(), 1);
+    })
+    .await;
+}

@@ -187,6 +187,7 @@ struct CState {
     refresh_count: u64,
     login_limit: Option<u32>,
     written: Vec<(u64, String, String, u64)>,
+    callbacks: BTreeMap<(u64, String), (Vec<String>, String)>,
     seq: u64,
     rng: XorShift,
 }
@@ -231,6 +232,7 @@ impl ChatAppSim {
                     refresh_count: 0,
                     login_limit: None,
                     written: Vec::new(),
+                    callbacks: BTreeMap::new(),
                     seq: 0,
                     rng: XorShift::new(seed),
                 }),
@@ -512,6 +514,15 @@ impl ChatAppSim {
             .remove(&(license_id, messenger_type.to_string(), chat_id.to_string()));
     }
 
+    /// The callback URLs set (`PUT .../callbackUrl`): `(licenseId, messengerType, events, url)`.
+    pub fn callback_urls(&self) -> Vec<(u64, String, Vec<String>, String)> {
+        self.lock()
+            .callbacks
+            .iter()
+            .map(|((l, mt), (ev, url))| (*l, mt.clone(), ev.clone(), url.clone()))
+            .collect()
+    }
+
     /// Every accepted `PUT .../responsible`, in order: `(licenseId, messengerType, chatId,
     /// employeeId)`.
     pub fn written_chats(&self) -> Vec<(u64, String, String, u64)> {
@@ -578,6 +589,31 @@ impl ChatAppSim {
                     .collect(),
             )),
             ["chats"] if get => self.list_all(&st, &inc),
+            ["callbackUrls"] if get => ok(Value::Array(
+                st.callbacks
+                    .iter()
+                    .map(|((l, mt), (events, url))| {
+                        json!({"licenseId": l, "messengerType": mt, "events": events, "url": url})
+                    })
+                    .collect(),
+            )),
+            ["licenses", lic, "messengers", mt, "callbackUrl"] if put => {
+                let Ok(lic) = lic.parse::<u64>() else {
+                    return not_found("License not found");
+                };
+                let body: Value = serde_json::from_slice(&inc.body).unwrap_or(Value::Null);
+                let url = body.get("url").and_then(Value::as_str).map(str::to_string);
+                let events: Option<Vec<String>> = body.get("events").and_then(Value::as_array).map(|a| {
+                    a.iter().filter_map(|e| e.as_str().map(str::to_string)).collect()
+                });
+                match (url, events) {
+                    (Some(url), Some(events)) if !events.is_empty() => {
+                        st.callbacks.insert((lic, mt.to_string()), (events, url));
+                        ok(json!(true))
+                    }
+                    _ => validation("url and events are required"),
+                }
+            }
             ["licenses", lic, "messengers", mt, "chats"] if get => {
                 let Ok(lic) = lic.parse::<u64>() else {
                     return not_found("License not found");

@@ -356,6 +356,7 @@ struct KState {
     oauth: Option<OAuthState>,
     api_filter_enabled: bool,
     page_cap: Option<u64>,
+    webhooks: Vec<(String, Vec<String>)>,
     patch_count: u64,
     written: [Vec<u64>; 4],
     rng: XorShift,
@@ -400,6 +401,7 @@ impl KommoSim {
             oauth,
             api_filter_enabled: cfg.api_filter_enabled,
             page_cap: None,
+            webhooks: Vec::new(),
             patch_count: 0,
             written: Default::default(),
             rng: XorShift::new(0x4B4F_4D4D_4F00_0000 ^ u64::from(port) ^ (now as u64) << 16),
@@ -446,6 +448,11 @@ impl KommoSim {
     /// Turns the API filter add-on on or off (see the module docs).
     pub fn set_api_filter_enabled(&self, enabled: bool) {
         self.lock().api_filter_enabled = enabled;
+    }
+
+    /// The webhooks registered (`POST /api/v4/webhooks`): `(destination, settings)`.
+    pub fn webhooks(&self) -> Vec<(String, Vec<String>)> {
+        self.lock().webhooks.clone()
     }
 
     /// Silently serves card-list pages of at most `cap` items whatever `limit` asks (Kommo once
@@ -783,6 +790,53 @@ impl KommoSim {
                 None => no_content(),
             },
             ["events"] if get => self.events_list(&st, &inc),
+            ["webhooks"] if get => {
+                let dest = param(&inc.params, "filter[destination]");
+                let items: Vec<Value> = st
+                    .webhooks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (d, _))| dest.is_none_or(|x| x == d))
+                    .map(|(i, (d, set))| json!({"id": i + 1, "destination": d, "settings": set, "disabled": false}))
+                    .collect();
+                if items.is_empty() {
+                    no_content()
+                } else {
+                    json_response(
+                        StatusCode::OK,
+                        HAL,
+                        &json!({"_total_items": items.len(), "_embedded": {"webhooks": items}}),
+                    )
+                }
+            }
+            ["webhooks"] if inc.method == Method::POST => {
+                let body: Value = serde_json::from_slice(&inc.body).unwrap_or(Value::Null);
+                let dest = body
+                    .get("destination")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                let settings: Option<Vec<String>> =
+                    body.get("settings").and_then(Value::as_array).map(|a| {
+                        a.iter()
+                            .filter_map(|e| e.as_str().map(str::to_string))
+                            .collect()
+                    });
+                match (dest, settings) {
+                    (Some(d), Some(set)) if d.starts_with("http") && !set.is_empty() => {
+                        st.webhooks.retain(|(x, _)| *x != d);
+                        st.webhooks.push((d.clone(), set.clone()));
+                        json_response(
+                            StatusCode::CREATED,
+                            HAL,
+                            &json!({"id": st.webhooks.len(), "destination": d, "settings": set, "disabled": false}),
+                        )
+                    }
+                    _ => kommo_problem(
+                        StatusCode::BAD_REQUEST,
+                        "destination and settings are required",
+                    ),
+                }
+            }
             ["events", id] if get => match st.events.iter().find(|e| e.id == *id) {
                 Some(e) => json_response(
                     StatusCode::OK,
