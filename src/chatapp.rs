@@ -11,7 +11,6 @@ use crate::store::{META_CHATAPP_TOKEN, Store};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Mutex;
 
 const API: &str = "chatapp";
@@ -205,14 +204,7 @@ impl ChatAppClient {
         store: Arc<Store>,
         max_logins_per_day: usize,
     ) -> Result<ChatAppClient, ApiError> {
-        let limits = Limits {
-            requests_per_second: cfg.requests_per_second,
-            timeout: cfg.timeout,
-            min_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
-            max_attempts: 8,
-            block_cooloff: None,
-        };
+        let limits = Limits::standard(cfg.requests_per_second, cfg.timeout, None);
         let token = store.meta::<TokenPair>(META_CHATAPP_TOKEN).ok().flatten();
         Ok(ChatAppClient {
             api: ApiClient::new(API, &cfg.base_url, limits)?,
@@ -266,18 +258,11 @@ impl ChatAppClient {
             .api
             .execute(endpoint, |c| c.post(&url).json(&body))
             .await?;
-        if !r.status.is_success() {
-            return Err(ApiError::Auth {
-                api: API,
-                reason: format!("{endpoint}: HTTP {}: {}", r.status.as_u16(), error_text(&r)),
-            });
-        }
-        let pair: Envelope<TokenPair> = decode(API, endpoint, &r.body)?;
-        self.persist(&pair.data)?;
+        let pair = self.store_token_answer(endpoint, r)?;
         self.logins
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(api = API, "logged in to ChatApp; token pair stored");
-        Ok(pair.data)
+        Ok(pair)
     }
 
     async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ApiError> {
@@ -287,6 +272,15 @@ impl ChatAppClient {
             .api
             .execute(endpoint, |c| c.post(&url).header("Refresh", refresh_token))
             .await?;
+        let pair = self.store_token_answer(endpoint, r)?;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(api = API, "refreshed the ChatApp token pair");
+        Ok(pair)
+    }
+
+    /// Checks a login/refresh answer, decodes the pair and stores it durably before it is used.
+    fn store_token_answer(&self, endpoint: &str, r: Response) -> Result<TokenPair, ApiError> {
         if !r.status.is_success() {
             return Err(ApiError::Auth {
                 api: API,
@@ -295,9 +289,6 @@ impl ChatAppClient {
         }
         let pair: Envelope<TokenPair> = decode(API, endpoint, &r.body)?;
         self.persist(&pair.data)?;
-        self.refreshes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(api = API, "refreshed the ChatApp token pair");
         Ok(pair.data)
     }
 

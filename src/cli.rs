@@ -93,15 +93,9 @@ pub fn main() -> ExitCode {
             online: _,
             no_secrets: true,
         } => {
-            let text = match std::fs::read_to_string(&path) {
+            let text = match read_config_text(&path) {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!(
-                        "config error in {}: (file): cannot read: {e}",
-                        path.display()
-                    );
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             match config::Config::parse(&text, &path.display().to_string()) {
                 Ok(_) => {
@@ -135,15 +129,9 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let text = match std::fs::read_to_string(&path) {
+            let text = match read_config_text(&path) {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!(
-                        "config error in {}: (file): cannot read: {e}",
-                        path.display()
-                    );
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             let cfg = match config::Config::parse(&text, &path.display().to_string()) {
                 Ok(c) => c,
@@ -246,6 +234,17 @@ pub fn main() -> ExitCode {
         }
         Command::Run => crate::daemon::main(&path),
     }
+}
+
+/// The config file's text; a read error is reported as a config error (exit 2).
+fn read_config_text(path: &std::path::Path) -> Result<String, ExitCode> {
+    std::fs::read_to_string(path).map_err(|e| {
+        eprintln!(
+            "config error in {}: (file): cannot read: {e}",
+            path.display()
+        );
+        ExitCode::from(EXIT_CONFIG)
+    })
 }
 
 /// The multi-threaded tokio runtime every command uses.

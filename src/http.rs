@@ -178,6 +178,24 @@ pub struct Limits {
     pub block_cooloff: Option<Duration>,
 }
 
+impl Limits {
+    /// The daemon's settings for an API: 0.5 s first retry doubling to 30 s, 8 attempts.
+    pub fn standard(
+        requests_per_second: u32,
+        timeout: Duration,
+        block_cooloff: Option<Duration>,
+    ) -> Limits {
+        Limits {
+            requests_per_second,
+            timeout,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_attempts: 8,
+            block_cooloff,
+        }
+    }
+}
+
 /// This many 403 answers in a row (any body) are taken as a block too.
 pub const REPEATED_403: u32 = 3;
 
@@ -310,100 +328,93 @@ impl ApiClient {
                 .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(20)))
                 .await;
             let result = make(&self.http).send().await;
-            let (retry_after, last) = match result {
-                Err(e) => {
-                    self.counters.count(0);
-                    (None, strip_url(&e))
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    self.counters.count(status.as_u16());
-                    let header_retry = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                    if let Some(t) = resp
-                        .headers()
-                        .get(reqwest::header::DATE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
-                    {
-                        self.server_time.store(t.timestamp(), Ordering::SeqCst);
+            let (retry_after, last) = 'failed: {
+                match result {
+                    Err(e) => {
+                        self.counters.count(0);
+                        (None, strip_url(&e))
                     }
-                    let content_type = resp
-                        .headers()
-                        .get(reqwest::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_ascii_lowercase();
-                    let body = match resp.bytes().await {
-                        Ok(b) => b.to_vec(),
-                        Err(e) => {
-                            let last = format!("reading the body: {}", strip_url(&e));
-                            if !self
-                                .wait_before_retry(&mut delays, None, attempts, endpoint, &last)
-                                .await?
-                            {
-                                return Err(ApiError::Transport {
-                                    api: self.api,
-                                    endpoint: endpoint.into(),
-                                    attempts,
-                                    reason: last,
-                                });
-                            }
-                            continue;
+                    Ok(resp) => {
+                        let status = resp.status();
+                        self.counters.count(status.as_u16());
+                        let header_retry = resp
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok());
+                        if let Some(t) = resp
+                            .headers()
+                            .get(reqwest::header::DATE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+                        {
+                            self.server_time.store(t.timestamp(), Ordering::SeqCst);
                         }
-                    };
-                    let r = Response {
-                        status,
-                        content_type,
-                        body,
-                    };
-                    let in_a_row = if status == StatusCode::FORBIDDEN {
-                        self.forbidden_in_a_row.fetch_add(1, Ordering::SeqCst) + 1
-                    } else {
-                        self.forbidden_in_a_row.store(0, Ordering::SeqCst);
-                        0
-                    };
-                    if status == StatusCode::FORBIDDEN
-                        && (r.is_html() || in_a_row >= REPEATED_403)
-                        && let Some(cool) = self.limits.block_cooloff
-                    {
-                        let until_unix = unix_now() + cool.as_secs() as i64;
-                        *self.blocked_until.lock().expect("breaker") =
-                            Some((Instant::now() + cool, until_unix));
-                        tracing::error!(
-                            api = self.api,
-                            endpoint,
-                            until_unix,
-                            html = r.is_html(),
-                            in_a_row,
-                            "API answered 403 (an HTML page, or repeatedly): treating it as an IP/account block; no calls until the cool-off ends"
-                        );
-                        return Err(ApiError::Blocked {
-                            api: self.api,
-                            until_unix,
-                        });
-                    }
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        self.counters.too_many.fetch_add(1, Ordering::Relaxed);
-                        let body_retry = serde_json::from_slice::<serde_json::Value>(&r.body)
-                            .ok()
-                            .and_then(|v| v.get("retry_after").and_then(|x| x.as_u64()));
-                        (
-                            Some(Duration::from_secs(
-                                body_retry.or(header_retry).unwrap_or(0),
-                            )),
-                            format!("HTTP 429: {}", r.excerpt(120)),
-                        )
-                    } else if status.is_server_error() {
-                        (
-                            None,
-                            format!("HTTP {}: {}", status.as_u16(), r.excerpt(120)),
-                        )
-                    } else {
-                        return Ok(r);
+                        let content_type = resp
+                            .headers()
+                            .get(reqwest::header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_ascii_lowercase();
+                        let body = match resp.bytes().await {
+                            Ok(b) => b.to_vec(),
+                            Err(e) => {
+                                break 'failed (
+                                    None,
+                                    format!("reading the body: {}", strip_url(&e)),
+                                );
+                            }
+                        };
+                        let r = Response {
+                            status,
+                            content_type,
+                            body,
+                        };
+                        let in_a_row = if status == StatusCode::FORBIDDEN {
+                            self.forbidden_in_a_row.fetch_add(1, Ordering::SeqCst) + 1
+                        } else {
+                            self.forbidden_in_a_row.store(0, Ordering::SeqCst);
+                            0
+                        };
+                        if status == StatusCode::FORBIDDEN
+                            && (r.is_html() || in_a_row >= REPEATED_403)
+                            && let Some(cool) = self.limits.block_cooloff
+                        {
+                            let until_unix = unix_now() + cool.as_secs() as i64;
+                            *self.blocked_until.lock().expect("breaker") =
+                                Some((Instant::now() + cool, until_unix));
+                            tracing::error!(
+                                api = self.api,
+                                endpoint,
+                                until_unix,
+                                html = r.is_html(),
+                                in_a_row,
+                                "API answered 403 (an HTML page, or repeatedly): treating it as an IP/account block; no calls until the cool-off ends"
+                            );
+                            return Err(ApiError::Blocked {
+                                api: self.api,
+                                until_unix,
+                            });
+                        }
+                        if status == StatusCode::TOO_MANY_REQUESTS {
+                            self.counters.too_many.fetch_add(1, Ordering::Relaxed);
+                            let body_retry = serde_json::from_slice::<serde_json::Value>(&r.body)
+                                .ok()
+                                .and_then(|v| v.get("retry_after").and_then(|x| x.as_u64()));
+                            (
+                                Some(Duration::from_secs(
+                                    body_retry.or(header_retry).unwrap_or(0),
+                                )),
+                                format!("HTTP 429: {}", r.excerpt(120)),
+                            )
+                        } else if status.is_server_error() {
+                            (
+                                None,
+                                format!("HTTP {}: {}", status.as_u16(), r.excerpt(120)),
+                            )
+                        } else {
+                            return Ok(r);
+                        }
                     }
                 }
             };

@@ -8,7 +8,6 @@ use crate::links::{parse_messenger_value, phone_digits};
 use crate::model::{CardId, CardKind, CardObs, KommoUser, KommoUserId};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 const API: &str = "kommo";
 /// Cards per list page (Kommo's maximum).
@@ -367,14 +366,11 @@ impl KommoClient {
         cfg: &KommoConfig,
         auth: crate::kommo_auth::KommoAuth,
     ) -> Result<KommoClient, ApiError> {
-        let limits = Limits {
-            requests_per_second: cfg.requests_per_second,
-            timeout: cfg.timeout,
-            min_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
-            max_attempts: 8,
-            block_cooloff: Some(cfg.block_cooloff),
-        };
+        let limits = Limits::standard(
+            cfg.requests_per_second,
+            cfg.timeout,
+            Some(cfg.block_cooloff),
+        );
         Ok(KommoClient {
             api: ApiClient::new(API, &cfg.base_url, limits)?,
             auth,
