@@ -256,7 +256,7 @@ impl Syncer {
             self.settle_intents(now).await?
         };
         trace_memory("start");
-        let snap = self.store.load_snapshot()?;
+        let mut snap = self.store.load_snapshot()?;
         trace_memory("snapshot loaded");
         let full = opts.full || !snap.bootstrapped;
         let wm: Watermarks = self.store.meta(META_WATERMARKS)?.unwrap_or_default();
@@ -310,24 +310,32 @@ impl Syncer {
             ..Default::default()
         };
         let fields = &self.fields;
+        // Each observed card's full base is swapped for the two values the engine compares: the
+        // observation replaces the rest, so a full cycle holds one full copy of the cards, not two.
         let put_card = |obs: &mut engine::Observations,
                         wm: &mut Watermarks,
+                        snap: &mut engine::Snapshot,
                         kind: CardKind,
                         c: crate::kommo::KommoCard| {
             let latest = wm.kommo_updated.entry(kind).or_insert(0);
             *latest = (*latest).max(c.updated_at);
             let mut o: CardObs = c.to_obs(kind, fields);
             let id = CardId::new(kind, c.id);
+            if let Some(base) = snap.cards.remove(&id) {
+                snap.card_values.insert(id, engine::BaseValue::from(&base));
+            }
             o.event_time = event_times.get(&(id, o.responsible)).copied();
             obs.cards.insert(id, o);
         };
         if full {
             for &kind in &kinds {
+                let in_snap = snap.cards.keys().filter(|c| c.kind == kind).count();
                 let listed = self
                     .kommo
-                    .each_card(kind, None, |c| put_card(&mut obs, &mut new_wm, kind, c))
+                    .each_card(kind, None, |c| {
+                        put_card(&mut obs, &mut new_wm, &mut snap, kind, c)
+                    })
                     .await?;
-                let in_snap = snap.cards.keys().filter(|c| c.kind == kind).count();
                 if listing_brake.is_none() {
                     listing_brake = empty_listing_brake(kind.plural(), in_snap, listed);
                 }
@@ -339,7 +347,7 @@ impl Syncer {
                         .kommo_since(wm.kommo_updated.get(&kind).copied().unwrap_or(0), k_overlap);
                     self.kommo
                         .each_card(kind, Some(since), |c| {
-                            put_card(&mut obs, &mut new_wm, kind, c)
+                            put_card(&mut obs, &mut new_wm, &mut snap, kind, c)
                         })
                         .await?;
                 }
@@ -364,7 +372,7 @@ impl Syncer {
             for (kind, ids) in wanted {
                 let ids: Vec<u64> = ids.into_iter().collect();
                 for c in self.kommo.cards_by_id(kind, &ids).await? {
-                    put_card(&mut obs, &mut new_wm, kind, c);
+                    put_card(&mut obs, &mut new_wm, &mut snap, kind, c);
                 }
                 // a card that does not come back is gone: deleted
                 for id in ids {

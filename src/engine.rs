@@ -305,11 +305,33 @@ pub struct Snapshot {
     pub dialogs: BTreeMap<DialogKey, DialogState>,
     /// Parked pairs, by [`Parked::key`].
     pub parked: BTreeMap<String, Parked>,
+    /// Bases kept as just the two compared values: a full cycle swaps a card's full base for this
+    /// as the card is observed (its observed state replaces the rest), so a large account holds
+    /// one full copy of its cards, not two. [`plan`] reads a card's base from `cards`, else here.
+    pub card_values: BTreeMap<CardId, BaseValue>,
     /// Records whose last decision did not complete (a write failed or was dropped): decided
     /// again whatever their value, so a change a person undid meanwhile is still carried through.
     pub held: BTreeSet<RecordId>,
     /// The first cycle has run (its bootstrap is done).
     pub bootstrapped: bool,
+}
+
+/// The compared part of a card's base: its responsible and when it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseValue {
+    /// `responsible_user_id`.
+    pub responsible: KommoUserId,
+    /// Its change time.
+    pub changed_at: i64,
+}
+
+impl From<&CardState> for BaseValue {
+    fn from(st: &CardState) -> Self {
+        BaseValue {
+            responsible: st.responsible,
+            changed_at: st.changed_at,
+        }
+    }
 }
 
 /// What one cycle read: a subset of records (all of them on a full cycle).
@@ -412,7 +434,7 @@ pub fn dialog_change_time(base: Option<&DialogState>, obs: &DialogObs, now: i64)
 
 /// The change time of an observed card value: its latest responsible-change event, else (unchanged)
 /// its base's, else the time first observed.
-pub fn card_change_time(base: Option<&CardState>, obs: &CardObs, now: i64) -> i64 {
+pub fn card_change_time(base: Option<BaseValue>, obs: &CardObs, now: i64) -> i64 {
     match (obs.event_time, base) {
         (Some(t), _) => t,
         (None, Some(b)) if b.responsible == obs.responsible => b.changed_at,
@@ -492,7 +514,11 @@ pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &U
 
     // Current states and what changed (changes are detected by value against the base).
     for (id, o) in obs.cards {
-        let base = snap.cards.get(&id);
+        let base: Option<BaseValue> = snap
+            .cards
+            .get(&id)
+            .map(BaseValue::from)
+            .or_else(|| snap.card_values.get(&id).copied());
         let changed_at = card_change_time(base, &o, now);
         if !first_run && base.is_none_or(|b| b.responsible != o.responsible) {
             w.card_changed.insert(id);
