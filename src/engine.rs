@@ -775,7 +775,9 @@ impl<'a> Work<'a> {
                 let mapped = self.users.to_chat(card.responsible);
                 if mapped.is_some() && mapped == dialog.responsible {
                     // Rule 7: both changed to the same person; nothing to write on this pair.
-                    false
+                    // The linked cards follow that person, dated by the later of the two changes
+                    // (the card's path when the card changed last, else the dialog's).
+                    card.changed_at >= dialog.changed_at
                 } else {
                     let crm_won = match self.policy.conflict {
                         ConflictPolicy::Crm => true,
