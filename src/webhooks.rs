@@ -121,13 +121,21 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn kommo(State(h): State<Arc<Hooks>>, Path(token): Path<String>, body: Bytes) -> StatusCode {
-    if !h.token_ok(&token) {
+/// Answers a webhook call: 404 for a wrong token; otherwise 200, and a trigger when `relevant`
+/// says the body is worth a cycle.
+fn answer(
+    h: &Hooks,
+    token: &str,
+    body: &[u8],
+    relevant: fn(&[u8]) -> bool,
+    api: &str,
+) -> StatusCode {
+    if !h.token_ok(token) {
         h.refused.fetch_add(1, Ordering::Relaxed);
         return StatusCode::NOT_FOUND;
     }
-    if kommo_body_is_responsible_change(&body) {
-        tracing::debug!("Kommo webhook: a responsible changed; cycle soon");
+    if relevant(body) {
+        tracing::debug!(api, "webhook: cycle soon");
         h.fire();
     } else {
         h.ignored.fetch_add(1, Ordering::Relaxed);
@@ -135,22 +143,16 @@ async fn kommo(State(h): State<Arc<Hooks>>, Path(token): Path<String>, body: Byt
     StatusCode::OK
 }
 
+async fn kommo(State(h): State<Arc<Hooks>>, Path(token): Path<String>, body: Bytes) -> StatusCode {
+    answer(&h, &token, &body, kommo_body_is_responsible_change, "kommo")
+}
+
 async fn chatapp(
     State(h): State<Arc<Hooks>>,
     Path(token): Path<String>,
     body: Bytes,
 ) -> StatusCode {
-    if !h.token_ok(&token) {
-        h.refused.fetch_add(1, Ordering::Relaxed);
-        return StatusCode::NOT_FOUND;
-    }
-    if chatapp_body_is_relevant(&body) {
-        tracing::debug!("ChatApp callback: cycle soon");
-        h.fire();
-    } else {
-        h.ignored.fetch_add(1, Ordering::Relaxed);
-    }
-    StatusCode::OK
+    answer(&h, &token, &body, chatapp_body_is_relevant, "chatapp")
 }
 
 /// The webhook routes, to merge into the daemon's HTTP endpoint.
