@@ -871,10 +871,6 @@ impl<'a> Work<'a> {
         };
         let subject = RecordId::Dialog(d.clone());
         let target = Some(RecordId::Dialog(d.clone()));
-        if dialog.closed {
-            self.park(subject, target, ParkReason::DialogClosed, trigger);
-            return;
-        }
         if card.responsible == 0 {
             self.park(subject, target, ParkReason::NoResponsible, trigger);
             return;
@@ -888,6 +884,12 @@ impl<'a> Work<'a> {
             );
             return;
         };
+        // A closed dialog is never written; one that already holds the person needs no write, so
+        // it is assigned all the same and its linked cards follow (open or closed alike).
+        if dialog.closed && dialog.responsible != Some(employee) {
+            self.park(subject, target, ParkReason::DialogClosed, trigger);
+            return;
+        }
         let others: Vec<String> = e_in
             .iter()
             .filter(|c| **c != wc)
@@ -900,7 +902,12 @@ impl<'a> Work<'a> {
         if !others.is_empty() {
             detail.push_str(&format!("; others: {}", others.join(", ")));
         }
-        if d_changed && rule == Rule::CrmChanged {
+        if d_changed && rule == Rule::CrmChanged && dialog.responsible == Some(employee) {
+            detail.push_str(&format!(
+                "; the dialog also changed at {}, to the same person (rule 7)",
+                dialog.changed_at
+            ));
+        } else if d_changed && rule == Rule::CrmChanged {
             detail.push_str(&format!(
                 "; the dialog also changed at {} and the CRM side won (conflict = {:?}, clock_skew = {}s)",
                 dialog.changed_at, self.policy.conflict, self.policy.clock_skew_secs

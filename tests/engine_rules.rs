@@ -367,3 +367,22 @@ fn a_target_changed_later_by_a_person_keeps_its_value() {
         .card_changed(lead(20), 4, 500);
     assert_eq!(writes(&w.plan()), vec![("lead:20".to_string(), 3)]);
 }
+
+#[test]
+fn a_closed_dialog_is_never_written_but_one_already_agreeing_still_cascades() {
+    // both changed to Boris, the dialog is closed: nothing to write on it, the lead follows Boris
+    let mut w = linked_world(&[Contact], &[Lead]);
+    w.card_changed(contact(10), 2, 500)
+        .observe_dialog(1, |o| o.closed = true)
+        .dialog_changed(1, Some(102), 400);
+    let p = w.plan();
+    assert_eq!(writes(&p), vec![("lead:20".to_string(), 2)]);
+    assert!(p.parked.is_empty(), "{:?}", p.parked);
+    // the contact goes to Boris, the closed dialog still has Anna: parked, and no cascade
+    let mut w = linked_world(&[Contact], &[Lead]);
+    w.observe_dialog(1, |o| o.closed = true)
+        .card_changed(contact(10), 2, 500);
+    let p = w.plan();
+    assert!(p.writes.is_empty(), "{:?}", writes(&p));
+    assert_eq!(p.parked[0].reason, ParkReason::DialogClosed);
+}
