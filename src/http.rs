@@ -309,6 +309,17 @@ impl ApiClient {
         endpoint: &str,
         make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Response, ApiError> {
+        self.execute_passing(endpoint, &[], make).await
+    }
+
+    /// [`ApiClient::execute`], but the 5xx statuses in `pass` are returned to the caller instead of
+    /// retried (Kommo: a 504 on a batch means "send smaller batches").
+    pub async fn execute_passing(
+        &self,
+        endpoint: &str,
+        pass: &[u16],
+        make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Response, ApiError> {
         let mut delays = backon::ExponentialBuilder::new()
             .with_jitter()
             .with_min_delay(self.limits.min_backoff)
@@ -407,7 +418,7 @@ impl ApiClient {
                                 )),
                                 format!("HTTP 429: {}", r.excerpt(120)),
                             )
-                        } else if status.is_server_error() {
+                        } else if status.is_server_error() && !pass.contains(&status.as_u16()) {
                             (
                                 None,
                                 format!("HTTP {}: {}", status.as_u16(), r.excerpt(120)),

@@ -384,17 +384,34 @@ impl KommoClient {
         endpoint: &str,
         make: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<Response, ApiError> {
+        let r = self.send_raw(endpoint, &[], make).await?;
+        self.check(endpoint, r)
+    }
+
+    /// Sends an authorized request (refreshing OAuth credentials once after a 401) and returns the
+    /// answer unchecked; the 5xx statuses in `pass` come back instead of being retried.
+    async fn send_raw(
+        &self,
+        endpoint: &str,
+        pass: &[u16],
+        make: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Response, ApiError> {
         let token = self.auth.token(&self.api).await?;
         let bearer = format!("Bearer {token}");
-        let r = self.api.execute(endpoint, |c| make(c, &bearer)).await?;
+        let r = self
+            .api
+            .execute_passing(endpoint, pass, |c| make(c, &bearer))
+            .await?;
         if r.status.as_u16() == 401
             && let Some(fresh) = self.auth.after_unauthorized(&self.api, &token).await?
         {
             let bearer = format!("Bearer {fresh}");
-            let r = self.api.execute(endpoint, |c| make(c, &bearer)).await?;
-            return self.check(endpoint, r);
+            return self
+                .api
+                .execute_passing(endpoint, pass, |c| make(c, &bearer))
+                .await;
         }
-        self.check(endpoint, r)
+        Ok(r)
     }
 
     async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Response, ApiError> {
@@ -707,19 +724,35 @@ impl KommoClient {
     ) -> Result<BTreeSet<u64>, ApiError> {
         let path = format!("/api/v4/{}", kind.plural());
         let endpoint = format!("PATCH {path}");
-        let body: Vec<serde_json::Value> = items
-            .iter()
-            .enumerate()
-            .map(|(i, (id, user))| serde_json::json!({"id": id, "responsible_user_id": user, "request_id": i.to_string()}))
-            .collect();
         let url = self.api.url(&path);
-        let r = self
-            .send(&endpoint, |c, auth| {
-                c.patch(&url).header("Authorization", auth).json(&body)
-            })
-            .await?;
-        let p: PatchResult = decode(API, &endpoint, &r.body)?;
-        Ok(p.embedded.items.into_iter().map(|i| i.id).collect())
+        let mut confirmed = BTreeSet::new();
+        // A 504 on a batch means "too big": the batch is halved and both halves sent (the writes
+        // are idempotent and their targets were checked before); a single card's 504 is retried.
+        let mut queue = vec![items.to_vec()];
+        while let Some(batch) = queue.pop() {
+            let body: Vec<serde_json::Value> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, (id, user))| serde_json::json!({"id": id, "responsible_user_id": user, "request_id": i.to_string()}))
+                .collect();
+            let pass: &[u16] = if batch.len() > 1 { &[504] } else { &[] };
+            let r = self
+                .send_raw(&endpoint, pass, |c, auth| {
+                    c.patch(&url).header("Authorization", auth).json(&body)
+                })
+                .await?;
+            if r.status.as_u16() == 504 && batch.len() > 1 {
+                tracing::warn!(kind = %kind, size = batch.len(), "Kommo answered 504 to a PATCH batch: halving it");
+                let mid = batch.len() / 2;
+                queue.push(batch[mid..].to_vec());
+                queue.push(batch[..mid].to_vec());
+                continue;
+            }
+            let r = self.check(&endpoint, r)?;
+            let p: PatchResult = decode(API, &endpoint, &r.body)?;
+            confirmed.extend(p.embedded.items.into_iter().map(|i| i.id));
+        }
+        Ok(confirmed)
     }
 }
 

@@ -365,3 +365,44 @@ async fn repeated_403s_open_the_breaker_across_cycles_of_one_process() {
     let status = chatapp_kommo_sync::status::render(&store, &Default::default()).unwrap();
     assert!(status.contains("blocked"), "status shows it: {status}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_504_on_a_patch_batch_halves_it() {
+    let env = Env::new("").await;
+    add_big_world(&env, 6);
+    env.once(&[]).await;
+    env.w.clock.advance(10);
+    // operators move the 6 new dialogs to Vera: one PATCH batch of 6 leads
+    for i in 0..6u64 {
+        let chat = format!("7999{:07}@c.us", 1_000_000 + i);
+        env.w
+            .chatapp
+            .assign_as_human(1, "grWhatsApp", &chat, Some(85503));
+    }
+    env.w
+        .kommo
+        .push_fault(FaultRule::new(Fault::Status(504)).method("PATCH"));
+    let r = env.once(&[]).await;
+    let patches: Vec<u16> = env
+        .w
+        .kommo
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PATCH")
+        .map(|q| q.status)
+        .collect();
+    assert_eq!(
+        patches,
+        vec![504, 200, 200],
+        "the batch of 6 was sent again as 3 + 3: {}",
+        r.stdout
+    );
+    for i in 0..6u64 {
+        assert_eq!(
+            env.w.kommo.responsible_of("leads", 20_000 + i),
+            Some(504143)
+        );
+    }
+    let written = env.w.kommo.written_ids("leads");
+    assert_eq!(written.len(), 6, "each lead written once: {written:?}");
+}
