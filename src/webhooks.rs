@@ -79,11 +79,10 @@ impl Hooks {
 /// True when a Kommo webhook body (form-encoded) reports a responsible change: a key under
 /// `[responsible]`, or one naming `responsible_user_id` / `old_responsible_user_id` (contacts and
 /// companies arrive under `contacts[...]`; the action key for them is UNCONFIRMED, so any is read).
+/// Any byte string is accepted: keys are decoded by `form_urlencoded` (invalid percent escapes are
+/// kept as they are, invalid UTF-8 becomes U+FFFD), never sliced by hand.
 pub fn kommo_body_is_responsible_change(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(body);
-    text.split('&').any(|pair| {
-        let key = pair.split('=').next().unwrap_or("");
-        let key = percent_decode(key);
+    form_urlencoded::parse(body).any(|(key, _)| {
         key.contains("[responsible]")
             || key.ends_with("[responsible_user_id]")
             || key.ends_with("[old_responsible_user_id]")
@@ -97,28 +96,6 @@ pub fn chatapp_body_is_relevant(body: &[u8]) -> bool {
         .ok()
         .and_then(|v| v.get("meta")?.get("type")?.as_str().map(str::to_string))
         .is_some_and(|t| t == "chatResponsible" || t == "message")
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(v) => {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Answers a webhook call: 404 for a wrong token; otherwise 200, and a trigger when `relevant`
@@ -179,6 +156,25 @@ mod tests {
             b"leads[status][0][id]=1&leads[status][0][status_id]=2"
         ));
         assert!(!kommo_body_is_responsible_change(b""));
+    }
+
+    #[test]
+    fn hostile_form_bodies_never_panic() {
+        // regressions: a percent escape cut inside a multi-byte character used to abort the daemon
+        for body in [
+            &b"%\xff"[..],
+            "%€=1".as_bytes(),
+            b"%",
+            b"%%",
+            b"%e2%82",
+            b"\xff\xfe=\x00&&=&",
+            b"a%5Bresponsible%5D%",
+        ] {
+            let _ = kommo_body_is_responsible_change(body);
+        }
+        assert!(kommo_body_is_responsible_change(
+            b"leads%5Bresponsible%5D%5B0%5D%5Bid%5D=1&%\xff"
+        ));
     }
 
     #[test]
