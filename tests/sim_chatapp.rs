@@ -521,3 +521,81 @@ async fn faults_each_kind() {
     assert_eq!(s.max_requests_in_any_second(), 12);
     assert_eq!(s.requests().iter().filter(|r| r.status == 429).count(), 7);
 }
+
+#[tokio::test]
+async fn chat_override_makes_one_chat_malformed_until_cleared() {
+    let clock = SimClock::new();
+    clock.freeze();
+    let s = sim_with(ChatAppSimConfig {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await;
+    s.add_chat(SimChat::whatsapp(1, "+7 999 000-00-01", "A", Some(85501)));
+    clock.advance(1);
+    s.add_chat(SimChat::whatsapp(1, "+7 999 000-00-02", "B", Some(85501)));
+    let (a, b) = ("79990000001@c.us", "79990000002@c.us");
+    let (tok, _) = login(&s).await;
+    s.set_chat_json_override(1, "grWhatsApp", a, json!({"responsible": {"id": "85501"}}));
+    s.remove_chat_json_keys(1, "grWhatsApp", b, &["lastTime"]);
+
+    let by_id = |chat: &'static str| {
+        let s = s.clone();
+        let tok = tok.clone();
+        async move {
+            let (st, v) = get(
+                &s,
+                &tok,
+                &format!("/v1/licenses/1/messengers/grWhatsApp/chats/{chat}"),
+            )
+            .await;
+            assert_eq!(st, StatusCode::OK);
+            v["data"].clone()
+        }
+    };
+    for _ in 0..2 {
+        let (st, v) = get(&s, &tok, "/v1/chats?companyId=1").await;
+        assert_eq!(st, StatusCode::OK);
+        let items = v["data"]["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2);
+        // Order still follows the real lastTime: B (newer) first.
+        assert_eq!(items[0]["id"], b);
+        assert!(items[0].get("lastTime").is_none());
+        assert_eq!(items[0]["responsible"], json!({"id": 85501}));
+        assert_eq!(items[1]["responsible"], json!({"id": "85501"}));
+        assert_eq!(items[1]["name"], "A", "other keys untouched");
+    }
+    assert_eq!(by_id(a).await["responsible"]["id"], "85501");
+    let (st, v) = get(&s, &tok, "/v1/licenses/1/messengers/grWhatsApp/chats").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["data"]["items"][1]["responsible"]["id"], "85501");
+    // A write applies; its answer and the inspector keep the override.
+    let (st, v) = put_responsible(
+        &s,
+        &tok,
+        1,
+        "grWhatsApp",
+        a,
+        &json!({"responsibleId": 85502}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["data"]["responsible"]["id"], "85501");
+    assert_eq!(s.responsible_of(1, "grWhatsApp", a), Some(85502));
+    assert_eq!(
+        s.chat_json(1, "grWhatsApp", a).unwrap()["responsible"]["id"],
+        "85501"
+    );
+    // A non-object replaces the whole chat.
+    s.set_chat_json_override(1, "grWhatsApp", b, json!(null));
+    let (_, v) = get(&s, &tok, "/v1/chats?companyId=1").await;
+    let items = v["data"]["items"].as_array().unwrap();
+    assert!(items.iter().any(Value::is_null));
+
+    s.clear_chat_json_override(1, "grWhatsApp", a);
+    assert_eq!(by_id(a).await["responsible"], json!({"id": 85502}));
+    s.clear_chat_json_overrides();
+    let chat_b = by_id(b).await;
+    assert_eq!(chat_b["id"], b);
+    assert!(chat_b["lastTime"].is_i64());
+}

@@ -46,6 +46,10 @@
 //! - **Messages**: newest first, `limit` default 20 (max 100), system messages only with
 //!   `includeSystemMessages=1`; `nextPage` is always `null`.
 //! - Chat `status` is `"open"` or `"closed"`.
+//! - **Malformed chats** (hardening tests): [`ChatAppSim::set_chat_json_override`] merges keys
+//!   into (or replaces) one chat's JSON as served and [`ChatAppSim::remove_chat_json_keys`] drops
+//!   keys, until cleared; they apply to both list endpoints, the single chat, the answer of
+//!   `PUT .../responsible` and [`ChatAppSim::chat_json`], never to ordering, cursors or writes.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -61,7 +65,9 @@ use super::SimClock;
 use super::faults::{
     Faults, Flavor, Incoming, ServerTask, bind_local, chatapp_error, fault_methods, process,
 };
-use super::util::{XorShift, b64url_decode, b64url_encode, json_response, multi, param, segments};
+use super::util::{
+    JsonOverride, XorShift, b64url_decode, b64url_encode, json_response, multi, param, segments,
+};
 
 const TOKEN_ALPHABET: &[u8] = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -188,6 +194,7 @@ struct CState {
     login_limit: Option<u32>,
     written: Vec<(u64, String, String, u64)>,
     callbacks: BTreeMap<(u64, String), (Vec<String>, String)>,
+    overrides: HashMap<ChatKey, JsonOverride>,
     seq: u64,
     rng: XorShift,
 }
@@ -233,6 +240,7 @@ impl ChatAppSim {
                     login_limit: None,
                     written: Vec::new(),
                     callbacks: BTreeMap::new(),
+                    overrides: HashMap::new(),
                     seq: 0,
                     rng: XorShift::new(seed),
                 }),
@@ -368,10 +376,61 @@ impl ChatAppSim {
             .cloned()
     }
 
-    /// The chat as the API renders it.
+    /// The chat as the API renders it (override included).
     pub fn chat_json(&self, license_id: u64, messenger_type: &str, chat_id: &str) -> Option<Value> {
-        self.chat(license_id, messenger_type, chat_id)
-            .map(|c| chat_json(&c))
+        let st = self.lock();
+        st.chats
+            .get(&key(license_id, messenger_type, chat_id))
+            .map(|c| st.render(c))
+    }
+
+    /// Makes one chat malformed as served (lists, `GET .../chats/{chatId}`, the answer of
+    /// `PUT .../responsible`, [`ChatAppSim::chat_json`]) until cleared: an object's keys are
+    /// merged into (replace) the chat's keys, e.g. `{"responsible": {"id": "85501"}}`; any other
+    /// value replaces the whole chat. Applied after rendering: ordering, cursors and writes use
+    /// the chat's real values. Replaces an earlier merge value of the same chat; the chat need
+    /// not exist yet.
+    pub fn set_chat_json_override(
+        &self,
+        license_id: u64,
+        messenger_type: &str,
+        chat_id: &str,
+        value: Value,
+    ) {
+        self.lock()
+            .overrides
+            .entry(key(license_id, messenger_type, chat_id))
+            .or_default()
+            .merge = Some(value);
+    }
+
+    /// Makes one chat served without these keys (e.g. `responsible`) until cleared; adds to the
+    /// chat's earlier removals.
+    pub fn remove_chat_json_keys(
+        &self,
+        license_id: u64,
+        messenger_type: &str,
+        chat_id: &str,
+        keys: &[&str],
+    ) {
+        let mut st = self.lock();
+        let ov = st
+            .overrides
+            .entry(key(license_id, messenger_type, chat_id))
+            .or_default();
+        ov.remove.extend(keys.iter().map(|k| (*k).to_string()));
+    }
+
+    /// Serves the chat as it is again (drops its override and removals).
+    pub fn clear_chat_json_override(&self, license_id: u64, messenger_type: &str, chat_id: &str) {
+        self.lock()
+            .overrides
+            .remove(&key(license_id, messenger_type, chat_id));
+    }
+
+    /// Drops every chat override and removal.
+    pub fn clear_chat_json_overrides(&self) {
+        self.lock().overrides.clear();
     }
 
     /// The responsible employee of a chat (`None` if unassigned or unknown).
@@ -626,7 +685,7 @@ impl ChatAppSim {
                     .ok()
                     .and_then(|l| st.chats.get(&key(l, mt, chat)))
                 {
-                    Some(c) => ok(chat_json(c)),
+                    Some(c) => ok(st.render(c)),
                     None => not_found("Chat not found"),
                 }
             }
@@ -662,7 +721,7 @@ impl ChatAppSim {
                 st.assign(&k, Some(id), now);
                 st.written.push((k.0, k.1.clone(), k.2.clone(), id));
                 match st.chats.get(&k) {
-                    Some(c) => ok(chat_json(c)),
+                    Some(c) => ok(st.render(c)),
                     None => not_found("Chat not found"),
                 }
             }
@@ -725,6 +784,18 @@ async fn entry(State(sim): State<ChatAppSim>, req: Request) -> Response {
 }
 
 impl CState {
+    /// A chat as served: [`chat_json`] with the chat's override, if any.
+    fn render(&self, c: &SimChatState) -> Value {
+        let mut v = chat_json(c);
+        if let Some(ov) = self
+            .overrides
+            .get(&key(c.license_id, &c.messenger_type, &c.chat_id))
+        {
+            ov.apply(&mut v);
+        }
+        v
+    }
+
     fn authorized(&self, inc: &Incoming, now: i64) -> bool {
         inc.headers
             .get(header::AUTHORIZATION)
@@ -927,7 +998,7 @@ fn page_chats(
     } else {
         None
     };
-    let rendered: Vec<Value> = items.iter().map(|(_, c)| chat_json(c)).collect();
+    let rendered: Vec<Value> = items.iter().map(|(_, c)| st.render(c)).collect();
     ok(json!({"items": rendered, "nextPage": next}))
 }
 

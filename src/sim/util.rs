@@ -1,5 +1,5 @@
-//! Small helpers shared by the simulators: query parsing, base64url, a xorshift generator and
-//! JSON responses. Nothing here is public outside the `sim` module except [`XorShift`].
+//! Small helpers shared by the simulators: query parsing, base64url, a xorshift generator, JSON
+//! responses and per-record JSON overrides. Nothing here is public outside the `sim` module except [`XorShift`].
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -202,6 +202,35 @@ pub(crate) fn no_content() -> Response {
     resp
 }
 
+/// A change made to one record's JSON as served (the simulators' "malformed record" switch):
+/// listed keys are removed first, then `merge` is applied: an object's keys are inserted into
+/// (replace) the record's keys; any other JSON value replaces the whole record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct JsonOverride {
+    pub merge: Option<Value>,
+    pub remove: Vec<String>,
+}
+
+impl JsonOverride {
+    /// Applies the override to a rendered record.
+    pub(crate) fn apply(&self, v: &mut Value) {
+        if let Value::Object(o) = v {
+            for k in &self.remove {
+                o.remove(k);
+            }
+        }
+        match (&self.merge, v) {
+            (None, _) => {}
+            (Some(Value::Object(m)), Value::Object(o)) => {
+                for (k, x) in m {
+                    o.insert(k.clone(), x.clone());
+                }
+            }
+            (Some(other), v) => *v = other.clone(),
+        }
+    }
+}
+
 /// Path segments, percent-decoded, empty segments dropped (so a trailing slash is ignored).
 pub(crate) fn segments(path: &str) -> Vec<String> {
     path.split('/')
@@ -222,6 +251,28 @@ mod tests {
         }
         assert_eq!(b64url_encode(b"foobar"), "Zm9vYmFy");
         assert_eq!(b64url_encode(b"fo"), "Zm8");
+    }
+
+    #[test]
+    fn json_override_merges_removes_and_replaces() {
+        let base = serde_json::json!({"id": 1, "a": 2, "b": 3});
+        let mut v = base.clone();
+        JsonOverride {
+            merge: Some(serde_json::json!({"a": "2", "c": null})),
+            remove: vec!["b".into()],
+        }
+        .apply(&mut v);
+        assert_eq!(v, serde_json::json!({"id": 1, "a": "2", "c": null}));
+        let mut v = base.clone();
+        JsonOverride {
+            merge: Some(serde_json::json!([1])),
+            remove: vec![],
+        }
+        .apply(&mut v);
+        assert_eq!(v, serde_json::json!([1]));
+        let mut v = base.clone();
+        JsonOverride::default().apply(&mut v);
+        assert_eq!(v, base);
     }
 
     #[test]
