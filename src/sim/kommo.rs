@@ -11,6 +11,12 @@
 //! | GET | `/api/v4/{kind}/{id}` | `204` when missing or deleted |
 //! | PATCH | `/api/v4/{kind}` (array), `/api/v4/{kind}/{id}` (object) | `responsible_user_id` only |
 //! | GET | `/api/v4/events`, `/api/v4/events/{id}` | `filter[type,entity,entity_id,created_by,created_at,id]` |
+//! | GET | `/api/v4/leads/pipelines`, `/api/v4/leads/pipelines/{id}` | statuses embedded; `404` when unknown |
+//! | GET | `/api/v4/leads/pipelines/{id}/statuses[/{status_id}]` | `404` when unknown |
+//! | GET | `/api/v4/leads/unsorted`, `/api/v4/leads/unsorted/{uid}` | `page`, `limit`, `filter[uid,category,pipeline_id]`, `order[created_at\|updated_at]` |
+//! | POST | `/api/v4/leads/unsorted/{uid}/accept` | optional `{"status_id", "user_id"}` |
+//! | DELETE | `/api/v4/leads/unsorted/{uid}/decline` | optional `{"user_id"}` |
+//! | GET | `/api/v4/{kind}/custom_fields`, `/api/v4/{kind}/custom_fields/{id}` | `page`, `limit` (≤ 50 served) |
 //! | POST | `/oauth2/access_token` | `grant_type=refresh_token` |
 //!
 //! Decisions where `kommo.md` is silent or marks things UNCONFIRMED:
@@ -45,6 +51,71 @@
 //!   `client_secret` (`401` if wrong), `grant_type` and `redirect_uri` (`400` if wrong or missing);
 //!   refresh tokens live 90 days on the clock. JSON or form-encoded bodies are accepted.
 //! - No user is created implicitly, not even `current_user_id`.
+//!
+//! Pipelines and stages ([`SimPipeline`], [`KommoSim::add_pipeline`]):
+//! - A new simulator has one main pipeline, [`MAIN_PIPELINE_ID`] (1000), with the statuses
+//!   [`STATUS_INCOMING`] (1001, `type: 1`), [`STATUS_FIRST_CONTACT`] (1002),
+//!   [`STATUS_NEGOTIATION`] (1003), [`STATUS_WON`] (142) and [`STATUS_LOST`] (143). Added
+//!   pipelines get 142/143 appended (sort 10000/11000); other statuses get sort 10, 20, ... in the
+//!   given order. A pipeline without a `type: 1` status is served with `is_unsorted_on: false`
+//!   and cannot take incoming leads. Status ids other than 142/143 are unique per account. The
+//!   pipeline list is not paged (an account has at most 50). Pipelines cannot be deleted, only
+//!   archived ([`KommoSim::set_pipeline_archived`]); an unknown pipeline or status by id is `404`
+//!   problem+json.
+//! - Every lead JSON carries `status_id`, `pipeline_id` and `closed_at` (`with=only_deleted`
+//!   items keep their short form without them). A lead added without a stage is in the main
+//!   pipeline's first normal status; a stage given to [`SimCard::with_status`] is not checked
+//!   (a lead may sit in a stage the account no longer has). `closed_at` is set when a lead
+//!   enters 142/143 and cleared (`null`) when it leaves them.
+//! - [`KommoSim::set_status_as_human`] refuses (panics on) a move into a `type: 1` stage;
+//!   [`KommoSim::set_status_silently`] allows any status of the pipeline. PATCH changes only
+//!   `responsible_user_id` still: `status_id`/`pipeline_id` in a PATCH body are ignored.
+//! - `lead_status_changed` events carry `value_before`/`value_after` =
+//!   `[{"lead_status": {"id", "pipeline_id"}}]`, `entity_type: lead`; none when the stage does
+//!   not change.
+//! - Leads only, with the API filter on (ignored otherwise, like every filter):
+//!   `filter[pipeline_id]` (single, repeated, `[]`, `[N]` or comma forms; OR) and
+//!   `filter[statuses][N][pipeline_id]` + `filter[statuses][N][status_id]` (groups are ORed; a
+//!   group with only one of the two matches on that one). Both together are ANDed.
+//!
+//! Incoming leads ([`KommoSim::add_unsorted_chat`], category `chats` only):
+//! - The record's lead is a normal lead in the incoming stage (listed, readable, PATCHable,
+//!   filterable). Its contact, when the record created it, is **hidden** until acceptance: not in
+//!   contact lists (nor `with=only_deleted`), `204` by id, `NotFound` for PATCH; but it **is**
+//!   named in the lead's `_embedded.contacts` (`with=contacts`) and in the record's
+//!   `_embedded.contacts`, so a client that follows that link gets a `204`. An existing contact
+//!   given to a record stays visible. No company is created (`companies: []`).
+//! - Creating a record appends no event. Accepting (control method or `POST .../accept`) moves
+//!   the lead to the given or first normal status (a `type: 1` or foreign status is a `400`
+//!   `validation-errors` on `status_id`), sets `updated_by` to `user_id` (default
+//!   `current_user_id`; an unknown user is a `400` on `user_id`), appends `lead_status_changed`
+//!   by that user, bumps the hidden contact's `updated_at` (so an `updated_at` scan finds it) and
+//!   removes the record. Declining deletes the lead and the hidden contact (no event). An unknown
+//!   uid is `404` for accept/decline and `204` for `GET .../unsorted/{uid}`.
+//! - The list filters (`filter[uid]`, `filter[category]`, `filter[pipeline_id]`, array or
+//!   single forms) work whether or not the API filter add-on is on. Default order `created_at`
+//!   asc (then creation order); `order[created_at|updated_at]=desc` reverses it (a record's
+//!   `updated_at` is its `created_at`). `limit` as for cards (default 50, ≤ 250, else `400`);
+//!   `next` when the page is full; `204` when empty. Record uids are 40 hex digits derived from
+//!   the lead id unless given.
+//!
+//! Custom field definitions ([`KommoSim::define_field`]):
+//! - Definitions and values are independent: a card's value of an undefined field is served as
+//!   is (that is how a wrong field id looks on a real account); a defined field's `name` becomes
+//!   the value's `field_name`. `sort` is 500, 501, ... in definition order, and lists are in
+//!   `(sort, id)` order.
+//! - Lists serve at most [`MAX_FIELDS_PAGE`] (50) per page: a larger `limit` is clamped
+//!   silently, `limit` < 1 or `page` < 1 is a `400`. `_total_items` is the number of
+//!   definitions, `_page_count` follows the served page size, `next` is present while
+//!   `page < _page_count`, `last` always. No definitions (or a page past the end): `204`. An
+//!   unknown id is `404` problem+json.
+//!
+//! Malformed records, for hardening tests (they stay until cleared):
+//! - [`KommoSim::set_card_json_override`] merges keys into (or replaces) one card's JSON as
+//!   served, [`KommoSim::remove_card_json_keys`] drops keys; they apply to lists, by-id reads and
+//!   `with=only_deleted`, never to filtering, ordering or PATCH.
+//! - [`KommoSim::push_raw_event`] serves one event exactly as given; it is filtered and ordered
+//!   by the values it carries.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,9 +131,20 @@ use super::faults::{
     Faults, Flavor, Incoming, ServerTask, bind_local, fault_methods, kommo_problem, process,
 };
 use super::util::{
-    XorShift, b64url_decode, b64url_encode, href, href_with_page, json_response, multi, no_content,
-    param, parse_query, segments,
+    JsonOverride, XorShift, b64url_decode, b64url_encode, href, href_with_page, json_response,
+    multi, no_content, param, parse_query, segments,
 };
+
+mod fields;
+mod pipelines;
+mod unsorted;
+
+pub use fields::{MAX_FIELDS_PAGE, SimFieldDef};
+pub use pipelines::{
+    MAIN_PIPELINE_ID, STATUS_FIRST_CONTACT, STATUS_INCOMING, STATUS_LOST, STATUS_NEGOTIATION,
+    STATUS_WON, SimPipeline, SimStatus,
+};
+pub use unsorted::{SimUnsorted, UnsortedChat};
 
 const HAL: &str = "application/hal+json";
 const MAX_PAGE: u64 = 250;
@@ -272,6 +354,11 @@ pub struct SimCard {
     pub custom_fields_values: Vec<SimField>,
     /// Linked contact ids (leads, companies, customers); the first one is the main contact.
     pub contacts: Vec<u64>,
+    /// Leads only: the stage, `(pipeline_id, status_id)`. `None` when adding: the main
+    /// pipeline's first normal status (filled in by `add_card`).
+    pub status: Option<(u64, u64)>,
+    /// Leads only: `closed_at` (set by `add_card` for a lead added in 142/143 without one).
+    pub closed_at: Option<i64>,
 }
 
 impl SimCard {
@@ -294,6 +381,13 @@ impl SimCard {
     /// Sets the linked contacts.
     pub fn with_contacts(mut self, contacts: &[u64]) -> Self {
         self.contacts = contacts.to_vec();
+        self
+    }
+
+    /// Leads: puts the lead into a stage (not checked against the pipelines, so a lead can sit
+    /// in a stage the account no longer has).
+    pub fn with_status(mut self, pipeline_id: u64, status_id: u64) -> Self {
+        self.status = Some((pipeline_id, status_id));
         self
     }
 }
@@ -325,17 +419,28 @@ struct CardEntry {
     updated_by: u64,
 }
 
+/// An event. The filter keys are kept apart from the body so that a raw event (served exactly
+/// as given, see [`KommoSim::push_raw_event`]) filters like the others.
 #[derive(Clone, Debug)]
 struct EventRec {
     id: String,
     seq: u64,
     event_type: String,
-    entity: CardKind,
-    entity_id: u64,
-    created_by: u64,
+    /// Singular `entity_type` (`lead`); whatever string a raw event carries.
+    entity_type: String,
+    entity_id: Option<u64>,
+    created_by: Option<u64>,
     created_at: i64,
-    value_before: Value,
-    value_after: Value,
+    body: EventBody,
+}
+
+#[derive(Clone, Debug)]
+enum EventBody {
+    Values {
+        value_before: Value,
+        value_after: Value,
+    },
+    Raw(Value),
 }
 
 #[derive(Debug)]
@@ -350,6 +455,11 @@ struct OAuthState {
 struct KState {
     users: BTreeMap<u64, SimUser>,
     cards: [BTreeMap<u64, CardEntry>; 4],
+    pipelines: BTreeMap<u64, SimPipeline>,
+    unsorted: Vec<SimUnsorted>,
+    field_defs: [BTreeMap<u64, SimFieldDef>; 4],
+    field_def_seq: u64,
+    overrides: HashMap<(CardKind, u64), JsonOverride>,
     events: Vec<EventRec>,
     event_seq: u64,
     long_lived: Option<String>,
@@ -395,6 +505,11 @@ impl KommoSim {
         let state = KState {
             users: BTreeMap::new(),
             cards: Default::default(),
+            pipelines: pipelines::default_pipelines(),
+            unsorted: Vec::new(),
+            field_defs: Default::default(),
+            field_def_seq: 0,
+            overrides: HashMap::new(),
             events: Vec::new(),
             event_seq: 0,
             long_lived: cfg.long_lived_token,
@@ -500,7 +615,9 @@ impl KommoSim {
 
     // ----- cards -----
 
-    /// Adds (or replaces) a card; `created_at`/`updated_at` of 0 become now.
+    /// Adds (or replaces) a card; `created_at`/`updated_at` of 0 become now. A lead without a
+    /// status gets the main pipeline's first normal status; a lead in 142/143 without
+    /// `closed_at` gets `closed_at = updated_at`.
     ///
     /// # Panics
     /// On an unknown kind (every card method accepts `leads`/`lead` etc.).
@@ -516,12 +633,19 @@ impl KommoSim {
         let kind = CardKind::must(kind);
         let now = self.shared.clock.now();
         let mut st = self.lock();
+        let default_status = st.default_status();
         for mut card in cards {
             if card.created_at == 0 {
                 card.created_at = now;
             }
             if card.updated_at == 0 {
                 card.updated_at = now;
+            }
+            if kind == CardKind::Lead {
+                let status = *card.status.get_or_insert(default_status);
+                if pipelines::is_closed(status.1) && card.closed_at.is_none() {
+                    card.closed_at = Some(card.updated_at);
+                }
             }
             st.cards[kind.idx()].insert(
                 card.id,
@@ -702,6 +826,90 @@ impl KommoSim {
         );
     }
 
+    /// Appends an event served exactly as given (e.g. one whose values do not fit the documented
+    /// types), until [`KommoSim::clear_raw_events`]. It is filtered like the others by the
+    /// values it carries: `type`, `entity_type`, `entity_id`, `created_by` (numbers only),
+    /// `created_at` (a number; when missing or not a number: now, for filtering and order only)
+    /// and `id` (a string or number; when missing, a generated id reaches it through
+    /// `GET /api/v4/events/{id}` but is not added to the body).
+    pub fn push_raw_event(&self, event: Value) {
+        let now = self.shared.clock.now();
+        let mut st = self.lock();
+        let (generated, seq) = st.next_event_id();
+        let id = match event.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => generated,
+        };
+        let text = |k: &str| {
+            event
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        st.events.push(EventRec {
+            id,
+            seq,
+            event_type: text("type"),
+            entity_type: text("entity_type"),
+            entity_id: event.get("entity_id").and_then(Value::as_u64),
+            created_by: event.get("created_by").and_then(Value::as_u64),
+            created_at: event
+                .get("created_at")
+                .and_then(Value::as_i64)
+                .unwrap_or(now),
+            body: EventBody::Raw(event),
+        });
+    }
+
+    /// Removes every event added by [`KommoSim::push_raw_event`].
+    pub fn clear_raw_events(&self) {
+        self.lock()
+            .events
+            .retain(|e| !matches!(e.body, EventBody::Raw(_)));
+    }
+
+    /// Makes one card malformed as served (lists, `GET /{kind}/{id}`, `with=only_deleted`) until
+    /// cleared: an object's keys are merged into (replace) the card's keys, e.g.
+    /// `{"responsible_user_id": "504141"}`; any other value replaces the whole card. Applied
+    /// after rendering, so filtering, ordering and PATCH still use the card's real values, and
+    /// later changes to the card (PATCH, human edits) do not remove it. Replaces an earlier
+    /// merge value of the same card.
+    ///
+    /// # Panics
+    /// On an unknown kind.
+    pub fn set_card_json_override(&self, kind: &str, id: u64, value: Value) {
+        let kind = CardKind::must(kind);
+        self.lock().overrides.entry((kind, id)).or_default().merge = Some(value);
+    }
+
+    /// Makes one card served without these keys (e.g. `responsible_user_id`) until cleared;
+    /// adds to the card's earlier removals.
+    ///
+    /// # Panics
+    /// On an unknown kind.
+    pub fn remove_card_json_keys(&self, kind: &str, id: u64, keys: &[&str]) {
+        let kind = CardKind::must(kind);
+        let mut st = self.lock();
+        let ov = st.overrides.entry((kind, id)).or_default();
+        ov.remove.extend(keys.iter().map(|k| (*k).to_string()));
+    }
+
+    /// Serves the card as it is again (drops its override and removals).
+    ///
+    /// # Panics
+    /// On an unknown kind.
+    pub fn clear_card_json_override(&self, kind: &str, id: u64) {
+        let kind = CardKind::must(kind);
+        self.lock().overrides.remove(&(kind, id));
+    }
+
+    /// Drops every card override and removal.
+    pub fn clear_card_json_overrides(&self) {
+        self.lock().overrides.clear();
+    }
+
     /// All events, as rendered by the API, in (created_at, insertion) order.
     pub fn events(&self) -> Vec<Value> {
         let st = self.lock();
@@ -782,7 +990,34 @@ impl KommoSim {
         }
         let get = inc.method == Method::GET;
         let patch = inc.method == Method::PATCH;
+        let kind_of = |s: &str| CardKind::from_path(s);
         match &segs[2..] {
+            ["leads", "pipelines"] if get => self.pipelines_list(&st),
+            ["leads", "pipelines", id] if get => self.pipeline_get(&st, id),
+            ["leads", "pipelines", id, "statuses"] if get => self.statuses_list(&st, id),
+            ["leads", "pipelines", id, "statuses", sid] if get => self.status_get(&st, id, sid),
+            ["leads", "unsorted"] if get => self.unsorted_list(&st, &inc),
+            ["leads", "unsorted", uid] if get => self.unsorted_get(&st, uid),
+            ["leads", "unsorted", uid, "accept"] if inc.method == Method::POST => {
+                self.unsorted_action(&mut st, uid, &inc, true, now)
+            }
+            ["leads", "unsorted", uid, "decline"] if inc.method == Method::DELETE => {
+                self.unsorted_action(&mut st, uid, &inc, false, now)
+            }
+            ["leads", "pipelines" | "unsorted"]
+            | ["leads", "pipelines" | "unsorted", _]
+            | ["leads", "pipelines", _, "statuses"]
+            | ["leads", "pipelines", _, "statuses", _]
+            | ["leads", "unsorted", _, "accept" | "decline"] => method_not_allowed(),
+            [kind, "custom_fields"] if get && kind_of(kind).is_some() => {
+                self.fields_list(&st, kind_of(kind).unwrap_or(CardKind::Lead), &inc)
+            }
+            [kind, "custom_fields", id] if get && kind_of(kind).is_some() => {
+                self.field_get(&st, kind_of(kind).unwrap_or(CardKind::Lead), id)
+            }
+            [kind, "custom_fields"] | [kind, "custom_fields", _] if kind_of(kind).is_some() => {
+                method_not_allowed()
+            }
             ["account"] if get => self.account(&st, &inc, now),
             ["users"] if get => self.users_list(&st, &inc),
             ["users", id] if get => match id.parse::<u64>().ok().and_then(|i| st.users.get(&i)) {
@@ -959,10 +1194,29 @@ impl KommoSim {
         let q = &inc.params;
         let with = with_set(q);
         let only_deleted = with.contains("only_deleted");
+        let hidden = if kind == CardKind::Contact {
+            st.hidden_contacts()
+        } else {
+            HashSet::new()
+        };
         let mut items: Vec<&CardEntry> = st.cards[kind.idx()]
             .values()
-            .filter(|e| e.card.is_deleted == only_deleted)
+            .filter(|e| e.card.is_deleted == only_deleted && !hidden.contains(&e.card.id))
             .collect();
+        if st.api_filter_enabled && kind == CardKind::Lead {
+            let pipes: Option<HashSet<u64>> = multi(q, "filter[pipeline_id]")
+                .map(|v| v.iter().filter_map(|s| s.parse().ok()).collect());
+            let stages = pipelines::statuses_filter(q);
+            let default = st.default_status();
+            items.retain(|e| {
+                let (p, s) = e.card.status.unwrap_or(default);
+                pipes.as_ref().is_none_or(|set| set.contains(&p))
+                    && (stages.is_empty()
+                        || stages
+                            .iter()
+                            .any(|(fp, fs)| fp.is_none_or(|x| x == p) && fs.is_none_or(|x| x == s)))
+            });
+        }
         if st.api_filter_enabled {
             let ids: Option<HashSet<u64>> =
                 multi(q, "filter[id]").map(|v| v.iter().filter_map(|s| s.parse().ok()).collect());
@@ -1022,8 +1276,9 @@ impl KommoSim {
 
     fn card_get(&self, st: &KState, kind: CardKind, id: u64, inc: &Incoming) -> Response {
         let with = with_set(&inc.params);
+        let hidden = kind == CardKind::Contact && st.is_hidden_contact(id);
         match st.cards[kind.idx()].get(&id) {
-            Some(e) if !e.card.is_deleted => {
+            Some(e) if !e.card.is_deleted && !hidden => {
                 let ctx = RenderCtx::new(st, kind, &with, &[e]);
                 json_response(
                     StatusCode::OK,
@@ -1036,6 +1291,22 @@ impl KommoSim {
     }
 
     fn card_json(
+        &self,
+        st: &KState,
+        kind: CardKind,
+        e: &CardEntry,
+        with: &HashSet<String>,
+        ctx: &RenderCtx,
+    ) -> Value {
+        let mut v = self.card_json_plain(st, kind, e, with, ctx);
+        if let Some(ov) = st.overrides.get(&(kind, e.card.id)) {
+            ov.apply(&mut v);
+        }
+        v
+    }
+
+    /// The card as rendered before any override.
+    fn card_json_plain(
         &self,
         st: &KState,
         kind: CardKind,
@@ -1058,7 +1329,13 @@ impl KommoSim {
             Value::Array(
                 c.custom_fields_values
                     .iter()
-                    .map(SimField::to_json)
+                    .map(|f| {
+                        let mut j = f.to_json();
+                        if let Some(name) = st.field_name(kind, f.field_id) {
+                            j["field_name"] = json!(name);
+                        }
+                        j
+                    })
                     .collect(),
             )
         };
@@ -1079,12 +1356,13 @@ impl KommoSim {
         });
         match kind {
             CardKind::Lead => {
+                let (pipeline_id, status_id) = c.status.unwrap_or_else(|| st.default_status());
                 v["price"] = json!(0);
-                v["status_id"] = json!(142);
-                v["pipeline_id"] = json!(1300);
+                v["status_id"] = json!(status_id);
+                v["pipeline_id"] = json!(pipeline_id);
                 v["loss_reason_id"] = Value::Null;
                 v["source_id"] = Value::Null;
-                v["closed_at"] = Value::Null;
+                v["closed_at"] = json!(c.closed_at);
                 v["score"] = Value::Null;
             }
             CardKind::Contact => {
@@ -1229,6 +1507,7 @@ impl KommoSim {
                     if st.cards[kind.idx()]
                         .get(&id)
                         .is_none_or(|e| e.card.is_deleted)
+                        || (kind == CardKind::Contact && st.is_hidden_contact(id))
                     {
                         errs.push(("NotFound", "id", "Entity not found."));
                     }
@@ -1345,13 +1624,13 @@ impl KommoSim {
             .iter()
             .filter(|e| {
                 types.as_ref().is_none_or(|t| t.contains(&e.event_type))
-                    && entities
+                    && entities.as_ref().is_none_or(|t| t.contains(&e.entity_type))
+                    && entity_ids
                         .as_ref()
-                        .is_none_or(|t| t.contains(e.entity.singular()))
-                    && entity_ids.as_ref().is_none_or(|t| t.contains(&e.entity_id))
+                        .is_none_or(|t| e.entity_id.is_some_and(|i| t.contains(&i)))
                     && created_by
                         .as_ref()
-                        .is_none_or(|t| t.contains(&e.created_by))
+                        .is_none_or(|t| e.created_by.is_some_and(|i| t.contains(&i)))
                     && ids.as_ref().is_none_or(|t| t.contains(&e.id))
                     && in_range(created, e.created_at)
             })
@@ -1528,6 +1807,24 @@ impl KState {
         value_before: Value,
         value_after: Value,
     ) {
+        let (id, seq) = self.next_event_id();
+        self.events.push(EventRec {
+            id,
+            seq,
+            event_type: event_type.to_string(),
+            entity_type: entity.singular().to_string(),
+            entity_id: Some(entity_id),
+            created_by: Some(created_by),
+            created_at,
+            body: EventBody::Values {
+                value_before,
+                value_after,
+            },
+        });
+    }
+
+    /// The next event's id (`01j` + 23 base-36 digits of a sequence number) and sequence.
+    fn next_event_id(&mut self) -> (String, u64) {
         self.event_seq += 1;
         let seq = self.event_seq;
         let mut b36 = String::new();
@@ -1536,17 +1833,7 @@ impl KState {
             b36.insert(0, char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
             n /= 36;
         }
-        self.events.push(EventRec {
-            id: format!("01j{b36:0>23}"),
-            seq,
-            event_type: event_type.to_string(),
-            entity,
-            entity_id,
-            created_by,
-            created_at,
-            value_before,
-            value_after,
-        });
+        (format!("01j{b36:0>23}"), seq)
     }
 }
 
@@ -1591,19 +1878,31 @@ impl RenderCtx {
 }
 
 fn event_json(e: &EventRec, base: &str, account_id: u64) -> Value {
+    let (value_before, value_after) = match &e.body {
+        EventBody::Raw(v) => return v.clone(),
+        EventBody::Values {
+            value_before,
+            value_after,
+        } => (value_before, value_after),
+    };
+    let path: &str = match CardKind::parse(&e.entity_type) {
+        Some(k) => k.path(),
+        None => &e.entity_type,
+    };
+    let entity_id = e.entity_id.unwrap_or_default();
     json!({
         "id": e.id,
         "type": e.event_type,
-        "entity_id": e.entity_id,
-        "entity_type": e.entity.singular(),
-        "created_by": e.created_by,
+        "entity_id": entity_id,
+        "entity_type": e.entity_type,
+        "created_by": e.created_by.unwrap_or_default(),
         "created_at": e.created_at,
-        "value_after": e.value_after,
-        "value_before": e.value_before,
+        "value_after": value_after,
+        "value_before": value_before,
         "account_id": account_id,
         "_links": {"self": {"href": format!("{base}/api/v4/events/{}", e.id)}},
-        "_embedded": {"entity": {"id": e.entity_id, "_links": {"self": {"href":
-            format!("{base}/api/v4/{}/{}", e.entity.path(), e.entity_id)}}}},
+        "_embedded": {"entity": {"id": entity_id, "_links": {"self": {"href":
+            format!("{base}/api/v4/{path}/{entity_id}")}}}},
     })
 }
 

@@ -7,6 +7,13 @@
 //! HTTP side follows `api/kommo.md` and `api/chatapp.md`. The decisions taken where those
 //! documents are silent are listed in the docs of the [`kommo`] and [`chatapp`] modules.
 //!
+//! Besides cards, users and events, the Kommo simulator models lead pipelines and stages
+//! ([`SimPipeline`], `lead_status_changed` events), incoming leads from chats ([`UnsortedChat`])
+//! whose contacts stay hidden until accepted, and custom field definitions ([`SimFieldDef`]).
+//! Both simulators can serve one record malformed on purpose until cleared
+//! ([`KommoSim::set_card_json_override`], [`KommoSim::push_raw_event`],
+//! [`ChatAppSim::set_chat_json_override`]), for hardening tests of clients.
+//!
 //! Both simulators share the machinery of [`faults`]: a [`SimClock`] (give the same clock to both
 //! so their timestamps agree), fault injection ([`FaultRule`], [`Fault`]), an rps limit, and a
 //! request log with a strict sliding-window meter.
@@ -33,8 +40,10 @@ mod util;
 pub use chatapp::{ChatAppSim, ChatAppSimConfig, SimChat, SimChatState, SimEmployee};
 pub use faults::{Fault, FaultRule, LoggedRequest, SimClock, max_requests_in_window};
 pub use kommo::{
-    CardKind, KommoSim, KommoSimConfig, OAuthSim, SimCard, SimField, SimUser, events_of, fake_jwt,
-    jwt_exp,
+    CardKind, KommoSim, KommoSimConfig, MAIN_PIPELINE_ID, MAX_FIELDS_PAGE, OAuthSim,
+    STATUS_FIRST_CONTACT, STATUS_INCOMING, STATUS_LOST, STATUS_NEGOTIATION, STATUS_WON, SimCard,
+    SimField, SimFieldDef, SimPipeline, SimStatus, SimUnsorted, SimUser, UnsortedChat, events_of,
+    fake_jwt, jwt_exp,
 };
 pub use util::XorShift;
 
