@@ -7,7 +7,7 @@
 
 use chatapp_kommo_sync::engine::{Bootstrap, ConflictPolicy, Observations, Policy, Snapshot, plan};
 use chatapp_kommo_sync::model::{
-    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState,
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, SyncKind,
 };
 use chatapp_kommo_sync::usermap::UserMap;
 use std::time::Instant;
@@ -54,6 +54,7 @@ fn world(dialogs: u64, leads_per: u64) -> (Snapshot, Observations) {
             contacts: vec![],
             dialog_refs: vec![DialogRef::Full(key)],
             phones: vec![],
+            lead: Default::default(),
         };
         obs.cards.insert(contact, obs_of(&st));
         snap.cards.insert(contact, st);
@@ -67,6 +68,7 @@ fn world(dialogs: u64, leads_per: u64) -> (Snapshot, Observations) {
                 contacts: vec![d],
                 dialog_refs: vec![],
                 phones: vec![],
+                lead: Default::default(),
             };
             obs.cards.insert(lead, obs_of(&st));
             snap.cards.insert(lead, st);
@@ -83,6 +85,7 @@ fn obs_of(st: &CardState) -> CardObs {
         contacts: st.contacts.clone(),
         dialog_refs: st.dialog_refs.clone(),
         phones: st.phones.clone(),
+        lead: Default::default(),
         event_time: None,
     }
 }
@@ -94,8 +97,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let policy = Policy {
-        crm_to_chat: [CardKind::Contact].into(),
-        chat_to_crm: [CardKind::Lead].into(),
+        crm_to_chat: [SyncKind::Contact].into(),
+        chat_to_crm: [SyncKind::Lead].into(),
+        leads: Default::default(),
         conflict: ConflictPolicy::Newest,
         clock_skew_secs: 5,
         bootstrap: Bootstrap::Adopt,

@@ -4,46 +4,52 @@
 //! from `[chatapp.set_responsible]`). Facts and sources: `../shared/api/chatapp.md`.
 
 use crate::config::{ChatAppConfig, SetResponsibleConfig};
-use crate::http::{ApiClient, ApiError, Limits, Response, decode};
+use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
 use crate::links::phone_digits;
 use crate::model::{DialogKey, DialogObs, Employee, EmployeeId};
-use crate::store::{META_CHATAPP_TOKEN, Store};
+pub use crate::tokens::TokenPair;
+use crate::tokens::TokenStore;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
 const API: &str = "chatapp";
 /// Chats per page (ChatApp's ceiling).
 pub const CHATS_LIMIT: usize = 100;
-/// Meta key of the login log (unix times of recent logins).
-pub const META_LOGINS: &str = "chatapp_logins";
-
-/// The token pair as ChatApp issues it and as it is stored.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenPair {
-    /// Access token (raw, sent without `Bearer`).
-    pub access_token: String,
-    /// Its expiry (unix seconds).
-    #[serde(default)]
-    pub access_token_end_time: i64,
-    /// Refresh token.
-    pub refresh_token: String,
-    /// Its expiry (unix seconds).
-    #[serde(default)]
-    pub refresh_token_end_time: i64,
-}
-
-impl std::fmt::Debug for TokenPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenPair([REDACTED])")
-    }
-}
-
 #[derive(Deserialize)]
 struct Envelope<T> {
     data: T,
+}
+
+impl<T: serde::de::DeserializeOwned> ListPage<T> for Envelope<Items<T>> {
+    type Meta = Option<serde_json::Value>;
+    fn split(self) -> (Vec<T>, Self::Meta) {
+        (self.data.items, self.data.next_page)
+    }
+}
+
+/// Names a raw chat `licenseId:messengerType:id` (a [`crate::http::BadRecord`]'s subject).
+fn chat_subject(v: &serde_json::Value) -> Option<String> {
+    let id = v.get("id")?;
+    let id = id
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| id.to_string());
+    Some(format!(
+        "{}:{}:{id}",
+        v.get("licenseId")
+            .map(|l| l.to_string())
+            .unwrap_or_default(),
+        v.get("messengerType")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+    ))
+}
+
+/// Names a raw employee by its id.
+fn employee_subject(v: &serde_json::Value) -> Option<String> {
+    v.get("id").map(|id| format!("employee {id}"))
 }
 
 #[derive(Deserialize)]
@@ -61,6 +67,7 @@ struct ErrorBody {
 }
 
 #[derive(Deserialize)]
+#[serde(bound = "T: serde::de::DeserializeOwned")]
 struct Items<T> {
     items: Vec<T>,
     #[serde(default, rename = "nextPage")]
@@ -104,8 +111,9 @@ pub struct Chat {
 /// `responsible` of a chat.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ResponsibleRef {
-    /// Employee id.
-    pub id: u64,
+    /// Employee id; `null` (or absent) is read as unassigned.
+    #[serde(default)]
+    pub id: Option<u64>,
 }
 
 /// `conversation` of a chat.
@@ -135,7 +143,7 @@ impl Chat {
             responsible: self
                 .responsible
                 .as_ref()
-                .map(|r| r.id)
+                .and_then(|r| r.id)
                 .filter(|id| *id != 0),
             last_time: self.last_time,
             session: self
@@ -159,7 +167,7 @@ pub struct ChatAppClient {
     pub api: ApiClient,
     cfg: ChatAppConfig,
     password: SecretString,
-    store: Arc<Store>,
+    store: Arc<dyn TokenStore>,
     token: Mutex<Option<TokenPair>>,
     max_logins_per_day: usize,
     /// Logins made by this process.
@@ -191,7 +199,7 @@ fn error_text(r: &Response) -> String {
         .ok()
         .and_then(|e| e.error)
     {
-        Some(e) => format!("{} {}", e.code, e.message),
+        Some(e) => crate::redact::excerpt(&format!("{} {}", e.code, e.message), 200),
         None => r.excerpt(200),
     }
 }
@@ -201,11 +209,15 @@ impl ChatAppClient {
     pub fn new(
         cfg: &ChatAppConfig,
         password: SecretString,
-        store: Arc<Store>,
+        store: Arc<dyn TokenStore>,
         max_logins_per_day: usize,
     ) -> Result<ChatAppClient, ApiError> {
         let limits = Limits::standard(cfg.requests_per_second, cfg.timeout, None);
-        let token = store.meta::<TokenPair>(META_CHATAPP_TOKEN).ok().flatten();
+        let token = store.chatapp_pair().ok().flatten();
+        if let Some(t) = &token {
+            crate::redact::register(&t.access_token);
+            crate::redact::register(&t.refresh_token);
+        }
         Ok(ChatAppClient {
             api: ApiClient::new(API, &cfg.base_url, limits)?,
             cfg: cfg.clone(),
@@ -220,7 +232,7 @@ impl ChatAppClient {
 
     fn persist(&self, pair: &TokenPair) -> Result<(), ApiError> {
         self.store
-            .put_meta(META_CHATAPP_TOKEN, pair)
+            .save_chatapp_pair(pair)
             .map_err(|e| ApiError::Auth {
                 api: API,
                 reason: format!("cannot store the new token pair: {e}"),
@@ -229,12 +241,7 @@ impl ChatAppClient {
 
     async fn login(&self) -> Result<TokenPair, ApiError> {
         let now = now_unix();
-        let mut log: Vec<i64> = self
-            .store
-            .meta(META_LOGINS)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let mut log: Vec<i64> = self.store.chatapp_logins().unwrap_or_default();
         log.retain(|t| *t > now - 86_400);
         if log.len() >= self.max_logins_per_day {
             return Err(ApiError::Auth {
@@ -246,7 +253,9 @@ impl ChatAppClient {
             });
         }
         log.push(now);
-        let _ = self.store.put_meta(META_LOGINS, &log);
+        if let Err(e) = self.store.save_chatapp_logins(&log) {
+            tracing::warn!(error = %e, "cannot store the ChatApp login log");
+        }
         let endpoint = "POST /v1/tokens";
         let url = self.api.url("/v1/tokens");
         let body = serde_json::json!({
@@ -288,6 +297,8 @@ impl ChatAppClient {
             });
         }
         let pair: Envelope<TokenPair> = decode(API, endpoint, &r.body)?;
+        crate::redact::register(&pair.data.access_token);
+        crate::redact::register(&pair.data.refresh_token);
         self.persist(&pair.data)?;
         Ok(pair.data)
     }
@@ -368,9 +379,15 @@ impl ChatAppClient {
                     .query(&[("limit", "500")])
             })
             .await?;
-        let e: Envelope<Items<EmployeeItem>> = decode(API, endpoint, &r.body)?;
-        Ok(e.data
-            .items
+        let (items, _, _): (Vec<EmployeeItem>, _, _) = self
+            .api
+            .decode_list::<_, Envelope<Items<EmployeeItem>>, Envelope<Items<serde_json::Value>>>(
+                endpoint,
+                &r.body,
+                "data.items",
+                employee_subject,
+            )?;
+        Ok(items
             .into_iter()
             .map(|i| Employee {
                 id: i.id,
@@ -407,9 +424,16 @@ impl ChatAppClient {
                     c.get(&url).header("Authorization", t).query(&q)
                 })
                 .await?;
-            let page: Envelope<Items<Chat>> = decode(API, endpoint, &r.body)?;
+            let (items, next_page, _): (Vec<Chat>, _, _) = self
+                .api
+                .decode_list::<_, Envelope<Items<Chat>>, Envelope<Items<serde_json::Value>>>(
+                    endpoint,
+                    &r.body,
+                    "data.items",
+                    chat_subject,
+                )?;
             let mut done = false;
-            for chat in page.data.items {
+            for chat in items {
                 if since.is_some_and(|s| chat.last_time < s) {
                     done = true;
                     break;
@@ -418,7 +442,7 @@ impl ChatAppClient {
                     out.push(chat);
                 }
             }
-            cursor = match page.data.next_page {
+            cursor = match next_page {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
                 Some(serde_json::Value::Number(n)) => Some(n.to_string()),
                 _ => None,
@@ -444,15 +468,17 @@ impl ChatAppClient {
             .await
         {
             Ok(r) => {
-                let e: Envelope<Chat> = decode(API, endpoint, &r.body)?;
-                Ok(Some(e.data))
+                let e: Envelope<serde_json::Value> = decode(API, endpoint, &r.body)?;
+                Ok(self
+                    .api
+                    .decode_record(endpoint, &e.data, "data", chat_subject))
             }
             Err(ApiError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// The configured licenses with their messenger types (`GET /v1/licenses`).
+    /// Every license of the account with its messenger types (`GET /v1/licenses`).
     pub async fn licenses(&self) -> Result<Vec<(u64, Vec<String>)>, ApiError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -474,7 +500,6 @@ impl ChatAppClient {
         let e: Envelope<Vec<License>> = decode(API, endpoint, &r.body)?;
         Ok(e.data
             .into_iter()
-            .filter(|l| self.cfg.license_ids.contains(&l.license_id))
             .map(|l| {
                 (
                     l.license_id,

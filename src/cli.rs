@@ -113,9 +113,26 @@ pub fn main() -> ExitCode {
             if online {
                 crate::logging::init(&loaded.config.daemon.log_level, false);
                 let rt = runtime();
-                if let Err(e) = rt.block_on(crate::daemon::check_online(&loaded)) {
-                    eprintln!("check-config --online: {e:#}");
-                    return ExitCode::FAILURE;
+                match rt.block_on(crate::online_check::check(&loaded)) {
+                    Err(e) => {
+                        eprintln!("check-config --online: the check could not run: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    Ok(report) => {
+                        for line in &report.ok {
+                            println!("{line}");
+                        }
+                        for p in &report.problems {
+                            eprintln!("config error in {}: {}: {}", path.display(), p.key, p.found);
+                        }
+                        if !report.problems.is_empty() {
+                            eprintln!(
+                                "check-config --online: {} problem(s) found",
+                                report.problems.len()
+                            );
+                            return ExitCode::from(EXIT_CONFIG);
+                        }
+                    }
                 }
             }
             println!("{}: ok", path.display());

@@ -1,8 +1,8 @@
 //! The config file (SPEC section 5): strict TOML (an unknown key or table is an error), validated
 //! values, and secrets read only from `*_file` paths into types that never print.
 
-use crate::engine::{Bootstrap, ConflictPolicy, Policy};
-use crate::model::CardKind;
+use crate::engine::{Bootstrap, ConflictPolicy, LeadsPolicy, Policy};
+use crate::model::{CardKind, SyncKind};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -192,10 +192,10 @@ impl Default for SetResponsibleConfig {
 pub struct SyncConfig {
     /// Kinds whose responsible is pushed into linked dialogs.
     #[serde(default)]
-    pub crm_to_chat: Vec<CardKind>,
+    pub crm_to_chat: Vec<SyncKind>,
     /// Kinds that receive the dialog's responsible.
     #[serde(default)]
-    pub chat_to_crm: Vec<CardKind>,
+    pub chat_to_crm: Vec<SyncKind>,
     /// `newest` | `crm` | `chat`.
     #[serde(default)]
     pub conflict: ConflictPolicy,
@@ -211,6 +211,21 @@ pub struct SyncConfig {
     /// Per-kind sync-flag checkbox field ids.
     #[serde(default)]
     pub flag_fields: FlagFields,
+    /// Which leads take part.
+    #[serde(default)]
+    pub leads: LeadsConfig,
+}
+
+/// `[sync.leads]`: which leads take part.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LeadsConfig {
+    /// Won (142) and lost (143) leads take part too (default: they are left alone).
+    #[serde(default)]
+    pub include_closed: bool,
+    /// Only leads in these pipelines take part; empty or absent: all.
+    #[serde(default)]
+    pub pipelines: Vec<u64>,
 }
 
 /// `[sync.flag_fields]`: the checkbox custom field id per kind; a kind without one takes part with
@@ -218,6 +233,8 @@ pub struct SyncConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct FlagFields {
+    /// Incoming leads (a lead's "Incoming leads" stage; the field is one of the leads' fields).
+    pub incoming_lead: Option<u64>,
     /// Leads.
     pub lead: Option<u64>,
     /// Contacts.
@@ -230,12 +247,13 @@ pub struct FlagFields {
 
 impl FlagFields {
     /// The flag field of a kind.
-    pub fn get(&self, kind: CardKind) -> Option<u64> {
+    pub fn get(&self, kind: SyncKind) -> Option<u64> {
         match kind {
-            CardKind::Lead => self.lead,
-            CardKind::Contact => self.contact,
-            CardKind::Company => self.company,
-            CardKind::Customer => self.customer,
+            SyncKind::IncomingLead => self.incoming_lead,
+            SyncKind::Lead => self.lead,
+            SyncKind::Contact => self.contact,
+            SyncKind::Company => self.company,
+            SyncKind::Customer => self.customer,
         }
     }
 }
@@ -633,6 +651,13 @@ impl Config {
                 "both directions are empty: nothing would be synced".into(),
             ));
         }
+        let pipelines: BTreeSet<_> = self.sync.leads.pipelines.iter().collect();
+        if pipelines.contains(&0) || pipelines.len() != self.sync.leads.pipelines.len() {
+            return Err(err(
+                "sync.leads.pipelines",
+                "must list pipeline ids (> 0), each once".into(),
+            ));
+        }
         if self.sync.max_writes_per_cycle == 0 {
             return Err(err(
                 "sync.max_writes_per_cycle",
@@ -666,6 +691,10 @@ impl Config {
         Policy {
             crm_to_chat: self.sync.crm_to_chat.iter().copied().collect(),
             chat_to_crm: self.sync.chat_to_crm.iter().copied().collect(),
+            leads: LeadsPolicy {
+                include_closed: self.sync.leads.include_closed,
+                pipelines: self.sync.leads.pipelines.iter().copied().collect(),
+            },
             conflict: self.sync.conflict,
             clock_skew_secs: self.sync.clock_skew.as_secs() as i64,
             bootstrap: self.sync.bootstrap,
@@ -674,17 +703,32 @@ impl Config {
         }
     }
 
-    /// The kinds the daemon reads: both directions, plus contacts (they carry the links).
+    /// The Kommo entities the daemon reads: those of both directions, plus contacts (they carry
+    /// the links).
     pub fn kinds(&self) -> Vec<CardKind> {
         let set: BTreeSet<CardKind> = self
             .sync
             .crm_to_chat
             .iter()
             .chain(&self.sync.chat_to_crm)
-            .copied()
+            .map(|k| k.entity())
             .chain([CardKind::Contact])
             .collect();
         set.into_iter().collect()
+    }
+
+    /// True when any lead kind (`lead`, `incoming_lead`) is synced: lead stages matter.
+    pub fn syncs_leads(&self) -> bool {
+        self.kinds().contains(&CardKind::Lead)
+    }
+
+    /// True when `incoming_lead` is named in either direction.
+    pub fn syncs_incoming_leads(&self) -> bool {
+        self.sync
+            .crm_to_chat
+            .iter()
+            .chain(&self.sync.chat_to_crm)
+            .any(|k| *k == SyncKind::IncomingLead)
     }
 
     /// The explicit user pairs.
@@ -773,6 +817,7 @@ pub fn read_secret(
     if trimmed.is_empty() {
         return Err(err(format!("{} is empty", full.display())));
     }
+    crate::redact::register(trimmed);
     Ok(SecretString::from(trimmed.to_string()))
 }
 

@@ -7,11 +7,13 @@ use crate::chatapp::ChatAppClient;
 use crate::config::{Config, KommoCredentials, Loaded};
 use crate::engine::{self, Brake, Plan, Write, empty_listing_brake};
 use crate::http::ApiError;
-use crate::kommo::{FieldMap, KommoClient, KommoEvent};
-use crate::model::{CardId, CardKind, CardObs, DialogKey, RecordId};
+use crate::kommo::{FieldMap, KommoCard, KommoClient, KommoEvent, Pipelines};
+use crate::model::{
+    CardId, CardKind, CardObs, CardState, DialogKey, LeadStage, RecordId, StageKind,
+};
 use crate::store::{
-    AuditEntry, Base, CycleCommit, CycleRecord, Intent, META_WATERMARKS, Store, StoreError,
-    Watermarks,
+    AuditEntry, Base, CycleCommit, CycleRecord, Intent, META_PIPELINES, META_WATERMARKS, Store,
+    StoreError, Watermarks,
 };
 use crate::usermap::UserMap;
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,38 +109,10 @@ fn now_unix() -> i64 {
 }
 
 impl Syncer {
-    /// Builds the syncer over an open store.
+    /// Builds the syncer over an open store (which also keeps the clients' tokens).
     pub fn new(loaded: &Loaded, store: Arc<Store>) -> Result<Syncer, CycleError> {
+        let (kommo, chatapp) = clients(loaded, store.clone())?;
         let cfg = loaded.config.clone();
-        let auth = match &loaded.secrets.kommo {
-            KommoCredentials::LongLived(t) => crate::kommo_auth::KommoAuth::long_lived(t.clone()),
-            KommoCredentials::OAuth {
-                client_secret,
-                refresh_token_seed,
-            } => {
-                let o = cfg
-                    .kommo
-                    .oauth
-                    .as_ref()
-                    .expect("validated: oauth table present");
-                crate::kommo_auth::KommoAuth::oauth(
-                    crate::kommo_auth::OAuthSettings {
-                        client_id: o.client_id.clone(),
-                        client_secret: client_secret.clone(),
-                        redirect_uri: o.redirect_uri.clone(),
-                    },
-                    store.clone(),
-                    refresh_token_seed,
-                )?
-            }
-        };
-        let kommo = KommoClient::new(&cfg.kommo, auth)?;
-        let chatapp = ChatAppClient::new(
-            &cfg.chatapp,
-            loaded.secrets.chatapp_password.clone(),
-            store.clone(),
-            cfg.chatapp.max_logins_per_day,
-        )?;
         let fields = FieldMap::new(&cfg.sync.flag_fields, &cfg.links);
         Ok(Syncer {
             config: cfg,
@@ -161,6 +135,7 @@ impl Syncer {
     pub async fn run_cycle(&self, opts: CycleOptions) -> Result<CycleReport, CycleError> {
         let t0 = Instant::now();
         let started_at = now_unix();
+        self.kommo.auth().retry_unsaved().await;
         let (k0, c0) = self.requests();
         let deadline = Some(t0 + self.config.daemon.cycle_budget);
         self.kommo.api.set_deadline(deadline);
@@ -228,7 +203,7 @@ impl Syncer {
                     .chatapp
                     .chat(d)
                     .await?
-                    .and_then(|c| c.responsible.map(|r| r.id)),
+                    .and_then(|c| c.responsible.and_then(|r| r.id)),
             };
             if current == Some(i.to) {
                 let mut audit = i.audit.clone();
@@ -258,7 +233,11 @@ impl Syncer {
         trace_memory("start");
         let mut snap = self.store.load_snapshot()?;
         trace_memory("snapshot loaded");
-        let full = opts.full || !snap.bootstrapped;
+        let syncs_leads = self.config.syncs_leads();
+        let stored_pipelines: Option<Pipelines> = self.store.meta(META_PIPELINES)?;
+        // A db whose lead stages were never read (new, or written before stages existed) gets a
+        // full cycle: every lead is read with its stage before any lead decision.
+        let full = opts.full || !snap.bootstrapped || (syncs_leads && stored_pipelines.is_none());
         let wm: Watermarks = self.store.meta(META_WATERMARKS)?.unwrap_or_default();
         let recheck = self.store.recheck()?;
         let kinds = self.config.kinds();
@@ -284,7 +263,13 @@ impl Syncer {
         } else {
             kommo_read_at - k_overlap
         };
-        let events = self.kommo.responsible_events(&kinds, events_from).await?;
+        let events = self.kommo.events(&kinds, syncs_leads, events_from).await?;
+        // Lead stages: the pipelines table, read on full cycles (and again below when a lead
+        // shows a status it does not know).
+        let mut pipelines = stored_pipelines.clone().unwrap_or_default();
+        if syncs_leads && full {
+            pipelines = self.kommo.pipelines().await?;
+        }
         let mut new_wm = wm.clone();
         new_wm.kommo_read_at = kommo_read_at;
         new_wm.chats_read_at = chats_read_at;
@@ -310,21 +295,28 @@ impl Syncer {
             ..Default::default()
         };
         let fields = &self.fields;
+        let stages = &pipelines;
+        // Leads whose status the pipelines table does not know: decided after reading it again.
+        let mut unknown_status: Vec<(CardKind, KommoCard)> = vec![];
         // Each observed card's full base is swapped for the two values the engine compares: the
         // observation replaces the rest, so a full cycle holds one full copy of the cards, not two.
         let put_card = |obs: &mut engine::Observations,
                         wm: &mut Watermarks,
                         snap: &mut engine::Snapshot,
+                        unknown: &mut Vec<(CardKind, KommoCard)>,
                         kind: CardKind,
-                        c: crate::kommo::KommoCard| {
+                        c: KommoCard| {
             let latest = wm.kommo_updated.entry(kind).or_insert(0);
             *latest = (*latest).max(c.updated_at);
-            let mut o: CardObs = c.to_obs(kind, fields);
+            let Some(stage) = c.lead_stage(kind, stages) else {
+                unknown.push((kind, c));
+                return;
+            };
             let id = CardId::new(kind, c.id);
+            let o = observe_card(&c, kind, fields, stage, snap.cards.get(&id), &event_times);
             if let Some(base) = snap.cards.remove(&id) {
                 snap.card_values.insert(id, engine::BaseValue::from(&base));
             }
-            o.event_time = event_times.get(&(id, o.responsible)).copied();
             obs.cards.insert(id, o);
         };
         if full {
@@ -333,7 +325,14 @@ impl Syncer {
                 let listed = self
                     .kommo
                     .each_card(kind, None, |c| {
-                        put_card(&mut obs, &mut new_wm, &mut snap, kind, c)
+                        put_card(
+                            &mut obs,
+                            &mut new_wm,
+                            &mut snap,
+                            &mut unknown_status,
+                            kind,
+                            c,
+                        )
                     })
                     .await?;
                 if listing_brake.is_none() {
@@ -347,7 +346,14 @@ impl Syncer {
                         .kommo_since(wm.kommo_updated.get(&kind).copied().unwrap_or(0), k_overlap);
                     self.kommo
                         .each_card(kind, Some(since), |c| {
-                            put_card(&mut obs, &mut new_wm, &mut snap, kind, c)
+                            put_card(
+                                &mut obs,
+                                &mut new_wm,
+                                &mut snap,
+                                &mut unknown_status,
+                                kind,
+                                c,
+                            )
                         })
                         .await?;
                 }
@@ -372,7 +378,14 @@ impl Syncer {
             for (kind, ids) in wanted {
                 let ids: Vec<u64> = ids.into_iter().collect();
                 for c in self.kommo.cards_by_id(kind, &ids).await? {
-                    put_card(&mut obs, &mut new_wm, &mut snap, kind, c);
+                    put_card(
+                        &mut obs,
+                        &mut new_wm,
+                        &mut snap,
+                        &mut unknown_status,
+                        kind,
+                        c,
+                    );
                 }
                 // a card that does not come back is gone: deleted
                 for id in ids {
@@ -389,12 +402,42 @@ impl Syncer {
                                 contacts: base.contacts.clone(),
                                 dialog_refs: base.dialog_refs.clone(),
                                 phones: base.phones.clone(),
+                                lead: base.lead,
                                 event_time: None,
                             },
                         );
                     }
                 }
             }
+        }
+        if !unknown_status.is_empty() {
+            pipelines = self.kommo.pipelines().await?;
+            for (kind, c) in std::mem::take(&mut unknown_status) {
+                let id = CardId::new(kind, c.id);
+                let stage = c.lead_stage(kind, &pipelines).unwrap_or_else(|| {
+                    tracing::warn!(card = %id, status = ?c.status_id, pipeline = ?c.pipeline_id, "a lead's status is in no pipeline Kommo lists; taken as an open stage");
+                    LeadStage { pipeline: c.pipeline_id.unwrap_or(0), status: c.status_id.unwrap_or(0), kind: StageKind::Open }
+                });
+                let o = observe_card(
+                    &c,
+                    kind,
+                    &self.fields,
+                    stage,
+                    snap.cards.get(&id),
+                    &event_times,
+                );
+                if let Some(base) = snap.cards.remove(&id) {
+                    snap.card_values.insert(id, engine::BaseValue::from(&base));
+                }
+                obs.cards.insert(id, o);
+            }
+        }
+        if syncs_leads {
+            self.stage_updates_from_events(&events, &snap, &mut obs, &mut pipelines)
+                .await?;
+        }
+        if self.config.syncs_incoming_leads() {
+            self.link_incoming_leads(&snap, &mut obs).await?;
         }
 
         // dialogs
@@ -462,7 +505,7 @@ impl Syncer {
             return Ok(report);
         }
 
-        self.apply(id, now, &mut report).await?;
+        self.apply(id, now, &mut report, &pipelines).await?;
         let confirmed: Vec<bool> = report
             .results
             .iter()
@@ -479,6 +522,8 @@ impl Syncer {
         drop(snap); // the bases are in the settlement now: do not hold two copies while committing
         let commit = CycleCommit {
             settlement,
+            pipelines: (syncs_leads && stored_pipelines.as_ref() != Some(&pipelines))
+                .then_some(pipelines),
             watermarks: new_wm.clone(),
             events_seen: fresh.iter().map(|e| (e.id.clone(), e.created_at)).collect(),
             prune_events_before: new_wm.kommo_events - 2 * k_overlap,
@@ -491,12 +536,86 @@ impl Syncer {
         Ok(report)
     }
 
+    /// Keeps lead stages current from `lead_status_changed` events (no request per lead): a lead
+    /// not read this cycle whose stage an event moved is observed at its base value in the new
+    /// stage. A status the table does not know makes the pipelines be read again (once).
+    async fn stage_updates_from_events(
+        &self,
+        events: &[KommoEvent],
+        snap: &engine::Snapshot,
+        obs: &mut engine::Observations,
+        pipelines: &mut Pipelines,
+    ) -> Result<(), CycleError> {
+        let mut latest: BTreeMap<CardId, (u64, u64)> = BTreeMap::new();
+        for e in events {
+            if let (Some(card), Some(st)) = (e.card(), e.new_status()) {
+                latest.insert(card, st); // events are in time order: the last one wins
+            }
+        }
+        latest.retain(|c, _| !obs.cards.contains_key(c) && snap.cards.contains_key(c));
+        if latest
+            .values()
+            .any(|(_, s)| crate::kommo::classify_status(*s, pipelines).is_none())
+        {
+            *pipelines = self.kommo.pipelines().await?;
+        }
+        for (id, (pipeline, status)) in latest {
+            let base = &snap.cards[&id];
+            let kind = crate::kommo::classify_status(status, pipelines).unwrap_or(StageKind::Open);
+            let stage = LeadStage {
+                pipeline,
+                status,
+                kind,
+            };
+            if stage == base.lead {
+                continue;
+            }
+            obs.cards.insert(id, obs_from_base(base, stage));
+        }
+        Ok(())
+    }
+
+    /// Incoming leads whose contact cannot be read before acceptance (no linked contact known to
+    /// the daemon) are linked through their unsorted chat record (UNCONFIRMED:
+    /// `kommo::unsorted_dialog_ref`). Read only for such leads that have no such link yet.
+    async fn link_incoming_leads(
+        &self,
+        snap: &engine::Snapshot,
+        obs: &mut engine::Observations,
+    ) -> Result<(), CycleError> {
+        let known = |c: &u64| {
+            let id = CardId::new(CardKind::Contact, *c);
+            obs.cards.contains_key(&id) || snap.cards.contains_key(&id)
+        };
+        let wanted: BTreeSet<u64> = obs
+            .cards
+            .iter()
+            .filter(|(id, o)| {
+                id.kind == CardKind::Lead
+                    && o.lead.kind == StageKind::Incoming
+                    && o.dialog_refs.is_empty()
+                    && !o.contacts.iter().any(known)
+            })
+            .map(|(id, _)| id.id)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for (lead, r) in self.kommo.unsorted_chat_refs(&wanted).await? {
+            if let Some(o) = obs.cards.get_mut(&CardId::new(CardKind::Lead, lead)) {
+                o.dialog_refs = vec![r];
+            }
+        }
+        Ok(())
+    }
+
     /// Check-before-write, intents, writes, confirmations.
     async fn apply(
         &self,
         cycle: u64,
         now: i64,
         report: &mut CycleReport,
+        pipelines: &Pipelines,
     ) -> Result<(), CycleError> {
         let plan = &report.plan;
         if plan.writes.is_empty() {
@@ -515,7 +634,7 @@ impl Syncer {
             let got = self.kommo.cards_by_id(*kind, ids).await?;
             for c in got {
                 let rid = RecordId::Card(CardId::new(*kind, c.id));
-                if c.is_deleted {
+                if c.is_deleted || !self.still_receives(*kind, &c, pipelines) {
                     gone.insert(rid.clone());
                 }
                 current.insert(rid, Some(c.responsible_user_id).filter(|u| *u != 0));
@@ -530,7 +649,7 @@ impl Syncer {
                         }
                         current.insert(
                             w.target.clone(),
-                            c.responsible.map(|r| r.id).filter(|e| *e != 0),
+                            c.responsible.and_then(|r| r.id).filter(|e| *e != 0),
                         );
                     }
                     None => {
@@ -543,7 +662,9 @@ impl Syncer {
         for (i, w) in plan.writes.iter().enumerate() {
             let now_value = current.get(&w.target).cloned().flatten();
             if gone.contains(&w.target) || !current.contains_key(&w.target) {
-                report.results[i] = WriteResult::Dropped("the target is gone or closed".into());
+                report.results[i] = WriteResult::Dropped(
+                    "the target is gone, closed, or no longer takes part".into(),
+                );
                 continue;
             }
             if now_value != w.from {
@@ -631,6 +752,23 @@ impl Syncer {
         Ok(())
     }
 
+    /// Whether a card read right before its write still takes part as a kind that receives
+    /// (a lead may have closed, left the synced pipelines or changed kind meanwhile).
+    fn still_receives(&self, kind: CardKind, c: &KommoCard, pipelines: &Pipelines) -> bool {
+        if kind != CardKind::Lead {
+            return true;
+        }
+        let lead = c.lead_stage(kind, pipelines).unwrap_or(LeadStage {
+            pipeline: c.pipeline_id.unwrap_or(0),
+            status: c.status_id.unwrap_or(0),
+            kind: StageKind::Open,
+        });
+        let st = c.to_obs(kind, &self.fields, lead).into_state();
+        let policy = self.config.policy();
+        engine::sync_kind(&CardId::new(kind, c.id), &st, &policy.leads)
+            .is_some_and(|k| policy.chat_to_crm.contains(&k))
+    }
+
     fn intent(&self, cycle: u64, now: i64, w: &Write, plan: &Plan) -> Intent {
         let base = match &w.target {
             RecordId::Card(c) => {
@@ -681,6 +819,87 @@ impl Syncer {
         );
         Ok(())
     }
+}
+
+/// The observation of a card read this cycle: its fields at `stage`, the change time of its value
+/// from the events, and (an incoming lead still waiting for acceptance) the unsorted chat link
+/// its base holds.
+fn observe_card(
+    c: &KommoCard,
+    kind: CardKind,
+    fields: &FieldMap,
+    stage: LeadStage,
+    base: Option<&CardState>,
+    event_times: &BTreeMap<(CardId, u64), i64>,
+) -> CardObs {
+    let mut o = c.to_obs(kind, fields, stage);
+    let id = CardId::new(kind, c.id);
+    o.event_time = event_times.get(&(id, o.responsible)).copied();
+    if kind == CardKind::Lead
+        && stage.kind == StageKind::Incoming
+        && let Some(b) = base.filter(|b| b.lead.kind == StageKind::Incoming)
+    {
+        o.dialog_refs.clone_from(&b.dialog_refs);
+    }
+    o
+}
+
+/// A card not read this cycle, observed at its base value with a new lead stage.
+fn obs_from_base(base: &CardState, stage: LeadStage) -> CardObs {
+    CardObs {
+        responsible: base.responsible,
+        flag: base.flag,
+        deleted: base.deleted,
+        contacts: base.contacts.clone(),
+        dialog_refs: if stage.kind == StageKind::Incoming {
+            base.dialog_refs.clone()
+        } else {
+            vec![]
+        },
+        phones: base.phones.clone(),
+        lead: stage,
+        event_time: None,
+    }
+}
+
+/// Both API clients of a config, keeping their tokens in `tokens`.
+pub fn clients(
+    loaded: &Loaded,
+    tokens: Arc<dyn crate::tokens::TokenStore>,
+) -> Result<(KommoClient, ChatAppClient), ApiError> {
+    let cfg = &loaded.config;
+    let auth = match (&loaded.secrets.kommo, &cfg.kommo.oauth) {
+        (KommoCredentials::LongLived(t), _) => crate::kommo_auth::KommoAuth::long_lived(t.clone()),
+        (
+            KommoCredentials::OAuth {
+                client_secret,
+                refresh_token_seed,
+            },
+            Some(o),
+        ) => crate::kommo_auth::KommoAuth::oauth(
+            crate::kommo_auth::OAuthSettings {
+                client_id: o.client_id.clone(),
+                client_secret: client_secret.clone(),
+                redirect_uri: o.redirect_uri.clone(),
+            },
+            tokens.clone(),
+            refresh_token_seed,
+        )?,
+        (KommoCredentials::OAuth { .. }, None) => {
+            return Err(ApiError::Auth {
+                api: "kommo",
+                reason: "OAuth secrets without a [kommo.oauth] table".into(),
+            });
+        }
+    };
+    let kommo = KommoClient::new(&cfg.kommo, auth)?;
+    let chatapp = ChatAppClient::new(
+        &cfg.chatapp,
+        loaded.secrets.chatapp_password.clone(),
+        tokens,
+        cfg.chatapp.max_logins_per_day,
+    )?;
+    Ok((kommo, chatapp))
 }
 
 /// Logs the resident set size at a phase of the cycle (debug level; Linux only).

@@ -52,60 +52,17 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// Checks credentials against the APIs (`check-config --online`).
-pub async fn check_online(loaded: &Loaded) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("chatapp-kommo-sync-check-{}", std::process::id()));
-    let state = if loaded.config.daemon.state_path.exists() {
-        Store::open_read_only(&loaded.config.daemon.state_path).ok()
-    } else {
-        None
-    };
-    drop(state);
-    std::fs::create_dir_all(&dir)?;
-    let store = Arc::new(Store::open(&dir.join("check.redb"))?);
-    let result = async {
-        let syncer = Syncer::new(loaded, store.clone())?;
-        let account = syncer.kommo.account().await?;
-        let users = syncer.kommo.users().await?;
-        println!(
-            "kommo: account {} ok, token acts as user {}, {} users, list filters {}",
-            account.id,
-            account.current_user_id,
-            users.len(),
-            if account.is_api_filter_enabled.unwrap_or(false) {
-                "enabled"
-            } else {
-                "not enabled (incremental reads use events and by-id reads)"
-            }
-        );
-        let employees = syncer.chatapp.employees().await?;
-        if let (Some(base), Some(token)) = (
-            &loaded.config.daemon.public_url,
-            &loaded.secrets.webhook_token,
-        ) {
-            register_webhooks(&syncer, &loaded.config, base, token).await?;
-        }
-        println!(
-            "chatapp: login ok, {} employees in company {}",
-            employees.len(),
-            loaded.config.chatapp.company_id
-        );
-        anyhow::Ok(())
-    }
-    .await;
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-/// Registers the webhook URLs with both APIs (idempotent). Prints them with the token redacted.
-async fn register_webhooks(
-    syncer: &Syncer,
+/// Registers the webhook URLs with both APIs (idempotent); returns one line per registration,
+/// the token redacted.
+pub async fn register_webhooks(
+    kommo: &crate::kommo::KommoClient,
+    chatapp: &crate::chatapp::ChatAppClient,
     cfg: &config::Config,
     base: &str,
     token: &secrecy::SecretString,
-) -> anyhow::Result<()> {
+) -> Result<Vec<String>, ApiError> {
     use secrecy::ExposeSecret;
+    let mut lines = vec![];
     let base = base.trim_end_matches('/');
     let kommo_url = format!("{base}/hooks/kommo/{}", token.expose_secret());
     let settings: Vec<String> = cfg
@@ -113,8 +70,8 @@ async fn register_webhooks(
         .iter()
         .map(|k| format!("responsible_{}", k.singular()))
         .collect();
-    let created = syncer.kommo.register_webhook(&kommo_url, &settings).await?;
-    println!(
+    let created = kommo.register_webhook(&kommo_url, &settings).await?;
+    lines.push(format!(
         "kommo: webhook {base}/hooks/kommo/<token> for {} {}",
         settings.join(", "),
         if created {
@@ -122,20 +79,23 @@ async fn register_webhooks(
         } else {
             "already registered"
         }
-    );
+    ));
     let chat_url = format!("{base}/hooks/chatapp/{}", token.expose_secret());
-    for (license, types) in syncer.chatapp.licenses().await? {
+    let licenses = chatapp.licenses().await?;
+    for (license, types) in licenses
+        .into_iter()
+        .filter(|(l, _)| cfg.chatapp.license_ids.contains(l))
+    {
         for t in types {
-            syncer
-                .chatapp
+            chatapp
                 .set_callback(license, &t, &chat_url, &["chatResponsible", "message"])
                 .await?;
-            println!(
+            lines.push(format!(
                 "chatapp: callback {base}/hooks/chatapp/<token> set for license {license} {t} (chatResponsible, message)"
-            );
+            ));
         }
     }
-    Ok(())
+    Ok(lines)
 }
 
 /// Entry point of `run`.

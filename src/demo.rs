@@ -123,6 +123,22 @@ pub async fn sample_world_with(kommo_cfg: KommoSimConfig) -> std::io::Result<Dem
     ] {
         chatapp.add_employee(id, name, email);
     }
+    // The account's field definitions (`check-config --online` checks the config against them).
+    kommo.define_field(
+        "contacts",
+        MESSENGER_FIELD,
+        "Messenger",
+        Some("MESSENGER"),
+        "text",
+    );
+    kommo.define_field("contacts", 3, "Phone", Some("PHONE"), "multitext");
+    kommo.define_field(
+        "leads",
+        LEAD_FLAG_FIELD,
+        "Synchronization to responsible",
+        None,
+        "checkbox",
+    );
     let flag = |on| SimField::checkbox(LEAD_FLAG_FIELD, on);
     kommo.add_card(
         "contacts",
@@ -228,6 +244,14 @@ pub async fn run() -> anyhow::Result<()> {
 
 async fn run_in(dir: &Path) -> anyhow::Result<()> {
     let w = sample_world().await?;
+    // A deal Boris won last year: its manager is sales history, never rewritten.
+    w.kommo.add_card(
+        "leads",
+        SimCard::new(2004, "Maria: last year's order (won)", 504142)
+            .with_field(SimField::checkbox(LEAD_FLAG_FIELD, true))
+            .with_contacts(&[1002])
+            .with_status(crate::sim::MAIN_PIPELINE_ID, crate::sim::STATUS_WON),
+    );
     let path = write_config(dir, &w.kommo, &w.chatapp, "")?;
     let loaded = config::load(&path)?;
     let store = Arc::new(Store::open(&loaded.config.daemon.state_path)?);
@@ -242,8 +266,9 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         "Dmitry (ChatApp only); contacts Ivan, Maria, Oleg, Pavel; leads linked to Ivan and Maria;"
     );
     println!(
-        "direction: contact -> dialog (crm_to_chat), dialog -> lead (chat_to_crm); lead 2003 has its sync flag unchecked."
+        "direction: contact -> dialog (crm_to_chat), dialog -> lead (chat_to_crm); lead 2003 has its sync flag unchecked;"
     );
+    println!("lead 2004 is a deal Boris won last year (closed leads are left alone).");
 
     let r1 = syncer.run_cycle(CycleOptions::default()).await?;
     print_report("cycle 1: first run", &r1);
@@ -303,6 +328,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         ("leads", 2001),
         ("leads", 2002),
         ("leads", 2003),
+        ("leads", 2004),
     ] {
         println!(
             "   {kind} {id}: Kommo user {:?}",
@@ -328,6 +354,11 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(
         r3.plan.writes.is_empty() && r4.plan.writes.is_empty(),
         "idle cycles must write nothing"
+    );
+    anyhow::ensure!(
+        w.kommo.responsible_of("leads", 2002) == Some(504143)
+            && w.kommo.responsible_of("leads", 2004) == Some(504142),
+        "Maria's open lead follows her dialog (Vera), the won one keeps Boris"
     );
     w.kommo.shutdown().await;
     w.chatapp.shutdown().await;

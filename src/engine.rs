@@ -7,7 +7,7 @@
 use crate::links::{Links, resolve_links_with};
 use crate::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogState, EmployeeId,
-    KommoUserId, RecordId,
+    KommoUserId, RecordId, StageKind, SyncKind,
 };
 use crate::usermap::UserMap;
 use serde::{Deserialize, Serialize};
@@ -41,13 +41,42 @@ pub enum Bootstrap {
     Chat,
 }
 
+/// Which leads take part (SPEC section 1; config `[sync.leads]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct LeadsPolicy {
+    /// Won (142) and lost (143) leads take part too.
+    pub include_closed: bool,
+    /// Only leads in these pipelines take part; empty: all.
+    pub pipelines: BTreeSet<u64>,
+}
+
+/// The kind a card takes part as, or `None` when it takes no part: a closed lead (unless
+/// `include_closed`), a lead outside `pipelines` (when set). A lead in an incoming stage is an
+/// `incoming_lead`; other cards take their entity's kind. A card that stops taking part is never
+/// written nor a source; one that starts again decides from its base like any other card.
+pub fn sync_kind(id: &CardId, st: &CardState, leads: &LeadsPolicy) -> Option<SyncKind> {
+    if id.kind != CardKind::Lead {
+        return Some(SyncKind::from(id.kind));
+    }
+    if !leads.pipelines.is_empty() && !leads.pipelines.contains(&st.lead.pipeline) {
+        return None;
+    }
+    match st.lead.kind {
+        StageKind::Closed if !leads.include_closed => None,
+        StageKind::Incoming => Some(SyncKind::IncomingLead),
+        StageKind::Open | StageKind::Closed => Some(SyncKind::Lead),
+    }
+}
+
 /// The parts of the config the engine decides by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Policy {
     /// Kinds whose responsible is pushed into linked dialogs.
-    pub crm_to_chat: BTreeSet<CardKind>,
+    pub crm_to_chat: BTreeSet<SyncKind>,
     /// Kinds that receive the dialog's responsible.
-    pub chat_to_crm: BTreeSet<CardKind>,
+    pub chat_to_crm: BTreeSet<SyncKind>,
+    /// Which leads take part.
+    pub leads: LeadsPolicy,
     /// Conflict rule.
     pub conflict: ConflictPolicy,
     /// Change times closer than this (seconds) are a tie.
@@ -402,6 +431,9 @@ pub fn fingerprint(policy: &Policy, users: &UserMap) -> u64 {
         policy.clock_skew_secs,
         policy.match_phone
     );
+    if policy.leads != LeadsPolicy::default() {
+        text.push_str(&format!("{:?}|", policy.leads));
+    }
     for (k, e) in users.pairs() {
         text.push_str(&format!("{k}={e},"));
     }
@@ -531,6 +563,7 @@ pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &U
             contacts: o.contacts,
             dialog_refs: o.dialog_refs,
             phones: o.phones,
+            lead: o.lead,
         };
         w.cards.insert(id, st);
     }
@@ -673,9 +706,17 @@ impl<'a> Work<'a> {
         merge_overlay(self.base_cards, &self.cards)
     }
 
+    /// The kind the card takes part as now (`None`: it takes no part).
+    fn kind_of(&self, c: &CardId) -> Option<SyncKind> {
+        sync_kind(c, self.card(c), &self.policy.leads)
+    }
+
     fn in_e_in(&self, c: &CardId) -> bool {
         let st = &self.card(c);
-        self.policy.crm_to_chat.contains(&c.kind) && st.flag && !st.deleted
+        self.kind_of(c)
+            .is_some_and(|k| self.policy.crm_to_chat.contains(&k))
+            && st.flag
+            && !st.deleted
     }
 
     /// The card counts as changed for this dialog: a person changed it, it is held, or a parked
@@ -685,7 +726,9 @@ impl<'a> Work<'a> {
     }
 
     fn in_e_out(&self, c: &CardId) -> bool {
-        self.policy.chat_to_crm.contains(&c.kind) && self.card(c).flag
+        self.kind_of(c)
+            .is_some_and(|k| self.policy.chat_to_crm.contains(&k))
+            && self.card(c).flag
     }
 
     fn park(

@@ -113,11 +113,10 @@ pub struct Response {
 }
 
 impl Response {
-    /// The body as text, cut to `n` characters, for error messages.
+    /// The body as text for error messages: cut to `n` characters, one line, scrubbed of
+    /// secrets and anything token-shaped ([`crate::redact`]).
     pub fn excerpt(&self, n: usize) -> String {
-        let s = String::from_utf8_lossy(&self.body);
-        let s: String = s.chars().take(n).collect();
-        s.replace('\n', " ")
+        crate::redact::excerpt(&String::from_utf8_lossy(&self.body), n)
     }
 
     /// True when the body looks like an HTML page.
@@ -228,6 +227,7 @@ pub struct ApiClient {
     blocked_until: Mutex<Option<(Instant, i64)>>,
     server_time: std::sync::atomic::AtomicI64,
     forbidden_in_a_row: std::sync::atomic::AtomicU32,
+    bad: Mutex<Vec<BadRecord>>,
 }
 
 fn unix_now() -> i64 {
@@ -264,6 +264,7 @@ impl ApiClient {
             blocked_until: Mutex::new(None),
             server_time: std::sync::atomic::AtomicI64::new(0),
             forbidden_in_a_row: std::sync::atomic::AtomicU32::new(0),
+            bad: Mutex::new(Vec::new()),
         })
     }
 
@@ -280,6 +281,84 @@ impl ApiClient {
     /// Absolute URL of a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// Decodes a list page. The whole page at once when it fits (the fast path); otherwise, if the
+    /// page itself is well formed (`R`, its records as raw JSON, decodes), record by record: a
+    /// record that does not fit is skipped and kept for [`ApiClient::take_bad`]. A page that
+    /// cannot be parsed at all is an error, as before. `items_path` names the records' array in
+    /// error paths (e.g. `_embedded.leads`). Returns the good records, the paging data, and how
+    /// many records the page held (bad ones included: paging counts them).
+    pub fn decode_list<T, P, R>(
+        &self,
+        endpoint: &str,
+        body: &[u8],
+        items_path: &str,
+        subject: SubjectOf,
+    ) -> Result<(Vec<T>, P::Meta, usize), ApiError>
+    where
+        T: DeserializeOwned,
+        P: ListPage<T>,
+        R: ListPage<serde_json::Value, Meta = P::Meta>,
+    {
+        let page_error = match decode::<P>(self.api, endpoint, body) {
+            Ok(p) => {
+                let (items, meta) = p.split();
+                let n = items.len();
+                return Ok((items, meta, n));
+            }
+            Err(e) => e,
+        };
+        let Ok(raw) = decode::<R>(self.api, endpoint, body) else {
+            return Err(page_error);
+        };
+        let (values, meta) = raw.split();
+        let total = values.len();
+        let mut good = Vec::with_capacity(values.len());
+        for (i, v) in values.into_iter().enumerate() {
+            match self.decode_record(endpoint, &v, &format!("{items_path}[{i}]"), subject) {
+                Some(t) => good.push(t),
+                None => continue,
+            }
+        }
+        Ok((good, meta, total))
+    }
+
+    /// Decodes one record; `None` (and a [`BadRecord`] kept) when it does not fit.
+    pub fn decode_record<T: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        v: &serde_json::Value,
+        at: &str,
+        subject: SubjectOf,
+    ) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let bad = BadRecord {
+                    api: self.api.to_string(),
+                    endpoint: endpoint.to_string(),
+                    subject: subject(v).map(|s| crate::redact::excerpt(&s, 120)),
+                    path: crate::redact::excerpt(&format!("{at}.{}", e.path()), 200),
+                    reason: crate::redact::excerpt(&e.into_inner().to_string(), 200),
+                };
+                tracing::warn!(
+                    api = self.api,
+                    endpoint,
+                    subject = bad.subject.as_deref().unwrap_or("?"),
+                    path = %bad.path,
+                    reason = %bad.reason,
+                    "a record does not fit: skipped and quarantined (the rest of the page is used)"
+                );
+                self.bad.lock().unwrap_or_else(|e| e.into_inner()).push(bad);
+                None
+            }
+        }
+    }
+
+    /// The records skipped since the last call.
+    pub fn take_bad(&self) -> Vec<BadRecord> {
+        std::mem::take(&mut *self.bad.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Sets (or clears) the time after which retries give up (the cycle's budget).
@@ -481,8 +560,12 @@ impl ApiClient {
     }
 }
 
-/// A reqwest error's text without its URL (URLs carry no secrets here, but query strings are noise).
+/// A reqwest error's text without its URL's query (noise), scrubbed like a body.
 fn strip_url(e: &reqwest::Error) -> String {
+    crate::redact::scrub(&strip_url_raw(e))
+}
+
+fn strip_url_raw(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     if let Some(u) = e.url() {
         s = s.replace(u.as_str(), u.path());
@@ -495,6 +578,33 @@ fn strip_url(e: &reqwest::Error) -> String {
     }
     s
 }
+
+/// One record of an otherwise well-formed page that does not fit the expected types: skipped,
+/// reported (log, metric, `status`) and quarantined, so it never stalls the rest of the sync.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BadRecord {
+    /// `kommo` or `chatapp`.
+    pub api: String,
+    /// Method and path.
+    pub endpoint: String,
+    /// The record when it can be named (`lead:123`, `1:grWhatsApp:7999@c.us`, an event id).
+    pub subject: Option<String>,
+    /// The JSON path of the field that does not fit.
+    pub path: String,
+    /// Why (shortened and scrubbed).
+    pub reason: String,
+}
+
+/// A list page: its records and what paging needs from it (`Meta`).
+pub trait ListPage<T>: DeserializeOwned {
+    /// What paging needs (a `next` link, a cursor, a page count).
+    type Meta;
+    /// The records and the paging data.
+    fn split(self) -> (Vec<T>, Self::Meta);
+}
+
+/// Names a record from its raw JSON, for a [`BadRecord`].
+pub type SubjectOf = fn(&serde_json::Value) -> Option<String>;
 
 /// Decodes a JSON body; a failure names the API, endpoint and field path.
 pub fn decode<T: DeserializeOwned>(
@@ -514,8 +624,8 @@ pub fn decode<T: DeserializeOwned>(
         ApiError::Decode {
             api,
             endpoint: endpoint.into(),
-            path,
-            reason,
+            path: crate::redact::excerpt(&path, 200),
+            reason: crate::redact::excerpt(&reason, 300),
         }
     })
 }

@@ -3,10 +3,13 @@
 //! `responsible_user_id`. Facts and sources: `../shared/api/kommo.md`.
 
 use crate::config::{FieldRef, KommoConfig, LinksConfig};
-use crate::http::{ApiClient, ApiError, Limits, Response, decode};
+use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
 use crate::links::{parse_messenger_value, phone_digits};
-use crate::model::{CardId, CardKind, CardObs, KommoUser, KommoUserId};
-use serde::Deserialize;
+use crate::model::{
+    CardId, CardKind, CardObs, DialogRef, KommoUser, KommoUserId, LeadStage, STATUS_LOST,
+    STATUS_WON, StageKind, SyncKind,
+};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 const API: &str = "kommo";
@@ -16,13 +19,16 @@ pub const PAGE_LIMIT: usize = 250;
 pub const EVENTS_LIMIT: usize = 100;
 /// Ids per by-id read (`filter[id][]`).
 pub const IDS_PER_READ: usize = 100;
+/// Custom field definitions per page (Kommo returns at most 50 whatever `limit` asks).
+pub const FIELDS_LIMIT: usize = 50;
 
 /// A card as Kommo lists it (only the fields the daemon uses; others are ignored).
 #[derive(Debug, Clone, Deserialize)]
 pub struct KommoCard {
     /// Entity id.
     pub id: u64,
-    /// Responsible user (0 = none).
+    /// Responsible user (0 = none; `null` is read as none).
+    #[serde(deserialize_with = "null_as_zero")]
     pub responsible_user_id: u64,
     /// Last update (unix seconds).
     #[serde(default)]
@@ -30,6 +36,12 @@ pub struct KommoCard {
     /// Deleted flag (leads, customers).
     #[serde(default)]
     pub is_deleted: bool,
+    /// Leads: the status (stage).
+    #[serde(default)]
+    pub status_id: Option<u64>,
+    /// Leads: the pipeline.
+    #[serde(default)]
+    pub pipeline_id: Option<u64>,
     /// Custom fields; `null` when none is set.
     #[serde(default)]
     pub custom_fields_values: Option<Vec<CustomField>>,
@@ -74,12 +86,53 @@ pub struct Linked {
     pub id: u64,
 }
 
+/// A user id where Kommo may send `null`: nobody (0).
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
+}
+
+/// A page of cards (`T`: [`KommoCard`], or raw JSON when decoding record by record).
 #[derive(Deserialize)]
-struct CardsPage {
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct CardsPage<T> {
     #[serde(rename = "_embedded")]
-    embedded: CardsEmbedded,
+    embedded: CardsEmbedded<T>,
     #[serde(default, rename = "_links")]
     links: Option<PageLinks>,
+}
+
+impl<T: serde::de::DeserializeOwned> ListPage<T> for CardsPage<T> {
+    type Meta = bool;
+    fn split(self) -> (Vec<T>, bool) {
+        let has_next = self.links.is_some_and(|l| l.next.is_some());
+        (self.embedded.items, has_next)
+    }
+}
+
+/// Names a raw card: `kind:id` needs the kind, so only its id.
+fn card_subject(v: &serde_json::Value) -> Option<String> {
+    v.get("id").map(|id| format!("id {id}"))
+}
+
+/// Names a raw card of `kind` as `kind:id` (a [`crate::http::BadRecord`]'s subject).
+fn card_subject_of(kind: CardKind) -> crate::http::SubjectOf {
+    match kind {
+        CardKind::Lead => |v| v.get("id").map(|id| format!("lead:{id}")),
+        CardKind::Contact => |v| v.get("id").map(|id| format!("contact:{id}")),
+        CardKind::Company => |v| v.get("id").map(|id| format!("company:{id}")),
+        CardKind::Customer => |v| v.get("id").map(|id| format!("customer:{id}")),
+    }
+}
+
+/// Names a raw event by its entity (`lead:123`), else its id.
+fn event_subject(v: &serde_json::Value) -> Option<String> {
+    match (
+        v.get("entity_type").and_then(|t| t.as_str()),
+        v.get("entity_id").and_then(|i| i.as_u64()),
+    ) {
+        (Some(t), Some(id)) => Some(format!("{t}:{id}")),
+        _ => v.get("id").map(|id| format!("event {id}")),
+    }
 }
 
 /// `_links` of a page: only whether `next` is there matters.
@@ -98,14 +151,15 @@ pub fn page_ends_listing(n: usize, asked: usize, has_next: bool, largest_seen: u
 }
 
 #[derive(Deserialize)]
-struct CardsEmbedded {
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct CardsEmbedded<T> {
     #[serde(
         alias = "leads",
         alias = "contacts",
         alias = "companies",
         alias = "customers"
     )]
-    items: Vec<KommoCard>,
+    items: Vec<T>,
 }
 
 /// An `entity_responsible_changed` event.
@@ -133,10 +187,36 @@ pub struct KommoEvent {
 /// One entry of `value_after` / `value_before`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EventValue {
-    /// `{"responsible_user": {"id": N}}`.
+    /// `entity_responsible_changed`: `{"responsible_user": {"id": N}}`; a `null` id is nobody.
     #[serde(default)]
-    pub responsible_user: Option<Linked>,
+    pub responsible_user: Option<UserRef>,
+    /// `lead_status_changed`: `{"lead_status": {"id": S, "pipeline_id": P}}`.
+    #[serde(default)]
+    pub lead_status: Option<StatusRef>,
 }
+
+/// A user reference whose id may be `null` (read as 0: nobody).
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserRef {
+    /// The user id (0 = nobody).
+    #[serde(default, deserialize_with = "null_as_zero")]
+    pub id: u64,
+}
+
+/// `lead_status` of a `lead_status_changed` event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StatusRef {
+    /// The status id.
+    pub id: u64,
+    /// The pipeline id.
+    #[serde(default)]
+    pub pipeline_id: u64,
+}
+
+/// Event type of a responsible change.
+pub const EVENT_RESPONSIBLE: &str = "entity_responsible_changed";
+/// Event type of a lead's stage change.
+pub const EVENT_LEAD_STATUS: &str = "lead_status_changed";
 
 impl KommoEvent {
     /// The new responsible, if the event carries one.
@@ -146,6 +226,13 @@ impl KommoEvent {
             .find_map(|v| v.responsible_user.as_ref().map(|u| u.id))
     }
 
+    /// The new `(pipeline, status)` of a `lead_status_changed` event.
+    pub fn new_status(&self) -> Option<(u64, u64)> {
+        self.value_after
+            .iter()
+            .find_map(|v| v.lead_status.as_ref().map(|s| (s.pipeline_id, s.id)))
+    }
+
     /// The card, if the entity is a kind the daemon knows.
     pub fn card(&self) -> Option<CardId> {
         CardKind::parse(&self.entity_type).map(|k| CardId::new(k, self.entity_id))
@@ -153,29 +240,48 @@ impl KommoEvent {
 }
 
 #[derive(Deserialize)]
-struct EventsPage {
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct EventsPage<T> {
     #[serde(rename = "_embedded")]
-    embedded: EventsEmbedded,
+    embedded: EventsEmbedded<T>,
     #[serde(default, rename = "_links")]
     links: Option<PageLinks>,
 }
 
 #[derive(Deserialize)]
-struct EventsEmbedded {
-    events: Vec<KommoEvent>,
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct EventsEmbedded<T> {
+    events: Vec<T>,
+}
+
+impl<T: serde::de::DeserializeOwned> ListPage<T> for EventsPage<T> {
+    type Meta = bool;
+    fn split(self) -> (Vec<T>, bool) {
+        let has_next = self.links.is_some_and(|l| l.next.is_some());
+        (self.embedded.events, has_next)
+    }
 }
 
 #[derive(Deserialize)]
-struct UsersPage {
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct UsersPage<T> {
     #[serde(rename = "_embedded")]
-    embedded: UsersEmbedded,
+    embedded: UsersEmbedded<T>,
     #[serde(default, rename = "_page_count")]
     page_count: Option<u64>,
 }
 
 #[derive(Deserialize)]
-struct UsersEmbedded {
-    users: Vec<UserItem>,
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct UsersEmbedded<T> {
+    users: Vec<T>,
+}
+
+impl<T: serde::de::DeserializeOwned> ListPage<T> for UsersPage<T> {
+    type Meta = Option<u64>;
+    fn split(self) -> (Vec<T>, Option<u64>) {
+        (self.embedded.users, self.page_count)
+    }
 }
 
 #[derive(Deserialize)]
@@ -236,7 +342,7 @@ struct PatchedItem {
 #[derive(Debug, Clone)]
 pub struct FieldMap {
     /// Sync-flag checkbox field per kind.
-    pub flags: BTreeMap<CardKind, u64>,
+    pub flags: BTreeMap<SyncKind, u64>,
     /// The contact's Messenger field.
     pub messenger: FieldRef,
     /// The contact's phone field.
@@ -247,7 +353,7 @@ impl FieldMap {
     /// From the config.
     pub fn new(flags: &crate::config::FlagFields, links: &LinksConfig) -> FieldMap {
         FieldMap {
-            flags: CardKind::ALL
+            flags: SyncKind::ALL
                 .into_iter()
                 .filter_map(|k| flags.get(k).map(|f| (k, f)))
                 .collect(),
@@ -275,9 +381,181 @@ pub fn checkbox_checked(v: &serde_json::Value) -> bool {
     }
 }
 
+/// The statuses of every pipeline of the account (`GET /api/v4/leads/pipelines`), as the daemon
+/// needs them to classify a lead's stage. Kept in the state db; read again on full cycles and
+/// whenever a lead shows a status not in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pipelines {
+    /// Pipeline id -> name.
+    pub names: BTreeMap<u64, String>,
+    /// Status id -> its pipeline, name and `type` (1 = "Incoming leads"). 142 and 143 are not
+    /// listed: they close a lead in every pipeline.
+    pub statuses: BTreeMap<u64, StatusInfo>,
+}
+
+/// One status of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// Its pipeline.
+    pub pipeline: u64,
+    /// Its name.
+    pub name: String,
+    /// Kommo's `type`: 1 for the "Incoming leads" (unsorted) stage, 0 otherwise.
+    pub kind: u8,
+}
+
+/// What a lead's status means (the one place that interprets Kommo statuses; sources in
+/// `leads_pipelines.md` of the amoCRM docs): 142 (won) and 143 (lost) close a lead in every
+/// pipeline; a status of `type` 1 is the pipeline's "Incoming leads" stage; any other known
+/// status is open. `None` for a status the table does not know (read the pipelines again).
+pub fn classify_status(status: u64, pipelines: &Pipelines) -> Option<StageKind> {
+    if status == STATUS_WON || status == STATUS_LOST {
+        return Some(StageKind::Closed);
+    }
+    pipelines.statuses.get(&status).map(|s| {
+        if s.kind == 1 {
+            StageKind::Incoming
+        } else {
+            StageKind::Open
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct PipelinesPage {
+    #[serde(rename = "_embedded")]
+    embedded: PipelinesEmbedded,
+}
+
+#[derive(Deserialize)]
+struct PipelinesEmbedded {
+    pipelines: Vec<PipelineItem>,
+}
+
+#[derive(Deserialize)]
+struct PipelineItem {
+    id: u64,
+    #[serde(default)]
+    name: String,
+    #[serde(default, rename = "_embedded")]
+    embedded: Option<StatusesEmbedded>,
+}
+
+#[derive(Deserialize)]
+struct StatusesEmbedded {
+    #[serde(default)]
+    statuses: Vec<StatusItem>,
+}
+
+#[derive(Deserialize)]
+struct StatusItem {
+    id: u64,
+    #[serde(default)]
+    name: String,
+    #[serde(default, rename = "type")]
+    kind: u8,
+}
+
+/// A custom field's definition (`GET /api/v4/{kind}/custom_fields`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FieldDef {
+    /// Field id.
+    pub id: u64,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Code (`PHONE`, ...), if any.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// Type: `checkbox`, `text`, `multitext`, ...
+    #[serde(default, rename = "type")]
+    pub field_type: String,
+}
+
+#[derive(Deserialize)]
+struct FieldDefsPage {
+    #[serde(rename = "_embedded")]
+    embedded: FieldDefsEmbedded,
+    #[serde(default, rename = "_links")]
+    links: Option<PageLinks>,
+}
+
+#[derive(Deserialize)]
+struct FieldDefsEmbedded {
+    custom_fields: Vec<FieldDef>,
+}
+
+/// An unsorted ("Incoming leads") record of category `chats` (`GET /api/v4/leads/unsorted`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Unsorted {
+    /// Its uid.
+    #[serde(default)]
+    pub uid: String,
+    /// Its metadata (for chats: `from`, `client`, `origin.chat_id`, ...).
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    /// The lead (always one) and its contact.
+    #[serde(default, rename = "_embedded")]
+    pub embedded: Option<UnsortedEmbedded>,
+}
+
+/// `_embedded` of an unsorted record.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UnsortedEmbedded {
+    /// The lead.
+    #[serde(default)]
+    pub leads: Vec<Linked>,
+    /// The contact (not readable in the contacts list before the record is accepted).
+    #[serde(default)]
+    pub contacts: Vec<Linked>,
+}
+
+#[derive(Deserialize)]
+struct UnsortedPage {
+    #[serde(rename = "_embedded")]
+    embedded: UnsortedList,
+    #[serde(default, rename = "_links")]
+    links: Option<PageLinks>,
+}
+
+#[derive(Deserialize)]
+struct UnsortedList {
+    unsorted: Vec<Unsorted>,
+}
+
+/// The dialog an unsorted chat record stands for. UNCONFIRMED (the one place that assumes it):
+/// Kommo documents `metadata.origin.chat_id` as "the chat's id in the chats service"; the
+/// assumption is that ChatApp's integration puts its own chat id there (e.g. `79991234567@c.us`),
+/// so it is matched like a bare chat id (or phone) in a Messenger field. The contact of such a
+/// record is not readable before it is accepted (amoCRM `unsorted-api.md`), so this is the only
+/// link an incoming lead has until then.
+pub fn unsorted_dialog_ref(record: &Unsorted) -> Option<DialogRef> {
+    let chat = record
+        .metadata
+        .as_ref()?
+        .get("origin")?
+        .get("chat_id")?
+        .as_str()?;
+    parse_messenger_value(chat)
+}
+
 impl KommoCard {
-    /// The daemon's view of the card.
-    pub fn to_obs(&self, kind: CardKind, fields: &FieldMap) -> CardObs {
+    /// A lead's stage by `pipelines`; `None` for a lead whose status the table does not know.
+    /// Other kinds have the default stage.
+    pub fn lead_stage(&self, kind: CardKind, pipelines: &Pipelines) -> Option<LeadStage> {
+        if kind != CardKind::Lead {
+            return Some(LeadStage::default());
+        }
+        let status = self.status_id.unwrap_or(0);
+        Some(LeadStage {
+            pipeline: self.pipeline_id.unwrap_or(0),
+            status,
+            kind: classify_status(status, pipelines)?,
+        })
+    }
+
+    /// The daemon's view of the card, at `stage` (see [`KommoCard::lead_stage`]).
+    pub fn to_obs(&self, kind: CardKind, fields: &FieldMap, stage: LeadStage) -> CardObs {
         let cfs = self.custom_fields_values.as_deref().unwrap_or(&[]);
         let values = |f: &CustomField| -> Vec<serde_json::Value> {
             f.values
@@ -287,7 +565,11 @@ impl KommoCard {
                 .map(|v| v.value.clone())
                 .collect()
         };
-        let flag = match fields.flags.get(&kind) {
+        let sync_kind = match (kind, stage.kind) {
+            (CardKind::Lead, StageKind::Incoming) => SyncKind::IncomingLead,
+            (k, _) => SyncKind::from(k),
+        };
+        let flag = match fields.flags.get(&sync_kind) {
             None => true,
             Some(fid) => cfs
                 .iter()
@@ -343,6 +625,7 @@ impl KommoCard {
             },
             dialog_refs,
             phones,
+            lead: stage,
             event_time: None,
         }
     }
@@ -376,6 +659,11 @@ impl KommoClient {
             auth,
             filters: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The credentials (to store a rotated pair that lives only in memory, or ask about it).
+    pub fn auth(&self) -> &crate::kommo_auth::KommoAuth {
+        &self.auth
     }
 
     /// Sends an authorized request; after a 401, refreshes OAuth credentials once and retries.
@@ -478,14 +766,20 @@ impl KommoClient {
             if r.status.as_u16() == 204 || r.body.is_empty() {
                 break;
             }
-            let p: UsersPage = decode(API, &endpoint_of(path), &r.body)?;
-            let n = p.embedded.users.len();
-            out.extend(p.embedded.users.into_iter().map(|u| KommoUser {
+            let (users, page_count, n): (Vec<UserItem>, _, _) = self
+                .api
+                .decode_list::<_, UsersPage<UserItem>, UsersPage<serde_json::Value>>(
+                    &endpoint_of(path),
+                    &r.body,
+                    "_embedded.users",
+                    card_subject,
+                )?;
+            out.extend(users.into_iter().map(|u| KommoUser {
                 id: u.id,
                 email: u.email.unwrap_or_default(),
                 active: u.rights.map(|r| r.is_active).unwrap_or(true),
             }));
-            let last_page = p.page_count.is_some_and(|c| page >= c);
+            let last_page = page_count.is_some_and(|c| page >= c);
             if n < PAGE_LIMIT || last_page {
                 break;
             }
@@ -532,12 +826,10 @@ impl KommoClient {
             if r.status.as_u16() == 204 || r.body.is_empty() {
                 break;
             }
-            let p: CardsPage = decode(API, &endpoint_of(&path), &r.body)?;
-            let n = p.embedded.items.len();
-            let has_next = p.links.as_ref().is_some_and(|l| l.next.is_some());
+            let (items, has_next, n) = self.decode_cards(kind, &path, &r.body)?;
             let mut done = page_ends_listing(n, PAGE_LIMIT, has_next, largest);
             largest = largest.max(n);
-            for c in p.embedded.items {
+            for c in items {
                 if let Some(since) = updated_since
                     && c.updated_at < since
                 {
@@ -552,6 +844,24 @@ impl KommoClient {
             }
         }
         Ok(count)
+    }
+
+    /// A page of cards, record by record when one does not fit (see [`ApiClient::decode_list`]);
+    /// a bad record is named `kind:id`.
+    fn decode_cards(
+        &self,
+        kind: CardKind,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(Vec<KommoCard>, bool, usize), ApiError> {
+        let subject = card_subject_of(kind);
+        self.api
+            .decode_list::<_, CardsPage<KommoCard>, CardsPage<serde_json::Value>>(
+                &endpoint_of(path),
+                body,
+                &format!("_embedded.{}", kind.plural()),
+                subject,
+            )
     }
 
     /// Reads cards by id: `filter[id][]` in chunks when list filters work, else one
@@ -580,14 +890,9 @@ impl KommoClient {
                 if r.status.as_u16() == 204 || r.body.is_empty() {
                     continue;
                 }
-                let p: CardsPage = decode(API, &endpoint_of(&path), &r.body)?;
+                let (items, _, _) = self.decode_cards(kind, &path, &r.body)?;
                 let wanted: BTreeSet<u64> = chunk.iter().copied().collect();
-                out.extend(
-                    p.embedded
-                        .items
-                        .into_iter()
-                        .filter(|c| wanted.contains(&c.id)),
-                );
+                out.extend(items.into_iter().filter(|c| wanted.contains(&c.id)));
             }
         } else {
             for id in ids {
@@ -604,32 +909,37 @@ impl KommoClient {
                 if r.status.as_u16() == 204 || r.body.is_empty() {
                     continue;
                 }
-                out.push(decode(
-                    API,
-                    &endpoint_of(&format!("/api/v4/{}/{{id}}", kind.plural())),
-                    &r.body,
-                )?);
+                let endpoint = endpoint_of(&format!("/api/v4/{}/{{id}}", kind.plural()));
+                let raw: serde_json::Value = decode(API, &endpoint, &r.body)?;
+                let subject = card_subject_of(kind);
+                if let Some(c) = self.api.decode_record(&endpoint, &raw, "(card)", subject) {
+                    out.push(c);
+                }
             }
         }
         Ok(out)
     }
 
-    /// `entity_responsible_changed` events of the given kinds created at or after `from`, oldest
-    /// first, every page read (a 204 or a short page ends it).
-    pub async fn responsible_events(
+    /// The events the sync reads, of the given kinds, created at or after `from`, oldest first,
+    /// every page read (a 204 or a short page ends it): `entity_responsible_changed`, and with
+    /// `stages` also `lead_status_changed` (in the same requests: `filter[type]` takes a list).
+    pub async fn events(
         &self,
         kinds: &[CardKind],
+        stages: bool,
         from: i64,
     ) -> Result<Vec<KommoEvent>, ApiError> {
         let path = "/api/v4/events";
+        let types = if stages {
+            format!("{EVENT_RESPONSIBLE},{EVENT_LEAD_STATUS}")
+        } else {
+            EVENT_RESPONSIBLE.to_string()
+        };
         let mut out: Vec<KommoEvent> = vec![];
         let mut largest = 0;
         for page in 1.. {
             let mut q = vec![
-                (
-                    "filter[type]".to_string(),
-                    "entity_responsible_changed".to_string(),
-                ),
+                ("filter[type]".to_string(), types.clone()),
                 (
                     "filter[created_at][from]".to_string(),
                     from.max(0).to_string(),
@@ -644,15 +954,17 @@ impl KommoClient {
             if r.status.as_u16() == 204 || r.body.is_empty() {
                 break;
             }
-            let p: EventsPage = decode(API, &endpoint_of(path), &r.body)?;
-            let n = p.embedded.events.len();
-            let has_next = p.links.as_ref().is_some_and(|l| l.next.is_some());
-            out.extend(
-                p.embedded
-                    .events
-                    .into_iter()
-                    .filter(|e| e.kind == "entity_responsible_changed"),
-            );
+            let (events, has_next, n): (Vec<KommoEvent>, _, _) = self
+                .api
+                .decode_list::<_, EventsPage<KommoEvent>, EventsPage<serde_json::Value>>(
+                    &endpoint_of(path),
+                    &r.body,
+                    "_embedded.events",
+                    event_subject,
+                )?;
+            out.extend(events.into_iter().filter(|e| {
+                e.kind == EVENT_RESPONSIBLE || (stages && e.kind == EVENT_LEAD_STATUS)
+            }));
             if page_ends_listing(n, EVENTS_LIMIT, has_next, largest) {
                 break;
             }
@@ -661,6 +973,115 @@ impl KommoClient {
         // stable order whatever the server's: by time, then id; duplicates (page shifts) dropped
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
+    }
+
+    /// `entity_responsible_changed` events of the given kinds created at or after `from`.
+    pub async fn responsible_events(
+        &self,
+        kinds: &[CardKind],
+        from: i64,
+    ) -> Result<Vec<KommoEvent>, ApiError> {
+        self.events(kinds, false, from).await
+    }
+
+    /// Every pipeline with its statuses (`GET /api/v4/leads/pipelines`; at most 50 pipelines, one
+    /// answer).
+    pub async fn pipelines(&self) -> Result<Pipelines, ApiError> {
+        let path = "/api/v4/leads/pipelines";
+        let r = self.get(path, &[]).await?;
+        let mut out = Pipelines::default();
+        if r.status.as_u16() == 204 || r.body.is_empty() {
+            return Ok(out);
+        }
+        let p: PipelinesPage = decode(API, &endpoint_of(path), &r.body)?;
+        for pl in p.embedded.pipelines {
+            out.names.insert(pl.id, pl.name);
+            for st in pl.embedded.map(|e| e.statuses).unwrap_or_default() {
+                if st.id != STATUS_WON && st.id != STATUS_LOST {
+                    out.statuses.insert(
+                        st.id,
+                        StatusInfo {
+                            pipeline: pl.id,
+                            name: st.name,
+                            kind: st.kind,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The custom field definitions of an entity (`GET /api/v4/{kind}/custom_fields`, paged).
+    pub async fn custom_fields(&self, kind: CardKind) -> Result<Vec<FieldDef>, ApiError> {
+        let path = format!("/api/v4/{}/custom_fields", kind.plural());
+        let mut out = vec![];
+        let mut largest = 0;
+        for page in 1.. {
+            let q = vec![
+                ("page".to_string(), page.to_string()),
+                ("limit".to_string(), FIELDS_LIMIT.to_string()),
+            ];
+            let r = self.get(&path, &q).await?;
+            if r.status.as_u16() == 204 || r.body.is_empty() {
+                break;
+            }
+            let p: FieldDefsPage = decode(API, &endpoint_of(&path), &r.body)?;
+            let n = p.embedded.custom_fields.len();
+            let has_next = p.links.as_ref().is_some_and(|l| l.next.is_some());
+            out.extend(p.embedded.custom_fields);
+            if page_ends_listing(n, FIELDS_LIMIT, has_next, largest) {
+                break;
+            }
+            largest = largest.max(n);
+        }
+        Ok(out)
+    }
+
+    /// The dialogs of unsorted chat records (`GET /api/v4/leads/unsorted`, category `chats`) of
+    /// the leads in `wanted`, by lead id (see [`unsorted_dialog_ref`]). Pages until every wanted
+    /// lead is found or the list ends.
+    pub async fn unsorted_chat_refs(
+        &self,
+        wanted: &BTreeSet<u64>,
+    ) -> Result<BTreeMap<u64, DialogRef>, ApiError> {
+        let path = "/api/v4/leads/unsorted";
+        let mut out = BTreeMap::new();
+        let mut largest = 0;
+        for page in 1.. {
+            if wanted.iter().all(|id| out.contains_key(id)) {
+                break;
+            }
+            let q = vec![
+                ("page".to_string(), page.to_string()),
+                ("limit".to_string(), PAGE_LIMIT.to_string()),
+                ("filter[category][]".to_string(), "chats".to_string()),
+            ];
+            let r = self.get(path, &q).await?;
+            if r.status.as_u16() == 204 || r.body.is_empty() {
+                break;
+            }
+            let p: UnsortedPage = decode(API, &endpoint_of(path), &r.body)?;
+            let n = p.embedded.unsorted.len();
+            let has_next = p.links.as_ref().is_some_and(|l| l.next.is_some());
+            for rec in &p.embedded.unsorted {
+                let lead = rec
+                    .embedded
+                    .as_ref()
+                    .and_then(|e| e.leads.first())
+                    .map(|l| l.id);
+                if let (Some(lead), Some(r)) = (lead, unsorted_dialog_ref(rec))
+                    && wanted.contains(&lead)
+                {
+                    out.insert(lead, r);
+                }
+            }
+            if page_ends_listing(n, PAGE_LIMIT, has_next, largest) {
+                break;
+            }
+            largest = largest.max(n);
+        }
         Ok(out)
     }
 
@@ -763,7 +1184,7 @@ mod tests {
 
     fn fields() -> FieldMap {
         FieldMap {
-            flags: [(CardKind::Lead, 184994)].into(),
+            flags: [(SyncKind::Lead, 184994)].into(),
             messenger: FieldRef::Code("MESSENGER".into()),
             phone: FieldRef::Code("PHONE".into()),
         }
@@ -778,7 +1199,7 @@ mod tests {
             ]}"#,
         )
         .unwrap();
-        let o = c.to_obs(CardKind::Contact, &fields());
+        let o = c.to_obs(CardKind::Contact, &fields(), LeadStage::default());
         assert!(o.flag, "contacts have no flag field configured");
         assert_eq!(o.phones, vec!["79991234567".to_string()]);
         assert_eq!(o.dialog_refs.len(), 2);
@@ -807,14 +1228,15 @@ mod tests {
                "_embedded":{"contacts":[{"id":3,"is_main":true},{"id":2}]}}"#,
         )
         .unwrap();
-        let o = c.to_obs(CardKind::Lead, &fields());
+        let o = c.to_obs(CardKind::Lead, &fields(), LeadStage::default());
         assert!(o.flag);
         assert_eq!(o.contacts, vec![2, 3]);
         let c: KommoCard =
             serde_json::from_str(r#"{"id":1,"responsible_user_id":5,"custom_fields_values":null}"#)
                 .unwrap();
         assert!(
-            !c.to_obs(CardKind::Lead, &fields()).flag,
+            !c.to_obs(CardKind::Lead, &fields(), LeadStage::default())
+                .flag,
             "no checkbox value = unchecked"
         );
         assert!(checkbox_checked(&serde_json::json!("1")));

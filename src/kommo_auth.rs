@@ -1,17 +1,27 @@
 //! Kommo credentials: a long-lived token, or OAuth with single-use refresh tokens.
 //!
 //! OAuth rules (Kommo refresh tokens are globally single-use; reusing one gives 401 "Token has been
-//! revoked"): one refresh in flight at a time (a mutex around the pair); the new pair is committed
-//! durably to the state db *before* the new access token is used; the `refresh_token_file` is read
-//! only to seed an empty db; a refresh happens proactively before the access token expires and once
-//! on a 401. The one window no client can close: a crash after Kommo issued the new pair and before
-//! the commit (the commit is the first thing done with the response).
+//! revoked"): one refresh in flight at a time (a mutex around the pair); the new pair is stored
+//! durably (the [`TokenStore`] port: the state db) *before* the new access token is used; the
+//! `refresh_token_file` is read only to seed an empty store; a refresh happens proactively before
+//! the access token expires and once on a 401.
+//!
+//! Never losing a token: Kommo has revoked the old refresh token by the time the answer arrives,
+//! so if storing the new pair fails (a full disk, a db error) the pair is **kept in memory and
+//! used**, the store is retried at every cycle ([`KommoAuth::retry_unsaved`]), an error is logged
+//! each time, and [`KommoAuth::unsaved`] reports it (the daemon is then not ready, says so in
+//! STATUS= and `chatapp_kommo_sync_kommo_token_unsaved`) until a store succeeds. If the process
+//! dies in that window the only valid refresh token dies with it: after the restart the stored
+//! (revoked) one fails and the integration must be authorized again by hand. The same holds for a
+//! crash between Kommo issuing the pair and the store, which no client can close.
 
 use crate::http::{ApiClient, ApiError, decode};
-use crate::store::{META_KOMMO_OAUTH, Store};
+pub use crate::tokens::OAuthPair;
+use crate::tokens::TokenStore;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Mutex;
 
 const API: &str = "kommo";
@@ -19,23 +29,6 @@ const API: &str = "kommo";
 pub const REFRESH_MARGIN_SECS: i64 = 600;
 /// Warn when a long-lived token expires within this many seconds.
 pub const LONG_LIVED_WARN_SECS: i64 = 14 * 86_400;
-
-/// The stored OAuth pair.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct OAuthPair {
-    /// Access token (empty before the first refresh).
-    pub access_token: String,
-    /// Refresh token (the only valid one).
-    pub refresh_token: String,
-    /// When the access token expires (unix seconds; 0 = unknown/expired).
-    pub expires_at: i64,
-}
-
-impl std::fmt::Debug for OAuthPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OAuthPair([REDACTED])")
-    }
-}
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -65,10 +58,12 @@ pub enum KommoAuth {
     OAuth {
         /// Client settings.
         settings: OAuthSettings,
-        /// The state db holding the pair.
-        store: Arc<Store>,
+        /// Where the pair is kept.
+        store: Arc<dyn TokenStore>,
         /// The current pair (the mutex makes refreshes single-flight).
         pair: Mutex<OAuthPair>,
+        /// The pair in use could not be stored yet (it lives only in memory).
+        unsaved: AtomicBool,
     },
 }
 
@@ -130,31 +125,32 @@ impl KommoAuth {
         KommoAuth::LongLived(token)
     }
 
-    /// OAuth: the pair stored in the db, or (empty db only) the seed refresh token, stored at once.
+    /// OAuth: the stored pair, or (empty store only) the seed refresh token, stored at once.
     pub fn oauth(
         settings: OAuthSettings,
-        store: Arc<Store>,
+        store: Arc<dyn TokenStore>,
         seed: &SecretString,
     ) -> Result<KommoAuth, ApiError> {
-        let stored: Option<OAuthPair> =
-            store.meta(META_KOMMO_OAUTH).map_err(|e| ApiError::Auth {
-                api: API,
-                reason: format!("reading the stored OAuth pair: {e}"),
-            })?;
+        let stored = store.kommo_pair().map_err(|e| ApiError::Auth {
+            api: API,
+            reason: format!("reading the stored OAuth pair: {e}"),
+        })?;
         let pair = match stored {
-            Some(p) => p,
+            Some(p) => {
+                crate::redact::register(&p.access_token);
+                crate::redact::register(&p.refresh_token);
+                p
+            }
             None => {
                 let p = OAuthPair {
                     access_token: String::new(),
                     refresh_token: seed.expose_secret().to_string(),
                     expires_at: 0,
                 };
-                store
-                    .put_meta(META_KOMMO_OAUTH, &p)
-                    .map_err(|e| ApiError::Auth {
-                        api: API,
-                        reason: format!("storing the seed refresh token: {e}"),
-                    })?;
+                store.save_kommo_pair(&p).map_err(|e| ApiError::Auth {
+                    api: API,
+                    reason: format!("storing the seed refresh token: {e}"),
+                })?;
                 tracing::info!(
                     "seeded the Kommo OAuth pair from refresh_token_file; the file is not read again"
                 );
@@ -165,7 +161,52 @@ impl KommoAuth {
             settings,
             store,
             pair: Mutex::new(pair),
+            unsaved: AtomicBool::new(false),
         })
+    }
+
+    /// True while a rotated pair lives only in memory (its store failed).
+    pub fn unsaved(&self) -> bool {
+        match self {
+            KommoAuth::LongLived(_) => false,
+            KommoAuth::OAuth { unsaved, .. } => unsaved.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Stores a pair that lives only in memory; called at the start of every cycle. Returns
+    /// whether the pair in use is now stored (always true without such a pair).
+    pub async fn retry_unsaved(&self) -> bool {
+        let KommoAuth::OAuth {
+            store,
+            pair,
+            unsaved,
+            ..
+        } = self
+        else {
+            return true;
+        };
+        if !unsaved.load(Ordering::SeqCst) {
+            return true;
+        }
+        let p = pair.lock().await;
+        self.store_pair(store.as_ref(), &p, unsaved)
+    }
+
+    /// Stores `p`; on failure keeps `unsaved` set and logs an error (the pair stays in use).
+    fn store_pair(&self, store: &dyn TokenStore, p: &OAuthPair, unsaved: &AtomicBool) -> bool {
+        match store.save_kommo_pair(p) {
+            Ok(()) => {
+                if unsaved.swap(false, Ordering::SeqCst) {
+                    tracing::warn!("the rotated Kommo OAuth pair is stored now");
+                }
+                true
+            }
+            Err(e) => {
+                unsaved.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, "cannot store the rotated Kommo OAuth pair: it is kept in memory and used (Kommo revoked the old one); retried every cycle; if the process stops now, the integration must be authorized again");
+                false
+            }
+        }
     }
 
     /// A usable access token (refreshing first when an OAuth token is missing or about to expire).
@@ -203,7 +244,10 @@ impl KommoAuth {
 
     async fn refresh_locked(&self, api: &ApiClient, p: &mut OAuthPair) -> Result<(), ApiError> {
         let KommoAuth::OAuth {
-            settings, store, ..
+            settings,
+            store,
+            unsaved,
+            ..
         } = self
         else {
             return Ok(());
@@ -229,22 +273,23 @@ impl KommoAuth {
             });
         }
         let t: TokenResponse = decode(API, endpoint, &r.body)?;
+        crate::redact::register(&t.access_token);
+        crate::redact::register(&t.refresh_token);
         let issued = t.server_time.unwrap_or_else(now_unix);
         let next = OAuthPair {
             expires_at: jwt_exp(&t.access_token).unwrap_or(issued + t.expires_in.unwrap_or(86_400)),
             access_token: t.access_token,
             refresh_token: t.refresh_token,
         };
-        // durable before use: the old refresh token is already revoked
-        store.put_meta(META_KOMMO_OAUTH, &next).map_err(|e| ApiError::Auth {
-            api: API,
-            reason: format!("storing the rotated OAuth pair failed ({e}); the refresh token in this process is the only valid one"),
-        })?;
+        // Durable before use; the old refresh token is already revoked, so a pair that cannot be
+        // stored is kept and used all the same (never dropped).
         *p = next;
-        tracing::info!(
-            expires_at = p.expires_at,
-            "refreshed the Kommo OAuth pair (stored before use)"
-        );
+        if self.store_pair(store.as_ref(), p, unsaved) {
+            tracing::info!(
+                expires_at = p.expires_at,
+                "refreshed the Kommo OAuth pair (stored before use)"
+            );
+        }
         Ok(())
     }
 }

@@ -114,7 +114,8 @@ pub struct Links {
 }
 
 /// Resolves dialog -> cards: contacts via their Messenger references (and phones when
-/// `match_phone`), other kinds via their linked contacts.
+/// `match_phone`), other kinds via their linked contacts and, for an incoming lead linked through
+/// its unsorted chat record, its own references.
 pub fn resolve_links(
     cards: &BTreeMap<CardId, CardState>,
     dialogs: &BTreeMap<DialogKey, DialogState>,
@@ -160,12 +161,15 @@ where
             for d in dialogs_of_contact.get(&id.id).into_iter().flatten() {
                 cards_of.entry(d.clone()).or_default().insert(*id);
             }
-        } else {
-            for c in &st.contacts {
-                for d in dialogs_of_contact.get(c).into_iter().flatten() {
-                    cards_of.entry(d.clone()).or_default().insert(*id);
-                }
-            }
+            continue;
+        }
+        let via_contacts = st
+            .contacts
+            .iter()
+            .flat_map(|c| dialogs_of_contact.get(c).into_iter().flatten().cloned());
+        let own = st.dialog_refs.iter().flat_map(|r| ix.resolve(r));
+        for d in via_contacts.chain(own) {
+            cards_of.entry(d).or_default().insert(*id);
         }
     }
     links.cards_of = cards_of
@@ -248,6 +252,7 @@ mod tests {
             contacts: vec![],
             dialog_refs: refs,
             phones: phones.iter().map(|s| s.to_string()).collect(),
+            lead: Default::default(),
         }
     }
 

@@ -82,6 +82,119 @@ impl fmt::Display for CardKind {
     }
 }
 
+/// The kinds a config names (SPEC section 1): the Kommo entities, with leads split by stage.
+/// `incoming_lead` is a lead in a pipeline's "Incoming leads" stage (a status of `type` 1);
+/// `lead` is any other lead. A card's kind comes from [`crate::engine::sync_kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncKind {
+    /// A lead in an "Incoming leads" (unsorted) stage.
+    IncomingLead,
+    /// Any other lead (deal).
+    Lead,
+    /// A contact.
+    Contact,
+    /// A company.
+    Company,
+    /// A customer.
+    Customer,
+}
+
+impl SyncKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [SyncKind; 5] = [
+        SyncKind::IncomingLead,
+        SyncKind::Lead,
+        SyncKind::Contact,
+        SyncKind::Company,
+        SyncKind::Customer,
+    ];
+
+    /// The config name: `incoming_lead`, `lead`, `contact`, `company`, `customer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncKind::IncomingLead => "incoming_lead",
+            SyncKind::Lead => "lead",
+            SyncKind::Contact => "contact",
+            SyncKind::Company => "company",
+            SyncKind::Customer => "customer",
+        }
+    }
+
+    /// The Kommo entity cards of this kind are (incoming leads are leads).
+    pub fn entity(self) -> CardKind {
+        match self {
+            SyncKind::IncomingLead | SyncKind::Lead => CardKind::Lead,
+            SyncKind::Contact => CardKind::Contact,
+            SyncKind::Company => CardKind::Company,
+            SyncKind::Customer => CardKind::Customer,
+        }
+    }
+}
+
+impl From<CardKind> for SyncKind {
+    /// The kind of a card of this entity outside any incoming stage.
+    fn from(k: CardKind) -> SyncKind {
+        match k {
+            CardKind::Lead => SyncKind::Lead,
+            CardKind::Contact => SyncKind::Contact,
+            CardKind::Company => SyncKind::Company,
+            CardKind::Customer => SyncKind::Customer,
+        }
+    }
+}
+
+impl fmt::Display for SyncKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Kommo's status ids that close a lead in every pipeline: 142 won, 143 lost.
+pub const STATUS_WON: u64 = 142;
+/// See [`STATUS_WON`].
+pub const STATUS_LOST: u64 = 143;
+
+/// What a lead's status means to the sync (see `kommo::classify_status`, the one place that
+/// classifies statuses).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// An ordinary open stage (also a base stored before stages were read: the first cycle
+    /// after the upgrade is full and reads them).
+    #[default]
+    Open,
+    /// The pipeline's "Incoming leads" (unsorted) stage: status `type` 1.
+    Incoming,
+    /// Won (142) or lost (143).
+    Closed,
+}
+
+/// Where a lead stands: its pipeline, status and what the status means. Zero for other kinds.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct LeadStage {
+    /// `pipeline_id` (0 when unknown or not a lead).
+    #[serde(default)]
+    pub pipeline: u64,
+    /// `status_id` (0 when unknown or not a lead).
+    #[serde(default)]
+    pub status: u64,
+    /// What the status means.
+    #[serde(default)]
+    pub kind: StageKind,
+}
+
+impl LeadStage {
+    /// True for the default (not a lead, or not known).
+    pub fn is_unset(&self) -> bool {
+        *self == LeadStage::default()
+    }
+}
+
 /// A card: its kind and Kommo id. Displays as `lead:123`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CardId {
@@ -188,12 +301,17 @@ pub struct CardState {
     /// Leads, companies, customers: ids of linked contacts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contacts: Vec<u64>,
-    /// Contacts: dialogs referenced by the Messenger field.
+    /// Contacts: dialogs referenced by the Messenger field. Incoming leads whose contact cannot
+    /// be read before acceptance: the chat of their unsorted record (see
+    /// `kommo::unsorted_dialog_ref`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dialog_refs: Vec<DialogRef>,
     /// Contacts: phone numbers, digits only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phones: Vec<String>,
+    /// Leads: pipeline and stage.
+    #[serde(default, skip_serializing_if = "LeadStage::is_unset")]
+    pub lead: LeadStage,
 }
 
 /// A card as read in this cycle, before the engine derives its change time.
@@ -207,13 +325,31 @@ pub struct CardObs {
     pub deleted: bool,
     /// Linked contact ids (non-contacts).
     pub contacts: Vec<u64>,
-    /// Messenger-field references (contacts).
+    /// Messenger-field references (contacts; incoming leads: the unsorted record's chat).
     pub dialog_refs: Vec<DialogRef>,
     /// Phones, digits only (contacts).
     pub phones: Vec<String>,
+    /// Leads: pipeline and stage.
+    pub lead: LeadStage,
     /// `created_at` of the latest known `entity_responsible_changed` event whose new value equals
     /// `responsible`, if any.
     pub event_time: Option<i64>,
+}
+
+impl CardObs {
+    /// The observation as a state (change time 0: the engine derives it).
+    pub fn into_state(self) -> CardState {
+        CardState {
+            responsible: self.responsible,
+            changed_at: 0,
+            flag: self.flag,
+            deleted: self.deleted,
+            contacts: self.contacts,
+            dialog_refs: self.dialog_refs,
+            phones: self.phones,
+            lead: self.lead,
+        }
+    }
 }
 
 /// What the daemon knows of one dialog.

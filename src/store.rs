@@ -9,6 +9,7 @@
 
 use crate::engine::{Parked, Rule, Settlement, Snapshot};
 use crate::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
+use crate::tokens::{OAuthPair, TokenPair, TokenStoreError};
 use redb::{
     ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition,
@@ -42,10 +43,14 @@ pub const META_SCHEMA: &str = "schema_version";
 pub const META_BOOTSTRAPPED: &str = "bootstrapped";
 /// Meta key: the ChatApp token pair.
 pub const META_CHATAPP_TOKEN: &str = "chatapp_token";
+/// Meta key: unix times of recent ChatApp logins.
+pub const META_CHATAPP_LOGINS: &str = "chatapp_logins";
 /// Meta key: the Kommo OAuth token pair.
 pub const META_KOMMO_OAUTH: &str = "kommo_oauth";
 /// Meta key: watermarks of incremental reads.
 pub const META_WATERMARKS: &str = "watermarks";
+/// Meta key: Kommo's pipelines and statuses (lead stages).
+pub const META_PIPELINES: &str = "kommo_pipelines";
 
 /// A state db problem.
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +278,8 @@ impl Watermarks {
 pub struct CycleCommit {
     /// New bases and parked pairs.
     pub settlement: Settlement,
+    /// Kommo's pipelines, when read anew.
+    pub pipelines: Option<crate::kommo::Pipelines>,
     /// New watermarks.
     pub watermarks: Watermarks,
     /// Kommo event ids seen (with their `created_at`) for dedupe; older ones are pruned.
@@ -632,6 +639,10 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(db_err("open meta"))?;
             meta.insert(META_WATERMARKS, encode(&c.watermarks).as_slice())
                 .map_err(db_err("write watermarks"))?;
+            if let Some(p) = &c.pipelines {
+                meta.insert(META_PIPELINES, encode(p).as_slice())
+                    .map_err(db_err("write pipelines"))?;
+            }
             meta.insert(META_BOOTSTRAPPED, encode(&true).as_slice())
                 .map_err(db_err("write bootstrapped"))?;
             let mut cycles = tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
@@ -714,6 +725,34 @@ impl Store {
     }
 }
 
+impl crate::tokens::TokenStore for Store {
+    fn kommo_pair(&self) -> Result<Option<OAuthPair>, TokenStoreError> {
+        self.meta(META_KOMMO_OAUTH).map_err(token_err)
+    }
+    fn save_kommo_pair(&self, pair: &OAuthPair) -> Result<(), TokenStoreError> {
+        self.put_meta(META_KOMMO_OAUTH, pair).map_err(token_err)
+    }
+    fn chatapp_pair(&self) -> Result<Option<TokenPair>, TokenStoreError> {
+        self.meta(META_CHATAPP_TOKEN).map_err(token_err)
+    }
+    fn save_chatapp_pair(&self, pair: &TokenPair) -> Result<(), TokenStoreError> {
+        self.put_meta(META_CHATAPP_TOKEN, pair).map_err(token_err)
+    }
+    fn chatapp_logins(&self) -> Result<Vec<i64>, TokenStoreError> {
+        Ok(self
+            .meta(META_CHATAPP_LOGINS)
+            .map_err(token_err)?
+            .unwrap_or_default())
+    }
+    fn save_chatapp_logins(&self, log: &[i64]) -> Result<(), TokenStoreError> {
+        self.put_meta(META_CHATAPP_LOGINS, &log).map_err(token_err)
+    }
+}
+
+fn token_err(e: StoreError) -> TokenStoreError {
+    TokenStoreError(e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,6 +770,7 @@ mod tests {
                 crate::model::DialogRef::Full(DialogKey::new(1, "telegram", "@a")),
             ],
             phones: vec!["7999".into()],
+            lead: Default::default(),
         }
     }
 

@@ -74,7 +74,7 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                 prop_assert!(!card.deleted, "deleted card written: {}", ctx());
                 prop_assert!(card.flag, "unchecked card written: {}", ctx());
                 prop_assert!(
-                    pol.chat_to_crm.contains(&c.kind),
+                    pol.chat_to_crm.contains(&c.kind.into()),
                     "kind not in chat_to_crm written: {}",
                     ctx()
                 );
@@ -111,7 +111,7 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                 prop_assert!(src.flag, "unchecked card is a source: {}", ctx());
                 prop_assert!(!src.deleted, "deleted card is a source: {}", ctx());
                 prop_assert!(
-                    pol.crm_to_chat.contains(&s.kind),
+                    pol.crm_to_chat.contains(&s.kind.into()),
                     "source kind not in crm_to_chat: {}",
                     ctx()
                 );
@@ -202,7 +202,7 @@ fn check_justified(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
             (Rule::CrmChanged, RecordId::Dialog(d), _) => {
                 let changed = m.linked_cards(d, pol.match_phone).into_iter().any(|c| {
                     let card = &m.cards[&c];
-                    pol.crm_to_chat.contains(&c.kind)
+                    pol.crm_to_chat.contains(&c.kind.into())
                         && card.flag
                         && !card.deleted
                         && (held(RecordId::Card(c))
@@ -272,7 +272,7 @@ fn check_aligned(sim: &Sim, when: &str) -> Result<(), TestCaseError> {
         let linked: Vec<_> = m
             .linked_cards(key, sim.policy.match_phone)
             .into_iter()
-            .filter(|c| kinds.contains(&c.kind))
+            .filter(|c| kinds.contains(&c.kind.into()))
             .collect();
         if linked.is_empty() {
             continue;
@@ -520,7 +520,7 @@ proptest! {
         let pol = sim.policy.clone();
         let m = &sim.model;
         let candidates: Vec<CardId> = m.cards.iter()
-            .filter(|(id, c)| pol.crm_to_chat.contains(&id.kind) && c.flag && !c.deleted && c.responsible != user)
+            .filter(|(id, c)| pol.crm_to_chat.contains(&id.kind.into()) && c.flag && !c.deleted && c.responsible != user)
             .map(|(id, _)| *id)
             .collect();
         if candidates.is_empty() || !sim.mapped.contains(&user) {
@@ -540,7 +540,7 @@ proptest! {
                 d.responsible, Some(employee_of(user)),
                 "{} set to {}: dialog {} not moved; plan {:?}\nbefore {:#?}", c, user, key, show(&log.plan), log.before
             );
-            for x in linked.iter().filter(|x| pol.chat_to_crm.contains(&x.kind)) {
+            for x in linked.iter().filter(|x| pol.chat_to_crm.contains(&x.kind.into())) {
                 let card = &m.cards[x];
                 if card.flag && !card.deleted {
                     prop_assert_eq!(
@@ -578,7 +578,7 @@ proptest! {
         sim.model.set_dialog(&key, Some(e));
         let log = sim.cycle();
         let m = &sim.model;
-        for x in m.linked_cards(&key, pol.match_phone).iter().filter(|x| pol.chat_to_crm.contains(&x.kind)) {
+        for x in m.linked_cards(&key, pol.match_phone).iter().filter(|x| pol.chat_to_crm.contains(&x.kind.into())) {
             let card = &m.cards[x];
             if card.flag && !card.deleted {
                 prop_assert_eq!(
@@ -703,8 +703,9 @@ fn spec(
         cards,
         mapped: mapped.to_vec(),
         policy: Policy {
-            crm_to_chat: crm_to_chat.iter().copied().collect(),
-            chat_to_crm: chat_to_crm.iter().copied().collect(),
+            crm_to_chat: crm_to_chat.iter().copied().map(Into::into).collect(),
+            chat_to_crm: chat_to_crm.iter().copied().map(Into::into).collect(),
+            leads: Default::default(),
             conflict: ConflictPolicy::Newest,
             clock_skew_secs: 5,
             bootstrap: Bootstrap::Adopt,

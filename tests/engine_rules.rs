@@ -281,6 +281,7 @@ fn rule12_bootstrap_modes() {
                     contacts: st.contacts.clone(),
                     dialog_refs: st.dialog_refs.clone(),
                     phones: vec![],
+                    lead: Default::default(),
                     event_time: None,
                 },
             );

@@ -154,8 +154,9 @@ fn policy_with(
     match_phone: bool,
 ) -> Policy {
     Policy {
-        crm_to_chat,
-        chat_to_crm,
+        crm_to_chat: crm_to_chat.into_iter().map(Into::into).collect(),
+        chat_to_crm: chat_to_crm.into_iter().map(Into::into).collect(),
+        leads: Default::default(),
         conflict,
         clock_skew_secs: 5,
         bootstrap,
@@ -729,6 +730,7 @@ impl Model {
                         contacts: c.contacts.clone(),
                         dialog_refs: c.dialog_refs.clone(),
                         phones: c.phones.clone(),
+                        lead: Default::default(),
                         event_time: c.event_time,
                     },
                 );

@@ -5,8 +5,50 @@ use chatapp_kommo_sync::engine::{
     Bootstrap, ConflictPolicy, Observations, Plan, Policy, Snapshot, plan, settle,
 };
 use chatapp_kommo_sync::model::{
-    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, RecordId,
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, LeadStage,
+    RecordId, StageKind,
 };
+
+/// Pipeline A of the lead-stage scenarios, with its incoming (type 1) status.
+pub const PIPE_A: u64 = 1000;
+/// Pipeline B.
+pub const PIPE_B: u64 = 2000;
+
+/// An open stage of `pipeline`.
+pub fn open_in(pipeline: u64) -> LeadStage {
+    LeadStage {
+        pipeline,
+        status: pipeline + 2,
+        kind: StageKind::Open,
+    }
+}
+
+/// The incoming ("Incoming leads") stage of `pipeline`.
+pub fn incoming_in(pipeline: u64) -> LeadStage {
+    LeadStage {
+        pipeline,
+        status: pipeline + 1,
+        kind: StageKind::Incoming,
+    }
+}
+
+/// Won (142) in `pipeline`.
+pub fn won_in(pipeline: u64) -> LeadStage {
+    LeadStage {
+        pipeline,
+        status: 142,
+        kind: StageKind::Closed,
+    }
+}
+
+/// Lost (143) in `pipeline`.
+pub fn lost_in(pipeline: u64) -> LeadStage {
+    LeadStage {
+        pipeline,
+        status: 143,
+        kind: StageKind::Closed,
+    }
+}
 use chatapp_kommo_sync::usermap::UserMap;
 
 /// Kommo user `n` <-> employee `100 + n`, for n in 1..=9.
@@ -17,8 +59,9 @@ pub fn users() -> UserMap {
 
 pub fn policy(crm_to_chat: &[CardKind], chat_to_crm: &[CardKind]) -> Policy {
     Policy {
-        crm_to_chat: crm_to_chat.iter().copied().collect(),
-        chat_to_crm: chat_to_crm.iter().copied().collect(),
+        crm_to_chat: crm_to_chat.iter().copied().map(Into::into).collect(),
+        chat_to_crm: chat_to_crm.iter().copied().map(Into::into).collect(),
+        leads: Default::default(),
         conflict: ConflictPolicy::Newest,
         clock_skew_secs: 5,
         bootstrap: Bootstrap::Adopt,
@@ -78,6 +121,7 @@ impl World {
                     .into_iter()
                     .collect(),
                 phones: vec![],
+                lead: Default::default(),
             },
         );
         self
@@ -95,9 +139,26 @@ impl World {
                 contacts: contacts.to_vec(),
                 dialog_refs: vec![],
                 phones: vec![],
+                lead: Default::default(),
             },
         );
         self
+    }
+
+    /// Puts a lead of the base at `stage` (its base and, when observed, its observation).
+    pub fn base_stage(&mut self, id: u64, stage: LeadStage) -> &mut Self {
+        if let Some(b) = self.snap.cards.get_mut(&lead(id)) {
+            b.lead = stage;
+        }
+        if let Some(o) = self.obs.cards.get_mut(&lead(id)) {
+            o.lead = stage;
+        }
+        self
+    }
+
+    /// A person moved a lead to `stage` (observed this cycle; its responsible as before).
+    pub fn stage_changed(&mut self, id: u64, stage: LeadStage) -> &mut Self {
+        self.observe_card(lead(id), |o| o.lead = stage)
     }
 
     /// A dialog in the base.
@@ -128,6 +189,7 @@ impl World {
                 contacts: b.contacts.clone(),
                 dialog_refs: b.dialog_refs.clone(),
                 phones: b.phones.clone(),
+                lead: b.lead,
                 event_time: None,
             }
         });
