@@ -82,6 +82,10 @@ pub struct DaemonConfig {
     /// A webhook call triggers an incremental cycle this long after it (calls meanwhile fold in).
     #[serde(default = "default_webhook_debounce", with = "humantime_serde")]
     pub webhook_debounce: Duration,
+    /// Connections the HTTP endpoint (`listen`) serves at a time; a new one past it evicts the
+    /// oldest idle one (see `http_server`). Takes effect at the next restart.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// `[kommo]`
@@ -349,6 +353,9 @@ fn default_cycle_budget() -> Duration {
 fn default_webhook_debounce() -> Duration {
     Duration::from_millis(500)
 }
+fn default_max_connections() -> usize {
+    crate::http_server::DEFAULT_MAX_CONNECTIONS
+}
 fn default_kommo_rps() -> u32 {
     6
 }
@@ -516,6 +523,15 @@ impl Config {
         }
         if self.daemon.webhook_debounce > Duration::from_secs(60) {
             return Err(err("daemon.webhook_debounce", "must be at most 60s".into()));
+        }
+        if !(8..=16384).contains(&self.daemon.max_connections) {
+            return Err(err(
+                "daemon.max_connections",
+                format!(
+                    "must be between 8 and 16384 (got {}); keep LimitNOFILE= above it",
+                    self.daemon.max_connections
+                ),
+            ));
         }
         if self.daemon.cycle_budget < Duration::from_secs(10) {
             return Err(err("daemon.cycle_budget", "must be at least 10s".into()));
@@ -873,6 +889,7 @@ chat_to_crm = ["lead"]
         assert_eq!(c.sync.clock_skew, Duration::from_secs(5));
         assert_eq!(c.links.messenger_field, FieldRef::Code("MESSENGER".into()));
         assert_eq!(c.kinds(), vec![CardKind::Lead, CardKind::Contact]);
+        assert_eq!(c.daemon.max_connections, 256);
     }
 
     #[test]
@@ -925,6 +942,16 @@ chat_to_crm = ["lead"]
                 "[sync]\n",
                 "[sync]\nclock_skew = \"5x\"\n",
                 "sync.clock_skew",
+            ),
+            (
+                "[daemon]\n",
+                "[daemon]\nmax_connections = 4\n",
+                "daemon.max_connections",
+            ),
+            (
+                "[daemon]\n",
+                "[daemon]\nmax_connections = -1\n",
+                "daemon.max_connections",
             ),
             (
                 "crm_to_chat = [\"contact\"]",
