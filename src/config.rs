@@ -82,6 +82,10 @@ pub struct DaemonConfig {
     /// A webhook call triggers an incremental cycle this long after it (calls meanwhile fold in).
     #[serde(default = "default_webhook_debounce", with = "humantime_serde")]
     pub webhook_debounce: Duration,
+    /// Webhook-triggered cycles start at least this long after the end of the previous cycle;
+    /// calls meanwhile are coalesced into one cycle when it has passed. `0s` turns spacing off.
+    #[serde(default = "default_webhook_min_interval", with = "humantime_serde")]
+    pub webhook_min_interval: Duration,
     /// Connections the HTTP endpoint (`listen`) serves at a time; a new one past it evicts the
     /// oldest idle one (see `http_server`). Takes effect at the next restart.
     #[serde(default = "default_max_connections")]
@@ -353,6 +357,9 @@ fn default_cycle_budget() -> Duration {
 fn default_webhook_debounce() -> Duration {
     Duration::from_millis(500)
 }
+fn default_webhook_min_interval() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_max_connections() -> usize {
     crate::http_server::DEFAULT_MAX_CONNECTIONS
 }
@@ -523,6 +530,12 @@ impl Config {
         }
         if self.daemon.webhook_debounce > Duration::from_secs(60) {
             return Err(err("daemon.webhook_debounce", "must be at most 60s".into()));
+        }
+        if self.daemon.webhook_min_interval > Duration::from_secs(3600) {
+            return Err(err(
+                "daemon.webhook_min_interval",
+                "must be at most 1h (polling covers longer gaps)".into(),
+            ));
         }
         if !(8..=16384).contains(&self.daemon.max_connections) {
             return Err(err(
@@ -889,6 +902,7 @@ chat_to_crm = ["lead"]
         assert_eq!(c.sync.clock_skew, Duration::from_secs(5));
         assert_eq!(c.links.messenger_field, FieldRef::Code("MESSENGER".into()));
         assert_eq!(c.kinds(), vec![CardKind::Lead, CardKind::Contact]);
+        assert_eq!(c.daemon.webhook_min_interval, Duration::from_secs(30));
         assert_eq!(c.daemon.max_connections, 256);
     }
 
@@ -942,6 +956,16 @@ chat_to_crm = ["lead"]
                 "[sync]\n",
                 "[sync]\nclock_skew = \"5x\"\n",
                 "sync.clock_skew",
+            ),
+            (
+                "[daemon]\n",
+                "[daemon]\nwebhook_min_interval = \"2h\"\n",
+                "daemon.webhook_min_interval",
+            ),
+            (
+                "[daemon]\n",
+                "[daemon]\nwebhook_min_interval = \"soon\"\n",
+                "daemon.webhook_min_interval",
             ),
             (
                 "[daemon]\n",
