@@ -1,7 +1,8 @@
 //! `run`: the daemon. One runner loop feeds one cycle at a time from every trigger: the poll and
 //! full cron schedules (croner, DST-correct in the configured time zone), SIGUSR1, and webhooks
-//! (debounced, and spaced by `webhook_min_interval`: see [`hook_due`]). Cycles never overlap; triggers that arrive during a cycle are coalesced into one
-//! follow-up (a due full cycle wins over an incremental one). A schedule time missed while a
+//! (debounced, spaced by `webhook_min_interval`: `hook_due`). Cycles never overlap; triggers
+//! that arrive during a cycle are coalesced into one follow-up (a due full cycle wins over an
+//! incremental one; webhook calls wait for their own spaced cycle). A schedule time missed while a
 //! cycle ran is that follow-up, not skipped. SIGHUP reloads the config between cycles (a bad one
 //! is rejected with its reason logged, the old one kept). SIGTERM/SIGINT stop taking triggers;
 //! a cycle in flight ends before its next write: if a write is on its way (its intent is
