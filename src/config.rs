@@ -82,6 +82,14 @@ pub struct DaemonConfig {
     /// A webhook call triggers an incremental cycle this long after it (calls meanwhile fold in).
     #[serde(default = "default_webhook_debounce", with = "humantime_serde")]
     pub webhook_debounce: Duration,
+    /// Webhook-triggered cycles start at least this long after the end of the previous cycle;
+    /// calls meanwhile are coalesced into one cycle when it has passed. `0s` turns spacing off.
+    #[serde(default = "default_webhook_min_interval", with = "humantime_serde")]
+    pub webhook_min_interval: Duration,
+    /// Connections the HTTP endpoint (`listen`) serves at a time; a new one past it evicts the
+    /// oldest idle one (see `http_server`). Takes effect at the next restart.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// `[kommo]`
@@ -367,6 +375,12 @@ fn default_cycle_budget() -> Duration {
 fn default_webhook_debounce() -> Duration {
     Duration::from_millis(500)
 }
+fn default_webhook_min_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    crate::http_server::DEFAULT_MAX_CONNECTIONS
+}
 fn default_kommo_rps() -> u32 {
     6
 }
@@ -534,6 +548,21 @@ impl Config {
         }
         if self.daemon.webhook_debounce > Duration::from_secs(60) {
             return Err(err("daemon.webhook_debounce", "must be at most 60s".into()));
+        }
+        if self.daemon.webhook_min_interval > Duration::from_secs(3600) {
+            return Err(err(
+                "daemon.webhook_min_interval",
+                "must be at most 1h (polling covers longer gaps)".into(),
+            ));
+        }
+        if !(8..=16384).contains(&self.daemon.max_connections) {
+            return Err(err(
+                "daemon.max_connections",
+                format!(
+                    "must be between 8 and 16384 (got {}); keep LimitNOFILE= above it",
+                    self.daemon.max_connections
+                ),
+            ));
         }
         if self.daemon.cycle_budget < Duration::from_secs(10) {
             return Err(err("daemon.cycle_budget", "must be at least 10s".into()));
@@ -918,6 +947,8 @@ chat_to_crm = ["lead"]
         assert_eq!(c.sync.clock_skew, Duration::from_secs(5));
         assert_eq!(c.links.messenger_field, FieldRef::Code("MESSENGER".into()));
         assert_eq!(c.kinds(), vec![CardKind::Lead, CardKind::Contact]);
+        assert_eq!(c.daemon.webhook_min_interval, Duration::from_secs(30));
+        assert_eq!(c.daemon.max_connections, 256);
     }
 
     #[test]
@@ -970,6 +1001,26 @@ chat_to_crm = ["lead"]
                 "[sync]\n",
                 "[sync]\nclock_skew = \"5x\"\n",
                 "sync.clock_skew",
+            ),
+            (
+                "[daemon]\n",
+                "[daemon]\nwebhook_min_interval = \"2h\"\n",
+                "daemon.webhook_min_interval",
+            ),
+            (
+                "[daemon]\n",
+                "[daemon]\nwebhook_min_interval = \"soon\"\n",
+                "daemon.webhook_min_interval",
+            ),
+            (
+                "[daemon]\n",
+                "[daemon]\nmax_connections = 4\n",
+                "daemon.max_connections",
+            ),
+            (
+                "[daemon]\n",
+                "[daemon]\nmax_connections = -1\n",
+                "daemon.max_connections",
             ),
             (
                 "crm_to_chat = [\"contact\"]",

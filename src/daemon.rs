@@ -1,7 +1,8 @@
 //! `run`: the daemon. One runner loop feeds one cycle at a time from every trigger: the poll and
-//! full cron schedules (croner, DST-correct in the configured time zone), SIGUSR1, and later
-//! webhooks. Cycles never overlap; triggers that arrive during a cycle are coalesced into one
-//! follow-up (a due full cycle wins over an incremental one). A schedule time missed while a
+//! full cron schedules (croner, DST-correct in the configured time zone), SIGUSR1, and webhooks
+//! (debounced, spaced by `webhook_min_interval`: `hook_due`). Cycles never overlap; triggers
+//! that arrive during a cycle are coalesced into one follow-up (a due full cycle wins over an
+//! incremental one; webhook calls wait for their own spaced cycle). A schedule time missed while a
 //! cycle ran is that follow-up, not skipped. SIGHUP reloads the config between cycles (a bad one
 //! is rejected with its reason logged, the old one kept). SIGTERM/SIGINT stop taking triggers;
 //! a cycle in flight ends before its next write: if a write is on its way (its intent is
@@ -395,6 +396,23 @@ async fn wait_hook(hooks: &Option<Arc<crate::webhooks::Hooks>>) {
     }
 }
 
+/// When the webhook calls received since `since` (the first not yet answered) get their cycle:
+/// `debounce` after that first call (calls meanwhile fold in), and no sooner than `min_interval`
+/// after the end of the previous webhook-triggered cycle, so a flood of valid calls gives at most
+/// one cycle per `min_interval` plus the cycle's own time. `None`: no call is waiting.
+fn hook_due(
+    since: Option<Instant>,
+    last_hook_end: Option<Instant>,
+    debounce: Duration,
+    min_interval: Duration,
+) -> Option<Instant> {
+    let due = since? + debounce;
+    Some(match last_hook_end {
+        Some(end) => due.max(end + min_interval),
+        None => due,
+    })
+}
+
 /// Sleeps until `t`; never completes for `None`.
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
@@ -426,8 +444,11 @@ async fn run_with_store(
         .webhook_token
         .clone()
         .map(crate::webhooks::Hooks::new);
-    let debounce = config.daemon.webhook_debounce;
-    let mut hook_due: Option<Instant> = None;
+    // webhook spacing: the first call not yet answered by a webhook-triggered cycle, the end of
+    // the last such cycle, and whether the cycle about to run (or running) is one
+    let mut hook_since: Option<Instant> = None;
+    let mut last_hook_end: Option<Instant> = None;
+    let mut hook_cycle = false;
     let _server = match &config.daemon.listen {
         Some(addr) => match crate::metrics::serve(
             addr,
@@ -522,11 +543,17 @@ async fn run_with_store(
             tokio::select! {
                 _ = tokio::time::sleep(timers.wait().min(tick)) => {}
                 _ = wait_hook(&hooks) => {
-                    hook_due.get_or_insert(Instant::now() + debounce);
+                    hook_since.get_or_insert_with(Instant::now);
                 }
-                _ = sleep_until_opt(hook_due) => {
+                _ = sleep_until_opt(hook_due(
+                    hook_since,
+                    last_hook_end,
+                    config.daemon.webhook_debounce,
+                    config.daemon.webhook_min_interval,
+                )) => {
                     tracing::info!("webhook: cycle now");
-                    hook_due = None;
+                    hook_since = None;
+                    hook_cycle = true;
                     want(&mut pending, false);
                 }
                 _ = sig.usr1.recv() => {
@@ -584,8 +611,8 @@ async fn run_with_store(
                         want(&mut pending, false);
                     }
                     _ = wait_hook(&hooks) => {
-                        tracing::debug!("webhook during a cycle: one follow-up cycle queued");
-                        want(&mut pending, false);
+                        tracing::debug!("webhook during a cycle: one webhook cycle after it, spaced by webhook_min_interval");
+                        hook_since.get_or_insert_with(Instant::now);
                     }
                     _ = sig.hup.recv() => {
                         tracing::info!("SIGHUP during a cycle: reloading after it");
@@ -640,6 +667,9 @@ async fn run_with_store(
             }
         };
         hb.cycle_ended();
+        if std::mem::take(&mut hook_cycle) {
+            last_hook_end = Some(Instant::now());
+        }
         if let Some(r) = result {
             metrics.observe_cycle(full, t0.elapsed(), &r, &syncer);
             if let Ok(rep) = &r {
@@ -786,6 +816,34 @@ mod tests {
         want(&mut p, false);
         want(&mut p, false);
         assert_eq!(p, Some(false));
+    }
+
+    #[test]
+    fn webhook_cycles_are_debounced_and_spaced() {
+        let t0 = Instant::now();
+        let s = |n: u64| Duration::from_secs(n);
+        let ms = Duration::from_millis(500);
+        assert_eq!(hook_due(None, Some(t0), ms, s(30)), None, "no call waiting");
+        assert_eq!(
+            hook_due(Some(t0), None, ms, s(30)),
+            Some(t0 + ms),
+            "first: debounce only"
+        );
+        // the last webhook cycle ended 10 s before the call: due 30 s after that end
+        let end = t0;
+        let call = t0 + s(10);
+        assert_eq!(
+            hook_due(Some(call), Some(end), ms, s(30)),
+            Some(end + s(30))
+        );
+        // long after it: the debounce again
+        let call = t0 + s(100);
+        assert_eq!(hook_due(Some(call), Some(end), ms, s(30)), Some(call + ms));
+        assert_eq!(
+            hook_due(Some(t0 + s(1)), Some(end), ms, Duration::ZERO),
+            Some(t0 + s(1) + ms),
+            "0s: no spacing"
+        );
     }
 
     #[test]

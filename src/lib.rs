@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod http;
+pub mod http_server;
 pub mod kommo;
 pub mod kommo_auth;
 pub mod links;

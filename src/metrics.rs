@@ -1,6 +1,7 @@
 //! The optional HTTP endpoint (`[daemon] listen`): `/metrics` in Prometheus text format,
 //! `/healthz` (the process is alive) and `/readyz` (a good cycle within 3 poll intervals).
-//! Written by hand: a dozen counters do not need a metrics framework.
+//! Written by hand: a dozen counters do not need a metrics framework. The server, its limits and
+//! how these routes stay reachable under a flood are in [`crate::http_server`].
 
 use crate::config::Config;
 use crate::cycle::{CycleError, CycleReport, Syncer};
@@ -377,7 +378,8 @@ fn poll_interval(cfg: &Config) -> Duration {
     }
 }
 
-/// Serves the endpoint on `addr` (`/readyz`'s window is taken from `cfg`).
+/// Serves the endpoint on `addr` (`/readyz`'s window and the connection cap are taken from
+/// `cfg`) within the bounds of [`crate::http_server`]; the metrics routes read no body.
 pub async fn serve(
     addr: &str,
     metrics: Metrics,
@@ -415,11 +417,11 @@ pub async fn serve(
         None => app,
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics endpoint stopped");
-        }
-    }))
+    let limits = crate::http_server::Limits {
+        max_connections: cfg.daemon.max_connections,
+        ..Default::default()
+    };
+    Ok(crate::http_server::serve(listener, app, limits).0)
 }
 
 #[cfg(test)]

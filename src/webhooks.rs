@@ -5,11 +5,24 @@
 //!
 //! Routes (on the `[daemon] listen` address): `POST /hooks/kommo/{token}` and
 //! `POST /hooks/chatapp/{token}`. ChatApp checks a callback URL with an empty POST: it gets a 200.
+//!
+//! Hostile callers (the server's own bounds are in [`crate::http_server`]):
+//! - The token is checked first, from the path alone: a wrong one gets a 404 with
+//!   `connection: close` and the body is never read (hyper closes the socket rather than drain it).
+//! - A body is at most [`MAX_BODY`] (64 KiB; Kommo's and ChatApp's calls are a few KiB): a larger
+//!   `content-length` gets a 413 before anything is read, a longer body without one a 413 once
+//!   64 KiB were read. The body must arrive within [`BODY_READ_TIMEOUT`] (else 408). These answers
+//!   close the connection too.
+//! - Any byte string is a valid input to the parsers below; nothing a request carries can panic.
+//! - A flood of valid calls only sets one flag: the runner spaces the cycles it triggers by
+//!   `[daemon] webhook_min_interval` (calls meanwhile are coalesced into one cycle, never lost).
 
+pub use crate::http_server::BODY_READ_TIMEOUT;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
@@ -17,13 +30,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// The largest webhook body read.
+pub const MAX_BODY: usize = 64 * 1024;
+
 /// What the webhook endpoints share with the runner.
 pub struct Hooks {
     token: SecretString,
     notify: Notify,
     /// Calls that triggered a cycle.
     pub triggered: AtomicU64,
-    /// Calls refused (wrong token).
+    /// Calls refused (wrong token, body too large or too slow).
     pub refused: AtomicU64,
     /// Calls accepted that carried nothing to act on.
     pub ignored: AtomicU64,
@@ -98,38 +114,91 @@ pub fn chatapp_body_is_relevant(body: &[u8]) -> bool {
         .is_some_and(|t| t == "chatResponsible" || t == "message")
 }
 
-/// Answers a webhook call: 404 for a wrong token; otherwise 200, and a trigger when `relevant`
-/// says the body is worth a cycle.
-fn answer(
+/// An answer that ends the connection (the caller misbehaved or the body was not read whole).
+fn closing(status: StatusCode) -> Response {
+    (status, [(header::CONNECTION, "close")]).into_response()
+}
+
+/// Reads a body of at most [`MAX_BODY`] within [`BODY_READ_TIMEOUT`].
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, StatusCode> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
+        Ok(Ok(b)) => Ok(b),
+        // over the limit, or the client broke off: either way nothing to act on
+        Ok(Err(_)) => Err(StatusCode::PAYLOAD_TOO_LARGE),
+    }
+}
+
+/// Answers a webhook call: 404 for a wrong token (the body unread); 413/408 for a body too large
+/// or too slow; otherwise 200, and a trigger when `relevant` says the body is worth a cycle.
+async fn answer(
     h: &Hooks,
     token: &str,
-    body: &[u8],
+    headers: &HeaderMap,
+    body: Body,
     relevant: fn(&[u8]) -> bool,
     api: &str,
-) -> StatusCode {
+) -> Response {
     if !h.token_ok(token) {
         h.refused.fetch_add(1, Ordering::Relaxed);
-        return StatusCode::NOT_FOUND;
+        return closing(StatusCode::NOT_FOUND);
     }
-    if relevant(body) {
+    let body = match read_body(headers, body).await {
+        Ok(b) => b,
+        Err(status) => {
+            h.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(api, %status, "webhook: body refused");
+            return closing(status);
+        }
+    };
+    if relevant(&body) {
         tracing::debug!(api, "webhook: cycle soon");
         h.fire();
     } else {
         h.ignored.fetch_add(1, Ordering::Relaxed);
     }
-    StatusCode::OK
+    StatusCode::OK.into_response()
 }
 
-async fn kommo(State(h): State<Arc<Hooks>>, Path(token): Path<String>, body: Bytes) -> StatusCode {
-    answer(&h, &token, &body, kommo_body_is_responsible_change, "kommo")
+async fn kommo(
+    State(h): State<Arc<Hooks>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(
+        &h,
+        &token,
+        &headers,
+        body,
+        kommo_body_is_responsible_change,
+        "kommo",
+    )
+    .await
 }
 
 async fn chatapp(
     State(h): State<Arc<Hooks>>,
     Path(token): Path<String>,
-    body: Bytes,
-) -> StatusCode {
-    answer(&h, &token, &body, chatapp_body_is_relevant, "chatapp")
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(
+        &h,
+        &token,
+        &headers,
+        body,
+        chatapp_body_is_relevant,
+        "chatapp",
+    )
+    .await
 }
 
 /// The webhook routes, to merge into the daemon's HTTP endpoint.

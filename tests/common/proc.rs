@@ -66,6 +66,12 @@ impl Env {
         Daemon::spawn(&self.config, self.dir.path(), env)
     }
 
+    /// Starts `run` with its open-file limit (soft and hard) set to `nofile`, as systemd's
+    /// `LimitNOFILE=` would.
+    pub fn spawn_with_nofile(&self, nofile: u64) -> Daemon {
+        Daemon::spawn_limited(&self.config, self.dir.path(), &[], Some(nofile))
+    }
+
     /// Runs the binary with `args` after `--config <path>`, bounded to `within` (on a blocking
     /// thread: the simulators share the test's runtime).
     pub async fn cli(&self, args: &[&str], within: Duration) -> Output {
@@ -229,6 +235,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `run` with a notify socket in `dir`; `env` is added (e.g. `WATCHDOG_USEC`).
     pub fn spawn(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_limited(config, dir, env, None)
+    }
+
+    /// [`Daemon::spawn`], with RLIMIT_NOFILE set to `nofile` in the child when given.
+    pub fn spawn_limited(
+        config: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Daemon {
         let sock_path = dir.join(format!(
             "notify-{}.sock",
             std::time::SystemTime::now()
@@ -271,6 +287,23 @@ impl Daemon {
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let mut child = cmd.spawn().expect("run starts");
         let stderr: Arc<Mutex<String>> = Arc::default();
@@ -452,6 +485,18 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The resident memory of process `pid` (VmRSS in /proc/<pid>/status), in KiB.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The number of open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
 /// A free loopback port (bound, then released).
