@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod schedule;
+pub mod shared_limit;
 pub mod sim;
 pub mod status;
 pub mod store;
