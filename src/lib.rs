@@ -18,6 +18,7 @@ pub mod model;
 pub mod online_check;
 pub mod redact;
 pub mod schedule;
+pub mod shared_limit;
 pub mod sim;
 pub mod status;
 pub mod store;
