@@ -207,7 +207,8 @@ fi
 
 # --- man pages ---------------------------------------------------------------
 # One section 1 page per command of the packaged binary (from its --help, less "help").
-commands=$("$bin" --help | awk '/^Commands:/ { on = 1; next } on && /^  [a-z]/ { print $1; next } on { exit }' | grep -vx help)
+help_text=$("$bin" --help) || fail "the packaged binary's --help failed"
+commands=$(awk '/^Commands:/ { on = 1; next } on && /^  [a-z]/ { if ($1 != "help") print $1; next } on { exit }' <<<"$help_text")
 [ -n "$commands" ] || fail "no commands in the packaged binary's --help"
 for c in $commands; do
     has /usr/share/man/man1/$PKG-$c.1.gz
