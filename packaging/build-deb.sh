@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Builds the Debian package: target/debian/chatapp-kommo-sync_<version>_<arch>.deb
 # (release binary, both systemd units, the sysusers file, the conffile
-# /etc/chatapp-kommo-sync/config.toml, docs). Prints the .deb's path as the last
-# line of its output. Idempotent; works from any directory.
+# /etc/chatapp-kommo-sync/config.toml, man pages, shell completions, docs).
+# Prints the .deb's path as the last line of its output. Idempotent; works from
+# any directory.
+#
+# The man pages and completions are generated first, by examples/gen_docs.rs
+# (debug build; CI has built the examples already), into target/packaging/.
+# The newest entry of packaging/debian/changelog must be for Cargo.toml's
+# version; its date is the man pages' date. (SOURCE_DATE_EPOCH is not set
+# here: aws-lc-sys's build script watches it, so setting it would rebuild the
+# release binary whenever it differs from the previous build's.)
 #
 # Needs: cargo; cargo-deb (installed here if missing, pinned below);
-# dpkg-shlibdeps from dpkg-dev (for "$auto" in Depends; installed with apt-get
-# if missing and we are root). CARGO_BUILD_JOBS limits build parallelism.
+# dpkg-dev (dpkg-shlibdeps for "$auto" in Depends, dpkg-parsechangelog;
+# installed with apt-get if missing and we are root). CARGO_BUILD_JOBS limits
+# build parallelism.
 set -euo pipefail
 
 CARGO_DEB_VERSION=3.8.0
@@ -40,7 +49,10 @@ fi
 command -v dpkg-shlibdeps >/dev/null || apt_install dpkg-shlibdeps dpkg-dev
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found (not a Debian system?)"
 
-for f in Cargo.toml config.example.toml README.md packaging/README.md; do
+command -v dpkg-parsechangelog >/dev/null || apt_install dpkg-parsechangelog dpkg-dev
+
+for f in Cargo.toml config.example.toml README.md packaging/README.md \
+         packaging/debian/changelog packaging/debian/copyright packaging/debian/lintian-overrides; do
     [ -f "$f" ] || die "$f is missing (it is packaged)"
 done
 
@@ -52,6 +64,19 @@ p = next(p for p in m["packages"] if p["name"] == "chatapp-kommo-sync")
 print(p["version"], m["target_directory"])')
 arch=$(dpkg --print-architecture)
 deb="$target_dir/debian/chatapp-kommo-sync_${version}_${arch}.deb"
+
+changelog=packaging/debian/changelog
+cl_version=$(dpkg-parsechangelog -l "$changelog" -S Version)
+[ "$cl_version" = "$version" ] \
+    || die "the newest entry of $changelog is for $cl_version, Cargo.toml says $version: add an entry (see packaging/README.md)"
+cl_epoch=$(dpkg-parsechangelog -l "$changelog" -S Timestamp)
+docs_date=$(date -u -d "@$cl_epoch" +%Y-%m-%d)
+
+# Man pages and completions, for the assets under target/packaging/ in Cargo.toml.
+log "generating the man pages and shell completions (examples/gen_docs.rs)"
+cargo run --locked --example gen_docs -- \
+    --out-dir "$ROOT/target/packaging" --date "$docs_date" \
+    --config-example "$ROOT/config.example.toml" >&2
 
 log "building the release binary and $deb"
 rm -f "$deb" "$target_dir"/debian/chatapp-kommo-sync*_"${version}"_"${arch}".*deb
