@@ -1,7 +1,7 @@
 //! The command line (SPEC section 5): `run`, `once`, `check-config`, `status`, `demo`.
 //! Exit codes: 0 ok, 2 config error, 3 safety brake (nothing written), 1 any other failure.
 
-use crate::config::{self, ConfigError};
+use crate::config::{self, ConfigErrors};
 use crate::cycle::{CycleOptions, Syncer, WriteResult, describe_write};
 use crate::model::CardId;
 use crate::status::{StatusQuery, render};
@@ -68,13 +68,24 @@ pub enum Command {
     Demo,
 }
 
-fn config_error(e: &ConfigError) -> ExitCode {
+fn config_error(e: &ConfigErrors) -> ExitCode {
     eprintln!("{e}");
+    if e.0.len() > 1 {
+        eprintln!("{} problems in the config", e.0.len());
+    }
     ExitCode::from(EXIT_CONFIG)
+}
+
+/// Prints the config's warnings (things worth fixing that do not stop anything).
+fn print_warnings(loaded: &config::Loaded) {
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
+    crate::panic_guard::install_hook();
     let cli = Cli::parse();
     let path = config::config_path(cli.config.as_deref());
     match cli.command {
@@ -110,6 +121,7 @@ pub fn main() -> ExitCode {
                 Ok(l) => l,
                 Err(e) => return config_error(&e),
             };
+            print_warnings(&loaded);
             if online {
                 crate::logging::init(&loaded.config.daemon.log_level, false);
                 let rt = runtime();
@@ -155,7 +167,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             match Store::open_read_only(&cfg.daemon.state_path)
-                .and_then(|s| render(&s, &StatusQuery { dialog, card }))
+                .and_then(|s| s.guard(|| render(&s, &StatusQuery { dialog, card })))
             {
                 Ok(out) => {
                     print!("{out}");
@@ -177,6 +189,9 @@ pub fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             crate::logging::init(&loaded.config.daemon.log_level, true);
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
             let store = match Store::open(&loaded.config.daemon.state_path) {
                 Ok(s) => Arc::new(s),
                 Err(e) => {

@@ -84,6 +84,8 @@ pub struct CycleReport {
     pub brake: Option<Brake>,
     /// Intents settled at the start (recovered after a crash).
     pub recovered: usize,
+    /// Records that did not fit their page (skipped and quarantined).
+    pub bad: Vec<crate::http::BadRecord>,
 }
 
 /// The sync: config, state db and both clients.
@@ -151,7 +153,8 @@ impl Syncer {
                 report.record.duration_ms = t0.elapsed().as_millis() as u64;
                 report.record.finished_at = now_unix();
                 if !opts.dry_run {
-                    self.store.record_cycle(&report.record)?;
+                    self.store
+                        .record_cycle(&report.record, &self.retention(now_unix()))?;
                 }
                 Ok(report)
             }
@@ -161,7 +164,7 @@ impl Syncer {
                         "cycle stopped between writes; the rest is decided again next cycle"
                     );
                 } else {
-                    tracing::error!(error = %e, "cycle failed; the next cycle starts from the last committed state");
+                    tracing::error!(error = %e, class = e.label(), "cycle failed; the next cycle starts from the last committed state");
                 }
                 if !opts.dry_run {
                     let rec = CycleRecord {
@@ -181,7 +184,9 @@ impl Syncer {
                         duration_ms: t0.elapsed().as_millis() as u64,
                         ..CycleRecord::default()
                     };
-                    let _ = self.store.record_cycle(&rec);
+                    if let Err(se) = self.store.record_cycle(&rec, &self.retention(now_unix())) {
+                        tracing::error!(error = %se, class = "store", "cannot record the failed cycle in the state db");
+                    }
                 }
                 Err(e)
             }
@@ -240,6 +245,9 @@ impl Syncer {
         let full = opts.full || !snap.bootstrapped || (syncs_leads && stored_pipelines.is_none());
         let wm: Watermarks = self.store.meta(META_WATERMARKS)?.unwrap_or_default();
         let recheck = self.store.recheck()?;
+        let quarantine = self.store.quarantined()?;
+        // the cycle's records that did not fit their page (skipped, reported, re-read later)
+        let mut bad: Vec<crate::http::BadRecord> = vec![];
         let kinds = self.config.kinds();
         let k_overlap = self.config.kommo.events_overlap.as_secs() as i64;
         let c_overlap = self.config.chatapp.chats_overlap.as_secs() as i64;
@@ -368,8 +376,9 @@ impl Syncer {
                     wanted.entry(c.kind).or_default().insert(c.id);
                 }
             }
-            for r in &recheck {
+            for r in recheck.iter().chain(&quarantined_records(&quarantine)) {
                 if let RecordId::Card(c) = r
+                    && kinds.contains(&c.kind)
                     && !obs.cards.contains_key(c)
                 {
                     wanted.entry(c.kind).or_default().insert(c.id);
@@ -377,7 +386,11 @@ impl Syncer {
             }
             for (kind, ids) in wanted {
                 let ids: Vec<u64> = ids.into_iter().collect();
-                for c in self.kommo.cards_by_id(kind, &ids).await? {
+                let got = self.kommo.cards_by_id(kind, &ids).await?;
+                let bad_now = self.kommo.api.take_bad();
+                let unreadable: BTreeSet<RecordId> = subjects(&bad_now);
+                bad.extend(bad_now);
+                for c in got {
                     put_card(
                         &mut obs,
                         &mut new_wm,
@@ -387,12 +400,15 @@ impl Syncer {
                         c,
                     );
                 }
-                // a card that does not come back is gone: deleted
+                // a card that does not come back is gone: deleted (one that came back unreadable
+                // is not: it stays quarantined and is read again next cycle)
                 for id in ids {
                     let cid = CardId::new(kind, id);
-                    if let (false, Some(base)) =
-                        (obs.cards.contains_key(&cid), snap.cards.get(&cid))
-                    {
+                    if let (false, false, Some(base)) = (
+                        obs.cards.contains_key(&cid),
+                        unreadable.contains(&RecordId::Card(cid)),
+                        snap.cards.get(&cid),
+                    ) {
                         obs.cards.insert(
                             cid,
                             CardObs {
@@ -451,7 +467,7 @@ impl Syncer {
             obs.dialogs.insert(c.key(), c.to_obs());
         }
         if !full {
-            for r in &recheck {
+            for r in recheck.iter().chain(&quarantined_records(&quarantine)) {
                 if let RecordId::Dialog(d) = r
                     && !obs.dialogs.contains_key(d)
                     && let Some(c) = self.chatapp.chat(d).await?
@@ -460,6 +476,21 @@ impl Syncer {
                 }
             }
         }
+        bad.extend(self.kommo.api.take_bad());
+        bad.extend(self.chatapp.api.take_bad());
+        for b in &bad {
+            tracing::error!(api = %b.api, endpoint = %b.endpoint, subject = b.subject.as_deref().unwrap_or("?"), path = %b.path, reason = %b.reason, "quarantined: a record that does not fit was skipped; the rest of the cycle goes on, and it is read again next cycle");
+        }
+        let released: Vec<String> = quarantine
+            .iter()
+            .filter(|q| {
+                subject_record(&q.record).is_some_and(|r| match &r {
+                    RecordId::Card(c) => obs.cards.contains_key(c),
+                    RecordId::Dialog(d) => obs.dialogs.contains_key(d),
+                })
+            })
+            .map(|q| crate::store::Quarantined::key_of(&q.record))
+            .collect();
 
         trace_memory("read");
         let (cards_read, dialogs_read) = (obs.cards.len() as u64, obs.dialogs.len() as u64);
@@ -474,6 +505,7 @@ impl Syncer {
             writes_planned: plan.writes.len() as u64,
             parked: plan.parked.len() as u64,
             conflicts: plan.conflicts.len() as u64,
+            quarantined: bad.len() as u64,
             ..CycleRecord::default()
         };
         for p in &plan.parked {
@@ -489,6 +521,7 @@ impl Syncer {
             record: CycleRecord::default(),
             brake: None,
             recovered,
+            bad: bad.clone(),
         };
         if opts.dry_run {
             record.outcome = "dry_run".into();
@@ -527,6 +560,9 @@ impl Syncer {
             watermarks: new_wm.clone(),
             events_seen: fresh.iter().map(|e| (e.id.clone(), e.created_at)).collect(),
             prune_events_before: new_wm.kommo_events - 2 * k_overlap,
+            bad,
+            released,
+            retention: self.retention(now),
             cycle: record.clone(),
         };
         trace_memory("settled");
@@ -534,6 +570,14 @@ impl Syncer {
         trace_memory("committed");
         report.record = record;
         Ok(report)
+    }
+
+    /// The history the db keeps (`[daemon] audit_retention`, [`crate::store::KEEP_CYCLES`]).
+    fn retention(&self, now: i64) -> crate::store::Retention {
+        crate::store::Retention {
+            audit_before: now - self.config.daemon.audit_retention.as_secs() as i64,
+            keep_cycles: crate::store::KEEP_CYCLES,
+        }
     }
 
     /// Keeps lead stages current from `lead_status_changed` events (no request per lead): a lead
@@ -819,6 +863,28 @@ impl Syncer {
         );
         Ok(())
     }
+}
+
+/// The card or dialog a bad record names, when it names one.
+fn subject_record(b: &crate::http::BadRecord) -> Option<RecordId> {
+    let s = b.subject.as_deref()?;
+    if b.api == "kommo" {
+        return CardId::parse(s).map(RecordId::Card);
+    }
+    match crate::links::parse_messenger_value(s)? {
+        crate::model::DialogRef::Full(d) => Some(RecordId::Dialog(d)),
+        _ => None,
+    }
+}
+
+/// The records bad records name.
+fn subjects(bad: &[crate::http::BadRecord]) -> BTreeSet<RecordId> {
+    bad.iter().filter_map(subject_record).collect()
+}
+
+/// The records quarantined entries name (read again on their own).
+fn quarantined_records(q: &[crate::store::Quarantined]) -> BTreeSet<RecordId> {
+    q.iter().filter_map(|e| subject_record(&e.record)).collect()
 }
 
 /// The observation of a card read this cycle: its fields at `stage`, the change time of its value

@@ -109,6 +109,9 @@ pub fn main(path: &Path) -> ExitCode {
         }
     };
     crate::logging::init(&loaded.config.daemon.log_level, true);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
     let rt = crate::cli::runtime();
     rt.block_on(run(path, loaded))
 }

@@ -33,8 +33,16 @@ pub fn write_config(
     extra_sync: &str,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("kommo-token"), "kommo-test-token\n")?;
-    std::fs::write(dir.join("chatapp-password"), "secret-password\n")?;
+    for (name, secret) in [
+        ("kommo-token", "kommo-test-token\n"),
+        ("chatapp-password", "secret-password\n"),
+    ] {
+        std::fs::write(dir.join(name), secret)?;
+        std::fs::set_permissions(
+            dir.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+    }
     let text = format!(
         r#"[daemon]
 state_path = "{state}"

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod online_check;
+pub mod panic_guard;
 pub mod redact;
 pub mod schedule;
 pub mod shared_limit;
