@@ -5,11 +5,13 @@
 //! dependency tree, and on shared machines the ratio between the two cases in one run is what to
 //! compare.
 
-use chatapp_kommo_sync::engine::{Bootstrap, ConflictPolicy, Observations, Policy, Snapshot, plan};
-use chatapp_kommo_sync::model::{
+use chatapp_kommo_sync::core::engine::{
+    Bootstrap, ConflictPolicy, Observations, Policy, Snapshot, plan,
+};
+use chatapp_kommo_sync::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, SyncKind,
 };
-use chatapp_kommo_sync::usermap::UserMap;
+use chatapp_kommo_sync::core::usermap::UserMap;
 use std::time::Instant;
 
 fn world(dialogs: u64, leads_per: u64) -> (Snapshot, Observations) {

@@ -1,11 +1,11 @@
 //! The command line (SPEC section 5): `run`, `once`, `check-config`, `status`, `demo`.
 //! Exit codes: 0 ok, 2 config error, 3 safety brake (nothing written), 1 any other failure.
 
+use crate::commands::status::{StatusQuery, render};
 use crate::config::{self, ConfigErrors};
-use crate::cycle::{CycleOptions, Syncer, WriteResult, describe_write};
-use crate::model::CardId;
-use crate::status::{StatusQuery, render};
+use crate::core::model::CardId;
 use crate::store::Store;
+use crate::sync::{CycleOptions, Syncer, WriteResult, describe_write};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,17 +89,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config::config_path(cli.config.as_deref());
     match cli.command {
-        Command::Demo => {
-            crate::logging::init("error", false);
-            let rt = runtime();
-            match rt.block_on(crate::demo::run()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("demo failed: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Demo => demo(),
         Command::CheckConfig {
             online: _,
             no_secrets: true,
@@ -125,7 +115,7 @@ pub fn main() -> ExitCode {
             if online {
                 crate::logging::init(&loaded.config.daemon.log_level, false);
                 let rt = runtime();
-                match rt.block_on(crate::online_check::check(&loaded)) {
+                match rt.block_on(crate::commands::online_check::check(&loaded)) {
                     Err(e) => {
                         eprintln!("check-config --online: the check could not run: {e}");
                         return ExitCode::FAILURE;
@@ -252,20 +242,41 @@ pub fn main() -> ExitCode {
                     }
                 }
             });
-            crate::cycle::trace_memory("cycle reported");
+            crate::sync::trace_memory("cycle reported");
             drop(rt);
-            crate::cycle::trace_memory("runtime dropped");
+            crate::sync::trace_memory("runtime dropped");
             if let Ok(s) = Arc::try_unwrap(store)
                 && let Err(e) = s.close()
             {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
-            crate::cycle::trace_memory("state db closed");
+            crate::sync::trace_memory("state db closed");
             code
         }
-        Command::Run => crate::daemon::main(&path),
+        Command::Run => crate::service::runner::main(&path),
     }
+}
+
+/// `demo`: the whole sync on the built-in simulators.
+#[cfg(feature = "sim")]
+fn demo() -> ExitCode {
+    crate::logging::init("error", false);
+    let rt = runtime();
+    match rt.block_on(crate::commands::demo::run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `demo` in a build without the simulators.
+#[cfg(not(feature = "sim"))]
+fn demo() -> ExitCode {
+    eprintln!("demo: this build has no simulators (built without the default `sim` feature)");
+    ExitCode::FAILURE
 }
 
 /// The config file's text; a read error is reported as a config error (exit 2).

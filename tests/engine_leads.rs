@@ -4,10 +4,10 @@
 #[path = "common/world.rs"]
 mod world;
 
-use chatapp_kommo_sync::engine::{
+use chatapp_kommo_sync::core::engine::{
     Bootstrap, LeadsPolicy, Observations, Policy, Rule, Snapshot, plan, sync_kind,
 };
-use chatapp_kommo_sync::model::{
+use chatapp_kommo_sync::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, LeadStage,
     RecordId, StageKind, SyncKind,
 };

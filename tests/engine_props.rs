@@ -4,14 +4,14 @@
 #[path = "common/gen.rs"]
 mod worldgen;
 
-use chatapp_kommo_sync::engine::{
+use chatapp_kommo_sync::core::engine::{
     Bootstrap, ConflictPolicy, ParkReason, Parked, Plan, Policy, Rule, dialog_reopened,
     fingerprint, plan,
 };
-use chatapp_kommo_sync::links::{
+use chatapp_kommo_sync::core::links::{
     looks_like_phone, parse_messenger_value, phone_digits, phone_of_chat_id,
 };
-use chatapp_kommo_sync::model::{CardId, CardKind, DialogKey, DialogRef, RecordId};
+use chatapp_kommo_sync::core::model::{CardId, CardKind, DialogKey, DialogRef, RecordId};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,9 +3,9 @@
 #[path = "common/world.rs"]
 mod world;
 
-use chatapp_kommo_sync::engine::{Bootstrap, Brake, ConflictPolicy, ParkReason, Rule};
-use chatapp_kommo_sync::model::{CardKind::*, RecordId};
-use chatapp_kommo_sync::usermap::UserMap;
+use chatapp_kommo_sync::core::engine::{Bootstrap, Brake, ConflictPolicy, ParkReason, Rule};
+use chatapp_kommo_sync::core::model::{CardKind::*, RecordId};
+use chatapp_kommo_sync::core::usermap::UserMap;
 use world::*;
 
 fn d1() -> String {
@@ -14,8 +14,8 @@ fn d1() -> String {
 
 /// contact 10 and lead 20 linked to dialog 1; all agree on user 1 / employee 101.
 fn linked_world(
-    crm_to_chat: &[chatapp_kommo_sync::model::CardKind],
-    chat_to_crm: &[chatapp_kommo_sync::model::CardKind],
+    crm_to_chat: &[chatapp_kommo_sync::core::model::CardKind],
+    chat_to_crm: &[chatapp_kommo_sync::core::model::CardKind],
 ) -> World {
     let mut w = World::new(policy(crm_to_chat, chat_to_crm));
     w.base_contact(10, 1, 100, Some(1))
@@ -274,7 +274,7 @@ fn rule12_bootstrap_modes() {
         for (id, st) in &seed.snap.cards {
             w.obs.cards.insert(
                 *id,
-                chatapp_kommo_sync::model::CardObs {
+                chatapp_kommo_sync::core::model::CardObs {
                     responsible: st.responsible,
                     flag: true,
                     deleted: false,
@@ -346,7 +346,7 @@ fn failed_write_holds_the_bases_so_the_change_is_decided_again() {
     let mut w = linked_world(&[Contact], &[]);
     w.card_changed(contact(10), 2, 500);
     let p = w.plan();
-    let s = chatapp_kommo_sync::engine::settle(&w.snap, &p, &[false], 10_000);
+    let s = chatapp_kommo_sync::core::engine::settle(&w.snap, &p, &[false], 10_000);
     assert!(s.held.contains(&RecordId::Card(contact(10))));
     w.snap.apply(&s);
     assert_eq!(w.snap.cards[&contact(10)].responsible, 1, "base stays");

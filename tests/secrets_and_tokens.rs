@@ -4,7 +4,7 @@
 #[path = "common/e2e.rs"]
 mod e2e;
 
-use chatapp_kommo_sync::demo::sample_world_with;
+use chatapp_kommo_sync::commands::demo::sample_world_with;
 use chatapp_kommo_sync::sim::{Fault, FaultRule, KommoSimConfig, OAuthSim};
 use chatapp_kommo_sync::tokens::{MemoryTokens, TokenStore};
 use e2e::Env;
@@ -104,7 +104,7 @@ async fn a_rotated_pair_that_cannot_be_stored_is_kept_used_and_stored_later() {
     let loaded = chatapp_kommo_sync::config::load(&env.config).unwrap();
     let tokens = Arc::new(MemoryTokens::new());
     let (kommo, _chatapp) =
-        chatapp_kommo_sync::cycle::clients(&loaded, tokens.clone() as Arc<dyn TokenStore>).unwrap();
+        chatapp_kommo_sync::sync::clients(&loaded, tokens.clone() as Arc<dyn TokenStore>).unwrap();
     let k = &env.w.kommo;
 
     // the disk is full: the first refresh's pair cannot be stored

@@ -13,13 +13,13 @@
 //! apart. Pure: no I/O, deterministic for a given spec and action list.
 #![allow(dead_code)]
 
-use chatapp_kommo_sync::engine::{
+use chatapp_kommo_sync::core::engine::{
     Bootstrap, ConflictPolicy, Observations, Plan, Policy, Snapshot, Write, plan, settle,
 };
-use chatapp_kommo_sync::model::{
+use chatapp_kommo_sync::core::model::{
     CardId, CardKind, CardObs, DialogKey, DialogObs, DialogRef, RecordId,
 };
-use chatapp_kommo_sync::usermap::UserMap;
+use chatapp_kommo_sync::core::usermap::UserMap;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::collections::{BTreeMap, BTreeSet};
@@ -797,7 +797,7 @@ impl Model {
     /// Cards linked to the dialog `key` as the model's links say (contacts by Messenger reference,
     /// and by phone when `match_phone`; other kinds through their contacts).
     pub fn linked_cards(&self, key: &DialogKey, match_phone: bool) -> Vec<CardId> {
-        let phone = chatapp_kommo_sync::links::phone_of_chat_id(&key.chat_id);
+        let phone = chatapp_kommo_sync::core::links::phone_of_chat_id(&key.chat_id);
         let contacts: BTreeSet<u64> = self
             .cards
             .iter()

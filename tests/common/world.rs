@@ -1,10 +1,10 @@
 //! A small builder of engine worlds shared by the engine tests (pure: no I/O).
 #![allow(dead_code)]
 
-use chatapp_kommo_sync::engine::{
+use chatapp_kommo_sync::core::engine::{
     Bootstrap, ConflictPolicy, Observations, Plan, Policy, Snapshot, plan, settle,
 };
-use chatapp_kommo_sync::model::{
+use chatapp_kommo_sync::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, LeadStage,
     RecordId, StageKind,
 };
@@ -49,7 +49,7 @@ pub fn lost_in(pipeline: u64) -> LeadStage {
         kind: StageKind::Closed,
     }
 }
-use chatapp_kommo_sync::usermap::UserMap;
+use chatapp_kommo_sync::core::usermap::UserMap;
 
 /// Kommo user `n` <-> employee `100 + n`, for n in 1..=9.
 pub fn users() -> UserMap {

@@ -2,13 +2,14 @@
 //! custom fields, `entity_responsible_changed` events, users, and batch `PATCH` of
 //! `responsible_user_id`. Facts and sources: `../shared/api/kommo.md`.
 
+pub mod auth;
 use crate::config::{FieldRef, KommoConfig, LinksConfig};
-use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
-use crate::links::{parse_messenger_value, phone_digits};
-use crate::model::{
+use crate::core::links::{parse_messenger_value, phone_digits};
+use crate::core::model::{
     CardId, CardKind, CardObs, DialogRef, KommoUser, KommoUserId, LeadStage, STATUS_LOST,
     STATUS_WON, StageKind, SyncKind,
 };
+use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -635,7 +636,7 @@ impl KommoCard {
 pub struct KommoClient {
     /// Shared HTTP plumbing (limiter, retries, counters).
     pub api: ApiClient,
-    auth: crate::kommo_auth::KommoAuth,
+    auth: crate::kommo::auth::KommoAuth,
     filters: std::sync::Mutex<Option<bool>>,
 }
 
@@ -647,7 +648,7 @@ impl KommoClient {
     /// Builds the client for a long-lived token.
     pub fn new(
         cfg: &KommoConfig,
-        auth: crate::kommo_auth::KommoAuth,
+        auth: crate::kommo::auth::KommoAuth,
     ) -> Result<KommoClient, ApiError> {
         let limits = Limits::standard(
             cfg.requests_per_second,
@@ -662,7 +663,7 @@ impl KommoClient {
     }
 
     /// The credentials (to store a rotated pair that lives only in memory, or ask about it).
-    pub fn auth(&self) -> &crate::kommo_auth::KommoAuth {
+    pub fn auth(&self) -> &crate::kommo::auth::KommoAuth {
         &self.auth
     }
 
@@ -1180,7 +1181,7 @@ impl KommoClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DialogRef;
+    use crate::core::model::DialogRef;
 
     fn fields() -> FieldMap {
         FieldMap {

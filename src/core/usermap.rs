@@ -1,6 +1,6 @@
 //! The user map: Kommo user id <-> ChatApp employee id (SPEC section 1). Pure.
 
-use crate::model::{Employee, EmployeeId, KommoUser, KommoUserId};
+use crate::core::model::{Employee, EmployeeId, KommoUser, KommoUserId};
 use std::collections::BTreeMap;
 
 /// A one-to-one map between Kommo users and ChatApp employees.

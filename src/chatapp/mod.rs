@@ -4,9 +4,9 @@
 //! from `[chatapp.set_responsible]`). Facts and sources: `../shared/api/chatapp.md`.
 
 use crate::config::{ChatAppConfig, SetResponsibleConfig};
+use crate::core::links::phone_digits;
+use crate::core::model::{DialogKey, DialogObs, Employee, EmployeeId};
 use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
-use crate::links::phone_digits;
-use crate::model::{DialogKey, DialogObs, Employee, EmployeeId};
 pub use crate::tokens::TokenPair;
 use crate::tokens::TokenStore;
 use secrecy::{ExposeSecret, SecretString};

@@ -4,12 +4,12 @@
 //! Vocabulary: a record's *base* is in the snapshot; its *current* state is the observation of this
 //! cycle when it was read, else its base. A record has *changed* when current != base.
 
-use crate::links::{Links, resolve_links_with};
-use crate::model::{
+use crate::core::links::{Links, resolve_links_with};
+use crate::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogState, EmployeeId,
     KommoUserId, RecordId, StageKind, SyncKind,
 };
-use crate::usermap::UserMap;
+use crate::core::usermap::UserMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};

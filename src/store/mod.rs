@@ -7,8 +7,8 @@
 //! read-only processes (`status`) that follow its commits. A second writer is refused with
 //! [`StoreError::Locked`].
 
-use crate::engine::{Parked, Rule, Settlement, Snapshot};
-use crate::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
+use crate::core::engine::{Parked, Rule, Settlement, Snapshot};
+use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
 use crate::tokens::{OAuthPair, TokenPair, TokenStoreError};
 use redb::{
     ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -503,7 +503,10 @@ impl Store {
                         path: path.to_path_buf(),
                     }
                     .guard_schema()?,
-                    Err(StoreError::Open { source: redb::Error::RepairAborted, .. }) => {}
+                    Err(StoreError::Open {
+                        source: redb::Error::RepairAborted,
+                        ..
+                    }) => {}
                     Err(e) => return Err(e),
                 }
                 guarded(path, || builder(true).open(path))?
@@ -1113,9 +1116,9 @@ mod tests {
             deleted: false,
             contacts: vec![2],
             dialog_refs: vec![
-                crate::model::DialogRef::ChatId("@bob".into()),
-                crate::model::DialogRef::Phone("7999".into()),
-                crate::model::DialogRef::Full(DialogKey::new(1, "telegram", "@a")),
+                crate::core::model::DialogRef::ChatId("@bob".into()),
+                crate::core::model::DialogRef::Phone("7999".into()),
+                crate::core::model::DialogRef::Full(DialogKey::new(1, "telegram", "@a")),
             ],
             phones: vec!["7999".into()],
             lead: Default::default(),

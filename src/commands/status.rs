@@ -3,8 +3,8 @@
 //! read-only (redb `SingleWriter` mode), so it works while the daemon runs. Never prints secrets:
 //! nothing it reads holds any (tokens live in a meta key it does not print).
 
-use crate::engine::ParkReason;
-use crate::model::{CardId, RecordId};
+use crate::core::engine::ParkReason;
+use crate::core::model::{CardId, RecordId};
 use crate::store::{AuditEntry, Store, StoreError};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -188,7 +188,7 @@ fn explain(
     store: &Store,
     out: &mut String,
     r: &RecordId,
-    snap: &crate::engine::Snapshot,
+    snap: &crate::core::engine::Snapshot,
 ) -> Result<(), StoreError> {
     let entries = store.audit(10, |e| &e.target == r)?;
     match entries.first() {

@@ -5,17 +5,17 @@
 
 use crate::chatapp::ChatAppClient;
 use crate::config::{Config, KommoCredentials, Loaded};
-use crate::engine::{self, Brake, Plan, Write, empty_listing_brake};
-use crate::http::ApiError;
-use crate::kommo::{FieldMap, KommoCard, KommoClient, KommoEvent, Pipelines};
-use crate::model::{
+use crate::core::engine::{self, Brake, Plan, Write, empty_listing_brake};
+use crate::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, LeadStage, RecordId, StageKind,
 };
+use crate::core::usermap::UserMap;
+use crate::http::ApiError;
+use crate::kommo::{FieldMap, KommoCard, KommoClient, KommoEvent, Pipelines};
 use crate::store::{
     AuditEntry, Base, CycleCommit, CycleRecord, Intent, META_PIPELINES, META_WATERMARKS, Store,
     StoreError, Watermarks,
 };
-use crate::usermap::UserMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -871,8 +871,8 @@ fn subject_record(b: &crate::http::BadRecord) -> Option<RecordId> {
     if b.api == "kommo" {
         return CardId::parse(s).map(RecordId::Card);
     }
-    match crate::links::parse_messenger_value(s)? {
-        crate::model::DialogRef::Full(d) => Some(RecordId::Dialog(d)),
+    match crate::core::links::parse_messenger_value(s)? {
+        crate::core::model::DialogRef::Full(d) => Some(RecordId::Dialog(d)),
         _ => None,
     }
 }
@@ -935,15 +935,15 @@ pub fn clients(
 ) -> Result<(KommoClient, ChatAppClient), ApiError> {
     let cfg = &loaded.config;
     let auth = match (&loaded.secrets.kommo, &cfg.kommo.oauth) {
-        (KommoCredentials::LongLived(t), _) => crate::kommo_auth::KommoAuth::long_lived(t.clone()),
+        (KommoCredentials::LongLived(t), _) => crate::kommo::auth::KommoAuth::long_lived(t.clone()),
         (
             KommoCredentials::OAuth {
                 client_secret,
                 refresh_token_seed,
             },
             Some(o),
-        ) => crate::kommo_auth::KommoAuth::oauth(
-            crate::kommo_auth::OAuthSettings {
+        ) => crate::kommo::auth::KommoAuth::oauth(
+            crate::kommo::auth::OAuthSettings {
                 client_id: o.client_id.clone(),
                 client_secret: client_secret.clone(),
                 redirect_uri: o.redirect_uri.clone(),

@@ -2,11 +2,11 @@
 //! and no network beyond loopback. Prints what it corrected and why.
 
 use crate::config;
-use crate::cycle::{CycleOptions, CycleReport, Syncer, WriteResult, describe_write};
 use crate::sim::{
     ChatAppSim, ChatAppSimConfig, KommoSim, KommoSimConfig, SimCard, SimChat, SimClock, SimField,
 };
 use crate::store::Store;
+use crate::sync::{CycleOptions, CycleReport, Syncer, WriteResult, describe_write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

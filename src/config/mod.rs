@@ -1,8 +1,8 @@
 //! The config file (SPEC section 5): strict TOML (an unknown key or table is an error), validated
 //! values, and secrets read only from `*_file` paths into types that never print.
 
-use crate::engine::{Bootstrap, ConflictPolicy, LeadsPolicy, Policy};
-use crate::model::{CardKind, SyncKind};
+use crate::core::engine::{Bootstrap, ConflictPolicy, LeadsPolicy, Policy};
+use crate::core::model::{CardKind, SyncKind};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -385,7 +385,7 @@ fn default_webhook_min_interval() -> Duration {
     Duration::from_secs(30)
 }
 fn default_max_connections() -> usize {
-    crate::http_server::DEFAULT_MAX_CONNECTIONS
+    crate::service::http_server::DEFAULT_MAX_CONNECTIONS
 }
 fn default_kommo_rps() -> u32 {
     6
@@ -633,7 +633,10 @@ impl Config {
             } else {
                 "UTC"
             };
-            p.check(key, crate::schedule::Schedule::parse(expr, tz).map(|_| ()));
+            p.check(
+                key,
+                crate::core::schedule::Schedule::parse(expr, tz).map(|_| ()),
+            );
         }
         if let Some(l) = &d.listen {
             p.ensure(
@@ -1246,7 +1249,7 @@ chat_to_crm = ["lead"]
     #[test]
     fn the_example_config_is_valid() {
         let c = Config::parse(
-            include_str!("../config.example.toml"),
+            include_str!("../../config.example.toml"),
             "config.example.toml",
         )
         .unwrap();
@@ -1302,7 +1305,7 @@ chat_to_crm = ["lead"]
         assert!(!e.first().reason.contains("u64"), "{e}");
         // levels and target=level directives pass
         assert!(check_log_level("info").is_ok());
-        assert!(check_log_level("warn,chatapp_kommo_sync::cycle=debug").is_ok());
+        assert!(check_log_level("warn,chatapp_kommo_sync::sync=debug").is_ok());
         assert!(check_log_level("verbose").is_err());
     }
 

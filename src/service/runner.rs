@@ -21,11 +21,11 @@
 //! (with MONOTONIC_USEC) / READY=1 around a reload; STOPPING=1 once, when the stop begins.
 
 use crate::config::{self, Loaded};
-use crate::cycle::{CycleError, CycleOptions, CycleReport, Syncer};
+use crate::core::schedule::Schedule;
 use crate::http::ApiError;
-use crate::metrics::Metrics;
-use crate::schedule::Schedule;
+use crate::service::metrics::Metrics;
 use crate::store::Store;
+use crate::sync::{CycleError, CycleOptions, CycleReport, Syncer};
 use chrono::{DateTime, Utc};
 use sd_notify::NotifyState;
 use std::path::Path;
@@ -392,7 +392,7 @@ async fn run(path: &Path, loaded: Loaded) -> ExitCode {
 
 /// Everything between opening and closing the state db.
 /// Waits for a webhook trigger; never completes without webhooks.
-async fn wait_hook(hooks: &Option<Arc<crate::webhooks::Hooks>>) {
+async fn wait_hook(hooks: &Option<Arc<crate::service::webhooks::Hooks>>) {
     match hooks {
         Some(h) => h.notified().await,
         None => std::future::pending().await,
@@ -446,18 +446,18 @@ async fn run_with_store(
         .secrets
         .webhook_token
         .clone()
-        .map(crate::webhooks::Hooks::new);
+        .map(crate::service::webhooks::Hooks::new);
     // webhook spacing: the first call not yet answered by a webhook-triggered cycle, the end of
     // the last such cycle, and whether the cycle about to run (or running) is one
     let mut hook_since: Option<Instant> = None;
     let mut last_hook_end: Option<Instant> = None;
     let mut hook_cycle = false;
     let _server = match &config.daemon.listen {
-        Some(addr) => match crate::metrics::serve(
+        Some(addr) => match crate::service::metrics::serve(
             addr,
             metrics.clone(),
             &config,
-            hooks.clone().map(crate::webhooks::routes),
+            hooks.clone().map(crate::service::webhooks::routes),
         )
         .await
         {

@@ -84,7 +84,7 @@ impl fmt::Display for CardKind {
 
 /// The kinds a config names (SPEC section 1): the Kommo entities, with leads split by stage.
 /// `incoming_lead` is a lead in a pipeline's "Incoming leads" stage (a status of `type` 1);
-/// `lead` is any other lead. A card's kind comes from [`crate::engine::sync_kind`].
+/// `lead` is any other lead. A card's kind comes from [`crate::core::engine::sync_kind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncKind {

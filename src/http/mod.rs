@@ -3,6 +3,7 @@
 //! (backon) that honour `retry_after` / `Retry-After`, a per-cycle deadline, a breaker for Kommo's
 //! HTML 403 block, request counters, and JSON decoding whose errors name the endpoint and field.
 
+pub mod shared_limit;
 use backon::BackoffBuilder;
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
 use reqwest::StatusCode;
