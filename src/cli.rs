@@ -5,7 +5,7 @@ use crate::commands::status::{StatusQuery, render};
 use crate::config::{self, ConfigErrors};
 use crate::core::model::CardId;
 use crate::store::Store;
-use crate::sync::{CycleOptions, Syncer, WriteResult, describe_write};
+use crate::sync::{CycleOptions, LiveSyncer, WriteResult, describe_write};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -191,7 +191,7 @@ pub fn main() -> ExitCode {
             };
             let rt = runtime();
             let code = rt.block_on(async {
-                let syncer = match Syncer::new(&loaded, store.clone()) {
+                let syncer = match LiveSyncer::live(&loaded, store.clone()) {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("{e}");

@@ -16,6 +16,7 @@ pub mod http;
 pub mod kommo;
 pub mod logging;
 pub mod panic_guard;
+pub mod ports;
 pub mod redact;
 pub mod service;
 #[cfg(feature = "sim")]

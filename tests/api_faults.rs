@@ -321,13 +321,13 @@ async fn without_list_filters_incremental_cycles_still_apply_changes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_403s_open_the_breaker_across_cycles_of_one_process() {
-    use chatapp_kommo_sync::sync::{CycleOptions, Syncer};
+    use chatapp_kommo_sync::sync::{CycleOptions, LiveSyncer};
     let env = Env::new("").await;
     let loaded = chatapp_kommo_sync::config::load(&env.config).unwrap();
     let store = std::sync::Arc::new(
         chatapp_kommo_sync::store::Store::open(&loaded.config.daemon.state_path).unwrap(),
     );
-    let syncer = Syncer::new(&loaded, store.clone()).unwrap();
+    let syncer = LiveSyncer::live(&loaded, store.clone()).unwrap();
     syncer.run_cycle(CycleOptions::default()).await.unwrap();
     env.w
         .kommo

@@ -17,7 +17,7 @@ const MAX_GROWTH: f64 = 1.10;
 
 fn card(user: u64) -> CardState {
     CardState {
-        responsible: user,
+        responsible: chatapp_kommo_sync::core::model::KommoUserId(user),
         changed_at: 1,
         flag: true,
         deleted: false,
@@ -68,9 +68,9 @@ fn twenty_thousand_cycles_keep_the_file_flat() {
         let mut c = CycleCommit {
             cycle: CycleRecord {
                 id: n,
-                kind: "incremental".into(),
+                kind: chatapp_kommo_sync::store::CycleKind::Incremental,
                 started_at: now,
-                outcome: "ok".into(),
+                outcome: chatapp_kommo_sync::store::Outcome::Ok,
                 ..CycleRecord::default()
             },
             retention: Retention {

@@ -6,7 +6,7 @@ use crate::sim::{
     ChatAppSim, ChatAppSimConfig, KommoSim, KommoSimConfig, SimCard, SimChat, SimClock, SimField,
 };
 use crate::store::Store;
-use crate::sync::{CycleOptions, CycleReport, Syncer, WriteResult, describe_write};
+use crate::sync::{CycleOptions, CycleReport, LiveSyncer, WriteResult, describe_write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -263,7 +263,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     let path = write_config(dir, &w.kommo, &w.chatapp, "")?;
     let loaded = config::load(&path)?;
     let store = Arc::new(Store::open(&loaded.config.daemon.state_path)?);
-    let syncer = Syncer::new(&loaded, store.clone())?;
+    let syncer = LiveSyncer::live(&loaded, store.clone())?;
     println!("chatapp-kommo-sync demo");
     println!("Kommo simulator:   {}", w.kommo.base_url());
     println!("ChatApp simulator: {}", w.chatapp.base_url());

@@ -2,7 +2,7 @@
 //! values, and secrets read only from `*_file` paths into types that never print.
 
 use crate::core::engine::{Bootstrap, ConflictPolicy, LeadsPolicy, Policy};
-use crate::core::model::{CardKind, SyncKind};
+use crate::core::model::{CardKind, EmployeeId, KommoUserId, SyncKind};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -352,9 +352,9 @@ impl Default for UsersConfig {
 #[serde(deny_unknown_fields)]
 pub struct UserPair {
     /// Kommo user id.
-    pub kommo: u64,
+    pub kommo: KommoUserId,
     /// ChatApp employee id.
-    pub chatapp: u64,
+    pub chatapp: EmployeeId,
 }
 
 fn yes() -> bool {
@@ -816,7 +816,7 @@ impl Config {
         let mut kommo_ids = BTreeSet::new();
         let mut chat_ids = BTreeSet::new();
         for (i, pair) in self.users.map.iter().enumerate() {
-            if pair.kommo == 0 || pair.chatapp == 0 {
+            if pair.kommo.0 == 0 || pair.chatapp.0 == 0 {
                 p.add(&format!("users.map[{i}]"), "ids must be > 0");
                 continue;
             }
@@ -879,7 +879,7 @@ impl Config {
     }
 
     /// The explicit user pairs.
-    pub fn user_pairs(&self) -> Vec<(u64, u64)> {
+    pub fn user_pairs(&self) -> Vec<(KommoUserId, EmployeeId)> {
         self.users
             .map
             .iter()

@@ -245,7 +245,7 @@ mod tests {
 
     fn contact(refs: Vec<DialogRef>, phones: &[&str]) -> CardState {
         CardState {
-            responsible: 1,
+            responsible: crate::core::model::KommoUserId(1),
             changed_at: 0,
             flag: true,
             deleted: false,

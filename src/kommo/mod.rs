@@ -224,7 +224,7 @@ impl KommoEvent {
     pub fn new_responsible(&self) -> Option<KommoUserId> {
         self.value_after
             .iter()
-            .find_map(|v| v.responsible_user.as_ref().map(|u| u.id))
+            .find_map(|v| v.responsible_user.as_ref().map(|u| KommoUserId(u.id)))
     }
 
     /// The new `(pipeline, status)` of a `lead_status_changed` event.
@@ -616,7 +616,7 @@ impl KommoCard {
         contacts.sort_unstable();
         contacts.dedup();
         CardObs {
-            responsible: self.responsible_user_id,
+            responsible: KommoUserId(self.responsible_user_id),
             flag,
             deleted: self.is_deleted,
             contacts: if kind == CardKind::Contact {
@@ -776,7 +776,7 @@ impl KommoClient {
                     card_subject,
                 )?;
             out.extend(users.into_iter().map(|u| KommoUser {
-                id: u.id,
+                id: KommoUserId(u.id),
                 email: u.email.unwrap_or_default(),
                 active: u.rights.map(|r| r.is_active).unwrap_or(true),
             }));
@@ -1175,6 +1175,71 @@ impl KommoClient {
             confirmed.extend(p.embedded.items.into_iter().map(|i| i.id));
         }
         Ok(confirmed)
+    }
+}
+
+impl crate::ports::ApiMeter for KommoClient {
+    fn server_time(&self) -> Option<i64> {
+        self.api.server_time()
+    }
+    fn request_count(&self) -> u64 {
+        self.api
+            .counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn set_deadline(&self, deadline: Option<std::time::Instant>) {
+        self.api.set_deadline(deadline);
+    }
+    fn take_bad(&self) -> Vec<crate::http::BadRecord> {
+        self.api.take_bad()
+    }
+}
+
+impl crate::ports::KommoApi for KommoClient {
+    async fn users(&self) -> Result<Vec<KommoUser>, ApiError> {
+        KommoClient::users(self).await
+    }
+    async fn events(
+        &self,
+        kinds: &[CardKind],
+        stages: bool,
+        from: i64,
+    ) -> Result<Vec<KommoEvent>, ApiError> {
+        KommoClient::events(self, kinds, stages, from).await
+    }
+    async fn pipelines(&self) -> Result<Pipelines, ApiError> {
+        KommoClient::pipelines(self).await
+    }
+    async fn filters_enabled(&self) -> Result<bool, ApiError> {
+        KommoClient::filters_enabled(self).await
+    }
+    async fn each_card(
+        &self,
+        kind: CardKind,
+        since: Option<i64>,
+        sink: &mut (dyn FnMut(KommoCard) + Send),
+    ) -> Result<usize, ApiError> {
+        KommoClient::each_card(self, kind, since, sink).await
+    }
+    async fn cards_by_id(&self, kind: CardKind, ids: &[u64]) -> Result<Vec<KommoCard>, ApiError> {
+        KommoClient::cards_by_id(self, kind, ids).await
+    }
+    async fn unsorted_chat_refs(
+        &self,
+        wanted: &BTreeSet<u64>,
+    ) -> Result<BTreeMap<u64, DialogRef>, ApiError> {
+        KommoClient::unsorted_chat_refs(self, wanted).await
+    }
+    async fn patch_responsible(
+        &self,
+        kind: CardKind,
+        items: &[(u64, KommoUserId)],
+    ) -> Result<BTreeSet<u64>, ApiError> {
+        KommoClient::patch_responsible(self, kind, items).await
+    }
+    async fn retry_unsaved_token(&self) -> bool {
+        self.auth.retry_unsaved().await
     }
 }
 

@@ -4,7 +4,7 @@
 //! how these routes stay reachable under a flood are in [`crate::service::http_server`].
 
 use crate::config::Config;
-use crate::sync::{CycleError, CycleReport, Syncer};
+use crate::sync::{CycleError, CycleReport, LiveSyncer};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -104,7 +104,7 @@ impl Metrics {
         full: bool,
         took: Duration,
         r: &Result<CycleReport, CycleError>,
-        syncer: &Syncer,
+        syncer: &LiveSyncer,
     ) {
         let mut m = self.lock();
         m.cycle_running = false;
@@ -112,13 +112,18 @@ impl Metrics {
         match r {
             Ok(rep) => {
                 *m.cycles
-                    .entry((rep.record.kind.clone(), rep.record.outcome.clone()))
+                    .entry((
+                        rep.record.kind.as_str().to_string(),
+                        rep.record.outcome.as_str().to_string(),
+                    ))
                     .or_default() += 1;
                 for (w, res) in rep.plan.writes.iter().zip(&rep.results) {
                     if *res == crate::sync::WriteResult::Done {
                         let kind = match &w.target {
-                            crate::core::model::RecordId::Card(c) => c.kind.singular().to_string(),
-                            crate::core::model::RecordId::Dialog(_) => "dialog".to_string(),
+                            crate::core::engine::Target::Card { id, .. } => {
+                                id.kind.singular().to_string()
+                            }
+                            crate::core::engine::Target::Dialog { .. } => "dialog".to_string(),
                         };
                         *m.writes.entry(kind).or_default() += 1;
                     }
@@ -128,7 +133,7 @@ impl Metrics {
                     *m.parked.entry(p.reason.label().to_string()).or_default() += 1;
                 }
                 m.conflicts += rep.plan.conflicts.len() as u64;
-                if rep.record.outcome == "ok" {
+                if rep.record.outcome == crate::store::Outcome::Ok {
                     m.last_success_unix = Some(rep.record.finished_at);
                     m.last_success = Some(Instant::now());
                 }

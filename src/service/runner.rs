@@ -25,7 +25,7 @@ use crate::core::schedule::Schedule;
 use crate::http::ApiError;
 use crate::service::metrics::Metrics;
 use crate::store::Store;
-use crate::sync::{CycleError, CycleOptions, CycleReport, Syncer};
+use crate::sync::{CycleError, CycleOptions, CycleReport, LiveSyncer};
 use chrono::{DateTime, Utc};
 use sd_notify::NotifyState;
 use std::path::Path;
@@ -338,7 +338,7 @@ fn fatal_at_start(e: &ApiError) -> bool {
 
 /// Checks the credentials (Kommo's token with `GET /api/v4/account`, ChatApp's login or stored
 /// token with the employee list) within [`STARTUP_CHECK`].
-async fn check_credentials(syncer: &Syncer) -> Result<(), ApiError> {
+async fn check_credentials(syncer: &LiveSyncer) -> Result<(), ApiError> {
     let deadline = Some(Instant::now() + STARTUP_CHECK);
     syncer.kommo.api.set_deadline(deadline);
     syncer.chatapp.api.set_deadline(deadline);
@@ -430,7 +430,7 @@ async fn run_with_store(
     store: &Arc<Store>,
     sig: &mut Signals,
 ) -> ExitCode {
-    let mut syncer = match Syncer::new(&loaded, store.clone()) {
+    let mut syncer = match LiveSyncer::live(&loaded, store.clone()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -731,7 +731,7 @@ fn after_reload(
 fn reload(
     path: &Path,
     config: &mut config::Config,
-    syncer: &mut Syncer,
+    syncer: &mut LiveSyncer,
     store: &Arc<Store>,
 ) -> Result<(), String> {
     match NotifyState::monotonic_usec_now() {
@@ -743,7 +743,7 @@ fn reload(
         Ok(new) if new.config.daemon.state_path != config.daemon.state_path => {
             Err("daemon.state_path cannot change while the daemon runs (restart it instead)".into())
         }
-        Ok(new) => match Syncer::new(&new, store.clone()) {
+        Ok(new) => match LiveSyncer::live(&new, store.clone()) {
             Err(e) => Err(e.to_string()),
             Ok(s) => {
                 if new.config.daemon.listen != config.daemon.listen {

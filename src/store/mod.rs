@@ -224,19 +224,86 @@ pub enum Base {
     Dialog(DialogState),
 }
 
+/// Which cycle: one that reads what changed, or one that reads everything.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CycleKind {
+    /// Reads what changed since the watermarks.
+    #[default]
+    Incremental,
+    /// Reads everything (the first cycle, the full schedule, `--full`).
+    Full,
+}
+
+impl CycleKind {
+    /// `incremental` or `full` (stable: metric labels and stored records).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleKind::Incremental => "incremental",
+            CycleKind::Full => "full",
+        }
+    }
+}
+
+impl std::fmt::Display for CycleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a cycle ended.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It ran and committed.
+    #[default]
+    Ok,
+    /// `--dry-run`: planned, nothing written.
+    DryRun,
+    /// The safety brake stopped its writes.
+    Braked,
+    /// It failed; nothing but confirmed writes was recorded.
+    Failed,
+    /// The daemon stopped it between two writes.
+    Stopped,
+}
+
+impl Outcome {
+    /// `ok`, `dry_run`, `braked`, `failed`, `stopped` (stable: metric labels and stored records).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::DryRun => "dry_run",
+            Outcome::Braked => "braked",
+            Outcome::Failed => "failed",
+            Outcome::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What one cycle did, for `status` and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CycleRecord {
     /// Cycle id.
     pub id: u64,
-    /// `full` or `incremental`.
-    pub kind: String,
+    /// Full or incremental.
+    pub kind: CycleKind,
     /// Unix seconds.
     pub started_at: i64,
     /// Unix seconds.
     pub finished_at: i64,
-    /// `ok`, `failed`, `braked` or `dry_run`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: Outcome,
     /// The error of a failed cycle, or the brake's reason.
     pub error: Option<String>,
     /// Requests made to Kommo.
@@ -1104,13 +1171,55 @@ fn token_err(e: StoreError) -> TokenStoreError {
     TokenStoreError(e.to_string())
 }
 
+impl crate::ports::StateStore for Store {
+    fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
+        Store::load_snapshot(self)
+    }
+    fn watermarks(&self) -> Result<Watermarks, StoreError> {
+        Ok(self.meta(META_WATERMARKS)?.unwrap_or_default())
+    }
+    fn pipelines(&self) -> Result<Option<crate::kommo::Pipelines>, StoreError> {
+        self.meta(META_PIPELINES)
+    }
+    fn recheck(&self) -> Result<BTreeSet<RecordId>, StoreError> {
+        Store::recheck(self)
+    }
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        Store::quarantined(self)
+    }
+    fn events_seen(&self) -> Result<BTreeSet<String>, StoreError> {
+        Store::events_seen(self)
+    }
+    fn intents(&self) -> Result<Vec<Intent>, StoreError> {
+        Store::intents(self)
+    }
+    fn record_intents(&self, intents: &[Intent]) -> Result<(), StoreError> {
+        Store::record_intents(self, intents)
+    }
+    fn confirm_write(&self, intent: &Intent, audit: &AuditEntry) -> Result<(), StoreError> {
+        Store::confirm_write(self, intent, audit)
+    }
+    fn drop_intent(&self, target: &RecordId) -> Result<(), StoreError> {
+        Store::drop_intent(self, target)
+    }
+    fn commit_cycle(&self, commit: &CycleCommit) -> Result<(), StoreError> {
+        Store::commit_cycle(self, commit)
+    }
+    fn record_cycle(&self, record: &CycleRecord, retention: &Retention) -> Result<(), StoreError> {
+        Store::record_cycle(self, record, retention)
+    }
+    fn next_cycle_id(&self) -> Result<u64, StoreError> {
+        Store::next_cycle_id(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn card(resp: u64) -> CardState {
         CardState {
-            responsible: resp,
+            responsible: crate::core::model::KommoUserId(resp),
             changed_at: 1,
             flag: true,
             deleted: false,
@@ -1177,7 +1286,7 @@ mod tests {
         let s = Store::open(&path).unwrap();
         let snap = s.load_snapshot().unwrap();
         assert!(snap.bootstrapped);
-        assert_eq!(snap.cards[&id].responsible, 3);
+        assert_eq!(snap.cards[&id].responsible.0, 3);
         assert!(s.intents().unwrap().is_empty());
         assert_eq!(s.audit_len().unwrap(), 1);
         assert_eq!(
