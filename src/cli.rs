@@ -254,7 +254,27 @@ pub fn main() -> ExitCode {
             crate::sync::trace_memory("state db closed");
             code
         }
-        Command::Run => crate::service::runner::main(&path),
+        Command::Run => run(&path),
+    }
+}
+
+/// `run`: the daemon. Exit 0 after a stop signal, 2 for a config error, 1 for anything else.
+fn run(path: &std::path::Path) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => return config_error(&e),
+    };
+    crate::logging::init(&loaded.config.daemon.log_level, true);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    match runtime().block_on(crate::service::runner::run(path, loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "the daemon stops");
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

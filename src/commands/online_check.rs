@@ -75,7 +75,7 @@ pub async fn check(loaded: &Loaded) -> Result<Report, ApiError> {
         report.problems.is_empty(),
     ) {
         let lines =
-            crate::service::runner::register_webhooks(kommo, &chatapp, &loaded.config, base, token)
+            crate::service::webhooks::register(kommo, &chatapp, &loaded.config, base, token)
                 .await?;
         report.ok.extend(lines);
     }

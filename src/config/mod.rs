@@ -122,7 +122,29 @@ pub struct KommoConfig {
     /// After a block (403 with an HTML page, or repeated 403s), no Kommo call for this long.
     #[serde(default = "default_block_cooloff", with = "humantime_serde")]
     pub block_cooloff: Duration,
+    /// One Kommo budget for every instance on this machine (IP).
+    #[serde(default)]
+    pub shared_limit: Option<SharedLimitConfig>,
 }
+
+/// `[kommo.shared_limit]`: Kommo's limit is per IP in its docs; every instance on the machine
+/// takes its requests from one budget kept in a small lock-protected file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedLimitConfig {
+    /// The shared file (all instances name the same one).
+    pub path: PathBuf,
+    /// The per-IP budget: requests a second summed over all instances (at most 7).
+    #[serde(default = "default_shared_rps")]
+    pub requests_per_second: u32,
+}
+
+/// The environment variable that turns the shared limit on with this file when the config has
+/// no `[kommo.shared_limit]` (the template unit sets it).
+pub const SHARED_LIMIT_ENV: &str = "CHATAPP_KOMMO_SYNC_SHARED_LIMIT";
+/// The environment variable naming this instance (the template unit sets it to `%i`): it spreads
+/// the instance's schedules so that several instances do not poll in the same second.
+pub const INSTANCE_ENV: &str = "CHATAPP_KOMMO_SYNC_INSTANCE";
 
 /// `[kommo.oauth]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -377,6 +399,9 @@ fn default_cycle_budget() -> Duration {
 }
 fn default_webhook_debounce() -> Duration {
     Duration::from_millis(500)
+}
+fn default_shared_rps() -> u32 {
+    7
 }
 fn default_audit_retention() -> Duration {
     Duration::from_secs(180 * 86_400)
@@ -726,6 +751,24 @@ impl Config {
         p.ensure(k.timeout >= Duration::from_secs(1), "kommo.timeout", || {
             "must be at least 1s".into()
         });
+        if let Some(sl) = &k.shared_limit {
+            p.ensure(
+                (1..=7).contains(&sl.requests_per_second),
+                "kommo.shared_limit.requests_per_second",
+                || {
+                    format!(
+                        "{} is out of range 1..=7 (Kommo's limit per IP)",
+                        sl.requests_per_second
+                    )
+                },
+            );
+            p.ensure(sl.path.is_absolute(), "kommo.shared_limit.path", || {
+                format!(
+                    "{} must be an absolute path (every instance names the same file)",
+                    sl.path.display()
+                )
+            });
+        }
     }
 
     fn validate_chatapp(&self, p: &mut Problems) {
@@ -876,6 +919,31 @@ impl Config {
             .iter()
             .chain(&self.sync.chat_to_crm)
             .any(|k| *k == SyncKind::IncomingLead)
+    }
+
+    /// The shared Kommo limit in force: `[kommo.shared_limit]`, else the file named by
+    /// `$CHATAPP_KOMMO_SYNC_SHARED_LIMIT` at 7 requests a second, else none.
+    pub fn shared_limit(&self) -> Option<SharedLimitConfig> {
+        self.kommo.shared_limit.clone().or_else(|| {
+            std::env::var_os(SHARED_LIMIT_ENV)
+                .filter(|p| !p.is_empty())
+                .map(|p| SharedLimitConfig {
+                    path: PathBuf::from(p),
+                    requests_per_second: default_shared_rps(),
+                })
+        })
+    }
+
+    /// The name that spreads this instance's schedules: `$CHATAPP_KOMMO_SYNC_INSTANCE`, else
+    /// (with a shared limit, i.e. several instances) its state db path; `None`: not spread.
+    pub fn instance_name(&self) -> Option<String> {
+        std::env::var(INSTANCE_ENV)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                self.shared_limit()
+                    .map(|_| self.daemon.state_path.display().to_string())
+            })
     }
 
     /// The explicit user pairs.

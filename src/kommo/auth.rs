@@ -173,6 +173,24 @@ impl KommoAuth {
         }
     }
 
+    /// Takes over a pair that lives only in memory in `old` (the credentials of the syncer a
+    /// reload replaces), so that a reload never loses the only valid token.
+    pub async fn adopt_unsaved(&self, old: &KommoAuth) {
+        if let (
+            KommoAuth::OAuth { pair, unsaved, .. },
+            KommoAuth::OAuth {
+                pair: old_pair,
+                unsaved: old_unsaved,
+                ..
+            },
+        ) = (self, old)
+            && old_unsaved.load(Ordering::SeqCst)
+        {
+            *pair.lock().await = old_pair.lock().await.clone();
+            unsaved.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Stores a pair that lives only in memory; called at the start of every cycle. Returns
     /// whether the pair in use is now stored (always true without such a pair).
     pub async fn retry_unsaved(&self) -> bool {

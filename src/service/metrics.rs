@@ -25,6 +25,7 @@ struct Inner {
     writes: BTreeMap<String, u64>,
     parked: BTreeMap<String, u64>,
     conflicts: u64,
+    token_unsaved: bool,
     requests: BTreeMap<(&'static str, u16), u64>,
     too_many: BTreeMap<&'static str, u64>,
     retries: BTreeMap<&'static str, u64>,
@@ -101,14 +102,14 @@ impl Metrics {
     /// clients' request counters.
     pub fn observe_cycle(
         &self,
-        full: bool,
+        kind: crate::store::CycleKind,
         took: Duration,
         r: &Result<CycleReport, CycleError>,
         syncer: &LiveSyncer,
     ) {
         let mut m = self.lock();
         m.cycle_running = false;
-        let kind = if full { "full" } else { "incremental" };
+        let kind = kind.as_str();
         match r {
             Ok(rep) => {
                 *m.cycles
@@ -277,6 +278,17 @@ impl Metrics {
         let _ = writeln!(o, "chatapp_kommo_sync_conflicts_total {}", m.conflicts);
         family(
             &mut o,
+            "chatapp_kommo_sync_kommo_token_unsaved",
+            "gauge",
+            "1 while a rotated Kommo OAuth pair lives only in memory (its store failed).",
+        );
+        let _ = writeln!(
+            o,
+            "chatapp_kommo_sync_kommo_token_unsaved {}",
+            u8::from(m.token_unsaved)
+        );
+        family(
+            &mut o,
             "chatapp_kommo_sync_api_requests_total",
             "counter",
             "API requests by api and HTTP status (0 = no response), retries included.",
@@ -360,8 +372,17 @@ impl Metrics {
         o
     }
 
-    /// A good cycle ended within 3 poll intervals (plus a minute's slack for a long cycle).
+    /// Whether a rotated Kommo token lives only in memory (not ready while it does).
+    pub fn set_token_unsaved(&self, unsaved: bool) {
+        self.lock().token_unsaved = unsaved;
+    }
+
+    /// A good cycle ended within 3 poll intervals (plus a minute's slack for a long cycle), and
+    /// no rotated token waits to be stored.
     pub fn ready(&self) -> bool {
+        if self.lock().token_unsaved {
+            return false;
+        }
         let within = *self.ready_within.lock().unwrap_or_else(|e| e.into_inner());
         self.lock()
             .last_success

@@ -3,5 +3,8 @@
 
 pub mod http_server;
 pub mod metrics;
+pub mod notify;
 pub mod runner;
+pub mod startup;
+pub mod triggers;
 pub mod webhooks;

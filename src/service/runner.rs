@@ -1,383 +1,81 @@
-//! `run`: the daemon. One runner loop feeds one cycle at a time from every trigger: the poll and
-//! full cron schedules (croner, DST-correct in the configured time zone), SIGUSR1, and webhooks
-//! (debounced, spaced by `webhook_min_interval`: `hook_due`). Cycles never overlap; triggers
-//! that arrive during a cycle are coalesced into one follow-up (a due full cycle wins over an
-//! incremental one; webhook calls wait for their own spaced cycle). A schedule time missed while a
-//! cycle ran is that follow-up, not skipped. SIGHUP reloads the config between cycles (a bad one
-//! is rejected with its reason logged, the old one kept). SIGTERM/SIGINT stop taking triggers;
-//! a cycle in flight ends before its next write: if a write is on its way (its intent is
-//! recorded) it may finish for up to [`STOP_GRACE`], otherwise the cycle is abandoned at once
-//! (writes it confirmed are recorded, each with its base; the rest is decided again by the next
-//! cycle, as after a failed one); then exit 0. A second signal stops at once (pending intents are
-//! settled by the next cycle, rule 11).
+//! `run`: the daemon. One [`Runner`] feeds one cycle at a time from every trigger (see
+//! [`crate::service::triggers`]): cycles never overlap; triggers that arrive during a cycle are
+//! coalesced into one follow-up (a due full cycle wins over an incremental one; webhook calls
+//! wait for their own spaced cycle); a schedule time missed while a cycle ran is that follow-up,
+//! not skipped. SIGHUP reloads the config between cycles (a bad one is rejected with its reason
+//! logged, the old one kept). SIGTERM/SIGINT stop taking triggers; a cycle in flight ends before
+//! its next write: if a write is on its way (its intent is recorded) it may finish for up to
+//! [`STOP_GRACE`], otherwise the cycle is abandoned at once (writes it confirmed are recorded,
+//! each with its base; the rest is decided again by the next cycle); then the runner returns. A
+//! second signal stops at once (pending intents are settled by the next cycle, rule 11).
 //!
-//! systemd (`Type=notify`): READY=1 once the config, the state db (and its lock) and the
-//! credentials are checked with one call to each API (a rejected credential, an unknown company
-//! or a wrong base URL fail the start with exit 1; an API that cannot be reached within
-//! [`STARTUP_CHECK`] does not: it is logged and the cycles retry);
-//! STATUS= with the last cycle's outcome and the next scheduled one; WATCHDOG=1 every
-//! WATCHDOG_USEC/2 while the runner is alive: the idle loop beats at least that often, and a
-//! cycle counts as progress until its `cycle_budget` (plus a minute) is spent; RELOADING=1
-//! (with MONOTONIC_USEC) / READY=1 around a reload; STOPPING=1 once, when the stop begins.
+//! The HTTP endpoint (`/healthz`, `/metrics`, `/readyz`, webhooks) is served from the start, before
+//! the state db is opened and the credentials are checked; `/readyz` is false until a cycle
+//! succeeds. READY=1 follows the start-up check ([`crate::service::startup`]).
+//!
+//! A failed cycle is logged at error level with its class. A state db error makes the runner
+//! reopen the db at once; if it cannot, the daemon exits non-zero (systemd restarts it), except
+//! while a rotated Kommo token lives only in memory: then it keeps running and reporting (log,
+//! STATUS, `/readyz`, a metric), because exiting would lose the only valid token.
 
-use crate::config::{self, Loaded};
-use crate::core::schedule::Schedule;
+use crate::config::{self, Config, Loaded};
 use crate::http::ApiError;
 use crate::service::metrics::Metrics;
-use crate::store::Store;
+use crate::service::notify::{Heartbeat, notify, one_line, outcome_text, reloading};
+use crate::service::triggers::{
+    Due, HookSpacing, MAX_SLEEP, Signals, Timers, sleep_until_opt, stop_signal, want,
+};
+use crate::service::webhooks::Hooks;
+use crate::store::{CycleKind, Store, StoreError};
 use crate::sync::{CycleError, CycleOptions, CycleReport, LiveSyncer};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sd_notify::NotifyState;
-use std::path::Path;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// How long a stop may wait for a write in flight before dropping the cycle (intents make that
 /// safe: the next cycle settles them). With the rest of the shutdown it stays under 10 s.
 pub const STOP_GRACE: Duration = Duration::from_secs(7);
-/// How long the start-up check of the credentials may take before the daemon starts anyway.
-pub const STARTUP_CHECK: Duration = Duration::from_secs(20);
-/// The longest idle sleep: the runner re-reads the wall clock at least this often.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// How long past its `cycle_budget` a cycle still counts as progress for the watchdog.
-const CYCLE_SLACK: Duration = Duration::from_secs(60);
-/// The longest STATUS= text (one line; systemd shows it in `systemctl status`).
-const STATUS_MAX: usize = 240;
 
-fn notify(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::debug!(error = %e, "sd_notify failed");
-    }
+/// Why `run` ended other than by a stop signal (every one exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The HTTP endpoint could not listen.
+    #[error("daemon.listen {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state db could not be opened (or reopened after an error).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The clients could not be built, or the start-up check found wrong credentials.
+    #[error("start-up check failed: {0}")]
+    Start(#[from] ApiError),
 }
 
-/// Registers the webhook URLs with both APIs (idempotent); returns one line per registration,
-/// the token redacted.
-pub async fn register_webhooks(
-    kommo: &crate::kommo::KommoClient,
-    chatapp: &crate::chatapp::ChatAppClient,
-    cfg: &config::Config,
-    base: &str,
-    token: &secrecy::SecretString,
-) -> Result<Vec<String>, ApiError> {
-    use secrecy::ExposeSecret;
-    let mut lines = vec![];
-    let base = base.trim_end_matches('/');
-    let kommo_url = format!("{base}/hooks/kommo/{}", token.expose_secret());
-    let settings: Vec<String> = cfg
-        .kinds()
-        .iter()
-        .map(|k| format!("responsible_{}", k.singular()))
-        .collect();
-    let created = kommo.register_webhook(&kommo_url, &settings).await?;
-    lines.push(format!(
-        "kommo: webhook {base}/hooks/kommo/<token> for {} {}",
-        settings.join(", "),
-        if created {
-            "registered"
-        } else {
-            "already registered"
-        }
-    ));
-    let chat_url = format!("{base}/hooks/chatapp/{}", token.expose_secret());
-    let licenses = chatapp.licenses().await?;
-    for (license, types) in licenses
-        .into_iter()
-        .filter(|(l, _)| cfg.chatapp.license_ids.contains(l))
-    {
-        for t in types {
-            chatapp
-                .set_callback(license, &t, &chat_url, &["chatResponsible", "message"])
-                .await?;
-            lines.push(format!(
-                "chatapp: callback {base}/hooks/chatapp/<token> set for license {license} {t} (chatResponsible, message)"
-            ));
-        }
-    }
-    Ok(lines)
-}
-
-/// Entry point of `run`.
-pub fn main(path: &Path) -> ExitCode {
-    let loaded = match config::load(path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(crate::cli::EXIT_CONFIG);
-        }
-    };
-    crate::logging::init(&loaded.config.daemon.log_level, true);
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
-    let rt = crate::cli::runtime();
-    rt.block_on(run(path, loaded))
-}
-
-/// The runner's heartbeat: the watchdog pings only while it moves.
-struct Heartbeat {
-    started: Instant,
-    /// Milliseconds since `started` of the runner's last sign of life.
-    beat_ms: AtomicU64,
-    /// Milliseconds since `started` at which the cycle in flight began; 0 when idle.
-    cycle_ms: AtomicU64,
-    /// The cycle budget (it can change with a reload), milliseconds.
-    budget_ms: AtomicU64,
-    /// Set (under the lock that also covers each ping) when STOPPING=1 is sent: no ping after.
-    stopped: std::sync::Mutex<bool>,
-}
-
-impl Heartbeat {
-    fn new(budget: Duration) -> Heartbeat {
-        let hb = Heartbeat {
-            started: Instant::now(),
-            beat_ms: AtomicU64::new(0),
-            cycle_ms: AtomicU64::new(0),
-            budget_ms: AtomicU64::new(0),
-            stopped: std::sync::Mutex::new(false),
-        };
-        hb.set_budget(budget);
-        hb.beat();
-        hb
-    }
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64 + 1
-    }
-    fn set_budget(&self, budget: Duration) {
-        self.budget_ms
-            .store(budget.as_millis() as u64, Ordering::SeqCst);
-    }
-    fn beat(&self) {
-        self.beat_ms.store(self.now_ms(), Ordering::SeqCst);
-    }
-    /// Sends WATCHDOG=1 unless the stop has begun.
-    fn ping(&self) {
-        let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
-        if !*stopped {
-            notify(&[NotifyState::Watchdog]);
-        }
-    }
-    /// Sends STOPPING=1 the first time; no ping follows it.
-    fn stop(&self) {
-        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
-        if !*stopped {
-            *stopped = true;
-            notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-        }
-    }
-    fn cycle_started(&self) {
-        self.cycle_ms.store(self.now_ms(), Ordering::SeqCst);
-    }
-    fn cycle_ended(&self) {
-        self.cycle_ms.store(0, Ordering::SeqCst);
-        self.beat();
-    }
-    /// Alive: the idle loop beat within `period` (it beats every `period / 2`), or a cycle is
-    /// running and has not outlived its budget (its API calls give up at the budget).
-    fn alive(&self, period: Duration) -> bool {
-        let now = self.now_ms();
-        let cycle = self.cycle_ms.load(Ordering::SeqCst);
-        if cycle != 0 {
-            let limit = self.budget_ms.load(Ordering::SeqCst) + CYCLE_SLACK.as_millis() as u64;
-            return now.saturating_sub(cycle) < limit;
-        }
-        now.saturating_sub(self.beat_ms.load(Ordering::SeqCst)) < period.as_millis() as u64
-    }
-}
-
-/// The schedules and their next due times.
-struct Timers {
-    poll: Schedule,
-    full: Schedule,
-    next_poll: Option<DateTime<Utc>>,
-    next_full: Option<DateTime<Utc>>,
-}
-
-impl Timers {
-    fn new(cfg: &config::Config) -> Timers {
-        let poll = Schedule::parse(&cfg.daemon.poll_schedule, &cfg.daemon.timezone)
-            .expect("validated by config::load");
-        let full = Schedule::parse(&cfg.daemon.full_schedule, &cfg.daemon.timezone)
-            .expect("validated by config::load");
-        let now = Utc::now();
-        Timers {
-            next_poll: poll.next_after(now),
-            next_full: full.next_after(now),
-            poll,
-            full,
-        }
-    }
-
-    /// How long until the next due time: zero when one has passed (e.g. during a cycle), at
-    /// most [`MAX_SLEEP`] (so a wall-clock jump is noticed).
-    fn wait(&self) -> Duration {
-        let now = Utc::now();
-        [self.next_poll, self.next_full]
-            .into_iter()
-            .flatten()
-            .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
-            .min()
-            .unwrap_or(MAX_SLEEP)
-            .min(MAX_SLEEP)
-    }
-
-    /// Takes the schedules due at `now`: `Some(true)` when a full cycle is due (it wins over an
-    /// incremental one), `Some(false)` for an incremental one. Each fires once, however many of
-    /// its times passed.
-    fn fire(&mut self, now: DateTime<Utc>) -> Option<bool> {
-        let mut due = None;
-        if self.next_full.is_some_and(|t| t <= now) {
-            due = Some(true);
-            self.next_full = self.full.next_after(now);
-        }
-        if self.next_poll.is_some_and(|t| t <= now) {
-            due = Some(due.unwrap_or(false));
-            self.next_poll = self.poll.next_after(now);
-        }
-        due
-    }
-
-    /// "next incremental cycle at ..." for STATUS=.
-    fn next_text(&self) -> String {
-        let (kind, at) = match (self.next_poll, self.next_full) {
-            (Some(p), Some(f)) if f <= p => ("full", f),
-            (Some(p), _) => ("incremental", p),
-            (None, Some(f)) => ("full", f),
-            (None, None) => return "no scheduled cycle".into(),
-        };
-        format!("next {kind} cycle at {}", fmt_time(at))
-    }
-}
-
-fn fmt_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-}
-
-/// One line, at most [`STATUS_MAX`] characters.
-fn one_line(s: &str) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().count() > STATUS_MAX {
-        let cut: String = s.chars().take(STATUS_MAX - 3).collect();
-        format!("{cut}...")
-    } else {
-        s
-    }
-}
-
-/// A due cycle: `full` wins over incremental.
-fn want(pending: &mut Option<bool>, full: bool) {
-    *pending = Some(pending.unwrap_or(false) || full);
-}
-
-/// The outcome of a finished cycle, for STATUS= (starts with "last cycle").
-fn outcome_text(full: bool, r: &Result<CycleReport, CycleError>) -> String {
-    let at = fmt_time(Utc::now());
-    match r {
-        Ok(rep) => {
-            let rec = &rep.record;
-            let mut t = format!(
-                "last cycle #{} {} {} at {at}: {} written",
-                rec.id, rec.kind, rec.outcome, rec.writes_done
-            );
-            if rec.writes_failed > 0 {
-                t.push_str(&format!(", {} not written", rec.writes_failed));
-            }
-            t.push_str(&format!(", {} parked", rec.parked));
-            if let Some(why) = rep
-                .brake
-                .as_ref()
-                .map(|b| b.to_string())
-                .or(rec.error.clone())
-            {
-                t.push_str(&format!(" ({why})"));
-            }
-            t
-        }
-        Err(e) => format!(
-            "last cycle {} failed at {at}: {e}",
-            if full { "full" } else { "incremental" }
-        ),
-    }
-}
-
-/// The daemon's signals.
-struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-    usr1: Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-            usr1: signal(SignalKind::user_defined1())?,
-        })
-    }
-}
-
-/// Whether an error of the start-up check means the credentials or the account settings are
-/// wrong (the start fails) rather than that the API cannot be reached now (it is retried).
-fn fatal_at_start(e: &ApiError) -> bool {
-    match e {
-        ApiError::Auth { .. } | ApiError::Decode { .. } => true,
-        ApiError::Status { status, .. } => {
-            (400..500).contains(status) && ![408, 429].contains(status)
-        }
-        ApiError::Transport { .. } | ApiError::Budget { .. } | ApiError::Blocked { .. } => false,
-    }
-}
-
-/// Checks the credentials (Kommo's token with `GET /api/v4/account`, ChatApp's login or stored
-/// token with the employee list) within [`STARTUP_CHECK`].
-async fn check_credentials(syncer: &LiveSyncer) -> Result<(), ApiError> {
-    let deadline = Some(Instant::now() + STARTUP_CHECK);
-    syncer.kommo.api.set_deadline(deadline);
-    syncer.chatapp.api.set_deadline(deadline);
-    let r = async {
-        syncer.kommo.filters_enabled().await?;
-        syncer.chatapp.employees().await?;
-        Ok(())
-    }
-    .await;
-    syncer.kommo.api.set_deadline(None);
-    syncer.chatapp.api.set_deadline(None);
-    match r {
-        Err(e) if !fatal_at_start(&e) => {
-            tracing::warn!(error = %e, "could not check the credentials now; starting anyway (the cycles retry)");
-            Ok(())
-        }
-        r => r,
-    }
-}
-
-async fn run(path: &Path, loaded: Loaded) -> ExitCode {
+/// Runs the daemon until a stop signal (`Ok`) or an error it cannot go on after.
+pub async fn run(path: &Path, loaded: Loaded) -> Result<(), RunError> {
     // Signals first: until registered, a SIGHUP or SIGUSR1 would kill the process.
-    let mut sig = match Signals::install() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let mut sig = Signals::install().map_err(RunError::Signals)?;
+    let metrics = Metrics::new();
+    metrics.configure(&loaded.config);
+    let hooks = loaded.secrets.webhook_token.clone().map(Hooks::new);
+    let _server = serve(&loaded.config, &metrics, &hooks).await?;
     notify(&[NotifyState::Status("starting: opening the state db")]);
-    let store = match Store::open(&loaded.config.daemon.state_path) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the state db");
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+    let store = Arc::new(Store::open(&loaded.config.daemon.state_path)?);
+    let started = Runner::start(path, loaded, store.clone(), metrics, hooks, &mut sig).await;
+    let result = match started {
+        Ok(Some(mut runner)) => runner.run(&mut sig).await,
+        Ok(None) => Ok(()), // stopped during the start-up check
+        Err(e) => Err(e),
     };
-    let code = run_with_store(path, loaded, &store, &mut sig).await;
     match Arc::try_unwrap(store) {
         Ok(s) => {
             if let Err(e) = s.close() {
@@ -387,547 +85,424 @@ async fn run(path: &Path, loaded: Loaded) -> ExitCode {
         Err(_) => tracing::warn!("the state db is still in use at exit; not closed cleanly"),
     }
     tracing::info!("stopped");
-    code
+    result
 }
 
-/// Everything between opening and closing the state db.
+/// Serves the HTTP endpoint when `[daemon] listen` is set.
+async fn serve(
+    cfg: &Config,
+    metrics: &Metrics,
+    hooks: &Option<Arc<Hooks>>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, RunError> {
+    let Some(addr) = &cfg.daemon.listen else {
+        return Ok(None);
+    };
+    let routes = hooks.clone().map(crate::service::webhooks::routes);
+    crate::service::metrics::serve(addr, metrics.clone(), cfg, routes)
+        .await
+        .map(Some)
+        .map_err(|source| RunError::Listen {
+            addr: addr.clone(),
+            source,
+        })
+}
+
+/// What the runner uses and does not change between cycles (but for a reload).
+struct Context {
+    path: PathBuf,
+    config: Config,
+    syncer: LiveSyncer,
+    metrics: Metrics,
+    hooks: Option<Arc<Hooks>>,
+    hb: Arc<Heartbeat>,
+    /// The idle loop beats at least this often (half the watchdog period).
+    tick: Duration,
+}
+
+/// What the runner changes: schedules, what is due, webhook spacing, the last outcome.
+struct State {
+    timers: Timers,
+    due: Due,
+    hook_spacing: HookSpacing,
+    last: Option<String>,
+    stopping: bool,
+    reload_after: bool,
+    pinger: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The daemon's loop: a context it uses, a state it changes.
+pub struct Runner {
+    ctx: Context,
+    state: State,
+}
+
+impl Runner {
+    /// Builds the syncer, checks the credentials (within the start-up check's time), sends
+    /// READY=1 and starts the watchdog pinger. `None`: a stop signal came during the check.
+    async fn start(
+        path: &Path,
+        loaded: Loaded,
+        store: Arc<Store>,
+        metrics: Metrics,
+        hooks: Option<Arc<Hooks>>,
+        sig: &mut Signals,
+    ) -> Result<Option<Runner>, RunError> {
+        let syncer = LiveSyncer::live(&loaded, store)?;
+        notify(&[NotifyState::Status(
+            "starting: checking the credentials with Kommo and ChatApp",
+        )]);
+        tokio::select! {
+            r = crate::service::startup::check_credentials(&syncer) => r?,
+            _ = sig.stop() => {
+                notify(&[NotifyState::Stopping]);
+                return Ok(None);
+            }
+        }
+        let config = loaded.config;
+        let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
+        let hb = Arc::new(Heartbeat::new(config.daemon.cycle_budget));
+        let ctx = Context {
+            path: path.to_path_buf(),
+            tick: watchdog
+                .map(|d| d / 2)
+                .unwrap_or(MAX_SLEEP)
+                .clamp(Duration::from_millis(50), MAX_SLEEP),
+            syncer,
+            metrics,
+            hooks,
+            hb: hb.clone(),
+            config,
+        };
+        let state = State {
+            timers: Timers::new(&ctx.config, ctx.config.instance_name().as_deref()),
+            due: None,
+            hook_spacing: HookSpacing::default(),
+            last: None,
+            stopping: false,
+            reload_after: false,
+            pinger: watchdog.map(|period| pinger(hb, period)),
+        };
+        let runner = Runner { ctx, state };
+        notify(&[
+            NotifyState::Ready,
+            NotifyState::Status(&runner.idle_status()),
+        ]);
+        tracing::info!(
+            config = %runner.ctx.path.display(),
+            state = %runner.ctx.config.daemon.state_path.display(),
+            watchdog = ?watchdog,
+            "daemon ready; {}",
+            runner.state.timers.next_text()
+        );
+        Ok(Some(runner))
+    }
+
+    /// Runs until a stop signal, or a state db that cannot be opened again.
+    async fn run(&mut self, sig: &mut Signals) -> Result<(), RunError> {
+        let mut result = Ok(());
+        while !self.state.stopping && result.is_ok() {
+            result = match self.state.due.take() {
+                None => {
+                    self.idle(sig).await;
+                    Ok(())
+                }
+                Some(kind) => self.cycle(kind, sig).await,
+            };
+        }
+        self.begin_stop();
+        result
+    }
+
+    /// Waits for the next trigger (or the next tick of the idle loop's heartbeat).
+    async fn idle(&mut self, sig: &mut Signals) {
+        let d = &self.ctx.config.daemon;
+        let hook_due = self
+            .state
+            .hook_spacing
+            .due(d.webhook_debounce, d.webhook_min_interval);
+        tokio::select! {
+            _ = tokio::time::sleep(self.state.timers.wait().min(self.ctx.tick)) => {}
+            _ = wait_hook(&self.ctx.hooks) => self.state.hook_spacing.called(),
+            _ = sleep_until_opt(hook_due) => {
+                tracing::info!("webhook: cycle now");
+                self.state.hook_spacing.start();
+                want(&mut self.state.due, CycleKind::Incremental);
+            }
+            _ = sig.usr1.recv() => {
+                tracing::info!("SIGUSR1: cycle now");
+                want(&mut self.state.due, CycleKind::Incremental);
+            }
+            _ = sig.hup.recv() => self.reload().await,
+            s = stop_signal(&mut sig.term, &mut sig.int) => {
+                tracing::info!("{s}: stopping");
+                self.state.stopping = true;
+            }
+        }
+        self.ctx.hb.beat();
+        if let Some(k) = self.state.timers.fire(Utc::now()) {
+            want(&mut self.state.due, k);
+        }
+    }
+
+    /// One cycle, then what follows it: metrics, STATUS=, a reload asked for meanwhile, and a
+    /// reopen of the state db after a db error.
+    async fn cycle(&mut self, kind: CycleKind, sig: &mut Signals) -> Result<(), RunError> {
+        self.ctx.hb.cycle_started();
+        self.ctx.metrics.cycle_started();
+        notify(&[NotifyState::Status(&one_line(&format!(
+            "running a {kind} cycle ({})",
+            self.state
+                .last
+                .as_deref()
+                .unwrap_or("the first since the start")
+        )))]);
+        let t0 = Instant::now();
+        let result = self.drive(kind, sig).await;
+        self.ctx
+            .hb
+            .cycle_ended(matches!(result, Some(Ok(_)) | None));
+        self.state.hook_spacing.cycle_ended();
+        let mut store_failed = false;
+        if let Some(r) = result {
+            self.ctx
+                .metrics
+                .observe_cycle(kind, t0.elapsed(), &r, &self.ctx.syncer);
+            log_cycle(&r);
+            self.state.last = Some(outcome_text(kind, &r));
+            store_failed = matches!(r, Err(CycleError::Store(_)));
+        }
+        if store_failed {
+            self.reopen_store()?;
+        }
+        if self.state.stopping {
+            return Ok(());
+        }
+        if std::mem::take(&mut self.state.reload_after) {
+            self.reload().await;
+        } else {
+            notify(&[NotifyState::Status(&self.idle_status())]);
+        }
+        Ok(())
+    }
+
+    /// Drives the cycle's future while taking triggers (coalesced into one follow-up); `None`
+    /// when a stop signal abandoned it.
+    async fn drive(
+        &mut self,
+        kind: CycleKind,
+        sig: &mut Signals,
+    ) -> Option<Result<CycleReport, CycleError>> {
+        let Runner { ctx, state } = self;
+        let cycle = ctx.syncer.run_cycle(CycleOptions {
+            full: kind == CycleKind::Full,
+            ..Default::default()
+        });
+        tokio::pin!(cycle);
+        let stop = loop {
+            tokio::select! {
+                r = &mut cycle => return Some(r),
+                _ = tokio::time::sleep(state.timers.wait()) => {
+                    if let Some(k) = state.timers.fire(Utc::now()) {
+                        tracing::debug!(kind = %k, "a schedule came due during the cycle: one follow-up queued");
+                        want(&mut state.due, k);
+                    }
+                }
+                _ = sig.usr1.recv() => {
+                    tracing::info!("SIGUSR1 during a cycle: one follow-up cycle queued");
+                    want(&mut state.due, CycleKind::Incremental);
+                }
+                _ = wait_hook(&ctx.hooks) => {
+                    tracing::debug!("webhook during a cycle: one webhook cycle after it, spaced by webhook_min_interval");
+                    state.hook_spacing.called();
+                }
+                _ = sig.hup.recv() => {
+                    tracing::info!("SIGHUP during a cycle: reloading after it");
+                    state.reload_after = true;
+                }
+                s = stop_signal(&mut sig.term, &mut sig.int) => break s,
+            }
+        };
+        tracing::info!("{stop} during a cycle: stopping");
+        state.stopping = true;
+        ctx.hb.stop();
+        if let Some(p) = state.pinger.take() {
+            p.abort();
+        }
+        ctx.syncer.stop.cancel();
+        // The cycle future only moves when polled: while it waits here, nothing of it runs. A
+        // recorded intent means a write may be on its way.
+        let writing = ctx
+            .syncer
+            .store
+            .intents()
+            .map(|i| !i.is_empty())
+            .unwrap_or(true);
+        if !writing {
+            tracing::info!(
+                "stopping: no write in flight; the cycle is abandoned (the next one decides the rest again)"
+            );
+            return None;
+        }
+        tracing::info!(grace = ?STOP_GRACE, "stopping: letting the write in flight finish");
+        tokio::select! {
+            r = tokio::time::timeout(STOP_GRACE, &mut cycle) => r.ok().or_else(|| {
+                tracing::warn!("stopping: the write in flight did not finish in time; the next cycle settles it");
+                None
+            }),
+            _ = sig.stop() => {
+                tracing::warn!("second stop signal: not waiting; the next cycle settles the write in flight");
+                None
+            }
+        }
+    }
+
+    /// After a state db error: reopen the db. When that fails the daemon exits non-zero, unless
+    /// a rotated Kommo token lives only in memory (exiting would lose it): then it goes on and
+    /// reports.
+    fn reopen_store(&mut self) -> Result<(), RunError> {
+        tracing::error!(class = "store", "state db error: reopening the state db");
+        match self.ctx.syncer.store.reopen() {
+            Ok(()) => {
+                tracing::warn!(
+                    "the state db was reopened; the next cycle starts from its last committed state"
+                );
+                Ok(())
+            }
+            Err(e) if self.ctx.syncer.kommo.auth().unsaved() => {
+                tracing::error!(error = %e, "the state db cannot be reopened, and the rotated Kommo token lives only in memory: the daemon keeps running (exiting would lose the token); it retries every cycle");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the state db cannot be reopened: exiting (systemd restarts the daemon)");
+                Err(RunError::Store(e))
+            }
+        }
+    }
+
+    /// Reloads and validates the config; on success the syncer is rebuilt on it (a rotated
+    /// Kommo token that lives only in memory is carried over). READY=1 and STATUS= follow.
+    async fn reload(&mut self) {
+        reloading();
+        let head = match self.try_reload().await {
+            Ok(()) => {
+                let cfg = &self.ctx.config;
+                self.state.timers = Timers::new(cfg, cfg.instance_name().as_deref());
+                self.ctx.metrics.configure(cfg);
+                self.ctx.metrics.syncer_replaced();
+                self.ctx.hb.set_budget(cfg.daemon.cycle_budget);
+                tracing::info!(config = %self.ctx.path.display(), "config reloaded");
+                "config reloaded".to_string()
+            }
+            Err(why) => {
+                tracing::error!(config = %self.ctx.path.display(), "reload rejected, keeping the old config: {why}");
+                format!("reload rejected, old config kept: {why}")
+            }
+        };
+        let status = one_line(&format!("{head}; {}", self.idle_status()));
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    }
+
+    async fn try_reload(&mut self) -> Result<(), String> {
+        let new =
+            config::load(&self.ctx.path).map_err(|e| format!("the new config is invalid: {e}"))?;
+        let old = &self.ctx.config;
+        if new.config.daemon.state_path != old.daemon.state_path {
+            return Err(
+                "daemon.state_path cannot change while the daemon runs (restart it instead)".into(),
+            );
+        }
+        for (key, changed) in [
+            (
+                "daemon.listen",
+                new.config.daemon.listen != old.daemon.listen,
+            ),
+            (
+                "daemon.log_level",
+                new.config.daemon.log_level != old.daemon.log_level,
+            ),
+            (
+                "daemon.max_connections",
+                new.config.daemon.max_connections != old.daemon.max_connections,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(key, "this setting takes effect at the next restart");
+            }
+        }
+        let syncer =
+            LiveSyncer::live(&new, self.ctx.syncer.store.clone()).map_err(|e| e.to_string())?;
+        syncer
+            .kommo
+            .auth()
+            .adopt_unsaved(self.ctx.syncer.kommo.auth())
+            .await;
+        self.ctx.syncer = syncer;
+        self.ctx.config = new.config;
+        Ok(())
+    }
+
+    /// STATUS= between cycles: the last outcome, a stored-token warning, the next cycle.
+    fn idle_status(&self) -> String {
+        let mut s = self
+            .state
+            .last
+            .clone()
+            .unwrap_or_else(|| "ready; no cycle yet".into());
+        let unsaved = self.ctx.syncer.kommo.auth().unsaved();
+        self.ctx.metrics.set_token_unsaved(unsaved);
+        if unsaved {
+            s = format!("ATTENTION: the rotated Kommo token is not stored yet (state db); {s}");
+        }
+        one_line(&format!("{s}; {}", self.state.timers.next_text()))
+    }
+
+    /// STOPPING=1 once, and no watchdog ping after it.
+    fn begin_stop(&mut self) {
+        self.ctx.hb.stop();
+        if let Some(p) = self.state.pinger.take() {
+            p.abort();
+        }
+    }
+}
+
+/// Pings the watchdog every half period while the heartbeat says the runner is alive.
+fn pinger(hb: Arc<Heartbeat>, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval((period / 2).max(Duration::from_millis(1)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if hb.alive(period) {
+                hb.ping();
+            } else {
+                tracing::error!(
+                    "the runner is stuck, or its cycles have all failed for a long time: withholding the watchdog ping (systemd restarts the unit)"
+                );
+            }
+        }
+    })
+}
+
 /// Waits for a webhook trigger; never completes without webhooks.
-async fn wait_hook(hooks: &Option<Arc<crate::service::webhooks::Hooks>>) {
+async fn wait_hook(hooks: &Option<Arc<Hooks>>) {
     match hooks {
         Some(h) => h.notified().await,
         None => std::future::pending().await,
     }
 }
 
-/// When the webhook calls received since `since` (the first not yet answered) get their cycle:
-/// `debounce` after that first call (calls meanwhile fold in), and no sooner than `min_interval`
-/// after the end of the previous webhook-triggered cycle, so a flood of valid calls gives at most
-/// one cycle per `min_interval` plus the cycle's own time. `None`: no call is waiting.
-fn hook_due(
-    since: Option<Instant>,
-    last_hook_end: Option<Instant>,
-    debounce: Duration,
-    min_interval: Duration,
-) -> Option<Instant> {
-    let due = since? + debounce;
-    Some(match last_hook_end {
-        Some(end) => due.max(end + min_interval),
-        None => due,
-    })
-}
-
-/// Sleeps until `t`; never completes for `None`.
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn run_with_store(
-    path: &Path,
-    loaded: Loaded,
-    store: &Arc<Store>,
-    sig: &mut Signals,
-) -> ExitCode {
-    let mut syncer = match LiveSyncer::live(&loaded, store.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut config = loaded.config.clone();
-    let metrics = Metrics::new();
-    metrics.configure(&config);
-    // Webhooks only wake the runner; the token guards their URLs (changing it needs a restart).
-    let hooks = loaded
-        .secrets
-        .webhook_token
-        .clone()
-        .map(crate::service::webhooks::Hooks::new);
-    // webhook spacing: the first call not yet answered by a webhook-triggered cycle, the end of
-    // the last such cycle, and whether the cycle about to run (or running) is one
-    let mut hook_since: Option<Instant> = None;
-    let mut last_hook_end: Option<Instant> = None;
-    let mut hook_cycle = false;
-    let _server = match &config.daemon.listen {
-        Some(addr) => match crate::service::metrics::serve(
-            addr,
-            metrics.clone(),
-            &config,
-            hooks.clone().map(crate::service::webhooks::routes),
-        )
-        .await
-        {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::error!(addr = %addr, error = %e, "cannot listen");
-                eprintln!("daemon.listen {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
-    };
-    notify(&[NotifyState::Status(
-        "starting: checking the credentials with Kommo and ChatApp",
-    )]);
-    tokio::select! {
-        r = check_credentials(&syncer) => if let Err(e) = r {
-            tracing::error!(error = %e, "the start-up check failed");
-            eprintln!("start-up check failed: {e}");
-            return ExitCode::FAILURE;
-        },
-        _ = sig.term.recv() => {
-            notify(&[NotifyState::Stopping]);
-            return ExitCode::SUCCESS;
-        }
-        _ = sig.int.recv() => {
-            notify(&[NotifyState::Stopping]);
-            return ExitCode::SUCCESS;
-        }
-    }
-
-    let hb = Arc::new(Heartbeat::new(config.daemon.cycle_budget));
-    let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
-    let mut timers = Timers::new(&config);
-    let mut last: Option<String> = None;
-    let idle_status = |last: &Option<String>, timers: &Timers| {
-        one_line(&format!(
-            "{}; {}",
-            last.as_deref().unwrap_or("ready; no cycle yet"),
-            timers.next_text()
-        ))
-    };
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status(&idle_status(&last, &timers)),
-    ]);
-    let mut pinger = watchdog.map(|period| {
-        let hb = hb.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval((period / 2).max(Duration::from_millis(1)));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                if hb.alive(period) {
-                    hb.ping();
-                } else {
-                    tracing::error!("the runner made no progress: withholding the watchdog ping");
-                }
-            }
-        })
-    });
-    // the idle loop beats at least every half watchdog period
-    let tick = watchdog
-        .map(|d| d / 2)
-        .unwrap_or(MAX_SLEEP)
-        .clamp(Duration::from_millis(50), MAX_SLEEP);
-    tracing::info!(
-        config = %path.display(),
-        state = %config.daemon.state_path.display(),
-        watchdog = ?watchdog,
-        "daemon ready; {}",
-        timers.next_text()
-    );
-    // STOPPING=1 once, and no watchdog ping after it
-    let begin_stop = |pinger: &mut Option<tokio::task::JoinHandle<()>>| {
-        hb.stop();
-        if let Some(p) = pinger.take() {
-            p.abort();
-        }
-    };
-
-    let mut pending: Option<bool> = None; // Some(full?) = a cycle is due
-    let mut stopping = false;
-    while !stopping {
-        let Some(full) = pending.take() else {
-            tokio::select! {
-                _ = tokio::time::sleep(timers.wait().min(tick)) => {}
-                _ = wait_hook(&hooks) => {
-                    hook_since.get_or_insert_with(Instant::now);
-                }
-                _ = sleep_until_opt(hook_due(
-                    hook_since,
-                    last_hook_end,
-                    config.daemon.webhook_debounce,
-                    config.daemon.webhook_min_interval,
-                )) => {
-                    tracing::info!("webhook: cycle now");
-                    hook_since = None;
-                    hook_cycle = true;
-                    want(&mut pending, false);
-                }
-                _ = sig.usr1.recv() => {
-                    tracing::info!("SIGUSR1: cycle now");
-                    want(&mut pending, false);
-                }
-                _ = sig.hup.recv() => {
-                    let r = reload(path, &mut config, &mut syncer, store);
-                    after_reload(r, &config, &mut timers, &metrics, &hb, &last, idle_status);
-                }
-                _ = sig.term.recv() => {
-                    tracing::info!("SIGTERM: stopping");
-                    stopping = true;
-                }
-                _ = sig.int.recv() => {
-                    tracing::info!("SIGINT: stopping");
-                    stopping = true;
-                }
-            }
-            hb.beat();
-            if let Some(full) = timers.fire(Utc::now()) {
-                want(&mut pending, full);
-            }
-            continue;
-        };
-
-        // one cycle; triggers meanwhile are coalesced into one follow-up
-        hb.cycle_started();
-        metrics.cycle_started();
-        // an incremental request on an empty state db runs the full bootstrap cycle
-        notify(&[NotifyState::Status(&one_line(&format!(
-            "running a {}cycle ({})",
-            if full { "full " } else { "" },
-            last.as_deref().unwrap_or("the first since the start")
-        )))]);
-        let t0 = Instant::now();
-        let mut reload_after = false;
-        let result = {
-            let cycle = syncer.run_cycle(CycleOptions {
-                full,
-                ..Default::default()
-            });
-            tokio::pin!(cycle);
-            let done = loop {
-                tokio::select! {
-                    r = &mut cycle => break Some(r),
-                    _ = tokio::time::sleep(timers.wait()) => {
-                        if let Some(f) = timers.fire(Utc::now()) {
-                            tracing::debug!(full = f, "a schedule came due during the cycle: one follow-up queued");
-                            want(&mut pending, f);
-                        }
-                    }
-                    _ = sig.usr1.recv() => {
-                        tracing::info!("SIGUSR1 during a cycle: one follow-up cycle queued");
-                        want(&mut pending, false);
-                    }
-                    _ = wait_hook(&hooks) => {
-                        tracing::debug!("webhook during a cycle: one webhook cycle after it, spaced by webhook_min_interval");
-                        hook_since.get_or_insert_with(Instant::now);
-                    }
-                    _ = sig.hup.recv() => {
-                        tracing::info!("SIGHUP during a cycle: reloading after it");
-                        reload_after = true;
-                    }
-                    _ = sig.term.recv() => {
-                        tracing::info!("SIGTERM during a cycle: stopping");
-                        stopping = true;
-                        break None;
-                    }
-                    _ = sig.int.recv() => {
-                        tracing::info!("SIGINT during a cycle: stopping");
-                        stopping = true;
-                        break None;
-                    }
-                }
-            };
-            match done {
-                Some(r) => Some(r),
-                None => {
-                    begin_stop(&mut pinger);
-                    syncer.stop.cancel();
-                    // The cycle future only moves when polled: while it waits here, nothing of
-                    // it runs. A recorded intent means a write may be on its way.
-                    let writing = store.intents().map(|i| !i.is_empty()).unwrap_or(true);
-                    if writing {
-                        tracing::info!(grace = ?STOP_GRACE, "stopping: letting the write in flight finish");
-                        tokio::select! {
-                            r = tokio::time::timeout(STOP_GRACE, &mut cycle) => match r {
-                                Ok(r) => Some(r),
-                                Err(_) => {
-                                    tracing::warn!("stopping: the write in flight did not finish in time; the next cycle settles it");
-                                    None
-                                }
-                            },
-                            _ = sig.term.recv() => {
-                                tracing::warn!("second stop signal: not waiting; the next cycle settles the write in flight");
-                                None
-                            }
-                            _ = sig.int.recv() => {
-                                tracing::warn!("second stop signal: not waiting; the next cycle settles the write in flight");
-                                None
-                            }
-                        }
-                    } else {
-                        tracing::info!(
-                            "stopping: no write in flight; the cycle is abandoned (the next one decides the rest again)"
-                        );
-                        None
-                    }
-                }
-            }
-        };
-        hb.cycle_ended();
-        if std::mem::take(&mut hook_cycle) {
-            last_hook_end = Some(Instant::now());
-        }
-        if let Some(r) = result {
-            metrics.observe_cycle(full, t0.elapsed(), &r, &syncer);
-            if let Ok(rep) = &r {
-                tracing::info!(
-                    cycle = rep.record.id,
-                    kind = %rep.record.kind,
-                    outcome = %rep.record.outcome,
-                    written = rep.record.writes_done,
-                    parked = rep.record.parked,
-                    ms = rep.record.duration_ms,
-                    "cycle done"
-                );
-            }
-            last = Some(outcome_text(full, &r));
-        }
-        if stopping {
-            break;
-        }
-        if reload_after {
-            let r = reload(path, &mut config, &mut syncer, store);
-            after_reload(r, &config, &mut timers, &metrics, &hb, &last, idle_status);
-        } else {
-            notify(&[NotifyState::Status(&idle_status(&last, &timers))]);
-        }
-    }
-    begin_stop(&mut pinger);
-    ExitCode::SUCCESS
-}
-
-/// After a reload attempt: new timers and metrics settings if it took, READY=1 and STATUS=.
-fn after_reload(
-    r: Result<(), String>,
-    config: &config::Config,
-    timers: &mut Timers,
-    metrics: &Metrics,
-    hb: &Heartbeat,
-    last: &Option<String>,
-    idle_status: impl Fn(&Option<String>, &Timers) -> String,
-) {
-    let head = match r {
-        Ok(()) => {
-            *timers = Timers::new(config);
-            metrics.configure(config);
-            metrics.syncer_replaced();
-            hb.set_budget(config.daemon.cycle_budget);
-            "config reloaded".to_string()
-        }
-        Err(why) => format!("reload rejected, old config kept: {why}"),
-    };
-    let status = one_line(&format!("{head}; {}", idle_status(last, timers)));
-    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-}
-
-/// Reloads and validates the config; on success the syncer is rebuilt on it. On failure the
-/// old config stays and the reason is returned (and logged).
-fn reload(
-    path: &Path,
-    config: &mut config::Config,
-    syncer: &mut LiveSyncer,
-    store: &Arc<Store>,
-) -> Result<(), String> {
-    match NotifyState::monotonic_usec_now() {
-        Ok(m) => notify(&[NotifyState::Reloading, m]),
-        Err(_) => notify(&[NotifyState::Reloading]),
-    }
-    let r = match config::load(path) {
-        Err(e) => Err(format!("the new config is invalid: {e}")),
-        Ok(new) if new.config.daemon.state_path != config.daemon.state_path => {
-            Err("daemon.state_path cannot change while the daemon runs (restart it instead)".into())
-        }
-        Ok(new) => match LiveSyncer::live(&new, store.clone()) {
-            Err(e) => Err(e.to_string()),
-            Ok(s) => {
-                if new.config.daemon.listen != config.daemon.listen {
-                    tracing::warn!(
-                        key = "daemon.listen",
-                        "a new listen address takes effect at the next restart"
-                    );
-                }
-                if new.config.daemon.log_level != config.daemon.log_level {
-                    tracing::warn!(
-                        key = "daemon.log_level",
-                        "a new log level takes effect at the next restart"
-                    );
-                }
-                *syncer = s;
-                *config = new.config;
-                Ok(())
-            }
-        },
-    };
-    match &r {
-        Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
-        Err(why) => {
-            tracing::error!(config = %path.display(), "reload rejected, keeping the old config: {why}")
-        }
-    }
-    r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn timers(poll: &str, full: &str, tz: &str, now: DateTime<Utc>) -> Timers {
-        let poll = Schedule::parse(poll, tz).unwrap();
-        let full = Schedule::parse(full, tz).unwrap();
-        Timers {
-            next_poll: poll.next_after(now),
-            next_full: full.next_after(now),
-            poll,
-            full,
-        }
-    }
-
-    #[test]
-    fn a_due_full_cycle_wins_and_missed_times_fire_once() {
-        let t0 = utc("2026-03-29T00:59:50Z");
-        let mut t = timers("*/30 * * * * *", "0 0 3 * * *", "UTC", t0);
-        assert_eq!(t.fire(t0), None);
-        assert_eq!(t.fire(utc("2026-03-29T00:59:59Z")), None);
-        // a long cycle: many poll times passed; one incremental follow-up, next time after now
-        let late = utc("2026-03-29T01:05:07Z");
-        assert_eq!(t.fire(late), Some(false));
-        assert_eq!(t.next_poll, Some(utc("2026-03-29T01:05:30Z")));
-        assert_eq!(t.fire(late), None, "fired once");
-        // 03:00 Berlin on the DST day is 01:00 UTC (CEST, +2): passed together with a poll time
-        let mut t = timers("*/30 * * * * *", "0 0 3 * * *", "Europe/Berlin", t0);
-        assert_eq!(t.next_full, Some(utc("2026-03-29T01:00:00Z")));
-        assert_eq!(t.fire(utc("2026-03-29T01:00:00Z")), Some(true), "full wins");
-        let mut p = None;
-        want(&mut p, true);
-        want(&mut p, false);
-        assert_eq!(
-            p,
-            Some(true),
-            "an incremental trigger does not downgrade a due full cycle"
+/// The log line of a finished cycle (a failure was logged by the cycle itself).
+fn log_cycle(r: &Result<CycleReport, CycleError>) {
+    if let Ok(rep) = r {
+        tracing::info!(
+            cycle = rep.record.id,
+            kind = %rep.record.kind,
+            outcome = %rep.record.outcome,
+            written = rep.record.writes_done,
+            parked = rep.record.parked,
+            quarantined = rep.record.quarantined,
+            ms = rep.record.duration_ms,
+            "cycle done"
         );
-        let mut p = None;
-        want(&mut p, false);
-        want(&mut p, false);
-        assert_eq!(p, Some(false));
-    }
-
-    #[test]
-    fn webhook_cycles_are_debounced_and_spaced() {
-        let t0 = Instant::now();
-        let s = |n: u64| Duration::from_secs(n);
-        let ms = Duration::from_millis(500);
-        assert_eq!(hook_due(None, Some(t0), ms, s(30)), None, "no call waiting");
-        assert_eq!(
-            hook_due(Some(t0), None, ms, s(30)),
-            Some(t0 + ms),
-            "first: debounce only"
-        );
-        // the last webhook cycle ended 10 s before the call: due 30 s after that end
-        let end = t0;
-        let call = t0 + s(10);
-        assert_eq!(
-            hook_due(Some(call), Some(end), ms, s(30)),
-            Some(end + s(30))
-        );
-        // long after it: the debounce again
-        let call = t0 + s(100);
-        assert_eq!(hook_due(Some(call), Some(end), ms, s(30)), Some(call + ms));
-        assert_eq!(
-            hook_due(Some(t0 + s(1)), Some(end), ms, Duration::ZERO),
-            Some(t0 + s(1) + ms),
-            "0s: no spacing"
-        );
-    }
-
-    #[test]
-    fn wait_is_zero_for_a_passed_time_and_bounded() {
-        let now = Utc::now();
-        let mut t = timers("0 0 0 1 1 *", "0 0 0 1 1 *", "UTC", now);
-        assert_eq!(
-            t.wait(),
-            MAX_SLEEP,
-            "a far time is re-checked within MAX_SLEEP"
-        );
-        t.next_poll = Some(now - chrono::Duration::seconds(5));
-        assert_eq!(
-            t.wait(),
-            Duration::ZERO,
-            "a passed time is due now, not in an hour"
-        );
-        t.next_poll = None;
-        t.next_full = None;
-        assert_eq!(t.wait(), MAX_SLEEP);
-        assert_eq!(t.next_text(), "no scheduled cycle");
-    }
-
-    #[test]
-    fn heartbeat_idle_and_cycle() {
-        let period = Duration::from_secs(2);
-        let hb = Heartbeat::new(Duration::from_secs(600));
-        assert!(hb.alive(period));
-        // idle: the last beat is older than the period
-        hb.beat_ms.store(1, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(hb.alive(Duration::from_secs(60)));
-        assert!(
-            !hb.alive(Duration::from_millis(2)),
-            "a silent idle loop is not alive"
-        );
-        // a cycle within its budget is progress, however long since the last beat
-        hb.cycle_started();
-        assert!(hb.alive(Duration::from_millis(2)));
-        // past budget + slack it is not
-        let hb2 = Heartbeat {
-            started: Instant::now() - CYCLE_SLACK - Duration::from_secs(1),
-            beat_ms: AtomicU64::new(0),
-            cycle_ms: AtomicU64::new(1),
-            budget_ms: AtomicU64::new(0),
-            stopped: std::sync::Mutex::new(false),
-        };
-        assert!(!hb2.alive(period), "a cycle past its budget is stuck");
-        hb2.cycle_ended();
-        assert!(hb2.alive(period), "the end of a cycle is a beat");
-    }
-
-    #[test]
-    fn status_text_is_one_bounded_line() {
-        let s = one_line(&format!("a\nb\r{}", "x".repeat(1000)));
-        assert!(!s.contains('\n') && !s.contains('\r'));
-        assert_eq!(s.chars().count(), STATUS_MAX);
-        assert!(s.ends_with("..."));
-        assert_eq!(one_line("short"), "short");
-    }
-
-    #[test]
-    fn only_rejections_fail_the_start() {
-        let status = |status| ApiError::Status {
-            api: "kommo",
-            endpoint: "GET /api/v4/account".into(),
-            status,
-            body: String::new(),
-        };
-        assert!(fatal_at_start(&ApiError::Auth {
-            api: "kommo",
-            reason: "401".into()
-        }));
-        assert!(fatal_at_start(&status(404)));
-        assert!(!fatal_at_start(&status(429)));
-        assert!(!fatal_at_start(&status(503)));
-        assert!(!fatal_at_start(&ApiError::Transport {
-            api: "chatapp",
-            endpoint: "POST /v1/tokens".into(),
-            attempts: 3,
-            reason: "connection refused".into()
-        }));
     }
 }

@@ -209,6 +209,52 @@ pub fn routes(hooks: Arc<Hooks>) -> Router {
         .with_state(hooks)
 }
 
+/// Registers the webhook URLs with both APIs (idempotent); returns one line per registration,
+/// the token redacted.
+pub async fn register(
+    kommo: &crate::kommo::KommoClient,
+    chatapp: &crate::chatapp::ChatAppClient,
+    cfg: &crate::config::Config,
+    base: &str,
+    token: &secrecy::SecretString,
+) -> Result<Vec<String>, crate::http::ApiError> {
+    use secrecy::ExposeSecret;
+    let mut lines = vec![];
+    let base = base.trim_end_matches('/');
+    let kommo_url = format!("{base}/hooks/kommo/{}", token.expose_secret());
+    let settings: Vec<String> = cfg
+        .kinds()
+        .iter()
+        .map(|k| format!("responsible_{}", k.singular()))
+        .collect();
+    let created = kommo.register_webhook(&kommo_url, &settings).await?;
+    lines.push(format!(
+        "kommo: webhook {base}/hooks/kommo/<token> for {} {}",
+        settings.join(", "),
+        if created {
+            "registered"
+        } else {
+            "already registered"
+        }
+    ));
+    let chat_url = format!("{base}/hooks/chatapp/{}", token.expose_secret());
+    let licenses = chatapp.licenses().await?;
+    for (license, types) in licenses
+        .into_iter()
+        .filter(|(l, _)| cfg.chatapp.license_ids.contains(l))
+    {
+        for t in types {
+            chatapp
+                .set_callback(license, &t, &chat_url, &["chatResponsible", "message"])
+                .await?;
+            lines.push(format!(
+                "chatapp: callback {base}/hooks/chatapp/<token> set for license {license} {t} (chatResponsible, message)"
+            ));
+        }
+    }
+    Ok(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

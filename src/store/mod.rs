@@ -73,6 +73,9 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
+    /// The db was closed after an error and could not be opened again.
+    #[error("state db {0} is closed after an error; it could not be opened again")]
+    Closed(PathBuf),
     /// A write through a handle opened read-only (a daemon holds the db).
     #[error("state db {0} is open read-only here (another process writes it)")]
     ReadOnly(PathBuf),
@@ -445,9 +448,10 @@ enum Handle {
     Read(ReadOnlyDatabase),
 }
 
-/// The state db.
+/// The state db. Its redb handle can be replaced in place ([`Store::reopen`]) after an I/O
+/// error, which makes redb refuse the old one: every holder of the store keeps working.
 pub struct Store {
-    db: Handle,
+    db: std::sync::RwLock<Option<Handle>>,
     path: PathBuf,
 }
 
@@ -565,11 +569,7 @@ impl Store {
                 // that needs redb's recovery after a crash cannot be opened read-only: it is
                 // recovered by the writable open below, then its schema is checked before init)
                 match guarded(path, || builder(false).open_read_only(path)) {
-                    Ok(db) => Store {
-                        db: Handle::Read(db),
-                        path: path.to_path_buf(),
-                    }
-                    .guard_schema()?,
+                    Ok(db) => Store::with(Handle::Read(db), path).guard_schema()?,
                     Err(StoreError::Open {
                         source: redb::Error::RepairAborted,
                         ..
@@ -586,12 +586,28 @@ impl Store {
                 });
             }
         };
-        let store = Store {
-            db: Handle::Write(db),
-            path: path.to_path_buf(),
-        };
+        let store = Store::with(Handle::Write(db), path);
         store.init()?;
         Ok(store)
+    }
+
+    fn with(handle: Handle, path: &Path) -> Store {
+        Store {
+            db: std::sync::RwLock::new(Some(handle)),
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Drops the redb handle and opens the file again, validated as on start. After an I/O error
+    /// redb refuses the old handle for good; a reopen gets the daemon going again if the disk is
+    /// back. On failure the store stays closed: every call fails until a reopen succeeds.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(db.take());
+        let fresh = Store::open(&self.path)?;
+        let handle = fresh.db.into_inner().unwrap_or_else(|e| e.into_inner());
+        *db = handle;
+        Ok(())
     }
 
     /// Opens an existing db read-only; works while a daemon writes it. redb verifies no checksum
@@ -620,10 +636,7 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let store = Store {
-            db: handle,
-            path: path.to_path_buf(),
-        };
+        let store = Store::with(handle, path);
         store.guard_schema()?;
         Ok(store)
     }
@@ -648,17 +661,22 @@ impl Store {
         &self.path
     }
 
-    fn writer(&self) -> Result<&Database, StoreError> {
-        match &self.db {
-            Handle::Write(db) => Ok(db),
-            Handle::Read(_) => Err(StoreError::ReadOnly(self.path.clone())),
+    /// A write transaction (the handle must be a writable one that is open).
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        match db.as_ref() {
+            Some(Handle::Write(db)) => db.begin_write().map_err(db_err("begin write")),
+            Some(Handle::Read(_)) => Err(StoreError::ReadOnly(self.path.clone())),
+            None => Err(StoreError::Closed(self.path.clone())),
         }
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
-        match &self.db {
-            Handle::Write(db) => db.begin_read(),
-            Handle::Read(db) => db.begin_read(),
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        match db.as_ref() {
+            Some(Handle::Write(db)) => db.begin_read(),
+            Some(Handle::Read(db)) => db.begin_read(),
+            None => return Err(StoreError::Closed(self.path.clone())),
         }
         .map_err(db_err("begin read"))
     }
@@ -669,10 +687,7 @@ impl Store {
         if !fresh {
             self.check_schema()?;
         }
-        let tx = self
-            .writer()?
-            .begin_write()
-            .map_err(db_err("begin write"))?;
+        let tx = self.begin_write()?;
         {
             let mut meta = tx.open_table(META).map_err(db_err("open meta"))?;
             if fresh {
@@ -741,10 +756,7 @@ impl Store {
 
     /// Writes a meta value durably.
     pub fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let tx = self
-            .writer()?
-            .begin_write()
-            .map_err(db_err("begin write"))?;
+        let tx = self.begin_write()?;
         {
             let mut t = tx.open_table(META).map_err(db_err("open meta"))?;
             t.insert(key, encode(value).as_slice())
@@ -795,10 +807,7 @@ impl Store {
 
     /// Records write intents durably before the writes are made.
     pub fn record_intents(&self, intents: &[Intent]) -> Result<(), StoreError> {
-        let tx = self
-            .writer()?
-            .begin_write()
-            .map_err(db_err("begin write"))?;
+        let tx = self.begin_write()?;
         {
             let mut t = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
             for i in intents {
@@ -824,10 +833,7 @@ impl Store {
     /// A confirmed write: its new base, its audit entry, and the intent's removal, in one
     /// transaction (so the daemon's own write never comes back as a change).
     pub fn confirm_write(&self, intent: &Intent, audit: &AuditEntry) -> Result<(), StoreError> {
-        let tx = self
-            .writer()?
-            .begin_write()
-            .map_err(db_err("begin write"))?;
+        let tx = self.begin_write()?;
         {
             match (&intent.target, &intent.base) {
                 (RecordId::Card(id), Base::Card(st)) => {
@@ -865,10 +871,7 @@ impl Store {
     /// Removes an intent whose write certainly did not happen (rejected, or dropped by
     /// check-before-write).
     pub fn drop_intent(&self, target: &RecordId) -> Result<(), StoreError> {
-        let tx = self
-            .writer()?
-            .begin_write()
-            .map_err(db_err("begin write"))?;
+        let tx = self.begin_write()?;
         {
             let mut i = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
             i.remove(record_key(target).as_str())
@@ -914,10 +917,7 @@ impl Store {
     /// Commits the end of a successful cycle in one durable transaction: new bases, parked
     /// pairs, records to recheck, watermarks, seen event ids, the bootstrap flag and the cycle record.
     pub fn commit_cycle(&self, c: &CycleCommit) -> Result<(), StoreError> {
-        let tx = self
-            .writer()?
-            .begin_write()
-            .map_err(db_err("begin write"))?;
+        let tx = self.begin_write()?;
         {
             let mut cards = tx.open_table(CARDS).map_err(db_err("open cards"))?;
             for (id, st) in &c.settlement.cards {
@@ -997,10 +997,7 @@ impl Store {
 
     /// Records a cycle that did not commit (failed, braked).
     pub fn record_cycle(&self, c: &CycleRecord, retention: &Retention) -> Result<(), StoreError> {
-        let tx = self
-            .writer()?
-            .begin_write()
-            .map_err(db_err("begin write"))?;
+        let tx = self.begin_write()?;
         {
             let mut cycles = tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
             cycles
@@ -1064,9 +1061,9 @@ impl Store {
 
     /// Closes the db, surfacing errors that dropping would hide.
     pub fn close(self) -> Result<(), StoreError> {
-        match self.db {
-            Handle::Write(db) => db.close().map_err(db_err("close")),
-            Handle::Read(_) => Ok(()),
+        match self.db.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Handle::Write(db)) => db.close().map_err(db_err("close")),
+            Some(Handle::Read(_)) | None => Ok(()),
         }
     }
 }
