@@ -88,173 +88,212 @@ pub fn main() -> ExitCode {
     crate::panic_guard::install_hook();
     let cli = Cli::parse();
     let path = config::config_path(cli.config.as_deref());
+    if !matches!(cli.command, Command::Run) {
+        end_quietly_on_closed_pipe();
+    }
     match cli.command {
         Command::Demo => demo(),
-        Command::CheckConfig {
-            online: _,
-            no_secrets: true,
-        } => {
-            let text = match read_config_text(&path) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
-            match config::Config::parse(&text, &path.display().to_string()) {
-                Ok(_) => {
-                    println!("{}: ok (secret files not read)", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => config_error(&e),
-            }
-        }
-        Command::CheckConfig { online, .. } => {
-            let loaded = match config::load(&path) {
-                Ok(l) => l,
-                Err(e) => return config_error(&e),
-            };
-            print_warnings(&loaded);
-            if online {
-                crate::logging::init(&loaded.config.daemon.log_level, false);
-                let rt = runtime();
-                match rt.block_on(crate::commands::online_check::check(&loaded)) {
-                    Err(e) => {
-                        eprintln!("check-config --online: the check could not run: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                    Ok(report) => {
-                        for line in &report.ok {
-                            println!("{line}");
-                        }
-                        for p in &report.problems {
-                            eprintln!("config error in {}: {}: {}", path.display(), p.key, p.found);
-                        }
-                        if !report.problems.is_empty() {
-                            eprintln!(
-                                "check-config --online: {} problem(s) found",
-                                report.problems.len()
-                            );
-                            return ExitCode::from(EXIT_CONFIG);
-                        }
-                    }
-                }
-            }
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
-        }
-        Command::Status { dialog, card } => {
-            let card = match card.map(|c| CardId::parse(&c).ok_or(c)).transpose() {
-                Ok(c) => c,
-                Err(bad) => {
-                    eprintln!("--card {bad:?}: expected kind:id, e.g. lead:123");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let text = match read_config_text(&path) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
-            let cfg = match config::Config::parse(&text, &path.display().to_string()) {
-                Ok(c) => c,
-                Err(e) => return config_error(&e),
-            };
-            match Store::open_read_only(&cfg.daemon.state_path)
-                .and_then(|s| s.guard(|| render(&s, &StatusQuery { dialog, card })))
-            {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("status: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::CheckConfig { online, no_secrets } => check_config(&path, online, no_secrets),
+        Command::Status { dialog, card } => status(&path, dialog, card),
         Command::Once {
             full,
             dry_run,
             force,
-        } => {
-            let loaded = match config::load(&path) {
-                Ok(l) => l,
-                Err(e) => return config_error(&e),
-            };
-            crate::logging::init(&loaded.config.daemon.log_level, true);
-            for w in &loaded.warnings {
-                tracing::warn!("{w}");
+        } => once(
+            &path,
+            CycleOptions {
+                full,
+                dry_run,
+                force,
+            },
+        ),
+        Command::Run => run(&path),
+    }
+}
+
+/// A command whose output goes to a pipe that closes (`demo | head -1`) ends quietly, as Unix
+/// tools do, instead of failing on the next write. (`run` writes no output; it keeps ignoring
+/// SIGPIPE so that a closed journal stream never kills the daemon.)
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to its default is async-signal-safe and done
+    // before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// `check-config [--online] [--no-secrets]`.
+fn check_config(path: &std::path::Path, online: bool, no_secrets: bool) -> ExitCode {
+    if no_secrets {
+        let text = match read_config_text(path) {
+            Ok(t) => t,
+            Err(code) => return code,
+        };
+        return match config::Config::parse(&text, &path.display().to_string()) {
+            Ok(_) => {
+                println!("{}: ok (secret files not read)", path.display());
+                ExitCode::SUCCESS
             }
-            let store = match Store::open(&loaded.config.daemon.state_path) {
-                Ok(s) => Arc::new(s),
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let rt = runtime();
-            let code = rt.block_on(async {
-                let syncer = match LiveSyncer::live(&loaded, store.clone()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                match syncer.run_cycle(CycleOptions { full, dry_run, force }).await {
-                    Ok(r) => {
-                        let verb = if dry_run { "would write" } else { "wrote" };
-                        for (w, res) in r.plan.writes.iter().zip(&r.results) {
-                            let tag = match res {
-                                WriteResult::Done => "wrote".to_string(),
-                                WriteResult::Skipped => verb.to_string(),
-                                WriteResult::Dropped(why) => format!("dropped ({why})"),
-                                WriteResult::Rejected(why) => format!("rejected ({why})"),
-                            };
-                            println!("{tag}: {}", describe_write(w));
-                        }
-                        for p in &r.plan.parked {
-                            println!("parked: {}: {}", p.key(), p.reason);
-                        }
-                        println!(
-                            "cycle {} ({}): {} planned, {} written, {} parked, {} disagreements; {} Kommo and {} ChatApp requests",
-                            r.record.id,
-                            r.record.kind,
-                            r.plan.writes.len(),
-                            r.record.writes_done,
-                            r.plan.parked.len(),
-                            r.plan.disagreements.len(),
-                            r.record.kommo_requests,
-                            r.record.chatapp_requests
-                        );
-                        match r.brake {
-                            Some(b) if !dry_run => {
-                                eprintln!("{b}");
-                                ExitCode::from(EXIT_BRAKE)
-                            }
-                            Some(b) => {
-                                println!("note: {b}");
-                                ExitCode::SUCCESS
-                            }
-                            None => ExitCode::SUCCESS,
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("cycle failed: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            });
-            crate::sync::trace_memory("cycle reported");
-            drop(rt);
-            crate::sync::trace_memory("runtime dropped");
-            if let Ok(s) = Arc::try_unwrap(store)
-                && let Err(e) = s.close()
-            {
+            Err(e) => config_error(&e),
+        };
+    }
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => return config_error(&e),
+    };
+    print_warnings(&loaded);
+    if online {
+        crate::logging::init(&loaded.config.daemon.log_level, false);
+        if let Err(code) = check_online(path, &loaded) {
+            return code;
+        }
+    }
+    println!("{}: ok", path.display());
+    ExitCode::SUCCESS
+}
+
+/// `check-config --online`: every problem printed, exit 2 when there is one, 1 when the check
+/// could not run.
+fn check_online(path: &std::path::Path, loaded: &config::Loaded) -> Result<(), ExitCode> {
+    let report = runtime()
+        .block_on(crate::commands::online_check::check(loaded))
+        .map_err(|e| {
+            eprintln!("check-config --online: the check could not run: {e}");
+            ExitCode::FAILURE
+        })?;
+    for line in &report.ok {
+        println!("{line}");
+    }
+    for p in &report.problems {
+        eprintln!("config error in {}: {}: {}", path.display(), p.key, p.found);
+    }
+    if report.problems.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "check-config --online: {} problem(s) found",
+        report.problems.len()
+    );
+    Err(ExitCode::from(EXIT_CONFIG))
+}
+
+/// `status [--dialog CHAT] [--card KIND:ID]`: reads the state db (read-only when a daemon holds
+/// it); needs no secret.
+fn status(path: &std::path::Path, dialog: Option<String>, card: Option<String>) -> ExitCode {
+    let card = match card.map(|c| CardId::parse(&c).ok_or(c)).transpose() {
+        Ok(c) => c,
+        Err(bad) => {
+            eprintln!("--card {bad:?}: expected kind:id, e.g. lead:123");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let text = match read_config_text(path) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let cfg = match config::Config::parse(&text, &path.display().to_string()) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let query = StatusQuery { dialog, card };
+    match Store::open_read_only(&cfg.daemon.state_path)
+        .and_then(|s| s.guard(|| render(&s, &query, &cfg)))
+    {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `once [--full] [--dry-run] [--force]`: one cycle, then exit (0 ok, 2 config, 3 brake, 1 else).
+fn once(path: &std::path::Path, opts: CycleOptions) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => return config_error(&e),
+    };
+    crate::logging::init(&loaded.config.daemon.log_level, true);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let store = match Store::open(&loaded.config.daemon.state_path) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = runtime();
+    let code = rt.block_on(async {
+        let syncer = match LiveSyncer::live(&loaded, store.clone()) {
+            Ok(s) => s,
+            Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
-            crate::sync::trace_memory("state db closed");
-            code
+        };
+        match syncer.run_cycle(opts).await {
+            Ok(r) => print_once(&r, opts.dry_run),
+            Err(e) => {
+                eprintln!("cycle failed: {e}");
+                ExitCode::FAILURE
+            }
         }
-        Command::Run => run(&path),
+    });
+    crate::sync::trace_memory("cycle reported");
+    drop(rt);
+    crate::sync::trace_memory("runtime dropped");
+    if let Ok(s) = Arc::try_unwrap(store)
+        && let Err(e) = s.close()
+    {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    crate::sync::trace_memory("state db closed");
+    code
+}
+
+/// What `once` prints: each write with its result, each parked pair, a summary line; the exit
+/// code (3 when the brake stopped the writes, not in a dry run).
+fn print_once(r: &crate::sync::CycleReport, dry_run: bool) -> ExitCode {
+    let verb = if dry_run { "would write" } else { "wrote" };
+    for (w, res) in r.plan.writes.iter().zip(&r.results) {
+        let tag = match res {
+            WriteResult::Done => "wrote".to_string(),
+            WriteResult::Skipped => verb.to_string(),
+            WriteResult::Dropped(why) => format!("dropped ({why})"),
+            WriteResult::Rejected(why) => format!("rejected ({why})"),
+        };
+        println!("{tag}: {}", describe_write(w));
+    }
+    for p in &r.plan.parked {
+        println!("parked: {}: {}", p.key(), p.reason);
+    }
+    println!(
+        "cycle {} ({}): {} planned, {} written, {} parked, {} disagreements; {} Kommo and {} ChatApp requests",
+        r.record.id,
+        r.record.kind,
+        r.plan.writes.len(),
+        r.record.writes_done,
+        r.plan.parked.len(),
+        r.plan.disagreements.len(),
+        r.record.kommo_requests,
+        r.record.chatapp_requests
+    );
+    match &r.brake {
+        Some(b) if !dry_run => {
+            eprintln!("{b}");
+            ExitCode::from(EXIT_BRAKE)
+        }
+        Some(b) => {
+            println!("note: {b}");
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::SUCCESS,
     }
 }
 

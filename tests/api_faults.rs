@@ -132,7 +132,9 @@ async fn truncated_json_fails_the_cycle_without_writing_then_the_next_converges(
     assert_ne!(r.code, 0, "{r:?}");
     assert_ne!(r.code, 2, "not a config error");
     assert!(
-        r.stderr.contains("kommo GET /api/v4/leads") && r.stderr.contains("truncated"),
+        r.stderr.contains("kommo GET http://127.0.0.1:")
+            && r.stderr.contains("/api/v4/leads")
+            && r.stderr.contains("truncated"),
         "{}",
         r.stderr
     );
@@ -362,7 +364,9 @@ async fn repeated_403s_open_the_breaker_across_cycles_of_one_process() {
         0,
         "no Kommo call while the breaker is open"
     );
-    let status = chatapp_kommo_sync::commands::status::render(&store, &Default::default()).unwrap();
+    let status =
+        chatapp_kommo_sync::commands::status::render(&store, &Default::default(), &syncer.config)
+            .unwrap();
     assert!(status.contains("blocked"), "status shows it: {status}");
 }
 

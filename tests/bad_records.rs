@@ -64,7 +64,7 @@ async fn malformed_records_are_quarantined_and_never_stall_the_sync() {
         "{contact_line}"
     );
     assert!(
-        contact_line.contains("GET /api/v4/contacts"),
+        contact_line.contains("GET http://127.0.0.1:") && contact_line.contains("/api/v4/contacts"),
         "{contact_line}"
     );
     assert!(

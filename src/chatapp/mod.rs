@@ -6,7 +6,7 @@
 use crate::config::{ChatAppConfig, SetResponsibleConfig};
 use crate::core::links::phone_digits;
 use crate::core::model::{DialogKey, DialogObs, Employee, EmployeeId};
-use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
+use crate::http::{ApiClient, ApiError, Limits, ListPage, Response};
 pub use crate::tokens::TokenPair;
 use crate::tokens::TokenStore;
 use secrecy::{ExposeSecret, SecretString};
@@ -294,10 +294,15 @@ impl ChatAppClient {
         if !r.status.is_success() {
             return Err(ApiError::Auth {
                 api: API,
-                reason: format!("{endpoint}: HTTP {}: {}", r.status.as_u16(), error_text(&r)),
+                reason: format!(
+                    "{}: HTTP {}: {}",
+                    self.api.with_host(endpoint),
+                    r.status.as_u16(),
+                    error_text(&r)
+                ),
             });
         }
-        let pair: Envelope<TokenPair> = decode(API, endpoint, &r.body)?;
+        let pair: Envelope<TokenPair> = self.api.decode(endpoint, &r.body)?;
         crate::redact::register(&pair.data.access_token);
         crate::redact::register(&pair.data.refresh_token);
         self.persist(&pair.data)?;
@@ -350,7 +355,11 @@ impl ChatAppClient {
             if is_invalid_token(&r) {
                 return Err(ApiError::Auth {
                     api: API,
-                    reason: format!("{endpoint}: a fresh token was rejected: {}", error_text(&r)),
+                    reason: format!(
+                        "{}: a fresh token was rejected: {}",
+                        self.api.with_host(endpoint),
+                        error_text(&r)
+                    ),
                 });
             }
             r
@@ -360,7 +369,7 @@ impl ChatAppClient {
         if !r.status.is_success() {
             return Err(ApiError::Status {
                 api: API,
-                endpoint: endpoint.into(),
+                endpoint: self.api.with_host(endpoint),
                 status: r.status.as_u16(),
                 body: error_text(&r),
             });
@@ -469,7 +478,7 @@ impl ChatAppClient {
             .await
         {
             Ok(r) => {
-                let e: Envelope<serde_json::Value> = decode(API, endpoint, &r.body)?;
+                let e: Envelope<serde_json::Value> = self.api.decode(endpoint, &r.body)?;
                 Ok(self
                     .api
                     .decode_record(endpoint, &e.data, "data", chat_subject))
@@ -498,7 +507,7 @@ impl ChatAppClient {
         let r = self
             .call(endpoint, |c, t| c.get(&url).header("Authorization", t))
             .await?;
-        let e: Envelope<Vec<License>> = decode(API, endpoint, &r.body)?;
+        let e: Envelope<Vec<License>> = self.api.decode(endpoint, &r.body)?;
         Ok(e.data
             .into_iter()
             .map(|l| {

@@ -135,24 +135,15 @@ fn stored_access_token(
         Some(p) if !p.access_token.is_empty() && p.expires_at > now => Ok(Some(KommoClient::new(
             &loaded.config.kommo,
             KommoAuth::long_lived(secrecy::SecretString::from(p.access_token)),
+            crate::sync::shared_limiter(&loaded.config)?,
         )?)),
         _ => Ok(None),
     }
 }
 
-/// Whether an API error means "the credentials or the account are wrong" (a problem to report)
-/// rather than "the API cannot be reached" (the check cannot run).
-fn is_rejection(e: &ApiError) -> bool {
-    match e {
-        ApiError::Auth { .. } | ApiError::Decode { .. } => true,
-        ApiError::Status { status, .. } => (400..500).contains(status) && *status != 429,
-        ApiError::Transport { .. } | ApiError::Budget { .. } | ApiError::Blocked { .. } => false,
-    }
-}
-
 /// Turns a rejection into a problem under `key`; passes other errors up.
 fn rejected(report: &mut Report, key: &str, e: ApiError) -> Result<(), ApiError> {
-    if is_rejection(&e) {
+    if crate::http::policy::is_wrong_setting(&e) {
         report.problem(key, e.to_string());
         Ok(())
     } else {

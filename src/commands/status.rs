@@ -46,7 +46,11 @@ fn audit_line(e: &AuditEntry) -> String {
 }
 
 /// Renders the status report.
-pub fn render(store: &Store, q: &StatusQuery) -> Result<String, StoreError> {
+pub fn render(
+    store: &Store,
+    q: &StatusQuery,
+    _cfg: &crate::config::Config,
+) -> Result<String, StoreError> {
     let mut out = String::new();
     let snap = store.load_snapshot()?;
     if let Some(chat) = &q.dialog {

@@ -36,7 +36,8 @@ pub fn error_policy(e: &ApiError) -> ErrorPolicy {
         ApiError::Budget { .. }
         | ApiError::Decode { .. }
         | ApiError::Blocked { .. }
-        | ApiError::Auth { .. } => ErrorPolicy::Fail,
+        | ApiError::Auth { .. }
+        | ApiError::Limiter { .. } => ErrorPolicy::Fail,
     }
 }
 
@@ -44,7 +45,10 @@ pub fn error_policy(e: &ApiError) -> ErrorPolicy {
 /// fails, `check-config --online` reports it) rather than that the API cannot be reached now.
 pub fn is_wrong_setting(e: &ApiError) -> bool {
     error_policy(e) == ErrorPolicy::Reject
-        || matches!(e, ApiError::Auth { .. } | ApiError::Decode { .. })
+        || matches!(
+            e,
+            ApiError::Auth { .. } | ApiError::Decode { .. } | ApiError::Limiter { .. }
+        )
 }
 
 #[cfg(test)]
@@ -81,6 +85,7 @@ mod tests {
             api: "chatapp",
             endpoint: "POST /v1/tokens".into(),
             attempts: 3,
+            class: "connect",
             reason: "refused".into()
         }));
     }

@@ -15,7 +15,7 @@
 //! (revoked) one fails and the integration must be authorized again by hand. The same holds for a
 //! crash between Kommo issuing the pair and the store, which no client can close.
 
-use crate::http::{ApiClient, ApiError, decode};
+use crate::http::{ApiClient, ApiError};
 pub use crate::tokens::OAuthPair;
 use crate::tokens::TokenStore;
 use secrecy::{ExposeSecret, SecretString};
@@ -284,13 +284,14 @@ impl KommoAuth {
             return Err(ApiError::Auth {
                 api: API,
                 reason: format!(
-                    "{endpoint}: HTTP {}: {} (if the refresh token was revoked, authorize the integration again and put the new refresh token in refresh_token_file with an empty state db)",
+                    "{}: HTTP {}: {} (if the refresh token was revoked, authorize the integration again and put the new refresh token in refresh_token_file with an empty state db)",
+                    api.with_host(endpoint),
                     r.status.as_u16(),
                     r.excerpt(200)
                 ),
             });
         }
-        let t: TokenResponse = decode(API, endpoint, &r.body)?;
+        let t: TokenResponse = api.decode(endpoint, &r.body)?;
         crate::redact::register(&t.access_token);
         crate::redact::register(&t.refresh_token);
         let issued = t.server_time.unwrap_or_else(now_unix);

@@ -9,7 +9,7 @@ use crate::core::model::{
     CardId, CardKind, CardObs, DialogRef, KommoUser, KommoUserId, LeadStage, STATUS_LOST,
     STATUS_WON, StageKind, SyncKind,
 };
-use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
+use crate::http::{ApiClient, ApiError, Limits, ListPage, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -645,10 +645,12 @@ fn endpoint_of(path: &str) -> String {
 }
 
 impl KommoClient {
-    /// Builds the client for a long-lived token.
+    /// Builds the client; with `shared`, every attempt also waits for the limit shared by the
+    /// instances on this machine.
     pub fn new(
         cfg: &KommoConfig,
         auth: crate::kommo::auth::KommoAuth,
+        shared: Option<crate::http::shared_limit::SharedLimiter>,
     ) -> Result<KommoClient, ApiError> {
         let limits = Limits::standard(
             cfg.requests_per_second,
@@ -656,7 +658,7 @@ impl KommoClient {
             Some(cfg.block_cooloff),
         );
         Ok(KommoClient {
-            api: ApiClient::new(API, &cfg.base_url, limits)?,
+            api: ApiClient::new(API, &cfg.base_url, limits)?.with_shared_limit(shared),
             auth,
             filters: std::sync::Mutex::new(None),
         })
@@ -718,13 +720,14 @@ impl KommoClient {
             401 => Err(ApiError::Auth {
                 api: API,
                 reason: format!(
-                    "{endpoint}: HTTP 401 (token expired or revoked): {}",
+                    "{}: HTTP 401 (token expired or revoked): {}",
+                    self.api.with_host(endpoint),
                     r.excerpt(200)
                 ),
             }),
             s => Err(ApiError::Status {
                 api: API,
-                endpoint: endpoint.into(),
+                endpoint: self.api.with_host(endpoint),
                 status: s,
                 body: r.excerpt(300),
             }),
@@ -737,7 +740,7 @@ impl KommoClient {
         let r = self
             .get(path, &[("with".into(), "is_api_filter_enabled".into())])
             .await?;
-        decode(API, &endpoint_of(path), &r.body)
+        self.api.decode(&endpoint_of(path), &r.body)
     }
 
     /// Whether list filters and ordering work on this account (asked once per process).
@@ -911,7 +914,7 @@ impl KommoClient {
                     continue;
                 }
                 let endpoint = endpoint_of(&format!("/api/v4/{}/{{id}}", kind.plural()));
-                let raw: serde_json::Value = decode(API, &endpoint, &r.body)?;
+                let raw: serde_json::Value = self.api.decode(&endpoint, &r.body)?;
                 let subject = card_subject_of(kind);
                 if let Some(c) = self.api.decode_record(&endpoint, &raw, "(card)", subject) {
                     out.push(c);
@@ -995,7 +998,7 @@ impl KommoClient {
         if r.status.as_u16() == 204 || r.body.is_empty() {
             return Ok(out);
         }
-        let p: PipelinesPage = decode(API, &endpoint_of(path), &r.body)?;
+        let p: PipelinesPage = self.api.decode(&endpoint_of(path), &r.body)?;
         for pl in p.embedded.pipelines {
             out.names.insert(pl.id, pl.name);
             for st in pl.embedded.map(|e| e.statuses).unwrap_or_default() {
@@ -1028,7 +1031,7 @@ impl KommoClient {
             if r.status.as_u16() == 204 || r.body.is_empty() {
                 break;
             }
-            let p: FieldDefsPage = decode(API, &endpoint_of(&path), &r.body)?;
+            let p: FieldDefsPage = self.api.decode(&endpoint_of(&path), &r.body)?;
             let n = p.embedded.custom_fields.len();
             let has_next = p.links.as_ref().is_some_and(|l| l.next.is_some());
             out.extend(p.embedded.custom_fields);
@@ -1063,7 +1066,7 @@ impl KommoClient {
             if r.status.as_u16() == 204 || r.body.is_empty() {
                 break;
             }
-            let p: UnsortedPage = decode(API, &endpoint_of(path), &r.body)?;
+            let p: UnsortedPage = self.api.decode(&endpoint_of(path), &r.body)?;
             let n = p.embedded.unsorted.len();
             let has_next = p.links.as_ref().is_some_and(|l| l.next.is_some());
             for rec in &p.embedded.unsorted {
@@ -1116,7 +1119,7 @@ impl KommoClient {
                 #[serde(default)]
                 settings: Vec<String>,
             }
-            let h: Hooks = decode(API, &endpoint_of(path), &r.body)?;
+            let h: Hooks = self.api.decode(&endpoint_of(path), &r.body)?;
             let mut want: Vec<&String> = settings.iter().collect();
             want.sort();
             if h.embedded.webhooks.iter().any(|x| {
@@ -1171,7 +1174,7 @@ impl KommoClient {
                 continue;
             }
             let r = self.check(&endpoint, r)?;
-            let p: PatchResult = decode(API, &endpoint, &r.body)?;
+            let p: PatchResult = self.api.decode(&endpoint, &r.body)?;
             confirmed.extend(p.embedded.items.into_iter().map(|i| i.id));
         }
         Ok(confirmed)

@@ -299,6 +299,22 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
     }
 }
 
+/// The limit shared by the instances on this machine, when one is configured (or named by the
+/// template unit's environment), opened; a file that cannot be used stops the start.
+pub fn shared_limiter(
+    cfg: &Config,
+) -> Result<Option<crate::http::shared_limit::SharedLimiter>, ApiError> {
+    let Some(sl) = cfg.shared_limit() else {
+        return Ok(None);
+    };
+    crate::http::shared_limit::SharedLimiter::open(&sl.path, sl.requests_per_second)
+        .map(Some)
+        .map_err(|e| ApiError::Limiter {
+            api: "kommo",
+            reason: e.to_string(),
+        })
+}
+
 /// Both API clients of a config, keeping their tokens in `tokens`.
 pub fn clients(
     loaded: &Loaded,
@@ -329,7 +345,7 @@ pub fn clients(
             });
         }
     };
-    let kommo = KommoClient::new(&cfg.kommo, auth)?;
+    let kommo = KommoClient::new(&cfg.kommo, auth, shared_limiter(cfg)?)?;
     let chatapp = ChatAppClient::new(
         &cfg.chatapp,
         loaded.secrets.chatapp_password.clone(),
