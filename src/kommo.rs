@@ -110,7 +110,7 @@ impl<T: serde::de::DeserializeOwned> ListPage<T> for CardsPage<T> {
 }
 
 /// Names a raw card: `kind:id` needs the kind, so only its id.
-fn card_subject(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn card_subject(v: &serde_json::Value) -> Option<String> {
     v.get("id").map(|id| format!("id {id}"))
 }
 
@@ -125,7 +125,7 @@ fn card_subject_of(kind: CardKind) -> crate::http::SubjectOf {
 }
 
 /// Names a raw event by its entity (`lead:123`), else its id.
-fn event_subject(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn event_subject(v: &serde_json::Value) -> Option<String> {
     match (
         v.get("entity_type").and_then(|t| t.as_str()),
         v.get("entity_id").and_then(|i| i.as_u64()),
@@ -241,7 +241,7 @@ impl KommoEvent {
 
 #[derive(Deserialize)]
 #[serde(bound = "T: serde::de::DeserializeOwned")]
-struct EventsPage<T> {
+pub(crate) struct EventsPage<T> {
     #[serde(rename = "_embedded")]
     embedded: EventsEmbedded<T>,
     #[serde(default, rename = "_links")]
@@ -264,7 +264,7 @@ impl<T: serde::de::DeserializeOwned> ListPage<T> for EventsPage<T> {
 
 #[derive(Deserialize)]
 #[serde(bound = "T: serde::de::DeserializeOwned")]
-struct UsersPage<T> {
+pub(crate) struct UsersPage<T> {
     #[serde(rename = "_embedded")]
     embedded: UsersEmbedded<T>,
     #[serde(default, rename = "_page_count")]
@@ -285,7 +285,7 @@ impl<T: serde::de::DeserializeOwned> ListPage<T> for UsersPage<T> {
 }
 
 #[derive(Deserialize)]
-struct UserItem {
+pub(crate) struct UserItem {
     id: u64,
     #[serde(default)]
     email: Option<String>,
@@ -317,7 +317,7 @@ pub struct Account {
 }
 
 #[derive(Deserialize)]
-struct PatchResult {
+pub(crate) struct PatchResult {
     #[serde(rename = "_embedded")]
     embedded: PatchEmbedded,
 }
@@ -422,7 +422,7 @@ pub fn classify_status(status: u64, pipelines: &Pipelines) -> Option<StageKind> 
 }
 
 #[derive(Deserialize)]
-struct PipelinesPage {
+pub(crate) struct PipelinesPage {
     #[serde(rename = "_embedded")]
     embedded: PipelinesEmbedded,
 }
@@ -473,7 +473,7 @@ pub struct FieldDef {
 }
 
 #[derive(Deserialize)]
-struct FieldDefsPage {
+pub(crate) struct FieldDefsPage {
     #[serde(rename = "_embedded")]
     embedded: FieldDefsEmbedded,
     #[serde(default, rename = "_links")]
@@ -511,16 +511,16 @@ pub struct UnsortedEmbedded {
 }
 
 #[derive(Deserialize)]
-struct UnsortedPage {
+pub(crate) struct UnsortedPage {
     #[serde(rename = "_embedded")]
-    embedded: UnsortedList,
+    pub(crate) embedded: UnsortedList,
     #[serde(default, rename = "_links")]
     links: Option<PageLinks>,
 }
 
 #[derive(Deserialize)]
-struct UnsortedList {
-    unsorted: Vec<Unsorted>,
+pub(crate) struct UnsortedList {
+    pub(crate) unsorted: Vec<Unsorted>,
 }
 
 /// The dialog an unsorted chat record stands for. UNCONFIRMED (the one place that assumes it):
@@ -848,7 +848,7 @@ impl KommoClient {
 
     /// A page of cards, record by record when one does not fit (see [`ApiClient::decode_list`]);
     /// a bad record is named `kind:id`.
-    fn decode_cards(
+    pub(crate) fn decode_cards(
         &self,
         kind: CardKind,
         path: &str,

@@ -7,6 +7,8 @@ pub mod cycle;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod http_server;
 pub mod kommo;
