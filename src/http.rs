@@ -538,7 +538,8 @@ impl ApiClient {
         let backoff = delays.next().unwrap_or(self.limits.max_backoff);
         let wait = retry_after.map_or(backoff, |ra| ra.max(backoff));
         let deadline = *self.deadline.lock().expect("deadline");
-        if deadline.is_some_and(|d| Instant::now() + wait > d) {
+        // a wait past the clock's range (`retry_after` near u64::MAX) is past any deadline
+        if deadline.is_some_and(|d| Instant::now().checked_add(wait).is_none_or(|t| t > d)) {
             return Err(ApiError::Budget {
                 api: self.api,
                 endpoint: endpoint.into(),
