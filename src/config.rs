@@ -14,6 +14,8 @@ use std::time::Duration;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/chatapp-kommo-sync/config.toml";
 /// The environment variable naming the config file.
 pub const CONFIG_ENV: &str = "CHATAPP_KOMMO_SYNC_CONFIG";
+/// The longest duration a config may give (a year): longer ones would overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// A config problem: the key it is about and why. Exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -664,6 +666,21 @@ impl Config {
                 "chatapp.set_responsible.body_field",
                 "must not be empty".into(),
             ));
+        }
+        // The daemon adds durations to the clock (a cycle's deadline, the breaker's cool-off):
+        // one past any sensible value would overflow it, a panic even in release builds.
+        for (key, d) in [
+            ("daemon.cycle_budget", self.daemon.cycle_budget),
+            ("kommo.timeout", self.kommo.timeout),
+            ("kommo.events_overlap", self.kommo.events_overlap),
+            ("kommo.block_cooloff", self.kommo.block_cooloff),
+            ("chatapp.timeout", self.chatapp.timeout),
+            ("chatapp.chats_overlap", self.chatapp.chats_overlap),
+            ("sync.clock_skew", self.sync.clock_skew),
+        ] {
+            if d > MAX_DURATION {
+                return Err(err(key, "must be at most 365 days".into()));
+            }
         }
         for (key, kinds) in [
             ("sync.crm_to_chat", &self.sync.crm_to_chat),
