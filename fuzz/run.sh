@@ -96,8 +96,10 @@ for t in "${targets[@]}"; do
         echo "fuzz: $t: ${execs:-?} runs in ${secs} s (${rate:-?}/s), corpus $size, no crash"
     else
         failed+=("$t")
-        echo "fuzz: $t: FAILED (exit $rc) after ${execs:-?} runs; the end of $log:"
-        grep -v '^#[0-9]' "$log" | tail -n 30 | sed 's/^/    /'
+        echo "fuzz: $t: FAILED (exit $rc) after ${execs:-?} runs (log: $log):"
+        # the panic (or libFuzzer's reason: timeout, out of memory) and the input's bytes
+        grep -E -A2 'panicked at|^==[0-9]+== ERROR|^SUMMARY|Output of `std::fmt::Debug`' "$log" |
+            grep -v '^--$' | head -n 20 | sed 's/^/    /'
         for a in $found; do
             echo "fuzz: $t: crash input: $here/$a"
             echo "fuzz: replay it with: cargo +nightly fuzz run ${build[*]} $t $here/$a"
