@@ -5,11 +5,14 @@
 //! dependency tree, and on shared machines the ratio between the two cases in one run is what to
 //! compare.
 
-use chatapp_kommo_sync::engine::{Bootstrap, ConflictPolicy, Observations, Policy, Snapshot, plan};
-use chatapp_kommo_sync::model::{
-    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, SyncKind,
+use chatapp_kommo_sync::core::engine::{
+    Bootstrap, ConflictPolicy, Observations, Policy, Snapshot, plan,
 };
-use chatapp_kommo_sync::usermap::UserMap;
+use chatapp_kommo_sync::core::model::{
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, EmployeeId,
+    KommoUserId, SyncKind,
+};
+use chatapp_kommo_sync::core::usermap::UserMap;
 use std::time::Instant;
 
 fn world(dialogs: u64, leads_per: u64) -> (Snapshot, Observations) {
@@ -27,7 +30,7 @@ fn world(dialogs: u64, leads_per: u64) -> (Snapshot, Observations) {
         snap.dialogs.insert(
             key.clone(),
             DialogState {
-                responsible: Some(100 + user),
+                responsible: Some(EmployeeId(100 + user)),
                 changed_at: 10,
                 last_time: 10,
                 session: 1,
@@ -38,7 +41,7 @@ fn world(dialogs: u64, leads_per: u64) -> (Snapshot, Observations) {
         obs.dialogs.insert(
             key.clone(),
             DialogObs {
-                responsible: Some(100 + user),
+                responsible: Some(EmployeeId(100 + user)),
                 last_time: 10,
                 session: 1,
                 closed: false,
@@ -47,7 +50,7 @@ fn world(dialogs: u64, leads_per: u64) -> (Snapshot, Observations) {
         );
         let contact = CardId::new(CardKind::Contact, d);
         let st = CardState {
-            responsible: user,
+            responsible: KommoUserId(user),
             changed_at: 10,
             flag: true,
             deleted: false,
@@ -61,7 +64,7 @@ fn world(dialogs: u64, leads_per: u64) -> (Snapshot, Observations) {
         for l in 0..leads_per {
             let lead = CardId::new(CardKind::Lead, d * leads_per + l);
             let st = CardState {
-                responsible: user,
+                responsible: KommoUserId(user),
                 changed_at: 10,
                 flag: true,
                 deleted: false,
@@ -106,7 +109,9 @@ fn main() {
         max_writes_per_cycle: usize::MAX,
         match_phone: true,
     };
-    let pairs: Vec<(u64, u64)> = (1..=20).map(|n| (n, 100 + n)).collect();
+    let pairs: Vec<(KommoUserId, EmployeeId)> = (1..=20)
+        .map(|n| (KommoUserId(n), EmployeeId(100 + n)))
+        .collect();
     let users = UserMap::build(&pairs, false, &[], &[]);
     let dialogs: u64 = std::env::var("PLANNER_DIALOGS")
         .ok()
@@ -116,7 +121,7 @@ fn main() {
     let mut changed = idle.clone();
     for (i, (id, o)) in changed.cards.iter_mut().enumerate() {
         if i % 100 == 0 && id.kind == CardKind::Contact {
-            o.responsible = 1 + (o.responsible % 20);
+            o.responsible = KommoUserId(1 + (o.responsible.0 % 20));
             o.event_time = Some(999_000);
         }
     }

@@ -437,7 +437,8 @@ fn read_documented(text: &str) -> Res<Documented> {
 /// filled in; `Err((key, reason))` if the program rejects it.
 fn effective(lines: &[String]) -> Result<toml::Value, (String, String)> {
     let text = lines.join("\n");
-    let cfg = Config::parse(&text, "config.example.toml").map_err(|e| (e.key, e.reason))?;
+    let cfg = Config::parse(&text, "config.example.toml")
+        .map_err(|e| (e.first().key.clone(), e.first().reason.clone()))?;
     toml::Value::try_from(&cfg).map_err(|e| (String::new(), format!("cannot serialize: {e}")))
 }
 

@@ -8,7 +8,7 @@
 //! ```
 //! `--check` exits non-zero when a cycle costs more than its formula allows (CI runs it small).
 
-use chatapp_kommo_sync::demo::{LEAD_FLAG_FIELD, write_config};
+use chatapp_kommo_sync::commands::demo::{LEAD_FLAG_FIELD, write_config};
 use chatapp_kommo_sync::sim::{
     ChatAppSim, ChatAppSimConfig, KommoSim, KommoSimConfig, SimCard, SimChat, SimClock, SimField,
 };
@@ -100,7 +100,7 @@ fn run_once(
         .arg("once")
         .args(args)
         // the daemon logs its own resident size at each phase (see below)
-        .env("RUST_LOG", "warn,chatapp_kommo_sync::cycle=debug")
+        .env("RUST_LOG", "warn,chatapp_kommo_sync::sync=debug")
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()

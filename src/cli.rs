@@ -1,11 +1,11 @@
 //! The command line (SPEC section 5): `run`, `once`, `check-config`, `status`, `demo`.
 //! Exit codes: 0 ok, 2 config error, 3 safety brake (nothing written), 1 any other failure.
 
-use crate::config::{self, ConfigError};
-use crate::cycle::{CycleOptions, Syncer, WriteResult, describe_write};
-use crate::model::CardId;
-use crate::status::{StatusQuery, render};
+use crate::commands::status::{StatusQuery, render};
+use crate::config::{self, ConfigErrors};
+use crate::core::model::CardId;
 use crate::store::Store;
+use crate::sync::{CycleOptions, LiveSyncer, WriteResult, describe_write};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,27 +68,28 @@ pub enum Command {
     Demo,
 }
 
-fn config_error(e: &ConfigError) -> ExitCode {
+fn config_error(e: &ConfigErrors) -> ExitCode {
     eprintln!("{e}");
+    if e.0.len() > 1 {
+        eprintln!("{} problems in the config", e.0.len());
+    }
     ExitCode::from(EXIT_CONFIG)
+}
+
+/// Prints the config's warnings (things worth fixing that do not stop anything).
+fn print_warnings(loaded: &config::Loaded) {
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
+    crate::panic_guard::install_hook();
     let cli = Cli::parse();
     let path = config::config_path(cli.config.as_deref());
     match cli.command {
-        Command::Demo => {
-            crate::logging::init("error", false);
-            let rt = runtime();
-            match rt.block_on(crate::demo::run()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("demo failed: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Demo => demo(),
         Command::CheckConfig {
             online: _,
             no_secrets: true,
@@ -110,10 +111,11 @@ pub fn main() -> ExitCode {
                 Ok(l) => l,
                 Err(e) => return config_error(&e),
             };
+            print_warnings(&loaded);
             if online {
                 crate::logging::init(&loaded.config.daemon.log_level, false);
                 let rt = runtime();
-                match rt.block_on(crate::online_check::check(&loaded)) {
+                match rt.block_on(crate::commands::online_check::check(&loaded)) {
                     Err(e) => {
                         eprintln!("check-config --online: the check could not run: {e}");
                         return ExitCode::FAILURE;
@@ -155,7 +157,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             match Store::open_read_only(&cfg.daemon.state_path)
-                .and_then(|s| render(&s, &StatusQuery { dialog, card }))
+                .and_then(|s| s.guard(|| render(&s, &StatusQuery { dialog, card })))
             {
                 Ok(out) => {
                     print!("{out}");
@@ -177,6 +179,9 @@ pub fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             crate::logging::init(&loaded.config.daemon.log_level, true);
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
             let store = match Store::open(&loaded.config.daemon.state_path) {
                 Ok(s) => Arc::new(s),
                 Err(e) => {
@@ -186,7 +191,7 @@ pub fn main() -> ExitCode {
             };
             let rt = runtime();
             let code = rt.block_on(async {
-                let syncer = match Syncer::new(&loaded, store.clone()) {
+                let syncer = match LiveSyncer::live(&loaded, store.clone()) {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("{e}");
@@ -237,20 +242,41 @@ pub fn main() -> ExitCode {
                     }
                 }
             });
-            crate::cycle::trace_memory("cycle reported");
+            crate::sync::trace_memory("cycle reported");
             drop(rt);
-            crate::cycle::trace_memory("runtime dropped");
+            crate::sync::trace_memory("runtime dropped");
             if let Ok(s) = Arc::try_unwrap(store)
                 && let Err(e) = s.close()
             {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
-            crate::cycle::trace_memory("state db closed");
+            crate::sync::trace_memory("state db closed");
             code
         }
-        Command::Run => crate::daemon::main(&path),
+        Command::Run => crate::service::runner::main(&path),
     }
+}
+
+/// `demo`: the whole sync on the built-in simulators.
+#[cfg(feature = "sim")]
+fn demo() -> ExitCode {
+    crate::logging::init("error", false);
+    let rt = runtime();
+    match rt.block_on(crate::commands::demo::run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `demo` in a build without the simulators.
+#[cfg(not(feature = "sim"))]
+fn demo() -> ExitCode {
+    eprintln!("demo: this build has no simulators (built without the default `sim` feature)");
+    ExitCode::FAILURE
 }
 
 /// The config file's text; a read error is reported as a config error (exit 2).

@@ -11,12 +11,14 @@
 
 use crate::chatapp::{self, Chat};
 use crate::config::{Config, FieldRef, FlagFields, KommoConfig, LinksConfig};
+use crate::core::links::{DialogIndex, looks_like_phone, parse_messenger_value, phone_digits};
+use crate::core::links::{phone_of_chat_id, resolve_links};
+use crate::core::model::{
+    CardId, CardKind, CardState, DialogKey, DialogRef, DialogState, StageKind,
+};
 use crate::http::{ApiClient, ApiError, BadRecord, Limits, Response, decode};
 use crate::kommo::{self, FieldMap, KommoCard, KommoClient, KommoEvent, Pipelines, StatusInfo};
-use crate::links::{DialogIndex, looks_like_phone, parse_messenger_value, phone_digits};
-use crate::links::{phone_of_chat_id, resolve_links};
-use crate::model::{CardId, CardKind, CardState, DialogKey, DialogRef, DialogState, StageKind};
-use crate::webhooks::{self, Hooks, MAX_BODY};
+use crate::service::webhooks::{self, Hooks, MAX_BODY};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
@@ -53,7 +55,7 @@ fn kommo_client() -> &'static KommoClient {
             block_cooloff: Duration::from_secs(60),
         };
         let auth =
-            crate::kommo_auth::KommoAuth::long_lived(secrecy::SecretString::from("fuzz-token"));
+            crate::kommo::auth::KommoAuth::long_lived(secrecy::SecretString::from("fuzz-token"));
         KommoClient::new(&cfg, auth).expect("a client without network")
     })
 }
@@ -401,7 +403,7 @@ fn check_card(c: &KommoCard, kind: CardKind) {
     let stage = stage.unwrap_or_default();
     for fields in field_maps() {
         let o = c.to_obs(kind, &fields, stage);
-        assert_eq!(o.responsible, c.responsible_user_id);
+        assert_eq!(o.responsible.0, c.responsible_user_id);
         assert!(o.phones.iter().all(|p| is_digits(p)), "{:?}", o.phones);
         assert!(o.phones.is_sorted() && o.dialog_refs.is_sorted());
         assert!(o.contacts.windows(2).all(|w| w[0] < w[1]));
@@ -503,7 +505,7 @@ pub fn kommo_decode(which: KommoBody, body: &[u8]) -> Result<Outcome, ApiError> 
         }
         KommoBody::Jwt => {
             let text = String::from_utf8_lossy(body);
-            let exp = crate::kommo_auth::jwt_exp(&text);
+            let exp = crate::kommo::auth::jwt_exp(&text);
             Ok(Outcome {
                 records: usize::from(exp.is_some()),
                 skipped: 0,
@@ -551,7 +553,7 @@ fn check_chat(c: &Chat) {
     assert_eq!(key.chat_id, c.id);
     let o = c.to_obs();
     assert!(o.phone.as_deref().is_none_or(is_digits), "{:?}", o.phone);
-    assert!(o.responsible != Some(0));
+    assert!(o.responsible.is_none_or(|e| e.0 != 0));
     let template = crate::config::SetResponsibleConfig::default().path;
     let path = chatapp::set_responsible_path(&template, &key);
     assert!(path.is_ascii(), "{path}");
@@ -678,7 +680,7 @@ pub fn chatapp_decode_bytes(data: &[u8]) -> Result<Outcome, ApiError> {
 /// Parses a config text as `check-config` and the daemon's start do (`Config::parse`), then what
 /// the daemon derives from a valid one: the engine's policy, the kinds, the schedules and their
 /// next occurrences.
-pub fn config_text(text: &str) -> Result<Config, crate::config::ConfigError> {
+pub fn config_text(text: &str) -> Result<Config, crate::config::ConfigErrors> {
     let cfg = Config::parse(text, "fuzz.toml")?;
     let _ = (
         cfg.policy(),
@@ -710,13 +712,13 @@ pub fn config_text(text: &str) -> Result<Config, crate::config::ConfigError> {
     }
     let now = chrono::DateTime::from_timestamp(1_790_000_000, 0).expect("a time");
     for expr in [&cfg.daemon.poll_schedule, &cfg.daemon.full_schedule] {
-        let s = crate::schedule::Schedule::parse(expr, &cfg.daemon.timezone)
+        let s = crate::core::schedule::Schedule::parse(expr, &cfg.daemon.timezone)
             .expect("validated schedules parse");
         if let Some(next) = s.next_after(now) {
             assert!(next > now);
         }
         if let Some(i) = s.interval_after(now) {
-            let off = crate::schedule::spread_offset("fuzz", i);
+            let off = crate::core::schedule::spread_offset("fuzz", i);
             let _ = s.with_offset(off).next_after(now);
         }
     }
@@ -724,7 +726,7 @@ pub fn config_text(text: &str) -> Result<Config, crate::config::ConfigError> {
 }
 
 /// [`config_text`] of UTF-8 input (other bytes are not a config text: `load` fails on them first).
-pub fn config_bytes(data: &[u8]) -> Option<Result<Config, crate::config::ConfigError>> {
+pub fn config_bytes(data: &[u8]) -> Option<Result<Config, crate::config::ConfigErrors>> {
     std::str::from_utf8(data).ok().map(config_text)
 }
 
@@ -787,7 +789,7 @@ pub fn links(text: &str) -> Vec<DialogRef> {
         }
     }
     let contact = CardState {
-        responsible: 1,
+        responsible: crate::core::model::KommoUserId(1),
         changed_at: 0,
         flag: true,
         deleted: false,

@@ -22,7 +22,7 @@ fn add_big_world(env: &Env, n: u64) {
         leads.push(
             SimCard::new(20_000 + i, "deal", 504142)
                 .with_field(SimField::checkbox(
-                    chatapp_kommo_sync::demo::LEAD_FLAG_FIELD,
+                    chatapp_kommo_sync::commands::demo::LEAD_FLAG_FIELD,
                     true,
                 ))
                 .with_contacts(&[10_000 + i]),
@@ -321,13 +321,13 @@ async fn without_list_filters_incremental_cycles_still_apply_changes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_403s_open_the_breaker_across_cycles_of_one_process() {
-    use chatapp_kommo_sync::cycle::{CycleOptions, Syncer};
+    use chatapp_kommo_sync::sync::{CycleOptions, LiveSyncer};
     let env = Env::new("").await;
     let loaded = chatapp_kommo_sync::config::load(&env.config).unwrap();
     let store = std::sync::Arc::new(
         chatapp_kommo_sync::store::Store::open(&loaded.config.daemon.state_path).unwrap(),
     );
-    let syncer = Syncer::new(&loaded, store.clone()).unwrap();
+    let syncer = LiveSyncer::live(&loaded, store.clone()).unwrap();
     syncer.run_cycle(CycleOptions::default()).await.unwrap();
     env.w
         .kommo
@@ -362,7 +362,7 @@ async fn repeated_403s_open_the_breaker_across_cycles_of_one_process() {
         0,
         "no Kommo call while the breaker is open"
     );
-    let status = chatapp_kommo_sync::status::render(&store, &Default::default()).unwrap();
+    let status = chatapp_kommo_sync::commands::status::render(&store, &Default::default()).unwrap();
     assert!(status.contains("blocked"), "status shows it: {status}");
 }
 

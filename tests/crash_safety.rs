@@ -29,7 +29,7 @@ async fn world() -> Env {
             "leads",
             SimCard::new(40_000 + i, "l", 504141)
                 .with_field(SimField::checkbox(
-                    chatapp_kommo_sync::demo::LEAD_FLAG_FIELD,
+                    chatapp_kommo_sync::commands::demo::LEAD_FLAG_FIELD,
                     true,
                 ))
                 .with_contacts(&[30_000 + i]),

@@ -5,7 +5,7 @@
 #[path = "common/e2e.rs"]
 mod e2e;
 
-use chatapp_kommo_sync::demo::LEAD_FLAG_FIELD;
+use chatapp_kommo_sync::commands::demo::LEAD_FLAG_FIELD;
 use chatapp_kommo_sync::sim::{
     MAIN_PIPELINE_ID, STATUS_FIRST_CONTACT, STATUS_LOST, STATUS_WON, SimCard, SimChat, SimField,
     UnsortedChat,
@@ -307,7 +307,10 @@ async fn check_config_online_names_every_problem_in_one_run() {
 
     // five problems at once
     let k = &env.w.kommo;
-    k.undefine_field("contacts", chatapp_kommo_sync::demo::MESSENGER_FIELD);
+    k.undefine_field(
+        "contacts",
+        chatapp_kommo_sync::commands::demo::MESSENGER_FIELD,
+    );
     k.define_field("companies", 777, "VIP", None, "text");
     k.set_user_active(504141, false);
     env.edit_config(|t| {

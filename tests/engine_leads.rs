@@ -4,12 +4,12 @@
 #[path = "common/world.rs"]
 mod world;
 
-use chatapp_kommo_sync::engine::{
+use chatapp_kommo_sync::core::engine::{
     Bootstrap, LeadsPolicy, Observations, Policy, Rule, Snapshot, plan, sync_kind,
 };
-use chatapp_kommo_sync::model::{
-    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, LeadStage,
-    RecordId, StageKind, SyncKind,
+use chatapp_kommo_sync::core::model::{
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, EmployeeId,
+    KommoUserId, LeadStage, RecordId, StageKind, SyncKind,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,7 +85,7 @@ fn bootstrap_crm_never_takes_the_dialog_from_a_closed_lead() {
     // the won lead is the latest-changed card of the dialog, the open one older
     w.observe_card(lead(20), |o| o.event_time = Some(50))
         .observe_card(lead(21), |o| {
-            o.responsible = 4;
+            o.responsible = KommoUserId(4);
             o.event_time = Some(90);
         })
         .observe_card(lead(22), |_| {})
@@ -117,7 +117,7 @@ fn a_closed_lead_edited_last_is_not_the_last_changed_card() {
     // the won lead's responsible changed most recently (years of history on a real account)
     w.base_stage(21, won_in(PIPE_A));
     w.snap.cards.get_mut(&lead(21)).unwrap().changed_at = 900;
-    w.snap.cards.get_mut(&lead(21)).unwrap().responsible = 4;
+    w.snap.cards.get_mut(&lead(21)).unwrap().responsible = KommoUserId(4);
     w.card_changed(contact(10), 2, 700);
     assert_eq!(writes(&w.plan()), vec![(d1(), 102)]);
 }
@@ -224,7 +224,7 @@ fn an_incoming_lead_drives_the_dialog_and_accepting_it_writes_nothing() {
     w.stage_changed(30, open_in(PIPE_A));
     let p = w.run_and_apply();
     assert!(p.writes.is_empty(), "{:?}", writes(&p));
-    assert_eq!(w.snap.cards[&lead(30)].responsible, 3);
+    assert_eq!(w.snap.cards[&lead(30)].responsible, KommoUserId(3));
     // as a lead it now receives the dialog's changes
     w.dialog_changed(1, Some(105), 900);
     assert_eq!(
@@ -254,7 +254,7 @@ fn an_incoming_lead_without_a_readable_contact_links_through_its_unsorted_chat()
     w.obs.cards.insert(
         lead(30),
         CardObs {
-            responsible: 1,
+            responsible: KommoUserId(1),
             flag: true,
             deleted: false,
             contacts: vec![77],
@@ -362,7 +362,7 @@ fn spec_strategy() -> impl Strategy<Value = Spec> {
 
 fn card_state(user: u64, contacts: Vec<u64>, refs: Vec<DialogRef>, stage: LeadStage) -> CardState {
     CardState {
-        responsible: user,
+        responsible: KommoUserId(user),
         changed_at: 100,
         flag: true,
         deleted: false,
@@ -385,7 +385,7 @@ fn world_of(s: &Spec) -> (Snapshot, Observations, Policy) {
     for (i, (base, now)) in s.dialogs.iter().enumerate() {
         let key = DialogKey::new(1, "grWhatsApp", &format!("7999000000{i}@c.us"));
         let st = DialogState {
-            responsible: *base,
+            responsible: base.map(EmployeeId),
             changed_at: 100,
             last_time: 100,
             session: 1,
@@ -396,7 +396,7 @@ fn world_of(s: &Spec) -> (Snapshot, Observations, Policy) {
         obs.dialogs.insert(
             key,
             DialogObs {
-                responsible: *now,
+                responsible: now.map(EmployeeId),
                 last_time: if now == base { 100 } else { 500 },
                 session: 1,
                 closed: false,
@@ -415,7 +415,7 @@ fn world_of(s: &Spec) -> (Snapshot, Observations, Policy) {
         );
         let mut o = obs_of(&st);
         if *changed {
-            o.responsible = user % 5 + 1;
+            o.responsible = KommoUserId(user % 5 + 1);
             o.event_time = Some(400);
         }
         snap.cards.insert(id, st);
@@ -427,7 +427,7 @@ fn world_of(s: &Spec) -> (Snapshot, Observations, Policy) {
         let mut o = obs_of(&st);
         o.lead = l.stage;
         if l.changed {
-            o.responsible = l.user % 5 + 1;
+            o.responsible = KommoUserId(l.user % 5 + 1);
             o.event_time = Some(450);
         }
         snap.cards.insert(id, st);
@@ -474,7 +474,7 @@ proptest! {
             obs.cards.iter().map(|(id, o)| (*id, o.lead)).collect();
         let p = plan(&snap, &obs, &policy, &users());
         for w in &p.writes {
-            if let RecordId::Card(c) = &w.target && c.kind == CardKind::Lead {
+            if let RecordId::Card(c) = &w.target.record() && c.kind == CardKind::Lead {
                 let st = current[c];
                 prop_assert!(takes_part(&st, &s), "wrote a lead at {st:?}: {w:?}");
                 let kind = if st.kind == StageKind::Incoming { SyncKind::IncomingLead } else { SyncKind::Lead };

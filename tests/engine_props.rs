@@ -4,14 +4,14 @@
 #[path = "common/gen.rs"]
 mod worldgen;
 
-use chatapp_kommo_sync::engine::{
+use chatapp_kommo_sync::core::engine::{
     Bootstrap, ConflictPolicy, ParkReason, Parked, Plan, Policy, Rule, dialog_reopened,
     fingerprint, plan,
 };
-use chatapp_kommo_sync::links::{
+use chatapp_kommo_sync::core::links::{
     looks_like_phone, parse_messenger_value, phone_digits, phone_of_chat_id,
 };
-use chatapp_kommo_sync::model::{CardId, CardKind, DialogKey, DialogRef, RecordId};
+use chatapp_kommo_sync::core::model::{CardId, CardKind, DialogKey, DialogRef, RecordId};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,7 +38,11 @@ fn show(p: &Plan) -> Vec<String> {
         .map(|w| {
             format!(
                 "{} {:?} -> {} ({} from {})",
-                w.target, w.from, w.to, w.reason.rule, w.reason.source
+                w.target.record(),
+                w.target.from_raw(),
+                w.target.to_raw(),
+                w.reason.rule,
+                w.reason.source
             )
         })
         .collect()
@@ -56,11 +60,24 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
     for w in &p.writes {
         let ctx = || format!("write {w:?}\nplan {:#?}\nworld {m:#?}", show(p));
         // rule 6 / no ping-pong: one write per record per cycle
-        prop_assert!(targets.insert(w.target.clone()), "written twice: {}", ctx());
+        prop_assert!(
+            targets.insert(w.target.record()),
+            "written twice: {}",
+            ctx()
+        );
         // never 0, never a no-op, `from` is what the target holds (rule 10 checks against it)
-        prop_assert!(w.to != 0, "to == 0: {}", ctx());
-        prop_assert_eq!(m.current(&w.target), Some(w.from), "from: {}", ctx());
-        prop_assert!(w.from != Some(w.to), "no-op write: {}", ctx());
+        prop_assert!(w.target.to_raw() != 0, "to == 0: {}", ctx());
+        prop_assert_eq!(
+            m.current(&w.target.record()),
+            Some(w.target.from_raw()),
+            "from: {}",
+            ctx()
+        );
+        prop_assert!(
+            w.target.from_raw() != Some(w.target.to_raw()),
+            "no-op write: {}",
+            ctx()
+        );
         if w.reason.rule == Rule::Bootstrap {
             prop_assert!(
                 p.bootstrap,
@@ -68,7 +85,7 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                 ctx()
             );
         }
-        match &w.target {
+        match &w.target.record() {
             RecordId::Card(c) => {
                 let card = &m.cards[c];
                 prop_assert!(!card.deleted, "deleted card written: {}", ctx());
@@ -79,7 +96,7 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                     ctx()
                 );
                 prop_assert!(
-                    users.to_chat(w.to).is_some(),
+                    users.chat_of(w.target.to_raw()).is_some(),
                     "unmapped Kommo user written: {}",
                     ctx()
                 );
@@ -89,14 +106,14 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                 prop_assert!(dialog.born, "unknown dialog written: {}", ctx());
                 prop_assert!(!dialog.closed, "closed dialog written: {}", ctx());
                 prop_assert!(
-                    users.to_crm(w.to).is_some(),
+                    users.crm_of(w.target.to_raw()).is_some(),
                     "unmapped employee written: {}",
                     ctx()
                 );
                 prop_assert!(!pol.crm_to_chat.is_empty(), "dialog written: {}", ctx());
             }
         }
-        match (&w.reason.source, &w.target) {
+        match (&w.reason.source, &w.target.record()) {
             (RecordId::Card(s), target) => {
                 prop_assert!(
                     matches!(
@@ -118,8 +135,8 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                 match target {
                     RecordId::Dialog(d) => {
                         prop_assert_eq!(
-                            users.to_chat(src.responsible),
-                            Some(w.to),
+                            users.chat_of(src.responsible),
+                            Some(w.target.to_raw()),
                             "dialog value is not the source's: {}",
                             ctx()
                         );
@@ -130,7 +147,12 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                         );
                     }
                     RecordId::Card(c) => {
-                        prop_assert_eq!(src.responsible, w.to, "cascade value: {}", ctx());
+                        prop_assert_eq!(
+                            src.responsible,
+                            w.target.to_raw(),
+                            "cascade value: {}",
+                            ctx()
+                        );
                         let via = m.dialogs.keys().any(|d| {
                             let l = m.linked_cards(d, pol.match_phone);
                             l.contains(s) && l.contains(c)
@@ -149,8 +171,8 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                 let dialog = &m.dialogs[d];
                 prop_assert!(dialog.born, "{}", ctx());
                 prop_assert_eq!(
-                    dialog.responsible.and_then(|e| users.to_crm(e)),
-                    Some(w.to),
+                    dialog.responsible.and_then(|e| users.crm_of(e)),
+                    Some(w.target.to_raw()),
                     "card value is not the dialog's: {}",
                     ctx()
                 );
@@ -198,7 +220,7 @@ fn check_justified(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                 log.snap
             )
         };
-        match (w.reason.rule, &w.target, &w.reason.source) {
+        match (w.reason.rule, &w.target.record(), &w.reason.source) {
             (Rule::CrmChanged, RecordId::Dialog(d), _) => {
                 let changed = m.linked_cards(d, pol.match_phone).into_iter().any(|c| {
                     let card = &m.cards[&c];
@@ -210,7 +232,7 @@ fn check_justified(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                                 .snap
                                 .cards
                                 .get(&c)
-                                .is_none_or(|b| b.responsible != card.responsible))
+                                .is_none_or(|b| b.responsible.0 != card.responsible))
                 });
                 prop_assert!(
                     changed || reparked(d),
@@ -236,7 +258,7 @@ fn check_justified(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                     .snap
                     .dialogs
                     .get(d)
-                    .map_or(now.is_some(), |b| b.responsible != now);
+                    .map_or(now.is_some(), |b| b.responsible.map(|e| e.0) != now);
                 prop_assert!(
                     changed || reparked(d),
                     "rule 3 from a dialog that did not change: {}",
@@ -398,7 +420,7 @@ proptest! {
         for log in &logs {
             check_plan(&sim, log)?;
             for w in &log.plan.writes {
-                match (&w.target, which) {
+                match (&w.target.record(), which) {
                     (RecordId::Card(_), 0) => prop_assert!(false, "card written with chat_to_crm empty: {:?}", w),
                     (RecordId::Dialog(_), 1) => prop_assert!(false, "dialog written with crm_to_chat empty: {:?}", w),
                     _ => {}
@@ -492,7 +514,7 @@ proptest! {
             let log = sim.cycle();
             let mut seen = BTreeSet::new();
             for w in &log.plan.writes {
-                prop_assert!(seen.insert(w.target.clone()), "{} written twice: {:?}", w.target, show(&log.plan));
+                prop_assert!(seen.insert(w.target.record()), "{} written twice: {:?}", w.target.record(), show(&log.plan));
             }
             if r.is_empty() {
                 prop_assert!(
@@ -798,7 +820,7 @@ fn regression_stale_unknown_dialog_park_replays_a_card_change_forever() {
     sim.model.open(&d0, Some(104));
     let log = sim.cycle(); // the dialog appears: rule 2 gives it the contact's responsible
     assert_eq!(log.plan.writes.len(), 1);
-    assert_eq!(log.plan.writes[0].to, 102);
+    assert_eq!(log.plan.writes[0].target.to_raw(), 102);
     sim.map_user(3); // an unrelated config change: the fingerprint changes
     sim.cycle();
     sim.model.tick(10);

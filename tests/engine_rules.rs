@@ -3,9 +3,9 @@
 #[path = "common/world.rs"]
 mod world;
 
-use chatapp_kommo_sync::engine::{Bootstrap, Brake, ConflictPolicy, ParkReason, Rule};
-use chatapp_kommo_sync::model::{CardKind::*, RecordId};
-use chatapp_kommo_sync::usermap::UserMap;
+use chatapp_kommo_sync::core::engine::{Bootstrap, Brake, ConflictPolicy, ParkReason, Rule};
+use chatapp_kommo_sync::core::model::{CardKind::*, EmployeeId, KommoUserId, RecordId};
+use chatapp_kommo_sync::core::usermap::UserMap;
 use world::*;
 
 fn d1() -> String {
@@ -14,8 +14,8 @@ fn d1() -> String {
 
 /// contact 10 and lead 20 linked to dialog 1; all agree on user 1 / employee 101.
 fn linked_world(
-    crm_to_chat: &[chatapp_kommo_sync::model::CardKind],
-    chat_to_crm: &[chatapp_kommo_sync::model::CardKind],
+    crm_to_chat: &[chatapp_kommo_sync::core::model::CardKind],
+    chat_to_crm: &[chatapp_kommo_sync::core::model::CardKind],
 ) -> World {
     let mut w = World::new(policy(crm_to_chat, chat_to_crm));
     w.base_contact(10, 1, 100, Some(1))
@@ -41,7 +41,7 @@ fn rule1_contact_change_moves_the_dialog() {
     let p = w.plan();
     assert_eq!(writes(&p), vec![(d1(), 102)]);
     assert_eq!(p.writes[0].reason.rule, Rule::CrmChanged);
-    assert_eq!(p.writes[0].from, Some(101));
+    assert_eq!(p.writes[0].target.from_raw(), Some(101));
     assert_eq!(p.writes[0].reason.source, RecordId::Card(contact(10)));
 }
 
@@ -86,7 +86,7 @@ fn rule2_reopened_dialog_takes_the_card_again() {
     w.observe_dialog(1, |o| {
         o.closed = false;
         o.session = 2;
-        o.responsible = Some(105);
+        o.responsible = Some(EmployeeId(105));
         o.last_time = 900;
     });
     let p = w.plan();
@@ -179,8 +179,8 @@ fn rule7_equal_is_not_a_conflict() {
     assert!(p.conflicts.is_empty());
     // and both become the base
     w.run_and_apply();
-    assert_eq!(w.snap.cards[&contact(10)].responsible, 2);
-    assert_eq!(w.snap.dialogs[&dkey(1)].responsible, Some(102));
+    assert_eq!(w.snap.cards[&contact(10)].responsible, KommoUserId(2));
+    assert_eq!(w.snap.dialogs[&dkey(1)].responsible, Some(EmployeeId(102)));
 }
 
 #[test]
@@ -190,14 +190,19 @@ fn rule8_unmapped_is_parked_then_decided_again_on_a_new_pair() {
     let p = w.run_and_apply();
     assert!(p.writes.is_empty());
     assert_eq!(p.parked.len(), 1);
-    assert_eq!(p.parked[0].reason, ParkReason::UnmappedKommoUser(42));
+    assert_eq!(
+        p.parked[0].reason,
+        ParkReason::UnmappedKommoUser(KommoUserId(42))
+    );
     // still parked, nothing new: no write, the park stays
     let p = w.run_and_apply();
     assert!(p.writes.is_empty() && p.parked.is_empty());
     assert_eq!(w.snap.parked.len(), 1);
     // a config change adds the pair 42 <-> 142: decided again and written
-    let mut pairs: Vec<(u64, u64)> = (1..=9).map(|n| (n, 100 + n)).collect();
-    pairs.push((42, 142));
+    let mut pairs: Vec<(KommoUserId, EmployeeId)> = (1..=9)
+        .map(|n| (KommoUserId(n), EmployeeId(100 + n)))
+        .collect();
+    pairs.push((KommoUserId(42), EmployeeId(142)));
     w.users = UserMap::build(&pairs, false, &[], &[]);
     let p = w.run_and_apply();
     assert_eq!(writes(&p), vec![(d1(), 142)]);
@@ -251,7 +256,7 @@ fn rule9_a_cycle_on_its_own_result_plans_nothing() {
     assert_eq!(w.run_and_apply().writes.len(), 2);
     // the next cycle observes the targets holding the written values, events included
     w.observe_card(lead(20), |o| {
-        o.responsible = 2;
+        o.responsible = KommoUserId(2);
         o.event_time = Some(10_005);
     })
     .observe_card(contact(10), |_| {})
@@ -269,12 +274,12 @@ fn rule12_bootstrap_modes() {
         // observed for the first time: contact says 1, dialog says 103, lead says 2
         w.snap.cards.clear();
         let mut seed = linked_world(&[Contact], &[Lead]);
-        seed.snap.cards.get_mut(&lead(20)).unwrap().responsible = 2;
-        seed.snap.dialogs.get_mut(&dkey(1)).unwrap().responsible = Some(103);
+        seed.snap.cards.get_mut(&lead(20)).unwrap().responsible = KommoUserId(2);
+        seed.snap.dialogs.get_mut(&dkey(1)).unwrap().responsible = Some(EmployeeId(103));
         for (id, st) in &seed.snap.cards {
             w.obs.cards.insert(
                 *id,
-                chatapp_kommo_sync::model::CardObs {
+                chatapp_kommo_sync::core::model::CardObs {
                     responsible: st.responsible,
                     flag: true,
                     deleted: false,
@@ -346,10 +351,14 @@ fn failed_write_holds_the_bases_so_the_change_is_decided_again() {
     let mut w = linked_world(&[Contact], &[]);
     w.card_changed(contact(10), 2, 500);
     let p = w.plan();
-    let s = chatapp_kommo_sync::engine::settle(&w.snap, &p, &[false], 10_000);
+    let s = chatapp_kommo_sync::core::engine::settle(&w.snap, &p, &[false], 10_000);
     assert!(s.held.contains(&RecordId::Card(contact(10))));
     w.snap.apply(&s);
-    assert_eq!(w.snap.cards[&contact(10)].responsible, 1, "base stays");
+    assert_eq!(
+        w.snap.cards[&contact(10)].responsible,
+        KommoUserId(1),
+        "base stays"
+    );
     w.obs.cards.clear();
     w.card_changed(contact(10), 2, 500);
     assert_eq!(writes(&w.plan()), vec![(d1(), 102)]);

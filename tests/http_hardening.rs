@@ -12,8 +12,8 @@ mod proc;
 
 use axum::Router;
 use axum::routing::get;
-use chatapp_kommo_sync::http_server::{self, Limits, Stats};
-use chatapp_kommo_sync::webhooks::{self, Hooks, MAX_BODY};
+use chatapp_kommo_sync::service::http_server::{self, Limits, Stats};
+use chatapp_kommo_sync::service::webhooks::{self, Hooks, MAX_BODY};
 use proc::{Env, bounded, free_port};
 use secrecy::SecretString;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 #[path = "common/e2e.rs"]
 mod e2e;
 
-use chatapp_kommo_sync::demo::sample_world_with;
+use chatapp_kommo_sync::commands::demo::sample_world_with;
 use chatapp_kommo_sync::sim::{KommoSimConfig, OAuthSim};
 use e2e::{Env, chat};
 

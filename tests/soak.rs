@@ -50,7 +50,7 @@
 #[path = "common/e2e.rs"]
 mod e2e;
 
-use chatapp_kommo_sync::demo::{DemoWorld, LEAD_FLAG_FIELD, MESSENGER_FIELD};
+use chatapp_kommo_sync::commands::demo::{DemoWorld, LEAD_FLAG_FIELD, MESSENGER_FIELD};
 use chatapp_kommo_sync::sim::{
     ChatAppSim, ChatAppSimConfig, Fault, FaultRule, KommoSim, KommoSimConfig, SimCard, SimChat,
     SimClock, SimField, XorShift,

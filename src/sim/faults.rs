@@ -127,6 +127,9 @@ pub enum Fault {
     /// Serves the request (a write is applied), then waits this long before answering: the crash
     /// point "the write landed but the client never saw the answer".
     LatencyAfter(Duration),
+    /// The given status with a JSON body that echoes the request's `Authorization` and `Refresh`
+    /// headers (a careless server repeating the credentials it was sent).
+    EchoCredentials(u16),
 }
 
 /// A queued fault: the next `times` requests matching `method` and `path_prefix` get `fault`.
@@ -385,6 +388,7 @@ where
             handler(incoming)
         }
         Admission::Fault(Fault::Truncated) => truncate(flavor, handler(incoming)).await,
+        Admission::Fault(Fault::EchoCredentials(code)) => echo_credentials(code, &incoming),
         Admission::Normal => handler(incoming),
     };
     let mut resp = resp;
@@ -409,7 +413,29 @@ where
 const NGINX_403: &str = "<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body>\r\n<center><h1>403 Forbidden</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
 
 /// `403` nginx HTML page.
-pub(crate) fn html_forbidden() -> Response {
+pub(crate) fn echo_credentials(code: u16, inc: &Incoming) -> Response {
+    let header = |name: &str| {
+        inc.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let body = serde_json::json!({
+        "title": "Unauthorized",
+        "status": code,
+        "detail": format!("the token {} is not valid (refresh: {})", header("authorization"), header("refresh")),
+    });
+    let mut resp = Response::new(axum::body::Body::from(body.to_string()));
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::UNAUTHORIZED);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+fn html_forbidden() -> Response {
     let mut resp = Response::new(Body::from(NGINX_403));
     *resp.status_mut() = StatusCode::FORBIDDEN;
     resp.headers_mut().insert(

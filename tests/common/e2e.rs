@@ -2,7 +2,7 @@
 //! for them in a temp dir, and the real binary run as a child process.
 #![allow(dead_code)]
 
-use chatapp_kommo_sync::demo::{DemoWorld, sample_world, write_config};
+use chatapp_kommo_sync::commands::demo::{DemoWorld, sample_world, write_config};
 use std::path::PathBuf;
 use std::process::Command;
 

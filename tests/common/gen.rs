@@ -13,13 +13,13 @@
 //! apart. Pure: no I/O, deterministic for a given spec and action list.
 #![allow(dead_code)]
 
-use chatapp_kommo_sync::engine::{
+use chatapp_kommo_sync::core::engine::{
     Bootstrap, ConflictPolicy, Observations, Plan, Policy, Snapshot, Write, plan, settle,
 };
-use chatapp_kommo_sync::model::{
-    CardId, CardKind, CardObs, DialogKey, DialogObs, DialogRef, RecordId,
+use chatapp_kommo_sync::core::model::{
+    CardId, CardKind, CardObs, DialogKey, DialogObs, DialogRef, EmployeeId, KommoUserId, RecordId,
 };
-use chatapp_kommo_sync::usermap::UserMap;
+use chatapp_kommo_sync::core::usermap::UserMap;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,8 +39,28 @@ pub const UNMAPPED_EMPLOYEE: u64 = 199;
 
 /// The user map: Kommo user n <-> employee 100 + n for each n in `mapped`.
 pub fn user_map(mapped: &[u64]) -> UserMap {
-    let pairs: Vec<(u64, u64)> = mapped.iter().map(|&n| (n, employee_of(n))).collect();
+    let pairs: Vec<(KommoUserId, EmployeeId)> = mapped
+        .iter()
+        .map(|&n| (KommoUserId(n), EmployeeId(employee_of(n))))
+        .collect();
     UserMap::build(&pairs, false, &[], &[])
+}
+
+/// The user map as the model's raw ids see it (the model keeps plain numbers).
+pub trait RawUsers {
+    /// The employee of Kommo user `user`.
+    fn chat_of(&self, user: u64) -> Option<u64>;
+    /// The Kommo user of employee `employee`.
+    fn crm_of(&self, employee: u64) -> Option<u64>;
+}
+
+impl RawUsers for UserMap {
+    fn chat_of(&self, user: u64) -> Option<u64> {
+        self.to_chat(KommoUserId(user)).map(|e| e.0)
+    }
+    fn crm_of(&self, employee: u64) -> Option<u64> {
+        self.to_crm(EmployeeId(employee)).map(|u| u.0)
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -724,7 +744,7 @@ impl Model {
                 obs.cards.insert(
                     *id,
                     CardObs {
-                        responsible: c.responsible,
+                        responsible: KommoUserId(c.responsible),
                         flag: c.flag,
                         deleted: c.deleted,
                         contacts: c.contacts.clone(),
@@ -741,7 +761,7 @@ impl Model {
                 obs.dialogs.insert(
                     key.clone(),
                     DialogObs {
-                        responsible: d.responsible,
+                        responsible: d.responsible.map(EmployeeId),
                         last_time: d.last_time,
                         session: d.session,
                         closed: d.closed,
@@ -768,36 +788,36 @@ impl Model {
         }
     }
 
-    /// Performs a write at time `t` after checking the target still holds `w.from` (rule 10).
+    /// Performs a write at time `t` after checking the target still holds `w.target.from_raw()` (rule 10).
     /// Returns whether it was confirmed. A written card gets a Kommo event dated `t`; a written
     /// dialog's `lastTime` moves to `t` (the system message of the assignment).
     pub fn apply_write(&mut self, w: &Write, t: i64) -> bool {
-        if self.current(&w.target) != Some(w.from) {
+        if self.current(&w.target.record()) != Some(w.target.from_raw()) {
             return false;
         }
-        match &w.target {
+        match &w.target.record() {
             RecordId::Card(c) => {
                 let c = self.cards.get_mut(c).unwrap();
                 if c.deleted {
                     return false;
                 }
-                c.responsible = w.to;
+                c.responsible = w.target.to_raw();
                 c.event_time = Some(t);
             }
             RecordId::Dialog(d) => {
                 let d = self.dialogs.get_mut(d).unwrap();
-                d.responsible = Some(w.to);
+                d.responsible = Some(w.target.to_raw());
                 d.last_time = t;
             }
         }
-        self.touched.insert(w.target.clone());
+        self.touched.insert(w.target.record());
         true
     }
 
     /// Cards linked to the dialog `key` as the model's links say (contacts by Messenger reference,
     /// and by phone when `match_phone`; other kinds through their contacts).
     pub fn linked_cards(&self, key: &DialogKey, match_phone: bool) -> Vec<CardId> {
-        let phone = chatapp_kommo_sync::links::phone_of_chat_id(&key.chat_id);
+        let phone = chatapp_kommo_sync::core::links::phone_of_chat_id(&key.chat_id);
         let contacts: BTreeSet<u64> = self
             .cards
             .iter()

@@ -3,7 +3,7 @@
 //! on a socket of the test's own), signals sent with kill(1), and bounded waits. Loopback only.
 #![allow(dead_code)]
 
-use chatapp_kommo_sync::demo::{DemoWorld, sample_world, write_config};
+use chatapp_kommo_sync::commands::demo::{DemoWorld, sample_world, write_config};
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

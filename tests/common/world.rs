@@ -1,12 +1,12 @@
 //! A small builder of engine worlds shared by the engine tests (pure: no I/O).
 #![allow(dead_code)]
 
-use chatapp_kommo_sync::engine::{
+use chatapp_kommo_sync::core::engine::{
     Bootstrap, ConflictPolicy, Observations, Plan, Policy, Snapshot, plan, settle,
 };
-use chatapp_kommo_sync::model::{
-    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, LeadStage,
-    RecordId, StageKind,
+use chatapp_kommo_sync::core::model::{
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, EmployeeId,
+    KommoUserId, LeadStage, RecordId, StageKind,
 };
 
 /// Pipeline A of the lead-stage scenarios, with its incoming (type 1) status.
@@ -49,11 +49,13 @@ pub fn lost_in(pipeline: u64) -> LeadStage {
         kind: StageKind::Closed,
     }
 }
-use chatapp_kommo_sync::usermap::UserMap;
+use chatapp_kommo_sync::core::usermap::UserMap;
 
 /// Kommo user `n` <-> employee `100 + n`, for n in 1..=9.
 pub fn users() -> UserMap {
-    let pairs: Vec<(u64, u64)> = (1..=9).map(|n| (n, 100 + n)).collect();
+    let pairs: Vec<(KommoUserId, EmployeeId)> = (1..=9)
+        .map(|n| (KommoUserId(n), EmployeeId(100 + n)))
+        .collect();
     UserMap::build(&pairs, false, &[], &[])
 }
 
@@ -111,7 +113,7 @@ impl World {
         self.snap.cards.insert(
             contact(id),
             CardState {
-                responsible: user,
+                responsible: KommoUserId(user),
                 changed_at: t,
                 flag: true,
                 deleted: false,
@@ -132,7 +134,7 @@ impl World {
         self.snap.cards.insert(
             lead(id),
             CardState {
-                responsible: user,
+                responsible: KommoUserId(user),
                 changed_at: t,
                 flag: true,
                 deleted: false,
@@ -166,7 +168,7 @@ impl World {
         self.snap.dialogs.insert(
             dkey(n),
             DialogState {
-                responsible: employee,
+                responsible: employee.map(EmployeeId),
                 changed_at: t,
                 last_time: t,
                 session: 1,
@@ -201,7 +203,7 @@ impl World {
     /// A person set a card's responsible at time `t` (an event exists).
     pub fn card_changed(&mut self, id: CardId, user: u64, t: i64) -> &mut Self {
         self.observe_card(id, |o| {
-            o.responsible = user;
+            o.responsible = KommoUserId(user);
             o.event_time = Some(t);
         })
     }
@@ -235,7 +237,7 @@ impl World {
     /// A person (or ChatApp's distribution) set a dialog's responsible at `t`.
     pub fn dialog_changed(&mut self, n: u64, employee: Option<u64>, t: i64) -> &mut Self {
         self.observe_dialog(n, |o| {
-            o.responsible = employee;
+            o.responsible = employee.map(EmployeeId);
             o.last_time = t;
         })
     }
@@ -263,11 +265,11 @@ pub fn writes(p: &Plan) -> Vec<(String, u64)> {
     p.writes
         .iter()
         .map(|w| {
-            let t = match &w.target {
+            let t = match &w.target.record() {
                 RecordId::Card(c) => c.to_string(),
                 RecordId::Dialog(d) => format!("dialog:{}", d.chat_id),
             };
-            (t, w.to)
+            (t, w.target.to_raw())
         })
         .collect()
 }

@@ -7,8 +7,8 @@
 //! read-only processes (`status`) that follow its commits. A second writer is refused with
 //! [`StoreError::Locked`].
 
-use crate::engine::{Parked, Rule, Settlement, Snapshot};
-use crate::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
+use crate::core::engine::{Parked, Rule, Settlement, Snapshot};
+use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
 use crate::tokens::{OAuthPair, TokenPair, TokenStoreError};
 use redb::{
     ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -36,6 +36,10 @@ const RECHECK: TableDefinition<&str, &[u8]> = TableDefinition::new("recheck");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const CYCLES: TableDefinition<u64, &[u8]> = TableDefinition::new("cycles");
 const EVENTS_SEEN: TableDefinition<&str, i64> = TableDefinition::new("events_seen");
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+
+/// A quarantined entry not seen again for this long is dropped.
+pub const QUARANTINE_TTL_SECS: i64 = 7 * 86_400;
 
 /// Meta key: schema version.
 pub const META_SCHEMA: &str = "schema_version";
@@ -60,6 +64,18 @@ pub enum StoreError {
         "state db {0} is locked by another chatapp-kommo-sync process (redb file lock): one daemon per state db; stop the other one or use another state_path"
     )]
     Locked(PathBuf),
+    /// The db could not be opened (permissions, I/O).
+    #[error("state db {path}: cannot open it: {source}")]
+    Open {
+        /// The db.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: redb::Error,
+    },
+    /// A write through a handle opened read-only (a daemon holds the db).
+    #[error("state db {0} is open read-only here (another process writes it)")]
+    ReadOnly(PathBuf),
     /// The db does not exist (read-only open).
     #[error("state db {0} does not exist yet: run a cycle first")]
     Missing(PathBuf),
@@ -79,6 +95,16 @@ pub enum StoreError {
         /// The error.
         #[source]
         source: redb::Error,
+    },
+    /// The file is damaged, empty, or not a state db of this program; it is left as it is.
+    #[error(
+        "state db {path} cannot be used: {detail}. It is left as it is: restore it from a backup, or move it aside to start over (the next cycle then bootstraps a new db; a Kommo OAuth pair kept in it is lost: put a fresh refresh token in refresh_token_file)"
+    )]
+    Corrupt {
+        /// The db.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
     },
     /// A stored value that does not decode.
     #[error("state db: cannot decode {what}: {reason}")]
@@ -198,19 +224,86 @@ pub enum Base {
     Dialog(DialogState),
 }
 
+/// Which cycle: one that reads what changed, or one that reads everything.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CycleKind {
+    /// Reads what changed since the watermarks.
+    #[default]
+    Incremental,
+    /// Reads everything (the first cycle, the full schedule, `--full`).
+    Full,
+}
+
+impl CycleKind {
+    /// `incremental` or `full` (stable: metric labels and stored records).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleKind::Incremental => "incremental",
+            CycleKind::Full => "full",
+        }
+    }
+}
+
+impl std::fmt::Display for CycleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a cycle ended.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It ran and committed.
+    #[default]
+    Ok,
+    /// `--dry-run`: planned, nothing written.
+    DryRun,
+    /// The safety brake stopped its writes.
+    Braked,
+    /// It failed; nothing but confirmed writes was recorded.
+    Failed,
+    /// The daemon stopped it between two writes.
+    Stopped,
+}
+
+impl Outcome {
+    /// `ok`, `dry_run`, `braked`, `failed`, `stopped` (stable: metric labels and stored records).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::DryRun => "dry_run",
+            Outcome::Braked => "braked",
+            Outcome::Failed => "failed",
+            Outcome::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What one cycle did, for `status` and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CycleRecord {
     /// Cycle id.
     pub id: u64,
-    /// `full` or `incremental`.
-    pub kind: String,
+    /// Full or incremental.
+    pub kind: CycleKind,
     /// Unix seconds.
     pub started_at: i64,
     /// Unix seconds.
     pub finished_at: i64,
-    /// `ok`, `failed`, `braked` or `dry_run`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: Outcome,
     /// The error of a failed cycle, or the brake's reason.
     pub error: Option<String>,
     /// Requests made to Kommo.
@@ -231,6 +324,9 @@ pub struct CycleRecord {
     pub parked: u64,
     /// Conflicts resolved.
     pub conflicts: u64,
+    /// Records skipped because they did not fit their page (quarantined).
+    #[serde(default)]
+    pub quarantined: u64,
     /// Wall time, milliseconds.
     pub duration_ms: u64,
 }
@@ -273,6 +369,54 @@ impl Watermarks {
     }
 }
 
+/// A record that did not fit its page, as kept until it reads fine again (or ages out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// What was wrong with it.
+    pub record: crate::http::BadRecord,
+    /// First seen (unix seconds).
+    pub first_seen: i64,
+    /// Last seen (unix seconds).
+    pub last_seen: i64,
+    /// Cycles that saw it.
+    pub cycles: u64,
+}
+
+impl Quarantined {
+    /// Its key: the API and the record, or (unnamed) the endpoint and field path.
+    pub fn key_of(r: &crate::http::BadRecord) -> String {
+        match &r.subject {
+            Some(s) => format!("{} {s}", r.api),
+            None => format!("{} {} {}", r.api, r.endpoint, r.path),
+        }
+    }
+}
+
+/// How much history the db keeps: audit entries newer than `audit_before`, and the last
+/// `keep_cycles` cycle records. Pruned inside the normal commits, at most [`PRUNE_BATCH`] rows a
+/// commit, so the file size stays flat on a long run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Audit entries confirmed before this (unix seconds) are dropped.
+    pub audit_before: i64,
+    /// Cycle records kept (the newest).
+    pub keep_cycles: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            audit_before: i64::MIN,
+            keep_cycles: u64::MAX,
+        }
+    }
+}
+
+/// Cycle records kept by default: a week at the default 30-second poll.
+pub const KEEP_CYCLES: u64 = 20_160;
+/// The most rows one commit prunes (so a first prune of a big backlog does not stall a cycle).
+pub const PRUNE_BATCH: usize = 10_000;
+
 /// Everything a cycle commits at its end, in one transaction.
 #[derive(Debug, Default)]
 pub struct CycleCommit {
@@ -286,6 +430,12 @@ pub struct CycleCommit {
     pub events_seen: Vec<(String, i64)>,
     /// Event ids older than this are pruned.
     pub prune_events_before: i64,
+    /// Records of this cycle that did not fit their page (quarantined, or seen again).
+    pub bad: Vec<crate::http::BadRecord>,
+    /// Quarantine keys whose records read fine this cycle (released).
+    pub released: Vec<String>,
+    /// History to keep.
+    pub retention: Retention,
     /// The cycle's record.
     pub cycle: CycleRecord,
 }
@@ -301,31 +451,141 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// redb's builder with this program's settings; `check` verifies every page on open (writable
+/// opens only).
+fn builder(check: bool) -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_concurrency_mode(ConcurrencyMode::SingleWriter)
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(check);
+    b
+}
+
+/// Runs a redb open so that an error, or a panic on a damaged file, names the file.
+fn guarded<T>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, redb::DatabaseError>,
+) -> Result<T, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    match crate::panic_guard::catch(f) {
+        Err(why) => Err(corrupt(format!("redb failed on it: {why}"))),
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) if is_locked(&e) => Err(StoreError::Locked(path.to_path_buf())),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)))) => {
+            Err(corrupt(format!("it is damaged ({d})")))
+        }
+        Ok(Err(redb::DatabaseError::UpgradeRequired(v))) => Err(corrupt(format!(
+            "it is a redb file of file format {v}, not this program's"
+        ))),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            Err(corrupt(format!("it is too short or not a redb file ({e})")))
+        }
+        Ok(Err(e)) => Err(StoreError::Open {
+            path: path.to_path_buf(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// Creates a new db: its directory 0700 (when created here), the file 0600.
+fn create_new(path: &Path) -> Result<Database, StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |e: std::io::Error| StoreError::Db {
+        context: "create",
+        source: redb::Error::Io(e),
+    };
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    // the mode given to open is filtered by the umask: set it exactly
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io)?;
+    let backend = redb::backends::FileBackend::new(file).map_err(|e| StoreError::Db {
+        context: "create",
+        source: e.into(),
+    })?;
+    guarded(path, || builder(false).create_with_backend(backend))
+}
+
+/// Narrows an existing db file readable by others to 0600 (it holds tokens), with a warning.
+fn tighten_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "the state db holds tokens and was readable by others: narrowed to 0600");
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
 fn is_locked(e: &redb::DatabaseError) -> bool {
     matches!(e, redb::DatabaseError::DatabaseAlreadyOpen)
         || e.to_string().to_lowercase().contains("lock")
 }
 
 impl Store {
-    /// Opens (or creates) the db for writing. A db another process writes gives [`StoreError::Locked`].
+    /// Opens the db for writing, or creates it (mode 0600, its new directory 0700, whatever the
+    /// umask). An existing file is validated before anything is written: it must not be empty,
+    /// redb verifies every page's checksum on open (a damaged file is an error, never a panic or
+    /// a fresh bootstrap), and the schema key must be this build's (a newer schema is refused).
+    /// A db another process writes gives [`StoreError::Locked`].
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let db = Database::builder()
-            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| {
-                if is_locked(&e) {
-                    StoreError::Locked(path.to_path_buf())
-                } else {
-                    StoreError::Db {
-                        context: "open",
-                        source: e.into(),
+        let db = match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: "the file is empty (0 bytes), not a redb file".into(),
+                });
+            }
+            Ok(_) => {
+                tighten_mode(path);
+                // the schema first, read-only: a newer or foreign db is refused untouched (a db
+                // that needs redb's recovery after a crash cannot be opened read-only: it is
+                // recovered by the writable open below, then its schema is checked before init)
+                match guarded(path, || builder(false).open_read_only(path)) {
+                    Ok(db) => Store {
+                        db: Handle::Read(db),
+                        path: path.to_path_buf(),
                     }
+                    .guard_schema()?,
+                    Err(StoreError::Open {
+                        source: redb::Error::RepairAborted,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e),
                 }
-            })?;
+                guarded(path, || builder(true).open(path))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(path)?,
+            Err(e) => {
+                return Err(StoreError::Db {
+                    context: "open",
+                    source: redb::Error::Io(e),
+                });
+            }
+        };
         let store = Store {
             db: Handle::Write(db),
             path: path.to_path_buf(),
@@ -334,31 +594,53 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens an existing db read-only; works while a daemon writes it.
+    /// Opens an existing db read-only; works while a daemon writes it. redb verifies no checksum
+    /// on a read-only open, so reads of a damaged file run under [`crate::panic_guard`] (see
+    /// [`Store::guard`]); when no daemon holds the file it is opened for writing instead, with the
+    /// full check (nothing is written but redb's own bookkeeping).
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_path_buf()));
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(path.to_path_buf()));
+            }
+            Ok(m) if m.len() == 0 => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: "the file is empty (0 bytes), not a redb file".into(),
+                });
+            }
+            _ => {}
         }
-        let db = Database::builder()
-            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
-            .set_cache_size(CACHE_BYTES)
-            .open_read_only(path)
-            .map_err(|e| {
-                if is_locked(&e) {
-                    StoreError::Locked(path.to_path_buf())
-                } else {
-                    StoreError::Db {
-                        context: "open read-only",
-                        source: e.into(),
-                    }
-                }
-            })?;
+        let handle = match guarded(path, || builder(true).open(path)) {
+            Ok(db) => Handle::Write(db),
+            // a daemon writes it (it verified the file when it opened it), or this user may
+            // only read it: open it read-only
+            Err(StoreError::Locked(_) | StoreError::Open { .. }) => {
+                Handle::Read(guarded(path, || builder(false).open_read_only(path))?)
+            }
+            Err(e) => return Err(e),
+        };
         let store = Store {
-            db: Handle::Read(db),
+            db: handle,
             path: path.to_path_buf(),
         };
-        store.check_schema()?;
+        store.guard_schema()?;
         Ok(store)
+    }
+
+    /// [`Store::check_schema`] under [`Store::guard`] (a read-only handle verifies nothing).
+    fn guard_schema(&self) -> Result<(), StoreError> {
+        self.guard(|| self.check_schema())
+    }
+
+    /// Runs `f` (reads of this db) so that a panic in redb becomes [`StoreError::Corrupt`].
+    pub fn guard<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        crate::panic_guard::catch(f).unwrap_or_else(|why| {
+            Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("reading it failed: {why}"),
+            })
+        })
     }
 
     /// The db file.
@@ -366,10 +648,10 @@ impl Store {
         &self.path
     }
 
-    fn writer(&self) -> &Database {
+    fn writer(&self) -> Result<&Database, StoreError> {
         match &self.db {
-            Handle::Write(db) => db,
-            Handle::Read(_) => panic!("write on a read-only store"),
+            Handle::Write(db) => Ok(db),
+            Handle::Read(_) => Err(StoreError::ReadOnly(self.path.clone())),
         }
     }
 
@@ -381,15 +663,19 @@ impl Store {
         .map_err(db_err("begin read"))
     }
 
+    /// Checks the schema before anything is written, then creates the tables of a new db.
     fn init(&self) -> Result<(), StoreError> {
-        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        let fresh = self.table_names()?.is_empty();
+        if !fresh {
+            self.check_schema()?;
+        }
+        let tx = self
+            .writer()?
+            .begin_write()
+            .map_err(db_err("begin write"))?;
         {
             let mut meta = tx.open_table(META).map_err(db_err("open meta"))?;
-            if meta
-                .get(META_SCHEMA)
-                .map_err(db_err("read schema"))?
-                .is_none()
-            {
+            if fresh {
                 meta.insert(META_SCHEMA, encode(&SCHEMA_VERSION).as_slice())
                     .map_err(db_err("write schema"))?;
             }
@@ -402,20 +688,42 @@ impl Store {
             tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
             tx.open_table(EVENTS_SEEN)
                 .map_err(db_err("open events_seen"))?;
+            tx.open_table(QUARANTINE)
+                .map_err(db_err("open quarantine"))?;
         }
-        tx.commit().map_err(db_err("commit init"))?;
-        self.check_schema()
+        tx.commit().map_err(db_err("commit init"))
     }
 
+    /// The names of the tables in the file.
+    fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        let tx = self.read()?;
+        let tables = tx.list_tables().map_err(db_err("list tables"))?;
+        Ok(tables
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect())
+    }
+
+    /// The file must hold this program's schema key, at this build's version.
     fn check_schema(&self) -> Result<(), StoreError> {
-        let found: u32 = self.meta(META_SCHEMA)?.unwrap_or(SCHEMA_VERSION);
-        if found != SCHEMA_VERSION {
-            return Err(StoreError::Schema {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        };
+        let found: Option<u32> = self
+            .meta(META_SCHEMA)
+            .map_err(|e| corrupt(format!("its schema key cannot be read ({e})")))?;
+        match found {
+            Some(v) if v == SCHEMA_VERSION => Ok(()),
+            Some(v) => Err(StoreError::Schema {
                 path: self.path.clone(),
-                found,
-            });
+                found: v,
+            }),
+            None if self.table_names()?.is_empty() => Ok(()),
+            None => Err(corrupt(
+                "it is a redb file without this program's schema key (another program's db?)"
+                    .into(),
+            )),
         }
-        Ok(())
     }
 
     /// Reads a meta value.
@@ -433,7 +741,10 @@ impl Store {
 
     /// Writes a meta value durably.
     pub fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        let tx = self
+            .writer()?
+            .begin_write()
+            .map_err(db_err("begin write"))?;
         {
             let mut t = tx.open_table(META).map_err(db_err("open meta"))?;
             t.insert(key, encode(value).as_slice())
@@ -484,7 +795,10 @@ impl Store {
 
     /// Records write intents durably before the writes are made.
     pub fn record_intents(&self, intents: &[Intent]) -> Result<(), StoreError> {
-        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        let tx = self
+            .writer()?
+            .begin_write()
+            .map_err(db_err("begin write"))?;
         {
             let mut t = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
             for i in intents {
@@ -510,7 +824,10 @@ impl Store {
     /// A confirmed write: its new base, its audit entry, and the intent's removal, in one
     /// transaction (so the daemon's own write never comes back as a change).
     pub fn confirm_write(&self, intent: &Intent, audit: &AuditEntry) -> Result<(), StoreError> {
-        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        let tx = self
+            .writer()?
+            .begin_write()
+            .map_err(db_err("begin write"))?;
         {
             match (&intent.target, &intent.base) {
                 (RecordId::Card(id), Base::Card(st)) => {
@@ -548,7 +865,10 @@ impl Store {
     /// Removes an intent whose write certainly did not happen (rejected, or dropped by
     /// check-before-write).
     pub fn drop_intent(&self, target: &RecordId) -> Result<(), StoreError> {
-        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        let tx = self
+            .writer()?
+            .begin_write()
+            .map_err(db_err("begin write"))?;
         {
             let mut i = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
             i.remove(record_key(target).as_str())
@@ -594,7 +914,10 @@ impl Store {
     /// Commits the end of a successful cycle in one durable transaction: new bases, parked
     /// pairs, records to recheck, watermarks, seen event ids, the bootstrap flag and the cycle record.
     pub fn commit_cycle(&self, c: &CycleCommit) -> Result<(), StoreError> {
-        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+        let tx = self
+            .writer()?
+            .begin_write()
+            .map_err(db_err("begin write"))?;
         {
             let mut cards = tx.open_table(CARDS).map_err(db_err("open cards"))?;
             for (id, st) in &c.settlement.cards {
@@ -636,6 +959,7 @@ impl Store {
             let cutoff = c.prune_events_before;
             seen.retain(|_, at| at >= cutoff)
                 .map_err(db_err("prune events_seen"))?;
+            write_quarantine(&tx, c)?;
             let mut meta = tx.open_table(META).map_err(db_err("open meta"))?;
             meta.insert(META_WATERMARKS, encode(&c.watermarks).as_slice())
                 .map_err(db_err("write watermarks"))?;
@@ -650,18 +974,40 @@ impl Store {
                 .insert(c.cycle.id, encode(&c.cycle).as_slice())
                 .map_err(db_err("write cycle"))?;
         }
+        prune(&tx, &c.retention)?;
         tx.commit().map_err(db_err("commit cycle"))
     }
 
-    /// Records a cycle that did not commit (failed, braked, dry run).
-    pub fn record_cycle(&self, c: &CycleRecord) -> Result<(), StoreError> {
-        let tx = self.writer().begin_write().map_err(db_err("begin write"))?;
+    /// The quarantined records, most recently seen first.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(QUARANTINE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
+            Err(e) => return Err(db_err("open quarantine")(e)),
+        };
+        let mut out: Vec<Quarantined> = vec![];
+        for row in t.iter().map_err(db_err("scan quarantine"))? {
+            let (k, v) = row.map_err(db_err("scan quarantine"))?;
+            out.push(decode(|| format!("quarantine {}", k.value()), v.value())?);
+        }
+        out.sort_by_key(|q| std::cmp::Reverse(q.last_seen));
+        Ok(out)
+    }
+
+    /// Records a cycle that did not commit (failed, braked).
+    pub fn record_cycle(&self, c: &CycleRecord, retention: &Retention) -> Result<(), StoreError> {
+        let tx = self
+            .writer()?
+            .begin_write()
+            .map_err(db_err("begin write"))?;
         {
             let mut cycles = tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
             cycles
                 .insert(c.id, encode(c).as_slice())
                 .map_err(db_err("write cycle"))?;
         }
+        prune(&tx, retention)?;
         tx.commit().map_err(db_err("commit cycle record"))
     }
 
@@ -725,6 +1071,78 @@ impl Store {
     }
 }
 
+/// Drops cycle records and audit entries past `r` (at most [`PRUNE_BATCH`] of each).
+fn prune(tx: &redb::WriteTransaction, r: &Retention) -> Result<(), StoreError> {
+    let mut cycles = tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
+    let last = cycles
+        .last()
+        .map_err(db_err("read cycles"))?
+        .map(|(k, _)| k.value());
+    if let Some(last) = last
+        && last > r.keep_cycles
+    {
+        let cutoff = last - r.keep_cycles;
+        for _ in 0..PRUNE_BATCH {
+            let first = cycles
+                .first()
+                .map_err(db_err("read cycles"))?
+                .map(|(k, _)| k.value());
+            match first {
+                Some(k) if k <= cutoff => {
+                    cycles.pop_first().map_err(db_err("prune cycles"))?;
+                }
+                _ => break,
+            }
+        }
+    }
+    let mut audit = tx.open_table(AUDIT).map_err(db_err("open audit"))?;
+    for _ in 0..PRUNE_BATCH {
+        let old = match audit.first().map_err(db_err("read audit"))? {
+            Some((_, v)) => {
+                decode::<AuditEntry>(String::new, v.value()).map_or(true, |e| e.at < r.audit_before)
+            }
+            None => false,
+        };
+        if !old {
+            break;
+        }
+        audit.pop_first().map_err(db_err("prune audit"))?;
+    }
+    Ok(())
+}
+
+/// Upserts the cycle's bad records, releases those that read fine, drops entries unseen for
+/// [`QUARANTINE_TTL_SECS`].
+fn write_quarantine(tx: &redb::WriteTransaction, c: &CycleCommit) -> Result<(), StoreError> {
+    let mut q = tx
+        .open_table(QUARANTINE)
+        .map_err(db_err("open quarantine"))?;
+    let now = c.cycle.started_at;
+    for k in &c.released {
+        q.remove(k.as_str()).map_err(db_err("release quarantine"))?;
+    }
+    for bad in &c.bad {
+        let key = Quarantined::key_of(bad);
+        let old: Option<Quarantined> =
+            match q.get(key.as_str()).map_err(db_err("read quarantine"))? {
+                Some(v) => decode(|| format!("quarantine {key}"), v.value()).ok(),
+                None => None,
+            };
+        let entry = Quarantined {
+            record: bad.clone(),
+            first_seen: old.as_ref().map_or(now, |o| o.first_seen),
+            last_seen: now,
+            cycles: old.as_ref().map_or(0, |o| o.cycles) + 1,
+        };
+        q.insert(key.as_str(), encode(&entry).as_slice())
+            .map_err(db_err("write quarantine"))?;
+    }
+    let cutoff = now - QUARANTINE_TTL_SECS;
+    q.retain(|_, v| decode::<Quarantined>(String::new, v).is_ok_and(|e| e.last_seen >= cutoff))
+        .map_err(db_err("prune quarantine"))?;
+    Ok(())
+}
+
 impl crate::tokens::TokenStore for Store {
     fn kommo_pair(&self) -> Result<Option<OAuthPair>, TokenStoreError> {
         self.meta(META_KOMMO_OAUTH).map_err(token_err)
@@ -753,21 +1171,63 @@ fn token_err(e: StoreError) -> TokenStoreError {
     TokenStoreError(e.to_string())
 }
 
+impl crate::ports::StateStore for Store {
+    fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
+        Store::load_snapshot(self)
+    }
+    fn watermarks(&self) -> Result<Watermarks, StoreError> {
+        Ok(self.meta(META_WATERMARKS)?.unwrap_or_default())
+    }
+    fn pipelines(&self) -> Result<Option<crate::kommo::Pipelines>, StoreError> {
+        self.meta(META_PIPELINES)
+    }
+    fn recheck(&self) -> Result<BTreeSet<RecordId>, StoreError> {
+        Store::recheck(self)
+    }
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        Store::quarantined(self)
+    }
+    fn events_seen(&self) -> Result<BTreeSet<String>, StoreError> {
+        Store::events_seen(self)
+    }
+    fn intents(&self) -> Result<Vec<Intent>, StoreError> {
+        Store::intents(self)
+    }
+    fn record_intents(&self, intents: &[Intent]) -> Result<(), StoreError> {
+        Store::record_intents(self, intents)
+    }
+    fn confirm_write(&self, intent: &Intent, audit: &AuditEntry) -> Result<(), StoreError> {
+        Store::confirm_write(self, intent, audit)
+    }
+    fn drop_intent(&self, target: &RecordId) -> Result<(), StoreError> {
+        Store::drop_intent(self, target)
+    }
+    fn commit_cycle(&self, commit: &CycleCommit) -> Result<(), StoreError> {
+        Store::commit_cycle(self, commit)
+    }
+    fn record_cycle(&self, record: &CycleRecord, retention: &Retention) -> Result<(), StoreError> {
+        Store::record_cycle(self, record, retention)
+    }
+    fn next_cycle_id(&self) -> Result<u64, StoreError> {
+        Store::next_cycle_id(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn card(resp: u64) -> CardState {
         CardState {
-            responsible: resp,
+            responsible: crate::core::model::KommoUserId(resp),
             changed_at: 1,
             flag: true,
             deleted: false,
             contacts: vec![2],
             dialog_refs: vec![
-                crate::model::DialogRef::ChatId("@bob".into()),
-                crate::model::DialogRef::Phone("7999".into()),
-                crate::model::DialogRef::Full(DialogKey::new(1, "telegram", "@a")),
+                crate::core::model::DialogRef::ChatId("@bob".into()),
+                crate::core::model::DialogRef::Phone("7999".into()),
+                crate::core::model::DialogRef::Full(DialogKey::new(1, "telegram", "@a")),
             ],
             phones: vec!["7999".into()],
             lead: Default::default(),
@@ -826,7 +1286,7 @@ mod tests {
         let s = Store::open(&path).unwrap();
         let snap = s.load_snapshot().unwrap();
         assert!(snap.bootstrapped);
-        assert_eq!(snap.cards[&id].responsible, 3);
+        assert_eq!(snap.cards[&id].responsible.0, 3);
         assert!(s.intents().unwrap().is_empty());
         assert_eq!(s.audit_len().unwrap(), 1);
         assert_eq!(

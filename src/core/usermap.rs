@@ -1,6 +1,6 @@
 //! The user map: Kommo user id <-> ChatApp employee id (SPEC section 1). Pure.
 
-use crate::model::{Employee, EmployeeId, KommoUser, KommoUserId};
+use crate::core::model::{Employee, EmployeeId, KommoUser, KommoUserId};
 use std::collections::BTreeMap;
 
 /// A one-to-one map between Kommo users and ChatApp employees.
@@ -29,14 +29,14 @@ impl UserMap {
             return m;
         }
         let mut crm_by_email: BTreeMap<String, Vec<KommoUserId>> = BTreeMap::new();
-        for u in users.iter().filter(|u| u.active && u.id != 0) {
+        for u in users.iter().filter(|u| u.active && !u.id.is_nobody()) {
             let email = u.email.trim().to_lowercase();
             if !email.is_empty() {
                 crm_by_email.entry(email).or_default().push(u.id);
             }
         }
         let mut chat_by_email: BTreeMap<String, Vec<EmployeeId>> = BTreeMap::new();
-        for e in employees.iter().filter(|e| e.id != 0) {
+        for e in employees.iter().filter(|e| e.id.0 != 0) {
             let email = e.email.trim().to_lowercase();
             if !email.is_empty() {
                 chat_by_email.entry(email).or_default().push(e.id);
@@ -59,7 +59,7 @@ impl UserMap {
 
     /// The employee of a Kommo user; `None` when unmapped or 0.
     pub fn to_chat(&self, user: KommoUserId) -> Option<EmployeeId> {
-        if user == 0 {
+        if user.is_nobody() {
             return None;
         }
         self.to_chat.get(&user).copied()
@@ -92,14 +92,14 @@ mod tests {
 
     fn u(id: u64, email: &str, active: bool) -> KommoUser {
         KommoUser {
-            id,
+            id: KommoUserId(id),
             email: email.into(),
             active,
         }
     }
     fn e(id: u64, email: &str) -> Employee {
         Employee {
-            id,
+            id: EmployeeId(id),
             email: email.into(),
         }
     }
@@ -107,19 +107,23 @@ mod tests {
     #[test]
     fn explicit_pairs_win_over_email() {
         let m = UserMap::build(
-            &[(1, 100)],
+            &[(KommoUserId(1), EmployeeId(100))],
             true,
             &[u(1, "a@x.com", true), u(2, "B@X.com", true)],
             &[e(100, "other@x.com"), e(101, "a@x.com"), e(102, "b@x.com")],
         );
-        assert_eq!(m.to_chat(1), Some(100));
+        assert_eq!(m.to_chat(KommoUserId(1)), Some(EmployeeId(100)));
         assert_eq!(
-            m.to_crm(101),
+            m.to_crm(EmployeeId(101)),
             None,
             "a@x.com's user is already paired explicitly"
         );
-        assert_eq!(m.to_chat(2), Some(102), "e-mail match is case-insensitive");
-        assert_eq!(m.to_crm(102), Some(2));
+        assert_eq!(
+            m.to_chat(KommoUserId(2)),
+            Some(EmployeeId(102)),
+            "e-mail match is case-insensitive"
+        );
+        assert_eq!(m.to_crm(EmployeeId(102)), Some(KommoUserId(2)));
         assert_eq!(m.len(), 2);
     }
 
@@ -135,9 +139,9 @@ mod tests {
             ],
             &[e(100, "a@x.com"), e(101, "d@x.com")],
         );
-        assert_eq!(m.to_chat(1), None, "inactive Kommo user");
-        assert_eq!(m.to_chat(2), None, "ambiguous e-mail");
-        assert_eq!(m.to_chat(0), None);
+        assert_eq!(m.to_chat(KommoUserId(1)), None, "inactive Kommo user");
+        assert_eq!(m.to_chat(KommoUserId(2)), None, "ambiguous e-mail");
+        assert_eq!(m.to_chat(KommoUserId(0)), None);
         assert!(m.is_empty());
     }
 

@@ -1,10 +1,10 @@
 //! The optional HTTP endpoint (`[daemon] listen`): `/metrics` in Prometheus text format,
 //! `/healthz` (the process is alive) and `/readyz` (a good cycle within 3 poll intervals).
 //! Written by hand: a dozen counters do not need a metrics framework. The server, its limits and
-//! how these routes stay reachable under a flood are in [`crate::http_server`].
+//! how these routes stay reachable under a flood are in [`crate::service::http_server`].
 
 use crate::config::Config;
-use crate::cycle::{CycleError, CycleReport, Syncer};
+use crate::sync::{CycleError, CycleReport, LiveSyncer};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -104,7 +104,7 @@ impl Metrics {
         full: bool,
         took: Duration,
         r: &Result<CycleReport, CycleError>,
-        syncer: &Syncer,
+        syncer: &LiveSyncer,
     ) {
         let mut m = self.lock();
         m.cycle_running = false;
@@ -112,13 +112,18 @@ impl Metrics {
         match r {
             Ok(rep) => {
                 *m.cycles
-                    .entry((rep.record.kind.clone(), rep.record.outcome.clone()))
+                    .entry((
+                        rep.record.kind.as_str().to_string(),
+                        rep.record.outcome.as_str().to_string(),
+                    ))
                     .or_default() += 1;
                 for (w, res) in rep.plan.writes.iter().zip(&rep.results) {
-                    if *res == crate::cycle::WriteResult::Done {
+                    if *res == crate::sync::WriteResult::Done {
                         let kind = match &w.target {
-                            crate::model::RecordId::Card(c) => c.kind.singular().to_string(),
-                            crate::model::RecordId::Dialog(_) => "dialog".to_string(),
+                            crate::core::engine::Target::Card { id, .. } => {
+                                id.kind.singular().to_string()
+                            }
+                            crate::core::engine::Target::Dialog { .. } => "dialog".to_string(),
                         };
                         *m.writes.entry(kind).or_default() += 1;
                     }
@@ -128,7 +133,7 @@ impl Metrics {
                     *m.parked.entry(p.reason.label().to_string()).or_default() += 1;
                 }
                 m.conflicts += rep.plan.conflicts.len() as u64;
-                if rep.record.outcome == "ok" {
+                if rep.record.outcome == crate::store::Outcome::Ok {
                     m.last_success_unix = Some(rep.record.finished_at);
                     m.last_success = Some(Instant::now());
                 }
@@ -366,7 +371,7 @@ impl Metrics {
 
 /// The interval between two poll cycles now (for `/readyz`).
 fn poll_interval(cfg: &Config) -> Duration {
-    let s = crate::schedule::Schedule::parse(&cfg.daemon.poll_schedule, &cfg.daemon.timezone)
+    let s = crate::core::schedule::Schedule::parse(&cfg.daemon.poll_schedule, &cfg.daemon.timezone)
         .expect("validated");
     let now = chrono::Utc::now();
     match s
@@ -379,7 +384,7 @@ fn poll_interval(cfg: &Config) -> Duration {
 }
 
 /// Serves the endpoint on `addr` (`/readyz`'s window and the connection cap are taken from
-/// `cfg`) within the bounds of [`crate::http_server`]; the metrics routes read no body.
+/// `cfg`) within the bounds of [`crate::service::http_server`]; the metrics routes read no body.
 pub async fn serve(
     addr: &str,
     metrics: Metrics,
@@ -417,11 +422,11 @@ pub async fn serve(
         None => app,
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let limits = crate::http_server::Limits {
+    let limits = crate::service::http_server::Limits {
         max_connections: cfg.daemon.max_connections,
         ..Default::default()
     };
-    Ok(crate::http_server::serve(listener, app, limits).0)
+    Ok(crate::service::http_server::serve(listener, app, limits).0)
 }
 
 #[cfg(test)]

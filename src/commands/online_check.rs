@@ -12,10 +12,10 @@
 
 use crate::chatapp::ChatAppClient;
 use crate::config::{Config, FieldRef, KommoCredentials, Loaded};
+use crate::core::model::{CardKind, SyncKind};
 use crate::http::ApiError;
+use crate::kommo::auth::KommoAuth;
 use crate::kommo::{FieldDef, KommoClient};
-use crate::kommo_auth::KommoAuth;
-use crate::model::{CardKind, SyncKind};
 use crate::store::{Store, StoreError};
 use crate::tokens::{MemoryTokens, TokenStore};
 use std::collections::BTreeMap;
@@ -53,7 +53,7 @@ impl Report {
 pub async fn check(loaded: &Loaded) -> Result<Report, ApiError> {
     let mut report = Report::default();
     let (tokens, held) = token_store(loaded);
-    let (kommo, chatapp) = crate::cycle::clients(loaded, tokens.clone())?;
+    let (kommo, chatapp) = crate::sync::clients(loaded, tokens.clone())?;
     let kommo = match held {
         Held::No => Some(kommo),
         Held::ByDaemon => stored_access_token(loaded, tokens.as_ref())?,
@@ -75,7 +75,8 @@ pub async fn check(loaded: &Loaded) -> Result<Report, ApiError> {
         report.problems.is_empty(),
     ) {
         let lines =
-            crate::daemon::register_webhooks(kommo, &chatapp, &loaded.config, base, token).await?;
+            crate::service::runner::register_webhooks(kommo, &chatapp, &loaded.config, base, token)
+                .await?;
         report.ok.extend(lines);
     }
     Ok(report)

@@ -5,10 +5,42 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A Kommo user id (`responsible_user_id`); `0` means "nobody".
-pub type KommoUserId = u64;
-/// A ChatApp employee id (`responsible.id` of a chat).
-pub type EmployeeId = u64;
+/// A Kommo user id (`responsible_user_id`); `0` means "nobody". Its own type: a Kommo user id and
+/// a ChatApp employee id are both numbers, and mixing them hands a customer to the wrong manager.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct KommoUserId(pub u64);
+
+/// A ChatApp employee id (`responsible.id` of a chat). See [`KommoUserId`].
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct EmployeeId(pub u64);
+
+impl KommoUserId {
+    /// Nobody (`responsible_user_id` 0).
+    pub const NOBODY: KommoUserId = KommoUserId(0);
+
+    /// True for nobody.
+    pub fn is_nobody(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for KommoUserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for EmployeeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// The four kinds of Kommo card the daemon can sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -84,7 +116,7 @@ impl fmt::Display for CardKind {
 
 /// The kinds a config names (SPEC section 1): the Kommo entities, with leads split by stage.
 /// `incoming_lead` is a lead in a pipeline's "Incoming leads" stage (a status of `type` 1);
-/// `lead` is any other lead. A card's kind comes from [`crate::engine::sync_kind`].
+/// `lead` is any other lead. A card's kind comes from [`crate::core::engine::sync_kind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncKind {

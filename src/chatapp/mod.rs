@@ -4,9 +4,9 @@
 //! from `[chatapp.set_responsible]`). Facts and sources: `../shared/api/chatapp.md`.
 
 use crate::config::{ChatAppConfig, SetResponsibleConfig};
+use crate::core::links::phone_digits;
+use crate::core::model::{DialogKey, DialogObs, Employee, EmployeeId};
 use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
-use crate::links::phone_digits;
-use crate::model::{DialogKey, DialogObs, Employee, EmployeeId};
 pub use crate::tokens::TokenPair;
 use crate::tokens::TokenStore;
 use secrecy::{ExposeSecret, SecretString};
@@ -144,7 +144,8 @@ impl Chat {
                 .responsible
                 .as_ref()
                 .and_then(|r| r.id)
-                .filter(|id| *id != 0),
+                .filter(|id| *id != 0)
+                .map(EmployeeId),
             last_time: self.last_time,
             session: self
                 .conversation
@@ -406,7 +407,7 @@ impl ChatAppClient {
         Ok(items
             .into_iter()
             .map(|i| Employee {
-                id: i.id,
+                id: EmployeeId(i.id),
                 email: i.email.unwrap_or_default(),
             })
             .collect())
@@ -589,6 +590,39 @@ fn urlencode(s: &str) -> String {
     out
 }
 
+impl crate::ports::ApiMeter for ChatAppClient {
+    fn server_time(&self) -> Option<i64> {
+        self.api.server_time()
+    }
+    fn request_count(&self) -> u64 {
+        self.api
+            .counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn set_deadline(&self, deadline: Option<std::time::Instant>) {
+        self.api.set_deadline(deadline);
+    }
+    fn take_bad(&self) -> Vec<crate::http::BadRecord> {
+        self.api.take_bad()
+    }
+}
+
+impl crate::ports::ChatAppApi for ChatAppClient {
+    async fn employees(&self) -> Result<Vec<Employee>, ApiError> {
+        ChatAppClient::employees(self).await
+    }
+    async fn chats(&self, since: Option<i64>) -> Result<Vec<Chat>, ApiError> {
+        ChatAppClient::chats(self, since).await
+    }
+    async fn chat(&self, key: &DialogKey) -> Result<Option<Chat>, ApiError> {
+        ChatAppClient::chat(self, key).await
+    }
+    async fn set_responsible(&self, key: &DialogKey, employee: EmployeeId) -> Result<(), ApiError> {
+        ChatAppClient::set_responsible(self, key, employee).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,7 +647,7 @@ mod tests {
         )
         .unwrap();
         let o = c.to_obs();
-        assert_eq!(o.responsible, Some(85501));
+        assert_eq!(o.responsible, Some(EmployeeId(85501)));
         assert!(o.closed);
         assert_eq!(o.session, 90);
         assert_eq!(o.phone.as_deref(), Some("79991234567"));

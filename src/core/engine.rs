@@ -4,12 +4,12 @@
 //! Vocabulary: a record's *base* is in the snapshot; its *current* state is the observation of this
 //! cycle when it was read, else its base. A record has *changed* when current != base.
 
-use crate::links::{Links, resolve_links_with};
-use crate::model::{
+use crate::core::links::{Links, resolve_links_with};
+use crate::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogState, EmployeeId,
     KommoUserId, RecordId, StageKind, SyncKind,
 };
-use crate::usermap::UserMap;
+use crate::core::usermap::UserMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -148,16 +148,62 @@ pub struct Reason {
     pub detail: String,
 }
 
-/// One planned write: set `target`'s responsible from `from` to `to`.
+/// What one write sets, typed by its side: a card takes a Kommo user, a dialog an employee.
+/// `from` is the value the decision was based on (`None` = nobody): the executor checks the
+/// target still holds it right before writing (rule 10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// A Kommo card.
+    Card {
+        /// The card.
+        id: CardId,
+        /// Its responsible when decided.
+        from: Option<KommoUserId>,
+        /// The new responsible.
+        to: KommoUserId,
+    },
+    /// A ChatApp dialog.
+    Dialog {
+        /// The dialog.
+        key: DialogKey,
+        /// Its responsible when decided.
+        from: Option<EmployeeId>,
+        /// The new responsible.
+        to: EmployeeId,
+    },
+}
+
+impl Target {
+    /// The record written.
+    pub fn record(&self) -> RecordId {
+        match self {
+            Target::Card { id, .. } => RecordId::Card(*id),
+            Target::Dialog { key, .. } => RecordId::Dialog(key.clone()),
+        }
+    }
+
+    /// The new value as stored in an intent or the audit log (its side says which id space).
+    pub fn to_raw(&self) -> u64 {
+        match self {
+            Target::Card { to, .. } => to.0,
+            Target::Dialog { to, .. } => to.0,
+        }
+    }
+
+    /// The old value as stored in an intent or the audit log.
+    pub fn from_raw(&self) -> Option<u64> {
+        match self {
+            Target::Card { from, .. } => from.map(|u| u.0),
+            Target::Dialog { from, .. } => from.map(|e| e.0),
+        }
+    }
+}
+
+/// One planned write: set `target`'s responsible, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Write {
-    /// The card or dialog to write.
-    pub target: RecordId,
-    /// The value the decision was based on (Kommo user id or employee id; `None` = nobody). The
-    /// executor checks the target still holds it right before writing (rule 10).
-    pub from: Option<u64>,
-    /// The new value: a Kommo user id for a card, an employee id for a dialog.
-    pub to: u64,
+    /// The card or dialog, with the value decided from and the value to write.
+    pub target: Target,
     /// Why.
     pub reason: Reason,
     /// Records whose bases must stay as they were if this write fails, so the change is decided
@@ -668,8 +714,8 @@ pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &U
         .writes
         .iter()
         .filter_map(|x| match &x.target {
-            RecordId::Card(c) => Some(*c),
-            RecordId::Dialog(_) => None,
+            Target::Card { id, .. } => Some(*id),
+            Target::Dialog { .. } => None,
         })
         .collect();
     let mut cards = std::mem::take(&mut w.cards);
@@ -681,7 +727,7 @@ pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &U
     w.plan.settle_cards = cards;
 
     // Deterministic order: cards first (by id), then dialogs (by key).
-    w.plan.writes.sort_by(|a, b| a.target.cmp(&b.target));
+    w.plan.writes.sort_by_key(|a| a.target.record());
     if w.plan.writes.len() > policy.max_writes_per_cycle {
         w.plan.brake = Some(Brake::TooManyWrites {
             planned: w.plan.writes.len(),
@@ -914,7 +960,7 @@ impl<'a> Work<'a> {
         };
         let subject = RecordId::Dialog(d.clone());
         let target = Some(RecordId::Dialog(d.clone()));
-        if card.responsible == 0 {
+        if card.responsible.is_nobody() {
             self.park(subject, target, ParkReason::NoResponsible, trigger);
             return;
         }
@@ -967,9 +1013,11 @@ impl<'a> Work<'a> {
         };
         if dialog.responsible != Some(employee) {
             self.plan.writes.push(Write {
-                target: RecordId::Dialog(d.clone()),
-                from: dialog.responsible,
-                to: employee,
+                target: Target::Dialog {
+                    key: d.clone(),
+                    from: dialog.responsible,
+                    to: employee,
+                },
                 reason: reason.clone(),
                 holds: vec![RecordId::Dialog(d.clone()), RecordId::Card(wc)],
             });
@@ -1122,9 +1170,11 @@ impl<'a> Work<'a> {
                 ));
             }
             self.plan.writes.push(Write {
-                target: RecordId::Card(c),
-                from: Some(card.responsible).filter(|u| *u != 0),
-                to: best.value,
+                target: Target::Card {
+                    id: c,
+                    from: Some(card.responsible).filter(|u| !u.is_nobody()),
+                    to: best.value,
+                },
                 reason,
                 holds: best.holds,
             });
@@ -1135,8 +1185,8 @@ impl<'a> Work<'a> {
             .writes
             .iter()
             .filter_map(|w| match &w.target {
-                RecordId::Dialog(d) => Some(d.clone()),
-                RecordId::Card(_) => None,
+                Target::Dialog { key, .. } => Some(key.clone()),
+                Target::Card { .. } => None,
             })
             .collect();
         for d in targets {
@@ -1175,12 +1225,20 @@ pub fn settle(snap: &Snapshot, plan: &Plan, confirmed: &[bool], now: i64) -> Set
 /// empty) instead of copying them.
 pub fn settle_owned(snap: &Snapshot, plan: &mut Plan, confirmed: &[bool], now: i64) -> Settlement {
     let mut held = BTreeSet::new();
-    let mut written: BTreeMap<RecordId, u64> = BTreeMap::new();
+    let mut to_card: BTreeMap<CardId, KommoUserId> = BTreeMap::new();
+    let mut to_dialog: BTreeMap<DialogKey, EmployeeId> = BTreeMap::new();
     for (i, w) in plan.writes.iter().enumerate() {
-        if confirmed.get(i).copied().unwrap_or(false) {
-            written.insert(w.target.clone(), w.to);
-        } else {
+        if !confirmed.get(i).copied().unwrap_or(false) {
             held.extend(w.holds.iter().cloned());
+            continue;
+        }
+        match &w.target {
+            Target::Card { id, to, .. } => {
+                to_card.insert(*id, *to);
+            }
+            Target::Dialog { key, to, .. } => {
+                to_dialog.insert(key.clone(), *to);
+            }
         }
     }
     let mut out = Settlement::default();
@@ -1189,7 +1247,7 @@ pub fn settle_owned(snap: &Snapshot, plan: &mut Plan, confirmed: &[bool], now: i
         if held.contains(&rid) {
             continue;
         }
-        if let Some(to) = written.get(&rid) {
+        if let Some(to) = to_card.get(&id) {
             st.responsible = *to;
             st.changed_at = now;
         }
@@ -1200,7 +1258,7 @@ pub fn settle_owned(snap: &Snapshot, plan: &mut Plan, confirmed: &[bool], now: i
         if held.contains(&rid) {
             continue;
         }
-        if let Some(to) = written.get(&rid) {
+        if let Some(to) = to_dialog.get(&key) {
             st.responsible = Some(*to);
             st.changed_at = now;
         }

@@ -1,8 +1,8 @@
 //! The config file (SPEC section 5): strict TOML (an unknown key or table is an error), validated
 //! values, and secrets read only from `*_file` paths into types that never print.
 
-use crate::engine::{Bootstrap, ConflictPolicy, LeadsPolicy, Policy};
-use crate::model::{CardKind, SyncKind};
+use crate::core::engine::{Bootstrap, ConflictPolicy, LeadsPolicy, Policy};
+use crate::core::model::{CardKind, EmployeeId, KommoUserId, SyncKind};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -88,6 +88,9 @@ pub struct DaemonConfig {
     /// calls meanwhile are coalesced into one cycle when it has passed. `0s` turns spacing off.
     #[serde(default = "default_webhook_min_interval", with = "humantime_serde")]
     pub webhook_min_interval: Duration,
+    /// How long audit entries (the corrections log) are kept.
+    #[serde(default = "default_audit_retention", with = "humantime_serde")]
+    pub audit_retention: Duration,
     /// Connections the HTTP endpoint (`listen`) serves at a time; a new one past it evicts the
     /// oldest idle one (see `http_server`). Takes effect at the next restart.
     #[serde(default = "default_max_connections")]
@@ -351,9 +354,9 @@ impl Default for UsersConfig {
 #[serde(deny_unknown_fields)]
 pub struct UserPair {
     /// Kommo user id.
-    pub kommo: u64,
+    pub kommo: KommoUserId,
     /// ChatApp employee id.
-    pub chatapp: u64,
+    pub chatapp: EmployeeId,
 }
 
 fn yes() -> bool {
@@ -377,11 +380,14 @@ fn default_cycle_budget() -> Duration {
 fn default_webhook_debounce() -> Duration {
     Duration::from_millis(500)
 }
+fn default_audit_retention() -> Duration {
+    Duration::from_secs(180 * 86_400)
+}
 fn default_webhook_min_interval() -> Duration {
     Duration::from_secs(30)
 }
 fn default_max_connections() -> usize {
-    crate::http_server::DEFAULT_MAX_CONNECTIONS
+    crate::service::http_server::DEFAULT_MAX_CONNECTIONS
 }
 fn default_kommo_rps() -> u32 {
     6
@@ -470,6 +476,8 @@ pub struct Loaded {
     pub config: Config,
     /// Its secrets.
     pub secrets: Secrets,
+    /// Things worth fixing that do not stop the daemon (e.g. a secret file others can read).
+    pub warnings: Vec<String>,
 }
 
 /// Picks the config path: `--config`, else `$CHATAPP_KOMMO_SYNC_CONFIG`, else the default.
@@ -483,9 +491,99 @@ pub fn config_path(cli: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Every problem found in a config, each naming its key (exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// The first problem.
+    pub fn first(&self) -> &ConfigError {
+        &self.0[0]
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![e])
+    }
+}
+
+/// Collects problems while a config is checked, so that one run reports them all.
+struct Problems<'a> {
+    file: &'a str,
+    list: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, key: &str, reason: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.into(),
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Adds `r`'s error, if any, under `key`.
+    fn check(&mut self, key: &str, r: Result<(), String>) {
+        if let Err(reason) = r {
+            self.add(key, reason);
+        }
+    }
+
+    /// Adds `reason` under `key` unless `ok`.
+    fn ensure(&mut self, ok: bool, key: &str, reason: impl FnOnce() -> String) {
+        if !ok {
+            self.add(key, reason());
+        }
+    }
+
+    fn into_result(self) -> Result<(), ConfigErrors> {
+        if self.list.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(self.list))
+        }
+    }
+}
+
+/// serde's type names as a person reads them: `expected u64` -> `expected an integer`.
+fn friendly(message: &str) -> String {
+    let mut m = message.trim().to_string();
+    for (rust, plain) in [
+        ("expected u64", "expected an integer (a whole number >= 0)"),
+        ("expected u32", "expected an integer (a whole number >= 0)"),
+        (
+            "expected usize",
+            "expected an integer (a whole number >= 0)",
+        ),
+        ("expected u8", "expected an integer (a whole number >= 0)"),
+        ("expected i64", "expected an integer"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        m = m.replace(rust, plain);
+    }
+    m
+}
+
 impl Config {
-    /// Parses and validates a config text (no secrets read). `file` names it in errors.
-    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    /// Parses and validates a config text (no secrets read). `file` names it in errors. A text
+    /// that is not TOML, or has an unknown key or a value of the wrong type, is reported at its
+    /// first such error (the parser stops there); every other problem is reported in one run.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let key = e
                 .span()
@@ -494,7 +592,7 @@ impl Config {
             ConfigError {
                 file: file.into(),
                 key,
-                reason: e.message().trim().to_string()
+                reason: friendly(e.message())
                     + &e.span()
                         .map(|s| format!(" (line {})", line_of(text, s.start)))
                         .unwrap_or_default(),
@@ -504,171 +602,22 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The semantic checks TOML types cannot express.
-    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, reason: String| ConfigError {
-            file: file.into(),
-            key: key.into(),
-            reason,
-        };
-        check_base_url(&self.kommo.base_url).map_err(|r| err("kommo.base_url", r))?;
-        check_base_url(&self.chatapp.base_url).map_err(|r| err("chatapp.base_url", r))?;
-        self.daemon.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
-            err(
-                "daemon.timezone",
-                format!("unknown time zone {:?}", self.daemon.timezone),
-            )
-        })?;
-        crate::schedule::Schedule::parse(&self.daemon.poll_schedule, &self.daemon.timezone)
-            .map_err(|r| err("daemon.poll_schedule", r))?;
-        crate::schedule::Schedule::parse(&self.daemon.full_schedule, &self.daemon.timezone)
-            .map_err(|r| err("daemon.full_schedule", r))?;
-        if let Some(l) = &self.daemon.listen {
-            l.parse::<std::net::SocketAddr>().map_err(|_| {
-                err(
-                    "daemon.listen",
-                    format!("{l:?} is not host:port (e.g. 127.0.0.1:9187)"),
-                )
-            })?;
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.daemon.log_level)
-            .map_err(|e| err("daemon.log_level", format!("{e}")))?;
-        if self.daemon.webhook_token_file.is_some() && self.daemon.listen.is_none() {
-            return Err(err(
-                "daemon.webhook_token_file",
-                "webhooks are served on daemon.listen: set it too (e.g. \"127.0.0.1:9187\" behind a TLS proxy)".into(),
-            ));
-        }
-        if let Some(u) = &self.daemon.public_url {
-            check_base_url(u).map_err(|r| err("daemon.public_url", r))?;
-            if self.daemon.webhook_token_file.is_none() {
-                return Err(err(
-                    "daemon.public_url",
-                    "is used for webhooks: set daemon.webhook_token_file too".into(),
-                ));
-            }
-        }
-        if self.daemon.webhook_debounce > Duration::from_secs(60) {
-            return Err(err("daemon.webhook_debounce", "must be at most 60s".into()));
-        }
-        if self.daemon.webhook_min_interval > Duration::from_secs(3600) {
-            return Err(err(
-                "daemon.webhook_min_interval",
-                "must be at most 1h (polling covers longer gaps)".into(),
-            ));
-        }
-        if !(8..=16384).contains(&self.daemon.max_connections) {
-            return Err(err(
-                "daemon.max_connections",
-                format!(
-                    "must be between 8 and 16384 (got {}); keep LimitNOFILE= above it",
-                    self.daemon.max_connections
-                ),
-            ));
-        }
-        if self.daemon.cycle_budget < Duration::from_secs(10) {
-            return Err(err("daemon.cycle_budget", "must be at least 10s".into()));
-        }
-        match (&self.kommo.token_file, &self.kommo.oauth) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "kommo.token_file",
-                    "give either token_file or [kommo.oauth], not both".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(err(
-                    "kommo.token_file",
-                    "missing: give token_file (a long-lived token) or an [kommo.oauth] table"
-                        .into(),
-                ));
-            }
-            _ => {}
-        }
-        if !(1..=7).contains(&self.kommo.requests_per_second) {
-            return Err(err(
-                "kommo.requests_per_second",
-                format!(
-                    "{} is out of range 1..=7 (Kommo allows 7 a second and blocks accounts that exceed it)",
-                    self.kommo.requests_per_second
-                ),
-            ));
-        }
-        if !(1..=250).contains(&self.kommo.batch_size) {
-            return Err(err(
-                "kommo.batch_size",
-                format!(
-                    "{} is out of range 1..=250 (Kommo allows 250 a PATCH)",
-                    self.kommo.batch_size
-                ),
-            ));
-        }
-        if self.kommo.timeout < Duration::from_secs(1) {
-            return Err(err("kommo.timeout", "must be at least 1s".into()));
-        }
-        if !(1..=50).contains(&self.chatapp.requests_per_second) {
-            return Err(err(
-                "chatapp.requests_per_second",
-                format!(
-                    "{} is out of range 1..=50",
-                    self.chatapp.requests_per_second
-                ),
-            ));
-        }
-        if !(1..=100).contains(&self.chatapp.max_logins_per_day) {
-            return Err(err(
-                "chatapp.max_logins_per_day",
-                format!(
-                    "{} is out of range 1..=100 (ChatApp allows about 100 a day)",
-                    self.chatapp.max_logins_per_day
-                ),
-            ));
-        }
-        if self.chatapp.timeout < Duration::from_secs(1) {
-            return Err(err("chatapp.timeout", "must be at least 1s".into()));
-        }
-        if !self.chatapp.email.contains('@') {
-            return Err(err(
-                "chatapp.email",
-                format!("{:?} is not an e-mail address", self.chatapp.email),
-            ));
-        }
-        if self.chatapp.app_id.trim().is_empty() {
-            return Err(err("chatapp.app_id", "must not be empty".into()));
-        }
-        if self.chatapp.company_id == 0 {
-            return Err(err(
-                "chatapp.company_id",
-                "must be a ChatApp company id (> 0)".into(),
-            ));
-        }
-        if self.chatapp.license_ids.is_empty() || self.chatapp.license_ids.contains(&0) {
-            return Err(err(
-                "chatapp.license_ids",
-                "must list at least one license id (> 0)".into(),
-            ));
-        }
-        let sr = &self.chatapp.set_responsible;
-        if !["PUT", "POST", "PATCH"].contains(&sr.method.to_ascii_uppercase().as_str()) {
-            return Err(err(
-                "chatapp.set_responsible.method",
-                format!("{:?} is not one of PUT, POST, PATCH", sr.method),
-            ));
-        }
-        if !sr.path.starts_with('/') || !sr.path.contains("{chatId}") {
-            return Err(err(
-                "chatapp.set_responsible.path",
-                "must start with / and contain {chatId}".into(),
-            ));
-        }
-        if sr.body_field.trim().is_empty() {
-            return Err(err(
-                "chatapp.set_responsible.body_field",
-                "must not be empty".into(),
-            ));
-        }
-        // The daemon adds durations to the clock (a cycle's deadline, the breaker's cool-off):
-        // one past any sensible value would overflow it, a panic even in release builds.
+    /// The semantic checks TOML types cannot express; every problem at once.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigErrors> {
+        let mut p = Problems { file, list: vec![] };
+        self.validate_daemon(&mut p);
+        self.validate_webhooks(&mut p);
+        self.validate_kommo(&mut p);
+        self.validate_chatapp(&mut p);
+        self.validate_sync(&mut p);
+        self.validate_users(&mut p);
+        self.validate_durations(&mut p);
+        p.into_result()
+    }
+
+    /// The daemon adds durations to the clock (a cycle's deadline, the breaker's cool-off): one
+    /// past any sensible value would overflow it, a panic even in release builds.
+    fn validate_durations(&self, p: &mut Problems) {
         for (key, d) in [
             ("daemon.cycle_budget", self.daemon.cycle_budget),
             ("kommo.timeout", self.kommo.timeout),
@@ -678,58 +627,229 @@ impl Config {
             ("chatapp.chats_overlap", self.chatapp.chats_overlap),
             ("sync.clock_skew", self.sync.clock_skew),
         ] {
-            if d > MAX_DURATION {
-                return Err(err(key, "must be at most 365 days".into()));
-            }
+            p.ensure(d <= MAX_DURATION, key, || "must be at most 365 days".into());
         }
+    }
+
+    fn validate_daemon(&self, p: &mut Problems) {
+        let d = &self.daemon;
+        p.ensure(
+            d.timezone.parse::<chrono_tz::Tz>().is_ok(),
+            "daemon.timezone",
+            || {
+                format!(
+                    "unknown time zone {:?} (an IANA name, e.g. Europe/Berlin)",
+                    d.timezone
+                )
+            },
+        );
+        for (key, expr) in [
+            ("daemon.poll_schedule", &d.poll_schedule),
+            ("daemon.full_schedule", &d.full_schedule),
+        ] {
+            let tz = if d.timezone.parse::<chrono_tz::Tz>().is_ok() {
+                d.timezone.as_str()
+            } else {
+                "UTC"
+            };
+            p.check(
+                key,
+                crate::core::schedule::Schedule::parse(expr, tz).map(|_| ()),
+            );
+        }
+        if let Some(l) = &d.listen {
+            p.ensure(
+                l.parse::<std::net::SocketAddr>().is_ok(),
+                "daemon.listen",
+                || format!("{l:?} is not host:port (e.g. 127.0.0.1:9187)"),
+            );
+        }
+        p.check("daemon.log_level", check_log_level(&d.log_level));
+        p.ensure(
+            d.cycle_budget >= Duration::from_secs(10),
+            "daemon.cycle_budget",
+            || "must be at least 10s".into(),
+        );
+        p.ensure(
+            d.audit_retention >= Duration::from_secs(86_400),
+            "daemon.audit_retention",
+            || "must be at least 1 day (e.g. \"180d\")".into(),
+        );
+    }
+
+    fn validate_webhooks(&self, p: &mut Problems) {
+        let d = &self.daemon;
+        p.ensure(
+            d.webhook_token_file.is_none() || d.listen.is_some(),
+            "daemon.webhook_token_file",
+            || "webhooks are served on daemon.listen: set it too (e.g. \"127.0.0.1:9187\" behind a TLS proxy)".into(),
+        );
+        if let Some(u) = &d.public_url {
+            p.check("daemon.public_url", check_base_url(u));
+            p.ensure(d.webhook_token_file.is_some(), "daemon.public_url", || {
+                "is used for webhooks: set daemon.webhook_token_file too".into()
+            });
+        }
+        p.ensure(
+            d.webhook_debounce <= Duration::from_secs(60),
+            "daemon.webhook_debounce",
+            || "must be at most 60s".into(),
+        );
+        p.ensure(
+            d.webhook_min_interval <= Duration::from_secs(3600),
+            "daemon.webhook_min_interval",
+            || "must be at most 1h (polling covers longer gaps)".into(),
+        );
+        p.ensure(
+            (8..=16384).contains(&d.max_connections),
+            "daemon.max_connections",
+            || {
+                format!(
+                    "must be between 8 and 16384 (got {}); keep LimitNOFILE= above it",
+                    d.max_connections
+                )
+            },
+        );
+    }
+
+    fn validate_kommo(&self, p: &mut Problems) {
+        let k = &self.kommo;
+        p.check("kommo.base_url", check_base_url(&k.base_url));
+        match (&k.token_file, &k.oauth) {
+            (Some(_), Some(_)) => p.add(
+                "kommo.token_file",
+                "give either token_file or [kommo.oauth], not both",
+            ),
+            (None, None) => p.add(
+                "kommo.token_file",
+                "missing: give token_file (a long-lived token) or an [kommo.oauth] table",
+            ),
+            _ => {}
+        }
+        p.ensure((1..=7).contains(&k.requests_per_second), "kommo.requests_per_second", || {
+            format!(
+                "{} is out of range 1..=7 (Kommo allows 7 a second and blocks accounts that exceed it)",
+                k.requests_per_second
+            )
+        });
+        p.ensure(
+            (1..=250).contains(&k.batch_size),
+            "kommo.batch_size",
+            || {
+                format!(
+                    "{} is out of range 1..=250 (Kommo allows 250 a PATCH)",
+                    k.batch_size
+                )
+            },
+        );
+        p.ensure(k.timeout >= Duration::from_secs(1), "kommo.timeout", || {
+            "must be at least 1s".into()
+        });
+    }
+
+    fn validate_chatapp(&self, p: &mut Problems) {
+        let c = &self.chatapp;
+        p.check("chatapp.base_url", check_base_url(&c.base_url));
+        p.ensure(
+            (1..=50).contains(&c.requests_per_second),
+            "chatapp.requests_per_second",
+            || format!("{} is out of range 1..=50", c.requests_per_second),
+        );
+        p.ensure(
+            (1..=100).contains(&c.max_logins_per_day),
+            "chatapp.max_logins_per_day",
+            || {
+                format!(
+                    "{} is out of range 1..=100 (ChatApp allows about 100 a day)",
+                    c.max_logins_per_day
+                )
+            },
+        );
+        p.ensure(
+            c.timeout >= Duration::from_secs(1),
+            "chatapp.timeout",
+            || "must be at least 1s".into(),
+        );
+        p.ensure(c.email.contains('@'), "chatapp.email", || {
+            format!("{:?} is not an e-mail address", c.email)
+        });
+        p.ensure(!c.app_id.trim().is_empty(), "chatapp.app_id", || {
+            "must not be empty".into()
+        });
+        p.ensure(c.company_id != 0, "chatapp.company_id", || {
+            "must be a ChatApp company id (> 0)".into()
+        });
+        p.ensure(
+            !c.license_ids.is_empty() && !c.license_ids.contains(&0),
+            "chatapp.license_ids",
+            || "must list at least one license id (> 0)".into(),
+        );
+        let sr = &c.set_responsible;
+        p.ensure(
+            ["PUT", "POST", "PATCH"].contains(&sr.method.to_ascii_uppercase().as_str()),
+            "chatapp.set_responsible.method",
+            || format!("{:?} is not one of PUT, POST, PATCH", sr.method),
+        );
+        p.ensure(
+            sr.path.starts_with('/') && sr.path.contains("{chatId}"),
+            "chatapp.set_responsible.path",
+            || "must start with / and contain {chatId}".into(),
+        );
+        p.ensure(
+            !sr.body_field.trim().is_empty(),
+            "chatapp.set_responsible.body_field",
+            || "must not be empty".into(),
+        );
+    }
+
+    fn validate_sync(&self, p: &mut Problems) {
+        let s = &self.sync;
         for (key, kinds) in [
-            ("sync.crm_to_chat", &self.sync.crm_to_chat),
-            ("sync.chat_to_crm", &self.sync.chat_to_crm),
+            ("sync.crm_to_chat", &s.crm_to_chat),
+            ("sync.chat_to_crm", &s.chat_to_crm),
         ] {
             let set: BTreeSet<_> = kinds.iter().collect();
-            if set.len() != kinds.len() {
-                return Err(err(key, "names a kind twice".into()));
-            }
+            p.ensure(set.len() == kinds.len(), key, || {
+                "names a kind twice".into()
+            });
         }
-        if self.sync.crm_to_chat.is_empty() && self.sync.chat_to_crm.is_empty() {
-            return Err(err(
-                "sync.crm_to_chat",
-                "both directions are empty: nothing would be synced".into(),
-            ));
-        }
-        let pipelines: BTreeSet<_> = self.sync.leads.pipelines.iter().collect();
-        if pipelines.contains(&0) || pipelines.len() != self.sync.leads.pipelines.len() {
-            return Err(err(
-                "sync.leads.pipelines",
-                "must list pipeline ids (> 0), each once".into(),
-            ));
-        }
-        if self.sync.max_writes_per_cycle == 0 {
-            return Err(err(
-                "sync.max_writes_per_cycle",
-                "must be at least 1".into(),
-            ));
-        }
+        p.ensure(
+            !s.crm_to_chat.is_empty() || !s.chat_to_crm.is_empty(),
+            "sync.crm_to_chat",
+            || "both directions are empty: nothing would be synced".into(),
+        );
+        let pipelines: BTreeSet<_> = s.leads.pipelines.iter().collect();
+        p.ensure(
+            !pipelines.contains(&0) && pipelines.len() == s.leads.pipelines.len(),
+            "sync.leads.pipelines",
+            || "must list pipeline ids (> 0), each once".into(),
+        );
+        p.ensure(
+            s.max_writes_per_cycle > 0,
+            "sync.max_writes_per_cycle",
+            || "must be at least 1".into(),
+        );
+    }
+
+    fn validate_users(&self, p: &mut Problems) {
         let mut kommo_ids = BTreeSet::new();
         let mut chat_ids = BTreeSet::new();
-        for (i, p) in self.users.map.iter().enumerate() {
-            if p.kommo == 0 || p.chatapp == 0 {
-                return Err(err(&format!("users.map[{i}]"), "ids must be > 0".into()));
+        for (i, pair) in self.users.map.iter().enumerate() {
+            if pair.kommo.0 == 0 || pair.chatapp.0 == 0 {
+                p.add(&format!("users.map[{i}]"), "ids must be > 0");
+                continue;
             }
-            if !kommo_ids.insert(p.kommo) {
-                return Err(err(
-                    &format!("users.map[{i}].kommo"),
-                    format!("Kommo user {} is paired twice", p.kommo),
-                ));
-            }
-            if !chat_ids.insert(p.chatapp) {
-                return Err(err(
-                    &format!("users.map[{i}].chatapp"),
-                    format!("ChatApp employee {} is paired twice", p.chatapp),
-                ));
-            }
+            p.ensure(
+                kommo_ids.insert(pair.kommo),
+                &format!("users.map[{i}].kommo"),
+                || format!("Kommo user {} is paired twice", pair.kommo),
+            );
+            p.ensure(
+                chat_ids.insert(pair.chatapp),
+                &format!("users.map[{i}].chatapp"),
+                || format!("ChatApp employee {} is paired twice", pair.chatapp),
+            );
         }
-        Ok(())
     }
 
     /// The engine's view of the config.
@@ -778,7 +898,7 @@ impl Config {
     }
 
     /// The explicit user pairs.
-    pub fn user_pairs(&self) -> Vec<(u64, u64)> {
+    pub fn user_pairs(&self) -> Vec<(KommoUserId, EmployeeId)> {
         self.users
             .map
             .iter()
@@ -787,9 +907,35 @@ impl Config {
     }
 }
 
+/// A log filter: comma-separated directives, each a level (`trace`, `debug`, `info`, `warn`,
+/// `error`, `off`) or `target=level`. A bare word that is not a level is refused (tracing would
+/// take it for a target name and log nothing else, errors included).
+fn check_log_level(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{d:?} is not a log level: use one of trace, debug, info, warn, error, off (or target=level directives)"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("{filter:?}: {e}"))?;
+    Ok(())
+}
+
 /// `https://` anywhere, `http://` only for loopback hosts.
 fn check_base_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        if e.to_string().contains("relative URL without a base") {
+            format!(
+                "{url:?} has no scheme: write it as https://{}",
+                url.trim_start_matches('/')
+            )
+        } else {
+            format!("{url:?} is not a URL: {e}")
+        }
+    })?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -845,26 +991,73 @@ fn line_of(text: &str, pos: usize) -> usize {
 
 /// Reads a secret file: a relative path resolves against `$CREDENTIALS_DIRECTORY` when set, else
 /// against the config file's folder. Surrounding white space is trimmed. Errors name the key and
-/// path, never the content.
+/// the paths (where it looked, and where systemd's credentials would be), never the content. A
+/// file readable by group or others is used, with a warning pushed to `warnings`.
 pub fn read_secret(
     key: &str,
     path: &Path,
     config_file: &Path,
+    warnings: &mut Vec<String>,
 ) -> Result<SecretString, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
     let full = resolve_secret_path(path, config_file);
     let err = |reason: String| ConfigError {
         file: config_file.display().to_string(),
         key: key.into(),
         reason,
     };
-    let text = std::fs::read_to_string(&full)
-        .map_err(|e| err(format!("cannot read {}: {e}", full.display())))?;
+    let text = std::fs::read_to_string(&full).map_err(|e| {
+        err(format!(
+            "cannot read {}: {e}; {}",
+            full.display(),
+            where_secrets_are(path, config_file)
+        ))
+    })?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(err(format!("{} is empty", full.display())));
     }
+    if let Ok(m) = std::fs::metadata(&full)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        warnings.push(format!(
+            "{key}: {} is readable by {} (mode {:o}): a secret file should be 0600 (chmod 600 {})",
+            full.display(),
+            if m.permissions().mode() & 0o007 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            m.permissions().mode() & 0o777,
+            full.display()
+        ));
+    }
     crate::redact::register(trimmed);
     Ok(SecretString::from(trimmed.to_string()))
+}
+
+/// Where a relative secret path is looked up, for a "cannot read" message.
+fn where_secrets_are(path: &Path, config_file: &Path) -> String {
+    if path.is_absolute() {
+        return "the path is absolute".into();
+    }
+    match std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+        Some(d) => format!(
+            "looked in $CREDENTIALS_DIRECTORY ({}), where systemd's LoadCredential= puts the unit's credentials",
+            PathBuf::from(d).display()
+        ),
+        None => format!(
+            "looked in the config's folder because $CREDENTIALS_DIRECTORY is not set; under systemd the unit's LoadCredential= lines copy the files from {}/credentials/ into $CREDENTIALS_DIRECTORY (to check by hand: sudo CREDENTIALS_DIRECTORY={}/credentials chatapp-kommo-sync check-config)",
+            config_file
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            config_file
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        ),
+    }
 }
 
 /// Where a `*_file` path points (see [`read_secret`]).
@@ -881,56 +1074,74 @@ pub fn resolve_secret_path(path: &Path, config_file: &Path) -> PathBuf {
         .unwrap_or_else(|| path.to_path_buf())
 }
 
-/// Loads, validates and reads the secrets of the config at `path`.
-pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+/// Loads, validates and reads the secrets of the config at `path`: every problem at once.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: file.clone(),
         key: "(file)".into(),
         reason: format!("cannot read: {e}"),
     })?;
-    let config = Config::parse(&text, &file)?;
-    let kommo = match (&config.kommo.token_file, &config.kommo.oauth) {
-        (Some(t), _) => KommoCredentials::LongLived(read_secret("kommo.token_file", t, path)?),
-        (None, Some(o)) => KommoCredentials::OAuth {
-            client_secret: read_secret(
-                "kommo.oauth.client_secret_file",
-                &o.client_secret_file,
-                path,
-            )?,
-            refresh_token_seed: read_secret(
-                "kommo.oauth.refresh_token_file",
-                &o.refresh_token_file,
-                path,
-            )?,
+    let (config, mut problems) = match Config::parse(&text, &file) {
+        Ok(c) => (c, vec![]),
+        // without a parsed config no secret path is known, unless only values were wrong
+        Err(e) => match toml::from_str::<Config>(&text) {
+            Ok(c) => (c, e.0),
+            Err(_) => return Err(e),
         },
-        (None, None) => unreachable!("validated"),
     };
-    let chatapp_password =
-        read_secret("chatapp.password_file", &config.chatapp.password_file, path)?;
-    let webhook_token = match &config.daemon.webhook_token_file {
-        Some(f) => {
-            let t = read_secret("daemon.webhook_token_file", f, path)?;
-            if secrecy::ExposeSecret::expose_secret(&t).len() < 16 {
-                return Err(ConfigError {
-                    file: path.display().to_string(),
-                    key: "daemon.webhook_token_file".into(),
-                    reason: "the token must be at least 16 characters (it is the only thing guarding the URLs)".into(),
-                });
-            }
-            Some(t)
+    let mut warnings = vec![];
+    let mut secret = |key: &str, f: &Path| match read_secret(key, f, path, &mut warnings) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.push(e);
+            None
         }
-        None => None,
     };
-    Ok(Loaded {
-        path: path.to_path_buf(),
-        config,
-        secrets: Secrets {
-            kommo,
-            chatapp_password,
-            webhook_token,
-        },
-    })
+    let kommo = match (&config.kommo.token_file, &config.kommo.oauth) {
+        (Some(t), _) => secret("kommo.token_file", t).map(KommoCredentials::LongLived),
+        (None, Some(o)) => {
+            let cs = secret("kommo.oauth.client_secret_file", &o.client_secret_file);
+            let rt = secret("kommo.oauth.refresh_token_file", &o.refresh_token_file);
+            cs.zip(rt).map(
+                |(client_secret, refresh_token_seed)| KommoCredentials::OAuth {
+                    client_secret,
+                    refresh_token_seed,
+                },
+            )
+        }
+        (None, None) => None, // reported by validate
+    };
+    let chatapp_password = secret("chatapp.password_file", &config.chatapp.password_file);
+    let webhook_token = config
+        .daemon
+        .webhook_token_file
+        .as_ref()
+        .map(|f| secret("daemon.webhook_token_file", f));
+    if let Some(Some(t)) = &webhook_token
+        && secrecy::ExposeSecret::expose_secret(t).len() < 16
+    {
+        problems.push(ConfigError {
+            file: file.clone(),
+            key: "daemon.webhook_token_file".into(),
+            reason:
+                "the token must be at least 16 characters (it is the only thing guarding the URLs)"
+                    .into(),
+        });
+    }
+    match (kommo, chatapp_password, webhook_token) {
+        (Some(kommo), Some(chatapp_password), hook) if problems.is_empty() => Ok(Loaded {
+            path: path.to_path_buf(),
+            config,
+            secrets: Secrets {
+                kommo,
+                chatapp_password,
+                webhook_token: hook.flatten(),
+            },
+            warnings,
+        }),
+        _ => Err(ConfigErrors(problems)),
+    }
 }
 
 #[cfg(test)]
@@ -972,6 +1183,7 @@ chat_to_crm = ["lead"]
     fn unknown_key_names_the_key() {
         let text = MINIMAL.replace("[sync]\n", "[sync]\nconflcit = \"crm\"\n");
         let e = Config::parse(&text, "t.toml").unwrap_err();
+        let e = e.first();
         assert_eq!(e.key, "sync.conflcit");
         assert!(e.reason.contains("unknown field"), "{e}");
     }
@@ -1048,6 +1260,7 @@ chat_to_crm = ["lead"]
             let text = MINIMAL.replace(from, to);
             assert_ne!(text, MINIMAL, "{from}");
             let e = Config::parse(&text, "t.toml").unwrap_err();
+            let e = e.first();
             assert_eq!(e.key, key, "{e}");
         }
     }
@@ -1055,7 +1268,7 @@ chat_to_crm = ["lead"]
     #[test]
     fn the_example_config_is_valid() {
         let c = Config::parse(
-            include_str!("../config.example.toml"),
+            include_str!("../../config.example.toml"),
             "config.example.toml",
         )
         .unwrap();
@@ -1079,7 +1292,80 @@ chat_to_crm = ["lead"]
             "{MINIMAL}\n[users]\nmap = [{{ kommo = 1, chatapp = 2 }}, {{ kommo = 1, chatapp = 3 }}]\n"
         );
         let e = Config::parse(&text, "t.toml").unwrap_err();
+        let e = e.first();
         assert_eq!(e.key, "users.map[1].kommo");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_plain_words() {
+        let text = MINIMAL
+            .replace("[daemon]\n", "[daemon]\nlog_level = \"verbose\"\n")
+            .replace("https://example.kommo.com", "example.kommo.com")
+            .replace("license_ids = [1]", "license_ids = []");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["daemon.log_level", "kommo.base_url", "chatapp.license_ids"],
+            "{e}"
+        );
+        assert!(e.0[0].reason.contains("not a log level"), "{e}");
+        assert!(
+            e.0[1]
+                .reason
+                .contains("has no scheme: write it as https://example.kommo.com"),
+            "{e}"
+        );
+        // a wrong type names the key in plain words
+        let text = MINIMAL.replace("company_id = 1", "company_id = \"1\"");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.first().key, "chatapp.company_id");
+        assert!(e.first().reason.contains("expected an integer"), "{e}");
+        assert!(!e.first().reason.contains("u64"), "{e}");
+        // levels and target=level directives pass
+        assert!(check_log_level("info").is_ok());
+        assert!(check_log_level("warn,chatapp_kommo_sync::sync=debug").is_ok());
+        assert!(check_log_level("verbose").is_err());
+    }
+
+    #[test]
+    fn secrets_missing_everywhere_are_all_named_and_loose_modes_warned() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.toml");
+        std::fs::write(&cfg, MINIMAL).unwrap();
+        let e = load(&cfg).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["kommo.token_file", "chatapp.password_file"],
+            "{e}"
+        );
+        assert!(e.0[0].reason.contains("CREDENTIALS_DIRECTORY"), "{e}");
+        std::fs::write(dir.path().join("kommo-token"), "t0ken-value-xyz\n").unwrap();
+        std::fs::write(dir.path().join("chatapp-password"), "pass-word-xyz\n").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("chatapp-password"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            dir.path().join("kommo-token"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let l = load(&cfg).unwrap();
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert!(
+            l.warnings[0].contains("chatapp-password"),
+            "{:?}",
+            l.warnings
+        );
+        assert!(
+            l.warnings[0].contains("readable by others"),
+            "{:?}",
+            l.warnings
+        );
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! (backon) that honour `retry_after` / `Retry-After`, a per-cycle deadline, a breaker for Kommo's
 //! HTML 403 block, request counters, and JSON decoding whose errors name the endpoint and field.
 
+pub mod policy;
+pub mod shared_limit;
+
 use backon::BackoffBuilder;
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
+pub use policy::{ErrorPolicy, error_policy};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -497,7 +501,9 @@ impl ApiClient {
                                 )),
                                 format!("HTTP 429: {}", r.excerpt(120)),
                             )
-                        } else if status.is_server_error() && !pass.contains(&status.as_u16()) {
+                        } else if policy::status_policy(status.as_u16()) == ErrorPolicy::Retry
+                            && !pass.contains(&status.as_u16())
+                        {
                             (
                                 None,
                                 format!("HTTP {}: {}", status.as_u16(), r.excerpt(120)),

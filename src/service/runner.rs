@@ -21,11 +21,11 @@
 //! (with MONOTONIC_USEC) / READY=1 around a reload; STOPPING=1 once, when the stop begins.
 
 use crate::config::{self, Loaded};
-use crate::cycle::{CycleError, CycleOptions, CycleReport, Syncer};
+use crate::core::schedule::Schedule;
 use crate::http::ApiError;
-use crate::metrics::Metrics;
-use crate::schedule::Schedule;
+use crate::service::metrics::Metrics;
 use crate::store::Store;
+use crate::sync::{CycleError, CycleOptions, CycleReport, LiveSyncer};
 use chrono::{DateTime, Utc};
 use sd_notify::NotifyState;
 use std::path::Path;
@@ -109,6 +109,9 @@ pub fn main(path: &Path) -> ExitCode {
         }
     };
     crate::logging::init(&loaded.config.daemon.log_level, true);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
     let rt = crate::cli::runtime();
     rt.block_on(run(path, loaded))
 }
@@ -335,7 +338,7 @@ fn fatal_at_start(e: &ApiError) -> bool {
 
 /// Checks the credentials (Kommo's token with `GET /api/v4/account`, ChatApp's login or stored
 /// token with the employee list) within [`STARTUP_CHECK`].
-async fn check_credentials(syncer: &Syncer) -> Result<(), ApiError> {
+async fn check_credentials(syncer: &LiveSyncer) -> Result<(), ApiError> {
     let deadline = Some(Instant::now() + STARTUP_CHECK);
     syncer.kommo.api.set_deadline(deadline);
     syncer.chatapp.api.set_deadline(deadline);
@@ -389,7 +392,7 @@ async fn run(path: &Path, loaded: Loaded) -> ExitCode {
 
 /// Everything between opening and closing the state db.
 /// Waits for a webhook trigger; never completes without webhooks.
-async fn wait_hook(hooks: &Option<Arc<crate::webhooks::Hooks>>) {
+async fn wait_hook(hooks: &Option<Arc<crate::service::webhooks::Hooks>>) {
     match hooks {
         Some(h) => h.notified().await,
         None => std::future::pending().await,
@@ -427,7 +430,7 @@ async fn run_with_store(
     store: &Arc<Store>,
     sig: &mut Signals,
 ) -> ExitCode {
-    let mut syncer = match Syncer::new(&loaded, store.clone()) {
+    let mut syncer = match LiveSyncer::live(&loaded, store.clone()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -443,18 +446,18 @@ async fn run_with_store(
         .secrets
         .webhook_token
         .clone()
-        .map(crate::webhooks::Hooks::new);
+        .map(crate::service::webhooks::Hooks::new);
     // webhook spacing: the first call not yet answered by a webhook-triggered cycle, the end of
     // the last such cycle, and whether the cycle about to run (or running) is one
     let mut hook_since: Option<Instant> = None;
     let mut last_hook_end: Option<Instant> = None;
     let mut hook_cycle = false;
     let _server = match &config.daemon.listen {
-        Some(addr) => match crate::metrics::serve(
+        Some(addr) => match crate::service::metrics::serve(
             addr,
             metrics.clone(),
             &config,
-            hooks.clone().map(crate::webhooks::routes),
+            hooks.clone().map(crate::service::webhooks::routes),
         )
         .await
         {
@@ -728,7 +731,7 @@ fn after_reload(
 fn reload(
     path: &Path,
     config: &mut config::Config,
-    syncer: &mut Syncer,
+    syncer: &mut LiveSyncer,
     store: &Arc<Store>,
 ) -> Result<(), String> {
     match NotifyState::monotonic_usec_now() {
@@ -740,7 +743,7 @@ fn reload(
         Ok(new) if new.config.daemon.state_path != config.daemon.state_path => {
             Err("daemon.state_path cannot change while the daemon runs (restart it instead)".into())
         }
-        Ok(new) => match Syncer::new(&new, store.clone()) {
+        Ok(new) => match LiveSyncer::live(&new, store.clone()) {
             Err(e) => Err(e.to_string()),
             Ok(s) => {
                 if new.config.daemon.listen != config.daemon.listen {

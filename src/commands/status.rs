@@ -3,8 +3,8 @@
 //! read-only (redb `SingleWriter` mode), so it works while the daemon runs. Never prints secrets:
 //! nothing it reads holds any (tokens live in a meta key it does not print).
 
-use crate::engine::ParkReason;
-use crate::model::{CardId, RecordId};
+use crate::core::engine::ParkReason;
+use crate::core::model::{CardId, RecordId};
 use crate::store::{AuditEntry, Store, StoreError};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -135,6 +135,28 @@ pub fn render(store: &Store, q: &StatusQuery) -> Result<String, StoreError> {
     for p in snap.parked.values().take(20) {
         let _ = writeln!(out, "  {}: {}", p.key(), p.reason);
     }
+    let quarantined = store.quarantined()?;
+    if !quarantined.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nquarantined records (they did not fit their page; skipped, the rest of the sync goes on, read again each cycle): {}",
+            quarantined.len()
+        );
+        for q in quarantined.iter().take(20) {
+            let _ = writeln!(
+                out,
+                "  {} {} {}: `{}`: {} (first seen {}, last seen {}, {} cycle(s))",
+                q.record.api,
+                q.record.endpoint,
+                q.record.subject.as_deref().unwrap_or("(unnamed record)"),
+                q.record.path,
+                q.record.reason,
+                when(q.first_seen),
+                when(q.last_seen),
+                q.cycles
+            );
+        }
+    }
     let _ = writeln!(out, "\nlast cycles:");
     for c in store.recent_cycles(10)? {
         let _ = writeln!(
@@ -166,7 +188,7 @@ fn explain(
     store: &Store,
     out: &mut String,
     r: &RecordId,
-    snap: &crate::engine::Snapshot,
+    snap: &crate::core::engine::Snapshot,
 ) -> Result<(), StoreError> {
     let entries = store.audit(10, |e| &e.target == r)?;
     match entries.first() {

@@ -6,7 +6,7 @@
 //! Routes (on the `[daemon] listen` address): `POST /hooks/kommo/{token}` and
 //! `POST /hooks/chatapp/{token}`. ChatApp checks a callback URL with an empty POST: it gets a 200.
 //!
-//! Hostile callers (the server's own bounds are in [`crate::http_server`]):
+//! Hostile callers (the server's own bounds are in [`crate::service::http_server`]):
 //! - The token is checked first, from the path alone: a wrong one gets a 404 with
 //!   `connection: close` and the body is never read (hyper closes the socket rather than drain it).
 //! - A body is at most [`MAX_BODY`] (64 KiB; Kommo's and ChatApp's calls are a few KiB): a larger
@@ -17,7 +17,7 @@
 //! - A flood of valid calls only sets one flag: the runner spaces the cycles it triggers by
 //!   `[daemon] webhook_min_interval` (calls meanwhile are coalesced into one cycle, never lost).
 
-pub use crate::http_server::BODY_READ_TIMEOUT;
+pub use crate::service::http_server::BODY_READ_TIMEOUT;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};

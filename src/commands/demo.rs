@@ -2,11 +2,11 @@
 //! and no network beyond loopback. Prints what it corrected and why.
 
 use crate::config;
-use crate::cycle::{CycleOptions, CycleReport, Syncer, WriteResult, describe_write};
 use crate::sim::{
     ChatAppSim, ChatAppSimConfig, KommoSim, KommoSimConfig, SimCard, SimChat, SimClock, SimField,
 };
 use crate::store::Store;
+use crate::sync::{CycleOptions, CycleReport, LiveSyncer, WriteResult, describe_write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,8 +33,16 @@ pub fn write_config(
     extra_sync: &str,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("kommo-token"), "kommo-test-token\n")?;
-    std::fs::write(dir.join("chatapp-password"), "secret-password\n")?;
+    for (name, secret) in [
+        ("kommo-token", "kommo-test-token\n"),
+        ("chatapp-password", "secret-password\n"),
+    ] {
+        std::fs::write(dir.join(name), secret)?;
+        std::fs::set_permissions(
+            dir.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+    }
     let text = format!(
         r#"[daemon]
 state_path = "{state}"
@@ -255,7 +263,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     let path = write_config(dir, &w.kommo, &w.chatapp, "")?;
     let loaded = config::load(&path)?;
     let store = Arc::new(Store::open(&loaded.config.daemon.state_path)?);
-    let syncer = Syncer::new(&loaded, store.clone())?;
+    let syncer = LiveSyncer::live(&loaded, store.clone())?;
     println!("chatapp-kommo-sync demo");
     println!("Kommo simulator:   {}", w.kommo.base_url());
     println!("ChatApp simulator: {}", w.chatapp.base_url());

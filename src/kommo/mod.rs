@@ -2,13 +2,14 @@
 //! custom fields, `entity_responsible_changed` events, users, and batch `PATCH` of
 //! `responsible_user_id`. Facts and sources: `../shared/api/kommo.md`.
 
+pub mod auth;
 use crate::config::{FieldRef, KommoConfig, LinksConfig};
-use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
-use crate::links::{parse_messenger_value, phone_digits};
-use crate::model::{
+use crate::core::links::{parse_messenger_value, phone_digits};
+use crate::core::model::{
     CardId, CardKind, CardObs, DialogRef, KommoUser, KommoUserId, LeadStage, STATUS_LOST,
     STATUS_WON, StageKind, SyncKind,
 };
+use crate::http::{ApiClient, ApiError, Limits, ListPage, Response, decode};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -223,7 +224,7 @@ impl KommoEvent {
     pub fn new_responsible(&self) -> Option<KommoUserId> {
         self.value_after
             .iter()
-            .find_map(|v| v.responsible_user.as_ref().map(|u| u.id))
+            .find_map(|v| v.responsible_user.as_ref().map(|u| KommoUserId(u.id)))
     }
 
     /// The new `(pipeline, status)` of a `lead_status_changed` event.
@@ -615,7 +616,7 @@ impl KommoCard {
         contacts.sort_unstable();
         contacts.dedup();
         CardObs {
-            responsible: self.responsible_user_id,
+            responsible: KommoUserId(self.responsible_user_id),
             flag,
             deleted: self.is_deleted,
             contacts: if kind == CardKind::Contact {
@@ -635,7 +636,7 @@ impl KommoCard {
 pub struct KommoClient {
     /// Shared HTTP plumbing (limiter, retries, counters).
     pub api: ApiClient,
-    auth: crate::kommo_auth::KommoAuth,
+    auth: crate::kommo::auth::KommoAuth,
     filters: std::sync::Mutex<Option<bool>>,
 }
 
@@ -647,7 +648,7 @@ impl KommoClient {
     /// Builds the client for a long-lived token.
     pub fn new(
         cfg: &KommoConfig,
-        auth: crate::kommo_auth::KommoAuth,
+        auth: crate::kommo::auth::KommoAuth,
     ) -> Result<KommoClient, ApiError> {
         let limits = Limits::standard(
             cfg.requests_per_second,
@@ -662,7 +663,7 @@ impl KommoClient {
     }
 
     /// The credentials (to store a rotated pair that lives only in memory, or ask about it).
-    pub fn auth(&self) -> &crate::kommo_auth::KommoAuth {
+    pub fn auth(&self) -> &crate::kommo::auth::KommoAuth {
         &self.auth
     }
 
@@ -775,7 +776,7 @@ impl KommoClient {
                     card_subject,
                 )?;
             out.extend(users.into_iter().map(|u| KommoUser {
-                id: u.id,
+                id: KommoUserId(u.id),
                 email: u.email.unwrap_or_default(),
                 active: u.rights.map(|r| r.is_active).unwrap_or(true),
             }));
@@ -1177,10 +1178,75 @@ impl KommoClient {
     }
 }
 
+impl crate::ports::ApiMeter for KommoClient {
+    fn server_time(&self) -> Option<i64> {
+        self.api.server_time()
+    }
+    fn request_count(&self) -> u64 {
+        self.api
+            .counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn set_deadline(&self, deadline: Option<std::time::Instant>) {
+        self.api.set_deadline(deadline);
+    }
+    fn take_bad(&self) -> Vec<crate::http::BadRecord> {
+        self.api.take_bad()
+    }
+}
+
+impl crate::ports::KommoApi for KommoClient {
+    async fn users(&self) -> Result<Vec<KommoUser>, ApiError> {
+        KommoClient::users(self).await
+    }
+    async fn events(
+        &self,
+        kinds: &[CardKind],
+        stages: bool,
+        from: i64,
+    ) -> Result<Vec<KommoEvent>, ApiError> {
+        KommoClient::events(self, kinds, stages, from).await
+    }
+    async fn pipelines(&self) -> Result<Pipelines, ApiError> {
+        KommoClient::pipelines(self).await
+    }
+    async fn filters_enabled(&self) -> Result<bool, ApiError> {
+        KommoClient::filters_enabled(self).await
+    }
+    async fn each_card(
+        &self,
+        kind: CardKind,
+        since: Option<i64>,
+        sink: &mut (dyn FnMut(KommoCard) + Send),
+    ) -> Result<usize, ApiError> {
+        KommoClient::each_card(self, kind, since, sink).await
+    }
+    async fn cards_by_id(&self, kind: CardKind, ids: &[u64]) -> Result<Vec<KommoCard>, ApiError> {
+        KommoClient::cards_by_id(self, kind, ids).await
+    }
+    async fn unsorted_chat_refs(
+        &self,
+        wanted: &BTreeSet<u64>,
+    ) -> Result<BTreeMap<u64, DialogRef>, ApiError> {
+        KommoClient::unsorted_chat_refs(self, wanted).await
+    }
+    async fn patch_responsible(
+        &self,
+        kind: CardKind,
+        items: &[(u64, KommoUserId)],
+    ) -> Result<BTreeSet<u64>, ApiError> {
+        KommoClient::patch_responsible(self, kind, items).await
+    }
+    async fn retry_unsaved_token(&self) -> bool {
+        self.auth.retry_unsaved().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DialogRef;
+    use crate::core::model::DialogRef;
 
     fn fields() -> FieldMap {
         FieldMap {

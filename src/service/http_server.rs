@@ -23,7 +23,7 @@
 //!   (a wrong one gets a 404 and `connection: close`; hyper then closes the socket instead of
 //!   reading an unread body), take at most 64 KiB (413 past it, judged from `content-length` before
 //!   reading when it is given) and give a body [`BODY_READ_TIMEOUT`] to arrive (408). The metrics
-//!   routes read no body. See [`crate::webhooks`].
+//!   routes read no body. See [`crate::service::webhooks`].
 //! - **Connection age** [`MAX_CONNECTION_AGE`]: then the connection is shut down gracefully (the
 //!   request in flight is answered, for at most [`BODY_READ_TIMEOUT`] more), which also bounds a
 //!   client that never reads its responses.
@@ -32,7 +32,7 @@
 //! per-connection state), about 25 MB at the default cap.
 //!
 //! A webhook flood that passes the token only wakes the runner; the runner spaces the cycles it
-//! triggers by `[daemon] webhook_min_interval` (see [`crate::daemon`]).
+//! triggers by `[daemon] webhook_min_interval` (see [`crate::service::runner`]).
 
 use axum::Router;
 use axum::extract::Request;

@@ -1,7 +1,7 @@
 //! Links between dialogs and cards (SPEC section 4): Messenger-field values, phones, and the
 //! dialog -> cards resolution. Pure functions.
 
-use crate::model::{CardId, CardKind, CardState, DialogKey, DialogRef, DialogState};
+use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogRef, DialogState};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Keeps only the digits of a phone: `+7 (999) 123-45-67` -> `79991234567`.
@@ -245,7 +245,7 @@ mod tests {
 
     fn contact(refs: Vec<DialogRef>, phones: &[&str]) -> CardState {
         CardState {
-            responsible: 1,
+            responsible: crate::core::model::KommoUserId(1),
             changed_at: 0,
             flag: true,
             deleted: false,

@@ -1,0 +1,6 @@
+//! Operator commands beside the daemon and the cycle: `status`, `check-config --online` and `demo`.
+
+#[cfg(feature = "sim")]
+pub mod demo;
+pub mod online_check;
+pub mod status;

@@ -1,0 +1,8 @@
+//! The pure core: the domain model, links between dialogs and cards, the user map, the decision
+//! engine and cron schedules. No I/O, no clock: everything here is decided from its arguments.
+
+pub mod engine;
+pub mod links;
+pub mod model;
+pub mod schedule;
+pub mod usermap;

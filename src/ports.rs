@@ -1,0 +1,125 @@
+//! The ports: one trait per external system a cycle talks to. The real adapters are the API
+//! clients ([`crate::kommo::KommoClient`], [`crate::chatapp::ChatAppClient`]) and the redb store
+//! ([`crate::store::Store`]); the scenario tests use in-memory fakes. The clients' own token
+//! persistence is the fourth port, [`crate::tokens::TokenStore`].
+//!
+//! The methods are exactly what a cycle needs, no more: reads, writes, the server clock (the
+//! incremental read signpost), the request count (the cycle record), the time budget, and the
+//! records a page held that did not fit (quarantine).
+
+use crate::chatapp::Chat;
+use crate::core::engine::Snapshot;
+use crate::core::model::{
+    CardKind, DialogKey, DialogRef, Employee, EmployeeId, KommoUser, KommoUserId, RecordId,
+};
+use crate::http::{ApiError, BadRecord};
+use crate::kommo::{KommoCard, KommoEvent, Pipelines};
+use crate::store::{
+    AuditEntry, CycleCommit, CycleRecord, Intent, Quarantined, Retention, StoreError, Watermarks,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Instant;
+
+/// What every API port has besides its calls.
+pub trait ApiMeter: Send + Sync {
+    /// The server's time (unix seconds) of its latest answer, if any.
+    fn server_time(&self) -> Option<i64>;
+    /// Requests sent so far (retries included).
+    fn request_count(&self) -> u64;
+    /// Sets (or clears) when retries give up (the cycle's budget).
+    fn set_deadline(&self, deadline: Option<Instant>);
+    /// The records skipped since the last call (they did not fit their page).
+    fn take_bad(&self) -> Vec<BadRecord>;
+}
+
+/// Kommo, as a cycle sees it.
+pub trait KommoApi: ApiMeter {
+    /// Every user.
+    fn users(&self) -> impl Future<Output = Result<Vec<KommoUser>, ApiError>> + Send;
+    /// Responsible-change events (and with `stages` lead-stage events) of `kinds` since `from`.
+    fn events(
+        &self,
+        kinds: &[CardKind],
+        stages: bool,
+        from: i64,
+    ) -> impl Future<Output = Result<Vec<KommoEvent>, ApiError>> + Send;
+    /// Every pipeline with its statuses.
+    fn pipelines(&self) -> impl Future<Output = Result<Pipelines, ApiError>> + Send;
+    /// Whether list filters and ordering work on the account.
+    fn filters_enabled(&self) -> impl Future<Output = Result<bool, ApiError>> + Send;
+    /// Lists cards of `kind` (updated since `since`, newest first; else all), each handed to
+    /// `sink` as its page arrives. Returns how many were listed.
+    fn each_card(
+        &self,
+        kind: CardKind,
+        since: Option<i64>,
+        sink: &mut (dyn FnMut(KommoCard) + Send),
+    ) -> impl Future<Output = Result<usize, ApiError>> + Send;
+    /// Cards by id; missing ones are not returned.
+    fn cards_by_id(
+        &self,
+        kind: CardKind,
+        ids: &[u64],
+    ) -> impl Future<Output = Result<Vec<KommoCard>, ApiError>> + Send;
+    /// The dialogs of the unsorted chat records of the leads in `wanted`.
+    fn unsorted_chat_refs(
+        &self,
+        wanted: &BTreeSet<u64>,
+    ) -> impl Future<Output = Result<BTreeMap<u64, DialogRef>, ApiError>> + Send;
+    /// Sets the responsible of cards of `kind` (one batch); returns the ids confirmed.
+    fn patch_responsible(
+        &self,
+        kind: CardKind,
+        items: &[(u64, KommoUserId)],
+    ) -> impl Future<Output = Result<BTreeSet<u64>, ApiError>> + Send;
+    /// Stores a rotated token pair that lives only in memory; true when none is left unstored.
+    fn retry_unsaved_token(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// ChatApp, as a cycle sees it.
+pub trait ChatAppApi: ApiMeter {
+    /// The employees of the configured company.
+    fn employees(&self) -> impl Future<Output = Result<Vec<Employee>, ApiError>> + Send;
+    /// Chats of the configured licenses, newest first (down to `since`, else all).
+    fn chats(&self, since: Option<i64>)
+    -> impl Future<Output = Result<Vec<Chat>, ApiError>> + Send;
+    /// One chat; `None` when ChatApp does not know it.
+    fn chat(&self, key: &DialogKey) -> impl Future<Output = Result<Option<Chat>, ApiError>> + Send;
+    /// Sets a dialog's responsible.
+    fn set_responsible(
+        &self,
+        key: &DialogKey,
+        employee: EmployeeId,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+}
+
+/// The state db, as a cycle sees it. Writes are durable when they return `Ok`.
+pub trait StateStore: Send + Sync {
+    /// Every base, parked pair and held record, and whether the first cycle ran.
+    fn load_snapshot(&self) -> Result<Snapshot, StoreError>;
+    /// Where incremental reads start.
+    fn watermarks(&self) -> Result<Watermarks, StoreError>;
+    /// Kommo's pipelines as last read (`None`: never read).
+    fn pipelines(&self) -> Result<Option<Pipelines>, StoreError>;
+    /// Records to read again (a write involving them failed).
+    fn recheck(&self) -> Result<BTreeSet<RecordId>, StoreError>;
+    /// Records quarantined by earlier cycles.
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
+    /// Kommo event ids already seen.
+    fn events_seen(&self) -> Result<BTreeSet<String>, StoreError>;
+    /// Pending write intents (writes whose outcome is not recorded).
+    fn intents(&self) -> Result<Vec<Intent>, StoreError>;
+    /// Records intents before their writes.
+    fn record_intents(&self, intents: &[Intent]) -> Result<(), StoreError>;
+    /// A confirmed write: its new base, its audit entry and the intent's removal, together.
+    fn confirm_write(&self, intent: &Intent, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Removes an intent whose write certainly did not happen.
+    fn drop_intent(&self, target: &RecordId) -> Result<(), StoreError>;
+    /// Commits the end of a cycle in one transaction.
+    fn commit_cycle(&self, commit: &CycleCommit) -> Result<(), StoreError>;
+    /// Records a cycle that did not commit.
+    fn record_cycle(&self, record: &CycleRecord, retention: &Retention) -> Result<(), StoreError>;
+    /// The next cycle's id.
+    fn next_cycle_id(&self) -> Result<u64, StoreError>;
+}

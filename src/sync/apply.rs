@@ -1,0 +1,312 @@
+//! Step 5 of a cycle, and its recovery: writes through the ports.
+//!
+//! [`apply`] reads every target right before writing it (rule 10: cards in batches; a target
+//! that changed, closed, went away or no longer takes part is dropped), records an intent before
+//! each write (rule 11), writes (Kommo in batches of `batch_size`, ChatApp one call per dialog)
+//! and confirms each write with its new base and audit entry in one transaction, so the daemon's
+//! own writes never come back as changes. A rejected write (see [`crate::http::error_policy`]) is
+//! dropped and decided again next cycle; any other failure fails the cycle. [`recover`] settles
+//! the intents a crash left by reading their targets.
+
+use super::{CycleError, CycleReport, Syncer, WriteResult};
+use crate::core::engine::{self, Plan, Target, Write};
+use crate::core::model::{
+    CardId, CardKind, EmployeeId, KommoUserId, LeadStage, RecordId, StageKind,
+};
+use crate::http::{ApiError, ErrorPolicy, error_policy};
+use crate::kommo::{KommoCard, Pipelines};
+use crate::ports::{ChatAppApi, KommoApi, StateStore};
+use crate::store::{AuditEntry, Base, Intent};
+use std::collections::BTreeMap;
+
+/// Rule 11: pending intents are settled by reading their targets (written: recorded as the new
+/// base; not written: dropped, decided again). Returns how many there were.
+pub async fn recover<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    sy: &Syncer<K, C, S>,
+    now: i64,
+) -> Result<usize, CycleError> {
+    let intents = sy.store.intents()?;
+    for i in &intents {
+        let current: Option<u64> = match &i.target {
+            RecordId::Card(c) => sy
+                .kommo
+                .cards_by_id(c.kind, &[c.id])
+                .await?
+                .first()
+                .map(|k| k.responsible_user_id),
+            RecordId::Dialog(d) => sy
+                .chatapp
+                .chat(d)
+                .await?
+                .and_then(|c| c.responsible.and_then(|r| r.id)),
+        };
+        if current == Some(i.to) {
+            let mut audit = i.audit.clone();
+            audit.at = now;
+            audit.how = "recovered".into();
+            tracing::warn!(target = %i.target, to = i.to, "a write of an interrupted cycle had landed: recorded as the new base");
+            sy.store.confirm_write(i, &audit)?;
+        } else {
+            tracing::warn!(target = %i.target, to = i.to, "a write of an interrupted cycle had not landed: it is decided again");
+            sy.store.drop_intent(&i.target)?;
+        }
+    }
+    Ok(intents.len())
+}
+
+/// What a target holds right before its write: its responsible as a raw id, or `None` when it
+/// is gone, closed, or no longer takes part.
+type Current = BTreeMap<RecordId, Option<Option<u64>>>;
+
+/// Check-before-write, intents, writes, confirmations (see the module docs).
+pub async fn apply<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    sy: &Syncer<K, C, S>,
+    cycle: u64,
+    now: i64,
+    report: &mut CycleReport,
+    pipelines: &Pipelines,
+) -> Result<(), CycleError> {
+    if report.plan.writes.is_empty() {
+        return Ok(());
+    }
+    let current = read_targets(sy, &report.plan, pipelines).await?;
+    let mut cards: BTreeMap<CardKind, Vec<(usize, Intent)>> = BTreeMap::new();
+    let mut dialogs: Vec<(usize, Intent, EmployeeId)> = vec![];
+    for (i, w) in report.plan.writes.iter().enumerate() {
+        if let Err(why) = check(w, &current) {
+            report.results[i] = WriteResult::Dropped(why);
+            continue;
+        }
+        let intent = intent(cycle, now, w, &report.plan);
+        match &w.target {
+            Target::Card { id, .. } => cards.entry(id.kind).or_default().push((i, intent)),
+            Target::Dialog { to, .. } => dialogs.push((i, intent, *to)),
+        }
+    }
+    for (kind, items) in cards {
+        for chunk in items.chunks(sy.config.kommo.batch_size) {
+            write_cards(sy, kind, chunk, now, report).await?;
+        }
+    }
+    for (i, it, to) in dialogs {
+        write_dialog(sy, i, &it, to, now, report).await?;
+    }
+    Ok(())
+}
+
+/// Rule 10: each target read right before its write (cards in batches per kind).
+async fn read_targets<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    sy: &Syncer<K, C, S>,
+    plan: &Plan,
+    pipelines: &Pipelines,
+) -> Result<Current, CycleError> {
+    let mut current = Current::new();
+    let mut by_kind: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
+    for w in &plan.writes {
+        match &w.target {
+            Target::Card { id, .. } => by_kind.entry(id.kind).or_default().push(id.id),
+            Target::Dialog { key, .. } => {
+                let held = match sy.chatapp.chat(key).await? {
+                    Some(c) if !crate::chatapp::status_is_closed(c.status.as_deref()) => {
+                        Some(c.responsible.and_then(|r| r.id).filter(|e| *e != 0))
+                    }
+                    _ => None,
+                };
+                current.insert(w.target.record(), held);
+            }
+        }
+    }
+    for (kind, ids) in &by_kind {
+        for c in sy.kommo.cards_by_id(*kind, ids).await? {
+            let held = (!c.is_deleted && still_receives(sy, *kind, &c, pipelines))
+                .then_some(Some(c.responsible_user_id).filter(|u| *u != 0));
+            current.insert(RecordId::Card(CardId::new(*kind, c.id)), held);
+        }
+    }
+    Ok(current)
+}
+
+/// Whether a write may go: its target is there and still holds what the decision was based on.
+fn check(w: &Write, current: &Current) -> Result<(), String> {
+    let Some(Some(now_value)) = current.get(&w.target.record()) else {
+        return Err("the target is gone, closed, or no longer takes part".into());
+    };
+    let expected = w.target.from_raw();
+    if *now_value != expected {
+        tracing::warn!(target = %w.target.record(), expected = ?expected, found = ?now_value, "check before write: the target changed; write dropped");
+        return Err(format!(
+            "the target changed meanwhile ({} instead of {}); decided again next cycle",
+            raw(*now_value),
+            raw(expected)
+        ));
+    }
+    Ok(())
+}
+
+fn raw(v: Option<u64>) -> String {
+    v.map_or_else(|| "nobody".into(), |v| v.to_string())
+}
+
+/// Whether a card read right before its write still takes part as a kind that receives (a lead
+/// may have closed, left the synced pipelines or changed kind meanwhile).
+fn still_receives<K, C, S>(
+    sy: &Syncer<K, C, S>,
+    kind: CardKind,
+    c: &KommoCard,
+    pipelines: &Pipelines,
+) -> bool {
+    if kind != CardKind::Lead {
+        return true;
+    }
+    let lead = c.lead_stage(kind, pipelines).unwrap_or(LeadStage {
+        pipeline: c.pipeline_id.unwrap_or(0),
+        status: c.status_id.unwrap_or(0),
+        kind: StageKind::Open,
+    });
+    let st = c.to_obs(kind, &sy.fields, lead).into_state();
+    engine::sync_kind(&CardId::new(kind, c.id), &st, &sy.policy.leads)
+        .is_some_and(|k| sy.policy.chat_to_crm.contains(&k))
+}
+
+/// One batch of card writes: intents first, then the PATCH, then each confirmation.
+async fn write_cards<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    sy: &Syncer<K, C, S>,
+    kind: CardKind,
+    chunk: &[(usize, Intent)],
+    now: i64,
+    report: &mut CycleReport,
+) -> Result<(), CycleError> {
+    if sy.stop.is_cancelled() {
+        return Err(CycleError::Stopped);
+    }
+    let intents: Vec<Intent> = chunk.iter().map(|(_, i)| i.clone()).collect();
+    sy.store.record_intents(&intents)?;
+    let body: Vec<(u64, KommoUserId)> = chunk
+        .iter()
+        .filter_map(|(_, it)| match &it.target {
+            RecordId::Card(c) => Some((c.id, KommoUserId(it.to))),
+            RecordId::Dialog(_) => None,
+        })
+        .collect();
+    match sy.kommo.patch_responsible(kind, &body).await {
+        Ok(confirmed) => {
+            for (i, it) in chunk {
+                let landed = matches!(&it.target, RecordId::Card(c) if confirmed.contains(&c.id));
+                report.results[*i] = if landed {
+                    confirm(sy, it, now)?;
+                    WriteResult::Done
+                } else {
+                    WriteResult::Rejected("not in the PATCH response".into())
+                };
+            }
+            Ok(())
+        }
+        Err(e) if error_policy(&e) == ErrorPolicy::Reject => {
+            tracing::error!(kind = %kind, error = %e, "Kommo rejected a PATCH batch; its cards are decided again next cycle");
+            for (i, it) in chunk {
+                sy.store.drop_intent(&it.target)?;
+                report.results[*i] = WriteResult::Rejected(rejection(&e));
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One dialog write: its intent, the call, its confirmation.
+async fn write_dialog<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    sy: &Syncer<K, C, S>,
+    i: usize,
+    it: &Intent,
+    to: EmployeeId,
+    now: i64,
+    report: &mut CycleReport,
+) -> Result<(), CycleError> {
+    let RecordId::Dialog(d) = &it.target else {
+        return Ok(());
+    };
+    if sy.stop.is_cancelled() {
+        return Err(CycleError::Stopped);
+    }
+    sy.store.record_intents(std::slice::from_ref(it))?;
+    match sy.chatapp.set_responsible(d, to).await {
+        Ok(()) => {
+            confirm(sy, it, now)?;
+            report.results[i] = WriteResult::Done;
+            Ok(())
+        }
+        Err(e) if error_policy(&e) == ErrorPolicy::Reject => {
+            tracing::error!(dialog = %d, error = %e, "ChatApp rejected the responsible change; decided again next cycle");
+            sy.store.drop_intent(&it.target)?;
+            report.results[i] = WriteResult::Rejected(rejection(&e));
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The text of a rejected write.
+fn rejection(e: &ApiError) -> String {
+    match e {
+        ApiError::Status { status, body, .. } => format!("HTTP {status}: {body}"),
+        e => e.to_string(),
+    }
+}
+
+/// The intent of a write: the new base and the audit entry recorded when it is confirmed.
+fn intent(cycle: u64, now: i64, w: &Write, plan: &Plan) -> Intent {
+    let base = match &w.target {
+        Target::Card { id, to, .. } => {
+            let mut st = plan.settle_cards[id].clone();
+            st.responsible = *to;
+            st.changed_at = now;
+            Base::Card(st)
+        }
+        Target::Dialog { key, to, .. } => {
+            let mut st = plan.settle_dialogs[key].clone();
+            st.responsible = Some(*to);
+            st.changed_at = now;
+            Base::Dialog(st)
+        }
+    };
+    let (target, from, to) = (w.target.record(), w.target.from_raw(), w.target.to_raw());
+    Intent {
+        cycle,
+        target: target.clone(),
+        from,
+        to,
+        audit: AuditEntry {
+            at: now,
+            cycle,
+            target,
+            from,
+            to,
+            rule: w.reason.rule,
+            source: w.reason.source.clone(),
+            source_changed_at: w.reason.source_changed_at,
+            detail: w.reason.detail.clone(),
+            how: "write".into(),
+        },
+        base,
+    }
+}
+
+/// A confirmed write: its base and audit entry, durably, in one transaction.
+fn confirm<K, C, S: StateStore>(
+    sy: &Syncer<K, C, S>,
+    it: &Intent,
+    now: i64,
+) -> Result<(), CycleError> {
+    let mut audit = it.audit.clone();
+    audit.at = now;
+    sy.store.confirm_write(it, &audit)?;
+    tracing::info!(
+        target = %it.target,
+        from = ?it.from,
+        to = it.to,
+        rule = audit.rule.label(),
+        source = %audit.source,
+        "corrected"
+    );
+    Ok(())
+}

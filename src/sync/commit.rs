@@ -1,0 +1,51 @@
+//! Step 6 of a cycle: the bases settle (each observed record's becomes the value the cycle
+//! settled on; the records of a write that did not land keep theirs) and everything the cycle
+//! learnt is committed in one durable transaction: bases, parked pairs, held records, watermarks,
+//! seen events, quarantine, the pipelines table and the cycle's record.
+
+use super::observe::Observed;
+use super::{CycleError, CycleReport, Syncer, WriteResult, trace_memory};
+use crate::core::engine;
+use crate::ports::{ChatAppApi, KommoApi, StateStore};
+use crate::store::CycleCommit;
+
+/// Settles and commits a cycle whose writes were applied; fills the record's write counts.
+pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    sy: &Syncer<K, C, S>,
+    now: i64,
+    seen: Observed,
+    report: &mut CycleReport,
+) -> Result<(), CycleError> {
+    let confirmed: Vec<bool> = report
+        .results
+        .iter()
+        .map(|r| *r == WriteResult::Done)
+        .collect();
+    report.record.writes_done = confirmed.iter().filter(|c| **c).count() as u64;
+    report.record.writes_failed = report
+        .results
+        .iter()
+        .filter(|r| matches!(r, WriteResult::Dropped(_) | WriteResult::Rejected(_)))
+        .count() as u64;
+    trace_memory("planned and applied");
+    let settlement = engine::settle_owned(&seen.snap, &mut report.plan, &confirmed, now);
+    let overlap = sy.config.kommo.events_overlap.as_secs() as i64;
+    let pipelines_read =
+        sy.config.syncs_leads() && seen.stored_pipelines.as_ref() != Some(&seen.pipelines);
+    let commit = CycleCommit {
+        settlement,
+        pipelines: pipelines_read.then_some(seen.pipelines),
+        prune_events_before: seen.watermarks.kommo_events - 2 * overlap,
+        watermarks: seen.watermarks,
+        events_seen: seen.fresh_events,
+        bad: seen.bad,
+        released: seen.released,
+        retention: sy.retention(now),
+        cycle: report.record.clone(),
+    };
+    drop(seen.snap); // the bases are in the settlement now: do not hold two copies
+    trace_memory("settled");
+    sy.store.commit_cycle(&commit)?;
+    trace_memory("committed");
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! One sync cycle, in steps (each in its own module):
+//!
+//! 1. [`apply::recover`]: settle the intents a crash left (rule 11);
+//! 2. [`observe`]: read what the cycle needs (everything on a full cycle; what changed since the
+//!    watermarks on an incremental one) and return it;
+//! 3. plan: the pure engine, [`crate::core::engine::plan_owned`];
+//! 4. [`gate`]: whether the plan may write (dry run, safety brake); pure;
+//! 5. [`apply`]: check each target right before writing it, record intents, write through the
+//!    ports (Kommo in batches, ChatApp one call per dialog), confirm each write with its new base
+//!    and audit entry;
+//! 6. [`commit`]: settle the bases and commit the rest of the cycle in one transaction.
+//!
+//! The cycle talks to Kommo, ChatApp and the state db only through the [`crate::ports`] traits.
+
+pub mod apply;
+pub mod commit;
+pub mod describe;
+pub mod gate;
+pub mod observe;
+
+use crate::chatapp::ChatAppClient;
+use crate::config::{Config, KommoCredentials, Loaded};
+use crate::core::engine::{self, Brake, Plan, Policy};
+use crate::http::{ApiError, BadRecord};
+use crate::kommo::{FieldMap, KommoClient};
+use crate::ports::{ChatAppApi, KommoApi, StateStore};
+use crate::store::{CycleKind, CycleRecord, Outcome, Retention, Store, StoreError};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+pub use describe::describe_write;
+
+/// A cycle that failed; nothing but confirmed writes was recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// An API call failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The state db failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The daemon is stopping: the cycle ended between two writes.
+    #[error("stopped between writes; the rest is decided again next cycle")]
+    Stopped,
+}
+
+impl CycleError {
+    /// A short, stable label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CycleError::Api(e) => e.label(),
+            CycleError::Store(_) => "store",
+            CycleError::Stopped => "stopped",
+        }
+    }
+}
+
+/// How to run a cycle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CycleOptions {
+    /// Read everything (otherwise only what changed since the watermarks).
+    pub full: bool,
+    /// Plan only: write nothing to either API or to the base.
+    pub dry_run: bool,
+    /// Apply even if the safety brake trips (rule 13).
+    pub force: bool,
+}
+
+/// What happened to one planned write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Written and confirmed.
+    Done,
+    /// Not written: the target no longer held the value the decision was based on (rule 10).
+    Dropped(String),
+    /// The API rejected it.
+    Rejected(String),
+    /// Not attempted (dry run, brake).
+    Skipped,
+}
+
+/// What a cycle did.
+#[derive(Debug, Clone)]
+pub struct CycleReport {
+    /// The cycle's record (as stored).
+    pub record: CycleRecord,
+    /// The plan.
+    pub plan: Plan,
+    /// One result per `plan.writes` entry.
+    pub results: Vec<WriteResult>,
+    /// Set when the safety brake stopped the writes.
+    pub brake: Option<Brake>,
+    /// Intents settled at the start (recovered after a crash).
+    pub recovered: usize,
+    /// Records that did not fit their page (skipped and quarantined).
+    pub bad: Vec<BadRecord>,
+}
+
+/// The sync: what a cycle uses (config, the engine's policy) and the ports it talks through.
+pub struct Syncer<K, C, S> {
+    /// The config.
+    pub config: Config,
+    /// Kommo.
+    pub kommo: K,
+    /// ChatApp.
+    pub chatapp: C,
+    /// The state db.
+    pub store: Arc<S>,
+    /// Cancelled when the daemon stops: the cycle ends before its next write.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// How custom fields are read.
+    pub fields: FieldMap,
+    /// The engine's view of the config.
+    pub policy: Policy,
+}
+
+/// The syncer of the daemon and `once`: the real clients and the redb store.
+pub type LiveSyncer = Syncer<KommoClient, ChatAppClient, Store>;
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl LiveSyncer {
+    /// The real syncer over an open store (which also keeps the clients' tokens).
+    pub fn live(loaded: &Loaded, store: Arc<Store>) -> Result<LiveSyncer, ApiError> {
+        let (kommo, chatapp) = clients(loaded, store.clone())?;
+        Ok(Syncer::new(loaded.config.clone(), kommo, chatapp, store))
+    }
+}
+
+impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
+    /// A syncer over any ports (the scenario tests give it fakes).
+    pub fn new(config: Config, kommo: K, chatapp: C, store: Arc<S>) -> Syncer<K, C, S> {
+        Syncer {
+            fields: FieldMap::new(&config.sync.flag_fields, &config.links),
+            policy: config.policy(),
+            config,
+            kommo,
+            chatapp,
+            store,
+            stop: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    fn requests(&self) -> (u64, u64) {
+        (self.kommo.request_count(), self.chatapp.request_count())
+    }
+
+    /// The history the db keeps (`[daemon] audit_retention`, [`crate::store::KEEP_CYCLES`]).
+    pub fn retention(&self, now: i64) -> Retention {
+        Retention {
+            audit_before: now - self.config.daemon.audit_retention.as_secs() as i64,
+            keep_cycles: crate::store::KEEP_CYCLES,
+        }
+    }
+
+    /// Runs one cycle. A failed cycle is recorded (except in a dry run) and returned as `Err`.
+    pub async fn run_cycle(&self, opts: CycleOptions) -> Result<CycleReport, CycleError> {
+        let t0 = Instant::now();
+        let started_at = now_unix();
+        self.kommo.retry_unsaved_token().await;
+        let (k0, c0) = self.requests();
+        let deadline = Some(t0 + self.config.daemon.cycle_budget);
+        self.kommo.set_deadline(deadline);
+        self.chatapp.set_deadline(deadline);
+        let id = self.store.next_cycle_id()?;
+        let span = tracing::info_span!("cycle", cycle = id);
+        let result = self.cycle(id, started_at, opts).instrument(span).await;
+        let (k1, c1) = self.requests();
+        let took_ms = t0.elapsed().as_millis() as u64;
+        match result {
+            Ok(mut report) => {
+                report.record.kommo_requests = k1 - k0;
+                report.record.chatapp_requests = c1 - c0;
+                report.record.duration_ms = took_ms;
+                report.record.finished_at = now_unix();
+                if !opts.dry_run {
+                    // with its request counts and wall time (a commit recorded it without them)
+                    self.store
+                        .record_cycle(&report.record, &self.retention(now_unix()))?;
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                self.record_failure(id, started_at, opts, &e, (k1 - k0, c1 - c0), took_ms);
+                Err(e)
+            }
+        }
+    }
+
+    /// Logs a failed cycle at error level with its class, and records it (not in a dry run).
+    fn record_failure(
+        &self,
+        id: u64,
+        started_at: i64,
+        opts: CycleOptions,
+        e: &CycleError,
+        (kommo_requests, chatapp_requests): (u64, u64),
+        duration_ms: u64,
+    ) {
+        let stopped = matches!(e, CycleError::Stopped);
+        if stopped {
+            tracing::info!("cycle stopped between writes; the rest is decided again next cycle");
+        } else {
+            tracing::error!(error = %e, class = e.label(), "cycle failed; the next cycle starts from the last committed state");
+        }
+        if opts.dry_run {
+            return;
+        }
+        let rec = CycleRecord {
+            id,
+            kind: if opts.full {
+                CycleKind::Full
+            } else {
+                CycleKind::Incremental
+            },
+            started_at,
+            finished_at: now_unix(),
+            outcome: if stopped {
+                Outcome::Stopped
+            } else {
+                Outcome::Failed
+            },
+            error: Some(e.to_string()),
+            kommo_requests,
+            chatapp_requests,
+            duration_ms,
+            ..CycleRecord::default()
+        };
+        if let Err(se) = self.store.record_cycle(&rec, &self.retention(now_unix())) {
+            tracing::error!(error = %se, class = "store", "cannot record the failed cycle in the state db");
+        }
+    }
+
+    /// The steps of one cycle (see the module docs).
+    async fn cycle(
+        &self,
+        id: u64,
+        now: i64,
+        opts: CycleOptions,
+    ) -> Result<CycleReport, CycleError> {
+        let recovered = if opts.dry_run {
+            0
+        } else {
+            apply::recover(self, now).await?
+        };
+        trace_memory("start");
+        let mut seen = observe::observe(self, now, opts.full).await?;
+        trace_memory("read");
+        let obs = std::mem::take(&mut seen.obs);
+        let (cards_read, dialogs_read) = (obs.cards.len() as u64, obs.dialogs.len() as u64);
+        let plan = engine::plan_owned(&seen.snap, obs, &self.policy, &seen.usermap);
+        describe::log_plan(&plan);
+        let mut report = CycleReport {
+            record: CycleRecord {
+                id,
+                kind: seen.kind(),
+                started_at: now,
+                outcome: Outcome::Ok,
+                cards_read,
+                dialogs_read,
+                writes_planned: plan.writes.len() as u64,
+                parked: plan.parked.len() as u64,
+                conflicts: plan.conflicts.len() as u64,
+                quarantined: seen.bad.len() as u64,
+                ..CycleRecord::default()
+            },
+            results: vec![WriteResult::Skipped; plan.writes.len()],
+            plan,
+            brake: None,
+            recovered,
+            bad: seen.bad.clone(),
+        };
+        match gate::gate(&report.plan, seen.listing_brake.take(), opts) {
+            gate::Gate::DryRun(brake) => {
+                report.record.outcome = Outcome::DryRun;
+                report.brake = brake;
+                Ok(report)
+            }
+            gate::Gate::Braked(b) => {
+                tracing::error!(reason = %b, "safety brake: the cycle writes nothing");
+                report.record.outcome = Outcome::Braked;
+                report.record.error = Some(b.to_string());
+                report.brake = Some(b);
+                Ok(report)
+            }
+            gate::Gate::Write => {
+                apply::apply(self, id, now, &mut report, &seen.pipelines).await?;
+                commit::commit(self, now, seen, &mut report)?;
+                Ok(report)
+            }
+        }
+    }
+}
+
+/// Both API clients of a config, keeping their tokens in `tokens`.
+pub fn clients(
+    loaded: &Loaded,
+    tokens: Arc<dyn crate::tokens::TokenStore>,
+) -> Result<(KommoClient, ChatAppClient), ApiError> {
+    let cfg = &loaded.config;
+    let auth = match (&loaded.secrets.kommo, &cfg.kommo.oauth) {
+        (KommoCredentials::LongLived(t), _) => crate::kommo::auth::KommoAuth::long_lived(t.clone()),
+        (
+            KommoCredentials::OAuth {
+                client_secret,
+                refresh_token_seed,
+            },
+            Some(o),
+        ) => crate::kommo::auth::KommoAuth::oauth(
+            crate::kommo::auth::OAuthSettings {
+                client_id: o.client_id.clone(),
+                client_secret: client_secret.clone(),
+                redirect_uri: o.redirect_uri.clone(),
+            },
+            tokens.clone(),
+            refresh_token_seed,
+        )?,
+        (KommoCredentials::OAuth { .. }, None) => {
+            return Err(ApiError::Auth {
+                api: "kommo",
+                reason: "OAuth secrets without a [kommo.oauth] table".into(),
+            });
+        }
+    };
+    let kommo = KommoClient::new(&cfg.kommo, auth)?;
+    let chatapp = ChatAppClient::new(
+        &cfg.chatapp,
+        loaded.secrets.chatapp_password.clone(),
+        tokens,
+        cfg.chatapp.max_logins_per_day,
+    )?;
+    Ok((kommo, chatapp))
+}
+
+/// Logs the resident set size at a phase of the cycle (debug level; Linux only).
+pub fn trace_memory(phase: &str) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tracing::debug!(
+        phase,
+        rss_kb = field("VmRSS:"),
+        peak_kb = field("VmHWM:"),
+        "memory"
+    );
+}

@@ -1,0 +1,503 @@
+//! Step 2 of a cycle: read what it needs and return it as observations for the engine.
+//!
+//! A full cycle lists every card of the synced kinds and every chat; an incremental one reads
+//! from the watermarks (Kommo's `updated_at` pages when list filters work, the cards named by new
+//! events or held by a failed write, chats newest-first down to the watermark). Both read the
+//! users, the employees and the events of the window, keep lead stages current (pipelines on full
+//! cycles and for unknown statuses, `lead_status_changed` events otherwise), link incoming leads
+//! through their unsorted chat when their contact cannot be read, and collect the records that did
+//! not fit their page (quarantine).
+
+use super::{CycleError, Syncer};
+use crate::core::engine::{self, Brake, Observations, Snapshot, empty_listing_brake};
+use crate::core::model::{
+    CardId, CardKind, CardObs, CardState, DialogRef, KommoUserId, LeadStage, RecordId, StageKind,
+};
+use crate::core::usermap::UserMap;
+use crate::http::BadRecord;
+use crate::kommo::{FieldMap, KommoCard, KommoEvent, Pipelines, classify_status};
+use crate::ports::{ChatAppApi, KommoApi, StateStore};
+use crate::store::{CycleKind, Quarantined, Watermarks};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Change times of card values from the events: `(card, new responsible)` -> latest event time.
+type EventTimes = BTreeMap<(CardId, KommoUserId), i64>;
+
+/// What a cycle read, ready for the engine and the commit.
+pub struct Observed {
+    /// The bases (observed cards' full bases swapped for their compared values).
+    pub snap: Snapshot,
+    /// What was read (taken by the engine).
+    pub obs: Observations,
+    /// The user map of this cycle.
+    pub usermap: UserMap,
+    /// Whether everything was read.
+    pub full: bool,
+    /// The watermarks the commit stores.
+    pub watermarks: Watermarks,
+    /// Kommo events read for the first time (id, time), for dedupe.
+    pub fresh_events: Vec<(String, i64)>,
+    /// Records that did not fit their page.
+    pub bad: Vec<BadRecord>,
+    /// Quarantine entries whose records read fine this cycle.
+    pub released: Vec<String>,
+    /// The pipelines table in use.
+    pub pipelines: Pipelines,
+    /// The pipelines table as stored before the cycle (`None`: never read).
+    pub stored_pipelines: Option<Pipelines>,
+    /// A full listing came back empty where the snapshot holds many records (rule 13).
+    pub listing_brake: Option<Brake>,
+}
+
+impl Observed {
+    /// Full or incremental.
+    pub fn kind(&self) -> CycleKind {
+        if self.full {
+            CycleKind::Full
+        } else {
+            CycleKind::Incremental
+        }
+    }
+}
+
+/// Reads everything a cycle needs (see the module docs).
+pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    sy: &Syncer<K, C, S>,
+    now: i64,
+    full_asked: bool,
+) -> Result<Observed, CycleError> {
+    let snap = sy.store.load_snapshot()?;
+    let stored_pipelines = sy.store.pipelines()?;
+    // A db whose lead stages were never read (new, or written before stages existed) gets a full
+    // cycle: every lead is read with its stage before any lead decision.
+    let full =
+        full_asked || !snap.bootstrapped || (sy.config.syncs_leads() && stored_pipelines.is_none());
+    let mut r = Reader {
+        sy,
+        now,
+        full,
+        wm: sy.store.watermarks()?,
+        new_wm: Watermarks::default(),
+        snap,
+        obs: Observations {
+            now,
+            ..Default::default()
+        },
+        pipelines: stored_pipelines.clone().unwrap_or_default(),
+        event_times: EventTimes::new(),
+        unknown_status: vec![],
+        listing_brake: None,
+        bad: vec![],
+    };
+    r.new_wm = r.wm.clone();
+    let usermap = r.read_people().await?;
+    let (events, fresh_events) = r.read_events().await?;
+    if full {
+        r.read_all_cards().await?;
+    } else {
+        r.read_changed_cards(&events).await?;
+    }
+    r.classify_unknown_statuses().await?;
+    if sy.config.syncs_leads() {
+        r.stage_updates_from_events(&events).await?;
+    }
+    if sy.config.syncs_incoming_leads() {
+        r.link_incoming_leads().await?;
+    }
+    r.read_dialogs().await?;
+    r.bad.extend(sy.kommo.take_bad());
+    r.bad.extend(sy.chatapp.take_bad());
+    for b in &r.bad {
+        tracing::error!(api = %b.api, endpoint = %b.endpoint, subject = b.subject.as_deref().unwrap_or("?"), path = %b.path, reason = %b.reason, "quarantined: a record that does not fit was skipped; the rest of the cycle goes on, and it is read again next cycle");
+    }
+    let released = r.released(&sy.store.quarantined()?);
+    Ok(Observed {
+        snap: r.snap,
+        obs: r.obs,
+        usermap,
+        full,
+        watermarks: r.new_wm,
+        fresh_events,
+        bad: r.bad,
+        released,
+        pipelines: r.pipelines,
+        stored_pipelines,
+        listing_brake: r.listing_brake,
+    })
+}
+
+/// The working state of one read.
+struct Reader<'a, K, C, S> {
+    sy: &'a Syncer<K, C, S>,
+    now: i64,
+    full: bool,
+    wm: Watermarks,
+    new_wm: Watermarks,
+    snap: Snapshot,
+    obs: Observations,
+    pipelines: Pipelines,
+    event_times: EventTimes,
+    /// Leads whose status the pipelines table does not know: observed after reading it again.
+    unknown_status: Vec<(CardKind, KommoCard)>,
+    listing_brake: Option<Brake>,
+    bad: Vec<BadRecord>,
+}
+
+impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
+    /// Users and employees (read every cycle: the user map can change), and each server's time.
+    async fn read_people(&mut self) -> Result<UserMap, CycleError> {
+        let users = self.sy.kommo.users().await?;
+        self.new_wm.kommo_read_at = self.sy.kommo.server_time().unwrap_or(self.now);
+        let employees = self.sy.chatapp.employees().await?;
+        self.new_wm.chats_read_at = self.sy.chatapp.server_time().unwrap_or(self.now);
+        Ok(UserMap::build(
+            &self.sy.config.user_pairs(),
+            self.sy.config.users.match_by_email,
+            &users,
+            &employees,
+        ))
+    }
+
+    /// The events of the window (responsible changes give cards their change times), the fresh
+    /// ones for dedupe, and (full cycles) the pipelines table.
+    async fn read_events(&mut self) -> Result<(Vec<KommoEvent>, Vec<(String, i64)>), CycleError> {
+        let cfg = &self.sy.config;
+        let overlap = cfg.kommo.events_overlap.as_secs() as i64;
+        let from = if self.snap.bootstrapped {
+            self.wm.kommo_since(self.wm.kommo_events, overlap)
+        } else {
+            self.new_wm.kommo_read_at - overlap
+        };
+        let events = self
+            .sy
+            .kommo
+            .events(&cfg.kinds(), cfg.syncs_leads(), from)
+            .await?;
+        if cfg.syncs_leads() && self.full {
+            self.pipelines = self.sy.kommo.pipelines().await?;
+        }
+        self.new_wm.kommo_events = events
+            .iter()
+            .map(|e| e.created_at)
+            .max()
+            .unwrap_or(self.wm.kommo_events)
+            .max(self.wm.kommo_events);
+        for e in &events {
+            if let (Some(card), Some(to)) = (e.card(), e.new_responsible()) {
+                let t = self.event_times.entry((card, to)).or_insert(e.created_at);
+                *t = (*t).max(e.created_at);
+            }
+        }
+        let seen = self.sy.store.events_seen()?;
+        let fresh = events
+            .iter()
+            .filter(|e| !seen.contains(&e.id))
+            .map(|e| (e.id.clone(), e.created_at))
+            .collect();
+        Ok((events, fresh))
+    }
+
+    /// A card read this cycle: observed at its stage (later, if its status is unknown); its full
+    /// base is swapped for the two values the engine compares, so a full cycle holds one full
+    /// copy of the cards, not two.
+    fn put(&mut self, kind: CardKind, c: KommoCard) {
+        let latest = self.new_wm.kommo_updated.entry(kind).or_insert(0);
+        *latest = (*latest).max(c.updated_at);
+        let Some(stage) = c.lead_stage(kind, &self.pipelines) else {
+            self.unknown_status.push((kind, c));
+            return;
+        };
+        self.observe_card(kind, &c, stage);
+    }
+
+    fn observe_card(&mut self, kind: CardKind, c: &KommoCard, stage: LeadStage) {
+        let id = CardId::new(kind, c.id);
+        let o = card_obs(
+            c,
+            kind,
+            &self.sy.fields,
+            stage,
+            self.snap.cards.get(&id),
+            &self.event_times,
+        );
+        if let Some(base) = self.snap.cards.remove(&id) {
+            self.snap
+                .card_values
+                .insert(id, engine::BaseValue::from(&base));
+        }
+        self.obs.cards.insert(id, o);
+    }
+
+    /// Full cycle: every card of every synced kind, page by page.
+    async fn read_all_cards(&mut self) -> Result<(), CycleError> {
+        let sy = self.sy;
+        for kind in sy.config.kinds() {
+            let in_snap = self.snap.cards.keys().filter(|c| c.kind == kind).count();
+            let listed = sy
+                .kommo
+                .each_card(kind, None, &mut |c| self.put(kind, c))
+                .await?;
+            if self.listing_brake.is_none() {
+                self.listing_brake = empty_listing_brake(kind.plural(), in_snap, listed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Incremental cycle: `updated_at` pages (when list filters work), then the cards named by
+    /// fresh events, held by a failed write or quarantined, read by id.
+    async fn read_changed_cards(&mut self, events: &[KommoEvent]) -> Result<(), CycleError> {
+        let sy = self.sy;
+        let kinds = sy.config.kinds();
+        if sy.kommo.filters_enabled().await? {
+            let overlap = sy.config.kommo.events_overlap.as_secs() as i64;
+            for &kind in &kinds {
+                let latest = self.wm.kommo_updated.get(&kind).copied().unwrap_or(0);
+                let since = self.wm.kommo_since(latest, overlap);
+                sy.kommo
+                    .each_card(kind, Some(since), &mut |c| self.put(kind, c))
+                    .await?;
+            }
+        }
+        let seen = sy.store.events_seen()?;
+        let mut wanted: BTreeMap<CardKind, BTreeSet<u64>> = BTreeMap::new();
+        let named_by_events = events
+            .iter()
+            .filter(|e| !seen.contains(&e.id))
+            .filter_map(KommoEvent::card);
+        let rereads = sy
+            .store
+            .recheck()?
+            .into_iter()
+            .chain(quarantined_records(&sy.store.quarantined()?));
+        let cards = named_by_events.chain(rereads.filter_map(|r| match r {
+            RecordId::Card(c) => Some(c),
+            RecordId::Dialog(_) => None,
+        }));
+        for c in cards.filter(|c| kinds.contains(&c.kind) && !self.obs.cards.contains_key(c)) {
+            wanted.entry(c.kind).or_default().insert(c.id);
+        }
+        for (kind, ids) in wanted {
+            self.read_by_id(kind, ids.into_iter().collect()).await?;
+        }
+        Ok(())
+    }
+
+    /// Cards by id; one that does not come back is gone (deleted), one that came back unreadable
+    /// is not: it stays quarantined and is read again next cycle.
+    async fn read_by_id(&mut self, kind: CardKind, ids: Vec<u64>) -> Result<(), CycleError> {
+        let got = self.sy.kommo.cards_by_id(kind, &ids).await?;
+        let bad_now = self.sy.kommo.take_bad();
+        let unreadable = subjects(&bad_now);
+        self.bad.extend(bad_now);
+        for c in got {
+            self.put(kind, c);
+        }
+        for id in ids {
+            let cid = CardId::new(kind, id);
+            if self.obs.cards.contains_key(&cid) || unreadable.contains(&RecordId::Card(cid)) {
+                continue;
+            }
+            if let Some(base) = self.snap.cards.get(&cid) {
+                let mut o = obs_from_base(base, base.lead);
+                o.deleted = true;
+                self.obs.cards.insert(cid, o);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leads whose status was unknown: the pipelines are read again, once.
+    async fn classify_unknown_statuses(&mut self) -> Result<(), CycleError> {
+        if self.unknown_status.is_empty() {
+            return Ok(());
+        }
+        self.pipelines = self.sy.kommo.pipelines().await?;
+        for (kind, c) in std::mem::take(&mut self.unknown_status) {
+            let stage = c.lead_stage(kind, &self.pipelines).unwrap_or_else(|| {
+                tracing::warn!(card = %CardId::new(kind, c.id), status = ?c.status_id, pipeline = ?c.pipeline_id, "a lead's status is in no pipeline Kommo lists; taken as an open stage");
+                LeadStage {
+                    pipeline: c.pipeline_id.unwrap_or(0),
+                    status: c.status_id.unwrap_or(0),
+                    kind: StageKind::Open,
+                }
+            });
+            self.observe_card(kind, &c, stage);
+        }
+        Ok(())
+    }
+
+    /// Keeps lead stages current from `lead_status_changed` events (no request per lead): a lead
+    /// not read this cycle whose stage an event moved is observed at its base value in the new
+    /// stage. A status the table does not know makes the pipelines be read again (once).
+    async fn stage_updates_from_events(&mut self, events: &[KommoEvent]) -> Result<(), CycleError> {
+        let mut latest: BTreeMap<CardId, (u64, u64)> = BTreeMap::new();
+        for e in events {
+            if let (Some(card), Some(st)) = (e.card(), e.new_status()) {
+                latest.insert(card, st); // events are in time order: the last one wins
+            }
+        }
+        latest.retain(|c, _| !self.obs.cards.contains_key(c) && self.snap.cards.contains_key(c));
+        if latest
+            .values()
+            .any(|(_, s)| classify_status(*s, &self.pipelines).is_none())
+        {
+            self.pipelines = self.sy.kommo.pipelines().await?;
+        }
+        for (id, (pipeline, status)) in latest {
+            let base = &self.snap.cards[&id];
+            let kind = classify_status(status, &self.pipelines).unwrap_or(StageKind::Open);
+            let stage = LeadStage {
+                pipeline,
+                status,
+                kind,
+            };
+            if stage != base.lead {
+                self.obs.cards.insert(id, obs_from_base(base, stage));
+            }
+        }
+        Ok(())
+    }
+
+    /// Incoming leads whose contact cannot be read before acceptance (no linked contact known to
+    /// the daemon) are linked through their unsorted chat record (UNCONFIRMED:
+    /// `kommo::unsorted_dialog_ref`). Read only for such leads that have no such link yet.
+    async fn link_incoming_leads(&mut self) -> Result<(), CycleError> {
+        let known = |c: &u64| {
+            let id = CardId::new(CardKind::Contact, *c);
+            self.obs.cards.contains_key(&id) || self.snap.cards.contains_key(&id)
+        };
+        let wanted: BTreeSet<u64> = self
+            .obs
+            .cards
+            .iter()
+            .filter(|(id, o)| {
+                id.kind == CardKind::Lead
+                    && o.lead.kind == StageKind::Incoming
+                    && o.dialog_refs.is_empty()
+                    && !o.contacts.iter().any(known)
+            })
+            .map(|(id, _)| id.id)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for (lead, r) in self.sy.kommo.unsorted_chat_refs(&wanted).await? {
+            if let Some(o) = self.obs.cards.get_mut(&CardId::new(CardKind::Lead, lead)) {
+                o.dialog_refs = vec![r];
+            }
+        }
+        Ok(())
+    }
+
+    /// Chats: all on a full cycle, newest first down to the watermark otherwise, plus the held
+    /// and quarantined dialogs one by one.
+    async fn read_dialogs(&mut self) -> Result<(), CycleError> {
+        let overlap = self.sy.config.chatapp.chats_overlap.as_secs() as i64;
+        let since = (!self.full).then(|| self.wm.chats_since(overlap));
+        let chats = self.sy.chatapp.chats(since).await?;
+        if self.full && self.listing_brake.is_none() {
+            self.listing_brake = empty_listing_brake("chats", self.snap.dialogs.len(), chats.len());
+        }
+        for c in &chats {
+            self.new_wm.chats = self.new_wm.chats.max(c.last_time);
+            self.obs.dialogs.insert(c.key(), c.to_obs());
+        }
+        if self.full {
+            return Ok(());
+        }
+        let rereads: Vec<RecordId> = self
+            .sy
+            .store
+            .recheck()?
+            .into_iter()
+            .chain(quarantined_records(&self.sy.store.quarantined()?))
+            .collect();
+        for r in rereads {
+            if let RecordId::Dialog(d) = r
+                && !self.obs.dialogs.contains_key(&d)
+                && let Some(c) = self.sy.chatapp.chat(&d).await?
+            {
+                self.obs.dialogs.insert(d, c.to_obs());
+            }
+        }
+        Ok(())
+    }
+
+    /// Quarantine entries whose records read fine this cycle.
+    fn released(&self, quarantine: &[Quarantined]) -> Vec<String> {
+        quarantine
+            .iter()
+            .filter(|q| {
+                subject_record(&q.record).is_some_and(|r| match &r {
+                    RecordId::Card(c) => self.obs.cards.contains_key(c),
+                    RecordId::Dialog(d) => self.obs.dialogs.contains_key(d),
+                })
+            })
+            .map(|q| Quarantined::key_of(&q.record))
+            .collect()
+    }
+}
+
+/// The card or dialog a bad record names, when it names one.
+pub fn subject_record(b: &BadRecord) -> Option<RecordId> {
+    let s = b.subject.as_deref()?;
+    if b.api == "kommo" {
+        return CardId::parse(s).map(RecordId::Card);
+    }
+    match crate::core::links::parse_messenger_value(s)? {
+        DialogRef::Full(d) => Some(RecordId::Dialog(d)),
+        _ => None,
+    }
+}
+
+/// The records bad records name.
+fn subjects(bad: &[BadRecord]) -> BTreeSet<RecordId> {
+    bad.iter().filter_map(subject_record).collect()
+}
+
+/// The records quarantined entries name (read again on their own).
+fn quarantined_records(q: &[Quarantined]) -> BTreeSet<RecordId> {
+    q.iter().filter_map(|e| subject_record(&e.record)).collect()
+}
+
+/// The observation of a card read this cycle: its fields at `stage`, the change time of its value
+/// from the events, and (an incoming lead still waiting for acceptance) the unsorted chat link
+/// its base holds.
+fn card_obs(
+    c: &KommoCard,
+    kind: CardKind,
+    fields: &FieldMap,
+    stage: LeadStage,
+    base: Option<&CardState>,
+    event_times: &EventTimes,
+) -> CardObs {
+    let mut o = c.to_obs(kind, fields, stage);
+    let id = CardId::new(kind, c.id);
+    o.event_time = event_times.get(&(id, o.responsible)).copied();
+    if kind == CardKind::Lead
+        && stage.kind == StageKind::Incoming
+        && let Some(b) = base.filter(|b| b.lead.kind == StageKind::Incoming)
+    {
+        o.dialog_refs.clone_from(&b.dialog_refs);
+    }
+    o
+}
+
+/// A card not read this cycle, observed at its base value with a (new) lead stage.
+fn obs_from_base(base: &CardState, stage: LeadStage) -> CardObs {
+    CardObs {
+        responsible: base.responsible,
+        flag: base.flag,
+        deleted: base.deleted,
+        contacts: base.contacts.clone(),
+        dialog_refs: if stage.kind == StageKind::Incoming || base.lead.kind != StageKind::Incoming {
+            base.dialog_refs.clone()
+        } else {
+            vec![]
+        },
+        phones: base.phones.clone(),
+        lead: stage,
+        event_time: None,
+    }
+}
