@@ -12,6 +12,8 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod kommo;
 pub mod logging;

@@ -18,8 +18,8 @@ const API: &str = "chatapp";
 /// Chats per page (ChatApp's ceiling).
 pub const CHATS_LIMIT: usize = 100;
 #[derive(Deserialize)]
-struct Envelope<T> {
-    data: T,
+pub(crate) struct Envelope<T> {
+    pub(crate) data: T,
 }
 
 impl<T: serde::de::DeserializeOwned> ListPage<T> for Envelope<Items<T>> {
@@ -30,7 +30,7 @@ impl<T: serde::de::DeserializeOwned> ListPage<T> for Envelope<Items<T>> {
 }
 
 /// Names a raw chat `licenseId:messengerType:id` (a [`crate::http::BadRecord`]'s subject).
-fn chat_subject(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn chat_subject(v: &serde_json::Value) -> Option<String> {
     let id = v.get("id")?;
     let id = id
         .as_str()
@@ -48,7 +48,7 @@ fn chat_subject(v: &serde_json::Value) -> Option<String> {
 }
 
 /// Names a raw employee by its id.
-fn employee_subject(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn employee_subject(v: &serde_json::Value) -> Option<String> {
     v.get("id").map(|id| format!("employee {id}"))
 }
 
@@ -68,14 +68,14 @@ struct ErrorBody {
 
 #[derive(Deserialize)]
 #[serde(bound = "T: serde::de::DeserializeOwned")]
-struct Items<T> {
+pub(crate) struct Items<T> {
     items: Vec<T>,
     #[serde(default, rename = "nextPage")]
     next_page: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
-struct EmployeeItem {
+pub(crate) struct EmployeeItem {
     id: u64,
     #[serde(default)]
     email: Option<String>,
@@ -86,10 +86,12 @@ struct EmployeeItem {
 #[serde(rename_all = "camelCase")]
 pub struct Chat {
     /// Chat id in the messenger.
+    #[serde(deserialize_with = "path_segment")]
     pub id: String,
     /// License.
     pub license_id: u64,
     /// Messenger type.
+    #[serde(deserialize_with = "path_segment")]
     pub messenger_type: String,
     /// Phone, if any.
     #[serde(default)]
@@ -123,6 +125,19 @@ pub struct Conversation {
     /// Start (unix seconds), 0 if unknown.
     #[serde(default)]
     pub start_time: Option<i64>,
+}
+
+/// A chat id or messenger type, which the daemon puts into URL paths as one segment: empty, `.`
+/// and `..` are refused (URL parsers drop or climb such a segment, even percent-encoded, so a
+/// write would go to another path); such a chat is quarantined like any record that does not fit.
+fn path_segment<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() || s == "." || s == ".." {
+        return Err(serde::de::Error::custom(format!(
+            "{s:?} cannot be a URL path segment"
+        )));
+    }
+    Ok(s)
 }
 
 /// True when a chat status means closed. ChatApp's status values are UNCONFIRMED; this is the one
@@ -162,6 +177,22 @@ impl Chat {
     }
 }
 
+/// A license of `GET /v1/licenses`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct License {
+    license_id: u64,
+    #[serde(default)]
+    messenger: Vec<Messenger>,
+}
+
+/// A messenger of a [`License`].
+#[derive(Deserialize)]
+struct Messenger {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
 /// The ChatApp client.
 pub struct ChatAppClient {
     /// Shared HTTP plumbing.
@@ -184,7 +215,7 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn is_invalid_token(r: &Response) -> bool {
+pub(crate) fn is_invalid_token(r: &Response) -> bool {
     if !matches!(r.status.as_u16(), 401 | 403) {
         return false;
     }
@@ -195,7 +226,7 @@ fn is_invalid_token(r: &Response) -> bool {
         || r.status.as_u16() == 401
 }
 
-fn error_text(r: &Response) -> String {
+pub(crate) fn error_text(r: &Response) -> String {
     match serde_json::from_slice::<ErrorEnvelope>(&r.body)
         .ok()
         .and_then(|e| e.error)
@@ -490,18 +521,6 @@ impl ChatAppClient {
 
     /// Every license of the account with its messenger types (`GET /v1/licenses`).
     pub async fn licenses(&self) -> Result<Vec<(u64, Vec<String>)>, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct License {
-            license_id: u64,
-            #[serde(default)]
-            messenger: Vec<Messenger>,
-        }
-        #[derive(Deserialize)]
-        struct Messenger {
-            #[serde(rename = "type")]
-            kind: String,
-        }
         let endpoint = "GET /v1/licenses";
         let url = self.api.url("/v1/licenses");
         let r = self

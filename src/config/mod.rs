@@ -14,6 +14,8 @@ use std::time::Duration;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/chatapp-kommo-sync/config.toml";
 /// The environment variable naming the config file.
 pub const CONFIG_ENV: &str = "CHATAPP_KOMMO_SYNC_CONFIG";
+/// The longest duration a config may give (a year): longer ones would overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// A config problem: the key it is about and why. Exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -634,7 +636,24 @@ impl Config {
         self.validate_chatapp(&mut p);
         self.validate_sync(&mut p);
         self.validate_users(&mut p);
+        self.validate_durations(&mut p);
         p.into_result()
+    }
+
+    /// The daemon adds durations to the clock (a cycle's deadline, the breaker's cool-off): one
+    /// past any sensible value would overflow it, a panic even in release builds.
+    fn validate_durations(&self, p: &mut Problems) {
+        for (key, d) in [
+            ("daemon.cycle_budget", self.daemon.cycle_budget),
+            ("kommo.timeout", self.kommo.timeout),
+            ("kommo.events_overlap", self.kommo.events_overlap),
+            ("kommo.block_cooloff", self.kommo.block_cooloff),
+            ("chatapp.timeout", self.chatapp.timeout),
+            ("chatapp.chats_overlap", self.chatapp.chats_overlap),
+            ("sync.clock_skew", self.sync.clock_skew),
+        ] {
+            p.ensure(d <= MAX_DURATION, key, || "must be at most 365 days".into());
+        }
     }
 
     fn validate_daemon(&self, p: &mut Problems) {
@@ -677,9 +696,10 @@ impl Config {
             || "must be at least 10s".into(),
         );
         p.ensure(
-            d.audit_retention >= Duration::from_secs(86_400),
+            (Duration::from_secs(86_400)..=Duration::from_secs(100 * 365 * 86_400))
+                .contains(&d.audit_retention),
             "daemon.audit_retention",
-            || "must be at least 1 day (e.g. \"180d\")".into(),
+            || "must be between 1 day and 100 years (e.g. \"180d\")".into(),
         );
     }
 

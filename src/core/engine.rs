@@ -872,7 +872,8 @@ impl<'a> Work<'a> {
                         ConflictPolicy::Crm => true,
                         ConflictPolicy::Chat => false,
                         ConflictPolicy::Newest => {
-                            dialog.changed_at - card.changed_at < self.policy.clock_skew_secs
+                            dialog.changed_at.saturating_sub(card.changed_at)
+                                < self.policy.clock_skew_secs
                         }
                     };
                     self.plan.conflicts.push(Conflict {

@@ -233,7 +233,9 @@ impl KommoAuth {
             KommoAuth::LongLived(t) => Ok(t.expose_secret().to_string()),
             KommoAuth::OAuth { pair, .. } => {
                 let mut p = pair.lock().await;
-                if p.access_token.is_empty() || p.expires_at - REFRESH_MARGIN_SECS <= now_unix() {
+                if p.access_token.is_empty()
+                    || p.expires_at.saturating_sub(REFRESH_MARGIN_SECS) <= now_unix()
+                {
                     self.refresh_locked(api, &mut p).await?;
                 }
                 Ok(p.access_token.clone())
@@ -296,7 +298,8 @@ impl KommoAuth {
         crate::redact::register(&t.refresh_token);
         let issued = t.server_time.unwrap_or_else(now_unix);
         let next = OAuthPair {
-            expires_at: jwt_exp(&t.access_token).unwrap_or(issued + t.expires_in.unwrap_or(86_400)),
+            expires_at: jwt_exp(&t.access_token)
+                .unwrap_or(issued.saturating_add(t.expires_in.unwrap_or(86_400))),
             access_token: t.access_token,
             refresh_token: t.refresh_token,
         };

@@ -111,7 +111,7 @@ impl<T: serde::de::DeserializeOwned> ListPage<T> for CardsPage<T> {
 }
 
 /// Names a raw card: `kind:id` needs the kind, so only its id.
-fn card_subject(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn card_subject(v: &serde_json::Value) -> Option<String> {
     v.get("id").map(|id| format!("id {id}"))
 }
 
@@ -126,7 +126,7 @@ fn card_subject_of(kind: CardKind) -> crate::http::SubjectOf {
 }
 
 /// Names a raw event by its entity (`lead:123`), else its id.
-fn event_subject(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn event_subject(v: &serde_json::Value) -> Option<String> {
     match (
         v.get("entity_type").and_then(|t| t.as_str()),
         v.get("entity_id").and_then(|i| i.as_u64()),
@@ -242,7 +242,7 @@ impl KommoEvent {
 
 #[derive(Deserialize)]
 #[serde(bound = "T: serde::de::DeserializeOwned")]
-struct EventsPage<T> {
+pub(crate) struct EventsPage<T> {
     #[serde(rename = "_embedded")]
     embedded: EventsEmbedded<T>,
     #[serde(default, rename = "_links")]
@@ -265,7 +265,7 @@ impl<T: serde::de::DeserializeOwned> ListPage<T> for EventsPage<T> {
 
 #[derive(Deserialize)]
 #[serde(bound = "T: serde::de::DeserializeOwned")]
-struct UsersPage<T> {
+pub(crate) struct UsersPage<T> {
     #[serde(rename = "_embedded")]
     embedded: UsersEmbedded<T>,
     #[serde(default, rename = "_page_count")]
@@ -286,7 +286,7 @@ impl<T: serde::de::DeserializeOwned> ListPage<T> for UsersPage<T> {
 }
 
 #[derive(Deserialize)]
-struct UserItem {
+pub(crate) struct UserItem {
     id: u64,
     #[serde(default)]
     email: Option<String>,
@@ -318,7 +318,7 @@ pub struct Account {
 }
 
 #[derive(Deserialize)]
-struct PatchResult {
+pub(crate) struct PatchResult {
     #[serde(rename = "_embedded")]
     embedded: PatchEmbedded,
 }
@@ -423,7 +423,7 @@ pub fn classify_status(status: u64, pipelines: &Pipelines) -> Option<StageKind> 
 }
 
 #[derive(Deserialize)]
-struct PipelinesPage {
+pub(crate) struct PipelinesPage {
     #[serde(rename = "_embedded")]
     embedded: PipelinesEmbedded,
 }
@@ -474,7 +474,7 @@ pub struct FieldDef {
 }
 
 #[derive(Deserialize)]
-struct FieldDefsPage {
+pub(crate) struct FieldDefsPage {
     #[serde(rename = "_embedded")]
     embedded: FieldDefsEmbedded,
     #[serde(default, rename = "_links")]
@@ -512,16 +512,16 @@ pub struct UnsortedEmbedded {
 }
 
 #[derive(Deserialize)]
-struct UnsortedPage {
+pub(crate) struct UnsortedPage {
     #[serde(rename = "_embedded")]
-    embedded: UnsortedList,
+    pub(crate) embedded: UnsortedList,
     #[serde(default, rename = "_links")]
     links: Option<PageLinks>,
 }
 
 #[derive(Deserialize)]
-struct UnsortedList {
-    unsorted: Vec<Unsorted>,
+pub(crate) struct UnsortedList {
+    pub(crate) unsorted: Vec<Unsorted>,
 }
 
 /// The dialog an unsorted chat record stands for. UNCONFIRMED (the one place that assumes it):
@@ -852,7 +852,7 @@ impl KommoClient {
 
     /// A page of cards, record by record when one does not fit (see [`ApiClient::decode_list`]);
     /// a bad record is named `kind:id`.
-    fn decode_cards(
+    pub(crate) fn decode_cards(
         &self,
         kind: CardKind,
         path: &str,

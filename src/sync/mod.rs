@@ -155,7 +155,9 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
     /// The history the db keeps (`[daemon] audit_retention`, [`crate::store::KEEP_CYCLES`]).
     pub fn retention(&self, now: i64) -> Retention {
         Retention {
-            audit_before: now - self.config.daemon.audit_retention.as_secs() as i64,
+            audit_before: now.saturating_sub(
+                i64::try_from(self.config.daemon.audit_retention.as_secs()).unwrap_or(i64::MAX),
+            ),
             keep_cycles: crate::store::KEEP_CYCLES,
         }
     }

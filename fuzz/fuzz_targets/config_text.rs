@@ -1,0 +1,9 @@
+//! Config texts: `Config::parse`, then the policy and the schedules a valid one names.
+//! Replay a crash input in `tests/fuzz_regressions.rs` through the same function.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = chatapp_kommo_sync::fuzzing::config_bytes(data);
+});
