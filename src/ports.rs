@@ -12,6 +12,7 @@ use crate::core::engine::Snapshot;
 use crate::core::model::{
     CardKind, DialogKey, DialogRef, Employee, EmployeeId, KommoUser, KommoUserId, RecordId,
 };
+use crate::core::neighbourhood::{BaseLookup, Frame};
 use crate::http::{ApiError, BadRecord};
 use crate::kommo::{KommoCard, KommoEvent, Pipelines};
 use crate::store::{
@@ -96,8 +97,19 @@ pub trait ChatAppApi: ApiMeter {
 
 /// The state db, as a cycle sees it. Writes are durable when they return `Ok`.
 pub trait StateStore: Send + Sync {
-    /// Every base, parked pair and held record, and whether the first cycle ran.
+    /// A read view of the bases by key and by link term (one cycle's lookups).
+    type Bases<'a>: BaseLookup<Error = StoreError> + Send
+    where
+        Self: 'a;
+    /// Every base, parked pair and held record, and whether the first cycle ran (a first run
+    /// plans from all of them; later cycles load only a neighbourhood).
     fn load_snapshot(&self) -> Result<Snapshot, StoreError>;
+    /// Parked pairs, held records and whether the first cycle ran.
+    fn frame(&self) -> Result<Frame, StoreError>;
+    /// The bases' read view.
+    fn bases(&self) -> Result<Self::Bases<'_>, StoreError>;
+    /// How many card bases of each kind and dialog bases there are (the listing brake).
+    fn base_counts(&self) -> Result<(BTreeMap<CardKind, usize>, usize), StoreError>;
     /// Where incremental reads start.
     fn watermarks(&self) -> Result<Watermarks, StoreError>;
     /// Kommo's pipelines as last read (`None`: never read).

@@ -4,5 +4,6 @@
 pub mod engine;
 pub mod links;
 pub mod model;
+pub mod neighbourhood;
 pub mod schedule;
 pub mod usermap;

@@ -54,6 +54,12 @@ impl Timers {
             let full_spread = spread_offset(name, every(&full).min(MAX_FULL_SPREAD));
             poll = poll.with_offset(poll_spread);
             full = full.with_offset(full_spread);
+            tracing::info!(
+                instance = name,
+                poll_offset_s = poll_spread.as_secs(),
+                full_offset_s = full_spread.as_secs(),
+                "schedules spread for this instance"
+            );
         }
         Timers {
             next_poll: poll.next_after(now),

@@ -1,14 +1,20 @@
 //! The state db (redb 4.6): bases of every card and dialog (their link references included), parked
 //! pairs, pending write intents, watermarks, tokens, the audit log and the cycle log.
 //!
-//! Values are versioned bytes: one format byte, then JSON (readable, insulated from redb's own type
-//! encodings). Every commit is durable (`Durability::Immediate`, redb's default). The db is opened in
+//! Values are versioned bytes: one format byte, then JSON (meta values, audit and cycle rows:
+//! small and readable) or postcard (the card and dialog bases: [`codec`]). The bases carry three
+//! indexes so a cycle loads only the records it needs ([`bases`]); a base is rewritten only when
+//! it changed. A schema 1 db (JSON bases, no indexes) is migrated in one transaction on open. Every commit is durable (`Durability::Immediate`, redb's default). The db is opened in
 //! redb's `SingleWriter` mode: one writing process (the daemon or `once`), and any number of
 //! read-only processes (`status`) that follow its commits. A second writer is refused with
 //! [`StoreError::Locked`].
 
+pub mod bases;
+pub mod codec;
+
 use crate::core::engine::{Parked, Rule, Settlement, Snapshot};
-use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
+use crate::core::model::{CardKind, CardState, DialogState, RecordId};
+use crate::core::neighbourhood::Frame;
 use crate::tokens::{OAuthPair, TokenPair, TokenStoreError};
 use redb::{
     ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -24,12 +30,12 @@ use std::path::{Path, PathBuf};
 pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The schema this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
-const FORMAT: u8 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+/// The schema this build migrates from (JSON bases, no indexes).
+pub const SCHEMA_JSON_BASES: u32 = 1;
+const FORMAT: u8 = codec::JSON;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const CARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cards");
-const DIALOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("dialogs");
 const PARKED: TableDefinition<&str, &[u8]> = TableDefinition::new("parked");
 const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("intents");
 const RECHECK: TableDefinition<&str, &[u8]> = TableDefinition::new("recheck");
@@ -152,23 +158,6 @@ pub fn decode<T: DeserializeOwned>(
             reason: "empty value".into(),
         }),
     }
-}
-
-fn card_key(id: &CardId) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = id.kind.code();
-    k[1..].copy_from_slice(&id.id.to_be_bytes());
-    k
-}
-
-fn card_from_key(k: &[u8]) -> Option<CardId> {
-    let kind = CardKind::from_code(*k.first()?)?;
-    let id = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
-    Some(CardId::new(kind, id))
-}
-
-fn dialog_key(d: &DialogKey) -> String {
-    serde_json::to_string(d).expect("plain data")
 }
 
 fn record_key(r: &RecordId) -> String {
@@ -643,7 +632,7 @@ impl Store {
 
     /// [`Store::check_schema`] under [`Store::guard`] (a read-only handle verifies nothing).
     fn guard_schema(&self) -> Result<(), StoreError> {
-        self.guard(|| self.check_schema())
+        self.guard(|| self.check_schema().map(|_| ()))
     }
 
     /// Runs `f` (reads of this db) so that a panic in redb becomes [`StoreError::Corrupt`].
@@ -684,18 +673,19 @@ impl Store {
     /// Checks the schema before anything is written, then creates the tables of a new db.
     fn init(&self) -> Result<(), StoreError> {
         let fresh = self.table_names()?.is_empty();
-        if !fresh {
-            self.check_schema()?;
-        }
+        let found = if fresh { None } else { self.check_schema()? };
         let tx = self.begin_write()?;
         {
             let mut meta = tx.open_table(META).map_err(db_err("open meta"))?;
-            if fresh {
+            if fresh || found == Some(SCHEMA_JSON_BASES) {
                 meta.insert(META_SCHEMA, encode(&SCHEMA_VERSION).as_slice())
                     .map_err(db_err("write schema"))?;
             }
-            tx.open_table(CARDS).map_err(db_err("open cards"))?;
-            tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?;
+            if found == Some(SCHEMA_JSON_BASES) {
+                let (cards, dialogs) = bases::migrate_from_json(&tx)?;
+                tracing::info!(path = %self.path.display(), cards, dialogs, "state db migrated from schema 1 (JSON bases) to schema 2 (compact bases with indexes)");
+            }
+            bases::create_tables(&tx)?;
             tx.open_table(PARKED).map_err(db_err("open parked"))?;
             tx.open_table(INTENTS).map_err(db_err("open intents"))?;
             tx.open_table(RECHECK).map_err(db_err("open recheck"))?;
@@ -718,8 +708,9 @@ impl Store {
             .collect())
     }
 
-    /// The file must hold this program's schema key, at this build's version.
-    fn check_schema(&self) -> Result<(), StoreError> {
+    /// The file must hold this program's schema key, at this build's version or the one it
+    /// migrates from; returns the version found (`None`: an empty db).
+    fn check_schema(&self) -> Result<Option<u32>, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt {
             path: self.path.clone(),
             detail,
@@ -728,12 +719,12 @@ impl Store {
             .meta(META_SCHEMA)
             .map_err(|e| corrupt(format!("its schema key cannot be read ({e})")))?;
         match found {
-            Some(v) if v == SCHEMA_VERSION => Ok(()),
+            Some(v) if v == SCHEMA_VERSION || v == SCHEMA_JSON_BASES => Ok(Some(v)),
             Some(v) => Err(StoreError::Schema {
                 path: self.path.clone(),
                 found: v,
             }),
-            None if self.table_names()?.is_empty() => Ok(()),
+            None if self.table_names()?.is_empty() => Ok(None),
             None => Err(corrupt(
                 "it is a redb file without this program's schema key (another program's db?)"
                     .into(),
@@ -772,37 +763,60 @@ impl Store {
             bootstrapped: self.meta::<bool>(META_BOOTSTRAPPED)?.unwrap_or(false),
             ..Snapshot::default()
         };
-        let cards = tx.open_table(CARDS).map_err(db_err("open cards"))?;
+        let cards = tx.open_table(bases::CARDS).map_err(db_err("open cards"))?;
         for row in cards.iter().map_err(db_err("scan cards"))? {
             let (k, v) = row.map_err(db_err("scan cards"))?;
-            let Some(id) = card_from_key(k.value()) else {
+            let Some(id) = bases::card_from_key(k.value()) else {
                 return Err(StoreError::Decode {
                     what: "cards key".into(),
                     reason: format!("{:?}", k.value()),
                 });
             };
-            snap.cards
-                .insert(id, decode(|| format!("card {id}"), v.value())?);
+            let st = codec::card_from(v.value()).map_err(|reason| StoreError::Decode {
+                what: format!("card {id}"),
+                reason,
+            })?;
+            snap.cards.insert(id, st);
         }
-        let dialogs = tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?;
+        let dialogs = tx
+            .open_table(bases::DIALOGS)
+            .map_err(db_err("open dialogs"))?;
         for row in dialogs.iter().map_err(db_err("scan dialogs"))? {
             let (k, v) = row.map_err(db_err("scan dialogs"))?;
-            let key: DialogKey =
-                serde_json::from_str(k.value()).map_err(|e| StoreError::Decode {
-                    what: format!("dialog key {}", k.value()),
-                    reason: e.to_string(),
-                })?;
-            let st = decode(|| format!("dialog {key}"), v.value())?;
+            let key = bases::dialog_from_key(k.value())?;
+            let st = codec::dialog_from(v.value()).map_err(|reason| StoreError::Decode {
+                what: format!("dialog {key}"),
+                reason,
+            })?;
             snap.dialogs.insert(key, st);
         }
-        snap.held = self.recheck()?;
+        let frame = self.frame()?;
+        snap.held = frame.held;
+        snap.parked = frame.parked;
+        Ok(snap)
+    }
+
+    /// What a cycle needs besides the bases: parked pairs, held records, the bootstrap flag
+    /// (`match_phone` is the caller's to set).
+    pub fn frame(&self) -> Result<Frame, StoreError> {
+        let tx = self.read()?;
+        let mut frame = Frame {
+            bootstrapped: self.meta::<bool>(META_BOOTSTRAPPED)?.unwrap_or(false),
+            held: self.recheck()?,
+            ..Frame::default()
+        };
         let parked = tx.open_table(PARKED).map_err(db_err("open parked"))?;
         for row in parked.iter().map_err(db_err("scan parked"))? {
             let (k, v) = row.map_err(db_err("scan parked"))?;
             let p: Parked = decode(|| format!("parked {}", k.value()), v.value())?;
-            snap.parked.insert(k.value().to_string(), p);
+            frame.parked.insert(k.value().to_string(), p);
         }
-        Ok(snap)
+        Ok(frame)
+    }
+
+    /// A read view of the bases and their indexes, for one cycle's lookups.
+    pub fn bases(&self) -> Result<bases::BaseReader, StoreError> {
+        bases::BaseReader::new(&self.read()?)
     }
 
     /// Records write intents durably before the writes are made.
@@ -837,14 +851,10 @@ impl Store {
         {
             match (&intent.target, &intent.base) {
                 (RecordId::Card(id), Base::Card(st)) => {
-                    let mut t = tx.open_table(CARDS).map_err(db_err("open cards"))?;
-                    t.insert(card_key(id).as_slice(), encode(st).as_slice())
-                        .map_err(db_err("write card"))?;
+                    bases::put_card(&tx, id, st)?;
                 }
                 (RecordId::Dialog(k), Base::Dialog(st)) => {
-                    let mut t = tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?;
-                    t.insert(dialog_key(k).as_str(), encode(st).as_slice())
-                        .map_err(db_err("write dialog"))?;
+                    bases::put_dialog(&tx, k, st)?;
                 }
                 _ => {
                     return Err(StoreError::Decode {
@@ -919,17 +929,11 @@ impl Store {
     pub fn commit_cycle(&self, c: &CycleCommit) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
         {
-            let mut cards = tx.open_table(CARDS).map_err(db_err("open cards"))?;
             for (id, st) in &c.settlement.cards {
-                cards
-                    .insert(card_key(id).as_slice(), encode(st).as_slice())
-                    .map_err(db_err("write card"))?;
+                bases::put_card(&tx, id, st)?;
             }
-            let mut dialogs = tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?;
             for (k, st) in &c.settlement.dialogs {
-                dialogs
-                    .insert(dialog_key(k).as_str(), encode(st).as_slice())
-                    .map_err(db_err("write dialog"))?;
+                bases::put_dialog(&tx, k, st)?;
             }
             let mut parked = tx.open_table(PARKED).map_err(db_err("open parked"))?;
             for k in &c.settlement.unpark {
@@ -1169,8 +1173,18 @@ fn token_err(e: StoreError) -> TokenStoreError {
 }
 
 impl crate::ports::StateStore for Store {
+    type Bases<'a> = bases::BaseReader;
     fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
         Store::load_snapshot(self)
+    }
+    fn frame(&self) -> Result<Frame, StoreError> {
+        Store::frame(self)
+    }
+    fn bases(&self) -> Result<bases::BaseReader, StoreError> {
+        Store::bases(self)
+    }
+    fn base_counts(&self) -> Result<(BTreeMap<CardKind, usize>, usize), StoreError> {
+        Store::bases(self)?.counts()
     }
     fn watermarks(&self) -> Result<Watermarks, StoreError> {
         Ok(self.meta(META_WATERMARKS)?.unwrap_or_default())
@@ -1213,6 +1227,119 @@ impl crate::ports::StateStore for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::{CardId, DialogKey};
+    use crate::core::neighbourhood::{BaseLookup, card_terms, dialog_terms};
+
+    /// A schema 1 db as the previous release wrote it: JSON bases, no indexes, a token pair.
+    fn write_schema_1(
+        path: &Path,
+        cards: &[(CardId, CardState)],
+        dialogs: &[(DialogKey, DialogState)],
+    ) {
+        let db = Database::create(path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut meta = tx.open_table(META).unwrap();
+            meta.insert(META_SCHEMA, encode(&1u32).as_slice()).unwrap();
+            meta.insert(META_BOOTSTRAPPED, encode(&true).as_slice())
+                .unwrap();
+            let pair = OAuthPair {
+                access_token: "acc-1".into(),
+                refresh_token: "ref-1".into(),
+                expires_at: 99,
+            };
+            meta.insert(META_KOMMO_OAUTH, encode(&pair).as_slice())
+                .unwrap();
+            let mut t = tx.open_table(bases::CARDS).unwrap();
+            for (id, st) in cards {
+                t.insert(bases::card_key(id).as_slice(), encode(st).as_slice())
+                    .unwrap();
+            }
+            let mut t = tx.open_table(bases::DIALOGS).unwrap();
+            for (k, st) in dialogs {
+                t.insert(
+                    serde_json::to_string(k).unwrap().as_str(),
+                    encode(st).as_slice(),
+                )
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn a_schema_1_db_migrates_with_its_bases_indexes_and_tokens() {
+        use crate::tokens::TokenStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let contact = CardId::new(CardKind::Contact, 2);
+        let lead = CardId::new(CardKind::Lead, 7);
+        let key = DialogKey::new(1, "telegram", "@a");
+        let d = DialogState {
+            responsible: Some(crate::core::model::EmployeeId(85502)),
+            changed_at: 3,
+            last_time: 4,
+            session: 0,
+            closed: false,
+            phone: None,
+        };
+        let mut lead_st = card(9);
+        lead_st.dialog_refs.clear();
+        lead_st.phones.clear();
+        write_schema_1(
+            &path,
+            &[(contact, card(5)), (lead, lead_st.clone())],
+            &[(key.clone(), d.clone())],
+        );
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.meta::<u32>(META_SCHEMA).unwrap(), Some(SCHEMA_VERSION));
+        let snap = s.load_snapshot().unwrap();
+        assert!(snap.bootstrapped);
+        assert_eq!(snap.cards[&contact], card(5));
+        assert_eq!(snap.cards[&lead], lead_st);
+        assert_eq!(snap.dialogs[&key], d);
+        assert_eq!(s.kommo_pair().unwrap().unwrap().refresh_token, "ref-1");
+        let r = s.bases().unwrap();
+        let t = dialog_terms(&key, None)[0];
+        assert_eq!(r.dialogs_with(t).unwrap(), vec![key.clone()]);
+        assert!(
+            card_terms(&card(5)).contains(&t),
+            "the contact's full reference names the dialog"
+        );
+        assert_eq!(r.cards_with(t).unwrap(), vec![contact]);
+        assert_eq!(r.cards_of_contact(2).unwrap(), vec![lead]);
+        drop(r);
+        s.close().unwrap();
+        // reopening a migrated db migrates nothing and keeps everything
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.load_snapshot().unwrap().cards.len(), 2);
+    }
+
+    #[test]
+    fn unchanged_bases_are_not_rewritten_and_indexes_follow_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        let contact = CardId::new(CardKind::Contact, 2);
+        let tx = s.begin_write().unwrap();
+        assert!(bases::put_card(&tx, &contact, &card(5)).unwrap());
+        assert!(
+            !bases::put_card(&tx, &contact, &card(5)).unwrap(),
+            "same bytes: no write"
+        );
+        let mut moved = card(5);
+        moved.dialog_refs = vec![crate::core::model::DialogRef::ChatId("@zed".into())];
+        moved.phones.clear();
+        assert!(bases::put_card(&tx, &contact, &moved).unwrap());
+        tx.commit().unwrap();
+        let r = s.bases().unwrap();
+        let old = dialog_terms(&DialogKey::new(1, "telegram", "@a"), None)[0];
+        assert!(
+            r.cards_with(old).unwrap().is_empty(),
+            "the old term is gone"
+        );
+        let new = dialog_terms(&DialogKey::new(3, "telegram", "@zed"), None)[1];
+        assert_eq!(r.cards_with(new).unwrap(), vec![contact]);
+    }
 
     fn card(resp: u64) -> CardState {
         CardState {

@@ -7,17 +7,28 @@
 //! cycles and for unknown statuses, `lead_status_changed` events otherwise), link incoming leads
 //! through their unsorted chat when their contact cannot be read, and collect the records that did
 //! not fit their page (quarantine).
+//!
+//! Cost in proportion to change: nothing loads every base. Each card or chat read is compared
+//! with its base by a point lookup, and only those that differ become observations (a full cycle
+//! keeps the listing's pages, not the account); the engine then gets the neighbourhood of those
+//! observations ([`crate::core::neighbourhood`]). Only a first run (its bootstrap decides every
+//! dialog) loads every base. The chats are read while the Kommo cards are listed.
 
 use super::{CycleError, Syncer};
-use crate::core::engine::{self, Brake, Observations, Snapshot, empty_listing_brake};
+use crate::chatapp::Chat;
+use crate::core::engine::{Brake, Observations, Snapshot, empty_listing_brake};
 use crate::core::model::{
-    CardId, CardKind, CardObs, CardState, DialogRef, KommoUserId, LeadStage, RecordId, StageKind,
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogRef, KommoUserId, LeadStage, RecordId,
+    StageKind,
+};
+use crate::core::neighbourhood::{
+    BaseLookup, Frame, card_unchanged, dialog_unchanged, neighbourhood,
 };
 use crate::core::usermap::UserMap;
 use crate::http::BadRecord;
 use crate::kommo::{FieldMap, KommoCard, KommoEvent, Pipelines, classify_status};
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
-use crate::store::{CycleKind, Quarantined, Watermarks};
+use crate::store::{CycleKind, Quarantined, StoreError, Watermarks};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Change times of card values from the events: `(card, new responsible)` -> latest event time.
@@ -25,7 +36,8 @@ type EventTimes = BTreeMap<(CardId, KommoUserId), i64>;
 
 /// What a cycle read, ready for the engine and the commit.
 pub struct Observed {
-    /// The bases (observed cards' full bases swapped for their compared values).
+    /// The bases the engine needs: the neighbourhood of the observations (every base on a first
+    /// run).
     pub snap: Snapshot,
     /// What was read (taken by the engine).
     pub obs: Observations,
@@ -66,23 +78,29 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     now: i64,
     full_asked: bool,
 ) -> Result<Observed, CycleError> {
-    let snap = sy.store.load_snapshot()?;
+    let mut frame = sy.store.frame()?;
+    frame.match_phone = sy.config.links.match_phone;
     let stored_pipelines = sy.store.pipelines()?;
     // A db whose lead stages were never read (new, or written before stages existed) gets a full
     // cycle: every lead is read with its stage before any lead decision.
-    let full =
-        full_asked || !snap.bootstrapped || (sy.config.syncs_leads() && stored_pipelines.is_none());
+    let full = full_asked
+        || !frame.bootstrapped
+        || (sy.config.syncs_leads() && stored_pipelines.is_none());
     let mut r = Reader {
         sy,
         now,
         full,
         wm: sy.store.watermarks()?,
         new_wm: Watermarks::default(),
-        snap,
+        bases: sy.store.bases()?,
+        frame,
         obs: Observations {
             now,
             ..Default::default()
         },
+        read_cards: BTreeSet::new(),
+        read_dialogs: BTreeSet::new(),
+        lookup_error: None,
         pipelines: stored_pipelines.clone().unwrap_or_default(),
         event_times: EventTimes::new(),
         unknown_status: vec![],
@@ -92,11 +110,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     r.new_wm = r.wm.clone();
     let usermap = r.read_people().await?;
     let (events, fresh_events) = r.read_events().await?;
-    if full {
-        r.read_all_cards().await?;
-    } else {
-        r.read_changed_cards(&events).await?;
-    }
+    let chats = r.read_cards_and_chats(&events).await?;
     r.classify_unknown_statuses().await?;
     if sy.config.syncs_leads() {
         r.stage_updates_from_events(&events).await?;
@@ -104,15 +118,20 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     if sy.config.syncs_incoming_leads() {
         r.link_incoming_leads().await?;
     }
-    r.read_dialogs().await?;
+    r.read_dialogs(chats).await?;
     r.bad.extend(sy.kommo.take_bad());
     r.bad.extend(sy.chatapp.take_bad());
     for b in &r.bad {
         tracing::error!(api = %b.api, endpoint = %b.endpoint, subject = b.subject.as_deref().unwrap_or("?"), path = %b.path, reason = %b.reason, "quarantined: a record that does not fit was skipped; the rest of the cycle goes on, and it is read again next cycle");
     }
     let released = r.released(&sy.store.quarantined()?);
+    let snap = if r.frame.bootstrapped {
+        neighbourhood(&r.bases, r.frame, &r.obs)?
+    } else {
+        sy.store.load_snapshot()?
+    };
     Ok(Observed {
-        snap: r.snap,
+        snap,
         obs: r.obs,
         usermap,
         full,
@@ -127,14 +146,24 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
 }
 
 /// The working state of one read.
-struct Reader<'a, K, C, S> {
+struct Reader<'a, K, C, S: StateStore + 'a> {
     sy: &'a Syncer<K, C, S>,
     now: i64,
     full: bool,
     wm: Watermarks,
     new_wm: Watermarks,
-    snap: Snapshot,
+    /// The bases, by point lookup.
+    bases: S::Bases<'a>,
+    /// Parked pairs, held records, the bootstrap flag.
+    frame: Frame,
+    /// What differs from the bases.
     obs: Observations,
+    /// Every card read this cycle (observed or equal to its base).
+    read_cards: BTreeSet<CardId>,
+    /// Every dialog read this cycle.
+    read_dialogs: BTreeSet<DialogKey>,
+    /// A base lookup that failed inside a listing's page callback (the cycle fails with it).
+    lookup_error: Option<StoreError>,
     pipelines: Pipelines,
     event_times: EventTimes,
     /// Leads whose status the pipelines table does not know: observed after reading it again.
@@ -143,7 +172,7 @@ struct Reader<'a, K, C, S> {
     bad: Vec<BadRecord>,
 }
 
-impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
+impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     /// Users and employees (read every cycle: the user map can change), and each server's time.
     async fn read_people(&mut self) -> Result<UserMap, CycleError> {
         let users = self.sy.kommo.users().await?;
@@ -163,7 +192,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
     async fn read_events(&mut self) -> Result<(Vec<KommoEvent>, Vec<(String, i64)>), CycleError> {
         let cfg = &self.sy.config;
         let overlap = cfg.kommo.events_overlap.as_secs() as i64;
-        let from = if self.snap.bootstrapped {
+        let from = if self.frame.bootstrapped {
             self.wm.kommo_since(self.wm.kommo_events, overlap)
         } else {
             self.new_wm.kommo_read_at - overlap
@@ -197,9 +226,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
         Ok((events, fresh))
     }
 
-    /// A card read this cycle: observed at its stage (later, if its status is unknown); its full
-    /// base is swapped for the two values the engine compares, so a full cycle holds one full
-    /// copy of the cards, not two.
+    /// A card read this cycle: observed at its stage (later, if its status is unknown).
     fn put(&mut self, kind: CardKind, c: KommoCard) {
         let latest = self.new_wm.kommo_updated.entry(kind).or_insert(0);
         *latest = (*latest).max(c.updated_at);
@@ -210,34 +237,69 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
         self.observe_card(kind, &c, stage);
     }
 
+    /// Observes a card unless it equals its base (after the first run: a first run decides from
+    /// every card). A failed lookup is kept for [`Reader::lookup_result`].
     fn observe_card(&mut self, kind: CardKind, c: &KommoCard, stage: LeadStage) {
         let id = CardId::new(kind, c.id);
+        let base = match self.bases.card(&id) {
+            Ok(b) => b,
+            Err(e) => {
+                self.lookup_error.get_or_insert(e);
+                return;
+            }
+        };
         let o = card_obs(
             c,
             kind,
             &self.sy.fields,
             stage,
-            self.snap.cards.get(&id),
+            base.as_ref(),
             &self.event_times,
         );
-        if let Some(base) = self.snap.cards.remove(&id) {
-            self.snap
-                .card_values
-                .insert(id, engine::BaseValue::from(&base));
+        self.read_cards.insert(id);
+        let same = base
+            .as_ref()
+            .is_some_and(|b| card_unchanged(b, &o, self.now));
+        if !(same && self.frame.bootstrapped) {
+            self.obs.cards.insert(id, o);
         }
-        self.obs.cards.insert(id, o);
+    }
+
+    /// The error of a base lookup made while a listing ran, if any.
+    fn lookup_result(&mut self) -> Result<(), CycleError> {
+        self.lookup_error.take().map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// The cards (all, or what changed) and, at the same time, the chats (all, or newest first
+    /// down to the watermark): each API under its own limit.
+    async fn read_cards_and_chats(
+        &mut self,
+        events: &[KommoEvent],
+    ) -> Result<Vec<Chat>, CycleError> {
+        let overlap = self.sy.config.chatapp.chats_overlap.as_secs() as i64;
+        let since = (!self.full).then(|| self.wm.chats_since(overlap));
+        let chatapp = &self.sy.chatapp;
+        let (cards, chats) = if self.full {
+            tokio::join!(self.read_all_cards(), chatapp.chats(since))
+        } else {
+            tokio::join!(self.read_changed_cards(events), chatapp.chats(since))
+        };
+        cards?;
+        Ok(chats?)
     }
 
     /// Full cycle: every card of every synced kind, page by page.
     async fn read_all_cards(&mut self) -> Result<(), CycleError> {
         let sy = self.sy;
+        let (in_db, _) = sy.store.base_counts()?;
         for kind in sy.config.kinds() {
-            let in_snap = self.snap.cards.keys().filter(|c| c.kind == kind).count();
             let listed = sy
                 .kommo
                 .each_card(kind, None, &mut |c| self.put(kind, c))
                 .await?;
+            self.lookup_result()?;
             if self.listing_brake.is_none() {
+                let in_snap = in_db.get(&kind).copied().unwrap_or(0);
                 self.listing_brake = empty_listing_brake(kind.plural(), in_snap, listed);
             }
         }
@@ -257,6 +319,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
                 sy.kommo
                     .each_card(kind, Some(since), &mut |c| self.put(kind, c))
                     .await?;
+                self.lookup_result()?;
             }
         }
         let seen = sy.store.events_seen()?;
@@ -274,7 +337,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
             RecordId::Card(c) => Some(c),
             RecordId::Dialog(_) => None,
         }));
-        for c in cards.filter(|c| kinds.contains(&c.kind) && !self.obs.cards.contains_key(c)) {
+        for c in cards.filter(|c| kinds.contains(&c.kind) && !self.read_cards.contains(c)) {
             wanted.entry(c.kind).or_default().insert(c.id);
         }
         for (kind, ids) in wanted {
@@ -293,15 +356,19 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
         for c in got {
             self.put(kind, c);
         }
+        self.lookup_result()?;
         for id in ids {
             let cid = CardId::new(kind, id);
-            if self.obs.cards.contains_key(&cid) || unreadable.contains(&RecordId::Card(cid)) {
+            if self.read_cards.contains(&cid) || unreadable.contains(&RecordId::Card(cid)) {
                 continue;
             }
-            if let Some(base) = self.snap.cards.get(&cid) {
-                let mut o = obs_from_base(base, base.lead);
+            if let Some(base) = self.bases.card(&cid)? {
+                let mut o = obs_from_base(&base, base.lead);
                 o.deleted = true;
-                self.obs.cards.insert(cid, o);
+                self.read_cards.insert(cid);
+                if !(self.frame.bootstrapped && card_unchanged(&base, &o, self.now)) {
+                    self.obs.cards.insert(cid, o);
+                }
             }
         }
         Ok(())
@@ -324,7 +391,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
             });
             self.observe_card(kind, &c, stage);
         }
-        Ok(())
+        self.lookup_result()
     }
 
     /// Keeps lead stages current from `lead_status_changed` events (no request per lead): a lead
@@ -337,7 +404,14 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
                 latest.insert(card, st); // events are in time order: the last one wins
             }
         }
-        latest.retain(|c, _| !self.obs.cards.contains_key(c) && self.snap.cards.contains_key(c));
+        latest.retain(|c, _| !self.read_cards.contains(c));
+        let mut bases = BTreeMap::new();
+        for c in latest.keys() {
+            if let Some(b) = self.bases.card(c)? {
+                bases.insert(*c, b);
+            }
+        }
+        latest.retain(|c, _| bases.contains_key(c));
         if latest
             .values()
             .any(|(_, s)| classify_status(*s, &self.pipelines).is_none())
@@ -345,7 +419,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
             self.pipelines = self.sy.kommo.pipelines().await?;
         }
         for (id, (pipeline, status)) in latest {
-            let base = &self.snap.cards[&id];
+            let base = &bases[&id];
             let kind = classify_status(status, &self.pipelines).unwrap_or(StageKind::Open);
             let stage = LeadStage {
                 pipeline,
@@ -363,22 +437,16 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
     /// the daemon) are linked through their unsorted chat record (UNCONFIRMED:
     /// `kommo::unsorted_dialog_ref`). Read only for such leads that have no such link yet.
     async fn link_incoming_leads(&mut self) -> Result<(), CycleError> {
-        let known = |c: &u64| {
-            let id = CardId::new(CardKind::Contact, *c);
-            self.obs.cards.contains_key(&id) || self.snap.cards.contains_key(&id)
-        };
-        let wanted: BTreeSet<u64> = self
-            .obs
-            .cards
-            .iter()
-            .filter(|(id, o)| {
-                id.kind == CardKind::Lead
-                    && o.lead.kind == StageKind::Incoming
-                    && o.dialog_refs.is_empty()
-                    && !o.contacts.iter().any(known)
-            })
-            .map(|(id, _)| id.id)
-            .collect();
+        let mut wanted = BTreeSet::new();
+        for (id, o) in &self.obs.cards {
+            if id.kind == CardKind::Lead
+                && o.lead.kind == StageKind::Incoming
+                && o.dialog_refs.is_empty()
+                && !self.knows_a_contact(&o.contacts)?
+            {
+                wanted.insert(id.id);
+            }
+        }
         if wanted.is_empty() {
             return Ok(());
         }
@@ -390,18 +458,42 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
         Ok(())
     }
 
-    /// Chats: all on a full cycle, newest first down to the watermark otherwise, plus the held
-    /// and quarantined dialogs one by one.
-    async fn read_dialogs(&mut self) -> Result<(), CycleError> {
-        let overlap = self.sy.config.chatapp.chats_overlap.as_secs() as i64;
-        let since = (!self.full).then(|| self.wm.chats_since(overlap));
-        let chats = self.sy.chatapp.chats(since).await?;
+    /// Whether any of these contacts was read this cycle or has a base.
+    fn knows_a_contact(&self, contacts: &[u64]) -> Result<bool, StoreError> {
+        for c in contacts {
+            let id = CardId::new(CardKind::Contact, *c);
+            if self.read_cards.contains(&id) || self.bases.card(&id)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Observes a chat unless it equals its base (after the first run).
+    fn observe_chat(&mut self, c: &Chat) -> Result<(), StoreError> {
+        let key = c.key();
+        let o = c.to_obs();
+        let same = self
+            .bases
+            .dialog(&key)?
+            .is_some_and(|b| dialog_unchanged(&b, &o, self.now));
+        self.read_dialogs.insert(key.clone());
+        if !(same && self.frame.bootstrapped) {
+            self.obs.dialogs.insert(key, o);
+        }
+        Ok(())
+    }
+
+    /// The chats read beside the cards, plus (incremental cycles) the held and quarantined
+    /// dialogs one by one.
+    async fn read_dialogs(&mut self, chats: Vec<Chat>) -> Result<(), CycleError> {
         if self.full && self.listing_brake.is_none() {
-            self.listing_brake = empty_listing_brake("chats", self.snap.dialogs.len(), chats.len());
+            let (_, in_db) = self.sy.store.base_counts()?;
+            self.listing_brake = empty_listing_brake("chats", in_db, chats.len());
         }
         for c in &chats {
             self.new_wm.chats = self.new_wm.chats.max(c.last_time);
-            self.obs.dialogs.insert(c.key(), c.to_obs());
+            self.observe_chat(c)?;
         }
         if self.full {
             return Ok(());
@@ -415,10 +507,10 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
             .collect();
         for r in rereads {
             if let RecordId::Dialog(d) = r
-                && !self.obs.dialogs.contains_key(&d)
+                && !self.read_dialogs.contains(&d)
                 && let Some(c) = self.sy.chatapp.chat(&d).await?
             {
-                self.obs.dialogs.insert(d, c.to_obs());
+                self.observe_chat(&c)?;
             }
         }
         Ok(())
@@ -430,8 +522,8 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Reader<'_, K, C, S> {
             .iter()
             .filter(|q| {
                 subject_record(&q.record).is_some_and(|r| match &r {
-                    RecordId::Card(c) => self.obs.cards.contains_key(c),
-                    RecordId::Dialog(d) => self.obs.dialogs.contains_key(d),
+                    RecordId::Card(c) => self.read_cards.contains(c),
+                    RecordId::Dialog(d) => self.read_dialogs.contains(d),
                 })
             })
             .map(|q| Quarantined::key_of(&q.record))

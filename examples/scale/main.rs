@@ -1,12 +1,19 @@
-//! Scale harness: the real binary (`once`, as a child process) against in-process simulators with a
-//! generated world. Prints, for a full cycle, an idle incremental cycle and an incremental cycle with
-//! K changes: requests to each API against the minimum the cycle needs, wall time, the daemon's CPU
-//! time, its peak RSS, and the state file's size.
+//! Scale harness: the real binary (`once` and `run`, as child processes) against in-process
+//! simulators with a generated world. Prints, for a full cycle, an idle incremental cycle and an
+//! incremental cycle with K changes: requests to each API against the minimum the cycle needs,
+//! wall time, the daemon's CPU time, its peak RSS, and the state file's size (after each phase);
+//! then a `run` daemon through several idle cycles (CPU per cycle, resident size between cycles,
+//! [`daemon`]) and N instances sharing one Kommo limit (the most requests in any second,
+//! [`instances`]).
 //!
 //! ```sh
-//! cargo build --release && cargo run --release --example scale -- --contacts 100000 --leads 150000 --dialogs 30000 --changes 100
+//! cargo build --release && cargo run --release --example scale -- --contacts 100000 --leads 150000 --dialogs 30000 --changes 100 --instances 20
 //! ```
-//! `--check` exits non-zero when a cycle costs more than its formula allows (CI runs it small).
+//! `--check` exits non-zero when a cycle costs more than its formula allows, an idle cycle writes
+//! to the state file, or the instances exceed the shared limit in some second (CI runs it small).
+
+mod daemon;
+mod instances;
 
 use chatapp_kommo_sync::commands::demo::{LEAD_FLAG_FIELD, write_config};
 use chatapp_kommo_sync::sim::{
@@ -25,6 +32,8 @@ struct Args {
     changes: u64,
     check: bool,
     bin: PathBuf,
+    idle_cycles: usize,
+    instances: usize,
 }
 
 fn parse_args() -> Args {
@@ -35,6 +44,8 @@ fn parse_args() -> Args {
         changes: 50,
         check: false,
         bin: PathBuf::new(),
+        idle_cycles: 5,
+        instances: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -49,6 +60,8 @@ fn parse_args() -> Args {
             "--dialogs" => a.dialogs = num(),
             "--changes" => a.changes = num(),
             "--check" => a.check = true,
+            "--idle-cycles" => a.idle_cycles = num() as usize,
+            "--instances" => a.instances = num() as usize,
             "--bin" => a.bin = PathBuf::from(it.next().expect("--bin PATH")),
             other => panic!("unknown argument {other}"),
         }
@@ -241,13 +254,31 @@ async fn main() {
     let min_c = 1 + 1 + chat_pages(a.dialogs); // login + employees + chat pages
     ok &= report("full (first run, adopt)", &m, min_k, min_c, a.check);
 
+    let state = dir.join("state.redb");
+    let size = || std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "state file after the first run: {:.1} MB",
+        size() as f64 / 1e6
+    );
+
     // 2. idle incremental (after one warm-up incremental past the overlap window)
     clock.advance(3600);
     run_once(&a.bin, &config, &[], &kommo, &chatapp);
+    let before_idle = size();
     clock.advance(60);
     let m = run_once(&a.bin, &config, &[], &kommo, &chatapp);
     // account (once per process) + users + events + one page per kind; employees + one chat page
     ok &= report("incremental, idle", &m, 1 + users + 1 + 2, 2, a.check);
+    let after_idle = size();
+    println!(
+        "state file: {:.1} MB before the idle cycle, {:.1} MB after",
+        before_idle as f64 / 1e6,
+        after_idle as f64 / 1e6
+    );
+    if a.check && after_idle > before_idle {
+        eprintln!("an idle cycle grew the state file");
+        ok = false;
+    }
 
     // 3. incremental with K changes: K contacts that have dialogs go to another manager
     clock.advance(60);
@@ -277,12 +308,81 @@ async fn main() {
     let min_c = 1 + chat_pages(a.dialogs);
     ok &= report("full (steady state)", &m, min_k, min_c, a.check);
 
-    let state = dir.join("state.redb");
-    let size = std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
-    println!("state file: {:.1} MB", size as f64 / 1e6);
+    println!(
+        "state file after the steady full cycle: {:.1} MB",
+        size() as f64 / 1e6
+    );
+
+    // 5. the service: a `run` daemon through idle cycles on demand
+    clock.advance(60);
+    let f = daemon::measure(&a.bin, &config, a.idle_cycles, || {
+        (kommo.request_count(), chatapp.request_count())
+    });
+    let mut cpu = f.cpu_per_cycle.clone();
+    cpu.sort_by(f64::total_cmp);
+    println!(
+        "run daemon, {} idle cycles: cpu per cycle median {:.3} s (max {:.3} s); rss between cycles {:.1}-{:.1} MB; requests per cycle {:?}",
+        cpu.len(),
+        cpu.get(cpu.len() / 2).copied().unwrap_or(0.0),
+        cpu.last().copied().unwrap_or(0.0),
+        f.rss_mb.iter().copied().fold(f64::MAX, f64::min),
+        f.rss_mb.iter().copied().fold(0.0, f64::max),
+        f.requests
+    );
+    println!(
+        "state file after the daemon's idle cycles: {:.1} MB",
+        size() as f64 / 1e6
+    );
+
+    // 6. several accounts on one IP: instances sharing one Kommo limit
+    if a.instances > 0 {
+        let (small_k, small_c) = small_world(&clock).await;
+        let f = instances::measure(&a.bin, &dir, a.instances, 7, &small_k, &small_c);
+        println!(
+            "{} instances sharing a 7 rps limit: {} Kommo requests in {:.1} s, at most {} in any 1-s window",
+            f.instances, f.kommo_requests, f.wall_s, f.max_in_any_second
+        );
+        if a.check && f.max_in_any_second > 7 {
+            eprintln!("the instances exceeded the shared limit");
+            ok = false;
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
     if !ok {
         eprintln!("a cycle cost more requests than its formula allows");
         std::process::exit(1);
     }
+}
+
+/// A small account for the instances phase (each instance's first run lists it all).
+async fn small_world(clock: &SimClock) -> (KommoSim, ChatAppSim) {
+    let kommo = KommoSim::start(KommoSimConfig {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let chatapp = ChatAppSim::start(ChatAppSimConfig {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    kommo.add_user(500_000, "m0", "m0@scale.example", true);
+    chatapp.add_employee(80_000, "m0", "m0@scale.example");
+    kommo.add_cards(
+        "contacts",
+        (0..300).map(|i| {
+            SimCard::new(1_000_000 + i, "c", 500_000).with_field(SimField::phones(&[&phone(i)]))
+        }),
+    );
+    kommo.add_cards(
+        "leads",
+        (0..300).map(|i| {
+            SimCard::new(5_000_000 + i, "l", 500_000)
+                .with_field(SimField::checkbox(LEAD_FLAG_FIELD, true))
+                .with_contacts(&[1_000_000 + i])
+        }),
+    );
+    (kommo, chatapp)
 }

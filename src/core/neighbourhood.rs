@@ -1,0 +1,409 @@
+//! The part of the bases a cycle needs: what it observed and everything a decision about it can
+//! depend on. Pure: the bases are reached through [`BaseLookup`] (the store's indexes, or an
+//! in-memory [`Snapshot`]).
+//!
+//! Why this is enough (each point is checked by `tests/neighbourhood_props.rs`, which compares the
+//! plan made from the whole snapshot with the plan made from the neighbourhood):
+//! - a dialog is decided only when it was observed (changed, opened), is held or parked, or one of
+//!   its linked cards changed (was observed) or is held or parked: those dialogs are the *focus*;
+//! - deciding a focus dialog needs every card linked to it (its `E_in` and `E_out`), and a card
+//!   receives proposals only from decided dialogs: so the cards linked to the focus dialogs;
+//! - a changed contact whose Messenger value matches no dialog is parked (rule 8): its dialogs are
+//!   focus dialogs, so "unknown" is told from "not loaded"; a parked one is a seed, likewise.
+//!
+//! Links are found by *terms*: a dialog has its key, its chat id and its phone; a card has the
+//! terms its Messenger values and phones would match. Two records can be linked only if they
+//! share a term; the engine then resolves the exact links over what was loaded, so an index may
+//! return too much (a hash collision), never too little.
+
+use crate::core::engine::{Observations, Parked, Snapshot, Trigger, card_change_time};
+use crate::core::links::phone_of_chat_id;
+use crate::core::model::{
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, RecordId,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A term: the 64-bit FNV-1a hash of a tagged string (a collision only loads a record too many).
+pub type Term = u64;
+
+fn term(tag: u8, parts: &[&str]) -> Term {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    eat(tag);
+    for p in parts {
+        p.bytes().for_each(&mut eat);
+        eat(0x1f);
+    }
+    h
+}
+
+fn key_term(k: &DialogKey) -> Term {
+    term(
+        b'k',
+        &[&k.license_id.to_string(), &k.messenger_type, &k.chat_id],
+    )
+}
+
+fn phone_term(p: &str) -> Term {
+    term(b'p', &[p])
+}
+
+/// A contact's phone field (matched only with `match_phone`).
+fn field_phone_term(p: &str) -> Term {
+    term(b'f', &[p])
+}
+
+/// The phone a dialog is matched by: its own, else the one its chat id carries.
+fn dialog_phone(key: &DialogKey, phone: Option<&str>) -> Option<String> {
+    phone
+        .map(str::to_string)
+        .or_else(|| phone_of_chat_id(&key.chat_id))
+        .filter(|p| !p.is_empty())
+}
+
+/// The terms a dialog is stored under (its key, chat id and phone).
+pub fn dialog_terms(key: &DialogKey, phone: Option<&str>) -> Vec<Term> {
+    let mut t = vec![key_term(key), term(b'c', &[&key.chat_id])];
+    if let Some(p) = dialog_phone(key, phone) {
+        t.push(phone_term(&p));
+        t.push(field_phone_term(&p));
+    }
+    t
+}
+
+/// The terms that find the dialogs one Messenger value may point at.
+fn ref_terms(r: &DialogRef) -> Vec<Term> {
+    match r {
+        DialogRef::Full(k) => vec![key_term(k)],
+        DialogRef::ChatId(c) => {
+            let mut t = vec![term(b'c', &[c])];
+            t.extend(
+                phone_of_chat_id(c)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| phone_term(&p)),
+            );
+            t
+        }
+        DialogRef::Phone(p) if !p.is_empty() => vec![phone_term(p)],
+        DialogRef::Phone(_) => vec![],
+    }
+}
+
+/// The terms a card is stored under: those of its Messenger values and of its phones.
+pub fn card_terms(st: &CardState) -> Vec<Term> {
+    own_terms(&st.dialog_refs, &st.phones, true)
+}
+
+fn own_terms(refs: &[DialogRef], phones: &[String], with_phones: bool) -> Vec<Term> {
+    let mut t: Vec<Term> = refs.iter().flat_map(ref_terms).collect();
+    if with_phones {
+        t.extend(
+            phones
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| field_phone_term(p)),
+        );
+    }
+    t.sort_unstable();
+    t.dedup();
+    t
+}
+
+/// Reads bases by key and by term: the store's indexes, or an in-memory snapshot.
+pub trait BaseLookup {
+    /// The lookup's error.
+    type Error;
+    /// One card's base.
+    fn card(&self, id: &CardId) -> Result<Option<CardState>, Self::Error>;
+    /// One dialog's base.
+    fn dialog(&self, key: &DialogKey) -> Result<Option<DialogState>, Self::Error>;
+    /// The dialogs stored under `term` (possibly more).
+    fn dialogs_with(&self, term: Term) -> Result<Vec<DialogKey>, Self::Error>;
+    /// The cards stored under `term` (possibly more).
+    fn cards_with(&self, term: Term) -> Result<Vec<CardId>, Self::Error>;
+    /// The non-contact cards whose base links `contact`.
+    fn cards_of_contact(&self, contact: u64) -> Result<Vec<CardId>, Self::Error>;
+}
+
+/// The records of a snapshot that no base lookup needs: parked pairs, held records, the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Frame {
+    /// Parked pairs, by key.
+    pub parked: BTreeMap<String, Parked>,
+    /// Held records.
+    pub held: BTreeSet<RecordId>,
+    /// The first cycle ran.
+    pub bootstrapped: bool,
+    /// `[links] match_phone`.
+    pub match_phone: bool,
+}
+
+/// True when an observed card says nothing its base does not: same values, same change time. The
+/// engine decides the same without it, and its base needs no rewrite, so a full cycle keeps
+/// only the cards that differ.
+pub fn card_unchanged(base: &CardState, o: &CardObs, now: i64) -> bool {
+    base.responsible == o.responsible
+        && base.flag == o.flag
+        && base.deleted == o.deleted
+        && base.contacts == o.contacts
+        && base.dialog_refs == o.dialog_refs
+        && base.phones == o.phones
+        && base.lead == o.lead
+        && card_change_time(Some(base.into()), o, now) == base.changed_at
+}
+
+/// The same for a dialog.
+pub fn dialog_unchanged(base: &DialogState, o: &DialogObs, now: i64) -> bool {
+    base.responsible == o.responsible
+        && base.last_time == o.last_time
+        && base.session == o.session
+        && base.closed == o.closed
+        && base.phone == o.phone
+        && crate::core::engine::dialog_change_time(Some(base), o, now) == base.changed_at
+}
+
+/// What the engine needs of the bases for `obs` (see the module docs). Not for a first run:
+/// its bootstrap decides every dialog, so it plans from every base.
+pub fn neighbourhood<L: BaseLookup>(
+    store: &L,
+    frame: Frame,
+    obs: &Observations,
+) -> Result<Snapshot, L::Error> {
+    let mut n = Walk {
+        store,
+        obs,
+        obs_ix: ObsIndex::new(obs, frame.match_phone),
+        match_phone: frame.match_phone,
+        cards: BTreeMap::new(),
+        dialogs: BTreeMap::new(),
+    };
+    let (seed_cards, mut focus) = seeds(&frame, obs);
+    for c in &seed_cards {
+        focus.extend(n.dialogs_of_card(c)?);
+    }
+    let mut linked: BTreeSet<CardId> = seed_cards;
+    for d in &focus {
+        linked.extend(n.cards_of_dialog(d)?);
+    }
+    for c in &linked {
+        n.load_card(c)?;
+    }
+    for d in &focus {
+        n.load_dialog(d)?;
+    }
+    Ok(Snapshot {
+        cards: n
+            .cards
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect(),
+        dialogs: n
+            .dialogs
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect(),
+        parked: frame.parked,
+        held: frame.held,
+        bootstrapped: frame.bootstrapped,
+        card_values: BTreeMap::new(),
+    })
+}
+
+/// The records a cycle starts from: observed, held and parked cards; observed, held and parked
+/// dialogs.
+fn seeds(frame: &Frame, obs: &Observations) -> (BTreeSet<CardId>, BTreeSet<DialogKey>) {
+    let mut cards: BTreeSet<CardId> = obs.cards.keys().copied().collect();
+    let mut dialogs: BTreeSet<DialogKey> = obs.dialogs.keys().cloned().collect();
+    let records = frame.held.iter().chain(
+        frame
+            .parked
+            .values()
+            .flat_map(|p| std::iter::once(&p.subject).chain(p.target.iter())),
+    );
+    for r in records {
+        match r {
+            RecordId::Card(c) => cards.insert(*c),
+            RecordId::Dialog(d) => dialogs.insert(d.clone()),
+        };
+    }
+    for p in frame.parked.values() {
+        if let Trigger::CardChanged(c) = p.trigger {
+            cards.insert(c);
+        }
+    }
+    (cards, dialogs)
+}
+
+/// Term indexes over what this cycle observed (the store's indexes hold the bases).
+struct ObsIndex {
+    dialogs: BTreeMap<Term, Vec<DialogKey>>,
+    cards: BTreeMap<Term, Vec<CardId>>,
+    of_contact: BTreeMap<u64, Vec<CardId>>,
+}
+
+impl ObsIndex {
+    fn new(obs: &Observations, match_phone: bool) -> ObsIndex {
+        let mut ix = ObsIndex {
+            dialogs: BTreeMap::new(),
+            cards: BTreeMap::new(),
+            of_contact: BTreeMap::new(),
+        };
+        for (k, o) in &obs.dialogs {
+            for t in dialog_terms(k, o.phone.as_deref()) {
+                ix.dialogs.entry(t).or_default().push(k.clone());
+            }
+        }
+        for (id, o) in &obs.cards {
+            let with_phones = match_phone && id.kind == CardKind::Contact;
+            for t in own_terms(&o.dialog_refs, &o.phones, with_phones) {
+                ix.cards.entry(t).or_default().push(*id);
+            }
+            for c in &o.contacts {
+                ix.of_contact.entry(*c).or_default().push(*id);
+            }
+        }
+        ix
+    }
+}
+
+/// What links a card: its Messenger values, its phones, its contacts.
+type CardLinks = (Vec<DialogRef>, Vec<String>, Vec<u64>);
+
+/// The walk from the seeds to their neighbourhood, loading bases once each.
+struct Walk<'a, L> {
+    store: &'a L,
+    obs: &'a Observations,
+    obs_ix: ObsIndex,
+    match_phone: bool,
+    /// Loaded card bases (`None`: no base).
+    cards: BTreeMap<CardId, Option<CardState>>,
+    dialogs: BTreeMap<DialogKey, Option<DialogState>>,
+}
+
+impl<L: BaseLookup> Walk<'_, L> {
+    fn load_card(&mut self, id: &CardId) -> Result<Option<&CardState>, L::Error> {
+        if !self.cards.contains_key(id) {
+            let st = self.store.card(id)?;
+            self.cards.insert(*id, st);
+        }
+        Ok(self.cards[id].as_ref())
+    }
+
+    fn load_dialog(&mut self, key: &DialogKey) -> Result<(), L::Error> {
+        if !self.dialogs.contains_key(key) {
+            let st = self.store.dialog(key)?;
+            self.dialogs.insert(key.clone(), st);
+        }
+        Ok(())
+    }
+
+    /// A card's current links: its observation, else its base.
+    fn card_now(&mut self, id: &CardId) -> Result<CardLinks, L::Error> {
+        if let Some(o) = self.obs.cards.get(id) {
+            return Ok((o.dialog_refs.clone(), o.phones.clone(), o.contacts.clone()));
+        }
+        Ok(self
+            .load_card(id)?
+            .map(|b| (b.dialog_refs.clone(), b.phones.clone(), b.contacts.clone()))
+            .unwrap_or_default())
+    }
+
+    /// The dialogs a card may be linked to now (through its contacts for the other kinds).
+    fn dialogs_of_card(&mut self, id: &CardId) -> Result<BTreeSet<DialogKey>, L::Error> {
+        let (refs, phones, contacts) = self.card_now(id)?;
+        let with_phones = self.match_phone && id.kind == CardKind::Contact;
+        let mut out = self.dialogs_with_terms(&own_terms(&refs, &phones, with_phones))?;
+        if id.kind != CardKind::Contact {
+            for c in contacts {
+                let contact = CardId::new(CardKind::Contact, c);
+                let (refs, phones, _) = self.card_now(&contact)?;
+                let t = own_terms(&refs, &phones, self.match_phone);
+                out.extend(self.dialogs_with_terms(&t)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn dialogs_with_terms(&self, terms: &[Term]) -> Result<BTreeSet<DialogKey>, L::Error> {
+        let mut out = BTreeSet::new();
+        for t in terms {
+            out.extend(self.store.dialogs_with(*t)?);
+            out.extend(self.obs_ix.dialogs.get(t).into_iter().flatten().cloned());
+        }
+        Ok(out)
+    }
+
+    /// The cards that may be linked to a dialog now: contacts (and cards with their own
+    /// Messenger values) sharing a term with it, and the cards linking those contacts.
+    fn cards_of_dialog(&mut self, key: &DialogKey) -> Result<BTreeSet<CardId>, L::Error> {
+        let phone = match self.obs.dialogs.get(key) {
+            Some(o) => o.phone.clone(),
+            None => self.store.dialog(key)?.and_then(|d| d.phone),
+        };
+        let mut out = BTreeSet::new();
+        for t in dialog_terms(key, phone.as_deref()) {
+            out.extend(self.store.cards_with(t)?);
+            out.extend(self.obs_ix.cards.get(&t).into_iter().flatten().copied());
+        }
+        let contacts: Vec<u64> = out
+            .iter()
+            .filter(|c| c.kind == CardKind::Contact)
+            .map(|c| c.id)
+            .collect();
+        for c in contacts {
+            out.extend(self.store.cards_of_contact(c)?);
+            out.extend(
+                self.obs_ix
+                    .of_contact
+                    .get(&c)
+                    .into_iter()
+                    .flatten()
+                    .copied(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// An in-memory snapshot answers lookups by scanning (the tests' reference and the fakes').
+impl BaseLookup for Snapshot {
+    type Error = std::convert::Infallible;
+
+    fn card(&self, id: &CardId) -> Result<Option<CardState>, Self::Error> {
+        Ok(self.cards.get(id).cloned())
+    }
+
+    fn dialog(&self, key: &DialogKey) -> Result<Option<DialogState>, Self::Error> {
+        Ok(self.dialogs.get(key).cloned())
+    }
+
+    fn dialogs_with(&self, t: Term) -> Result<Vec<DialogKey>, Self::Error> {
+        Ok(self
+            .dialogs
+            .iter()
+            .filter(|(k, st)| dialog_terms(k, st.phone.as_deref()).contains(&t))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    fn cards_with(&self, t: Term) -> Result<Vec<CardId>, Self::Error> {
+        Ok(self
+            .cards
+            .iter()
+            .filter(|(_, st)| card_terms(st).contains(&t))
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    fn cards_of_contact(&self, contact: u64) -> Result<Vec<CardId>, Self::Error> {
+        Ok(self
+            .cards
+            .iter()
+            .filter(|(id, st)| id.kind != CardKind::Contact && st.contacts.contains(&contact))
+            .map(|(id, _)| *id)
+            .collect())
+    }
+}

@@ -1,0 +1,104 @@
+//! The engine decides the same from the neighbourhood of what a cycle observed (what the store
+//! loads) as from every base, after dropping the observations that equal their bases (what a
+//! full cycle keeps): checked on every cycle of random runs, with config changes, failing writes
+//! and people racing the writes. `src/core/neighbourhood.rs` says why this should hold.
+
+#[path = "common/gen.rs"]
+mod worldgen;
+
+use chatapp_kommo_sync::core::engine::{Observations, Plan, Snapshot, plan};
+use chatapp_kommo_sync::core::neighbourhood::{
+    Frame, card_unchanged, dialog_unchanged, neighbourhood,
+};
+use proptest::prelude::*;
+use worldgen::*;
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 2_000,
+        ..ProptestConfig::default()
+    }
+}
+
+/// `obs` without the records that equal their bases.
+fn changed_only(snap: &Snapshot, obs: &Observations) -> Observations {
+    let mut out = obs.clone();
+    out.cards.retain(|id, o| {
+        !snap
+            .cards
+            .get(id)
+            .is_some_and(|b| card_unchanged(b, o, obs.now))
+    });
+    out.dialogs.retain(|k, o| {
+        !snap
+            .dialogs
+            .get(k)
+            .is_some_and(|b| dialog_unchanged(b, o, obs.now))
+    });
+    out
+}
+
+/// Everything a plan decides, without the bases it settles (those of dropped records differ).
+fn decisions(p: &Plan) -> Plan {
+    Plan {
+        settle_cards: Default::default(),
+        settle_dialogs: Default::default(),
+        ..p.clone()
+    }
+}
+
+fn check(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
+    if !log.snap.bootstrapped {
+        return Ok(()); // a first run plans from every base
+    }
+    let obs = changed_only(&log.snap, &log.obs);
+    let frame = Frame {
+        parked: log.snap.parked.clone(),
+        held: log.snap.held.clone(),
+        bootstrapped: true,
+        match_phone: sim.policy.match_phone,
+    };
+    let near = neighbourhood(&log.snap, frame, &obs).expect("in memory");
+    prop_assert!(near.cards.len() <= log.snap.cards.len());
+    let p = plan(&near, &obs, &sim.policy, &sim.users);
+    prop_assert_eq!(decisions(&p), decisions(&log.plan));
+    // every base the full plan settles differently from before is settled the same
+    for (id, st) in &log.plan.settle_cards {
+        if log.snap.cards.get(id) != Some(st) {
+            prop_assert_eq!(p.settle_cards.get(id), Some(st), "card {}", id);
+        }
+    }
+    for (k, st) in &log.plan.settle_dialogs {
+        if log.snap.dialogs.get(k) != Some(st) {
+            prop_assert_eq!(p.settle_dialogs.get(k), Some(st), "dialog {}", k);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Plans agree on every cycle of random runs (config changes included).
+    #[test]
+    fn the_neighbourhood_decides_like_every_base(
+        spec in world_spec(),
+        rounds in rounds(any_step(), 1..=6),
+        faults in prop::collection::vec(faults(people_step()), 0..=6),
+    ) {
+        let mut sim = Sim::new(&spec);
+        sim.cycle();
+        for (i, r) in rounds.iter().enumerate() {
+            sim.act_all(r);
+            let f = faults.get(i).cloned().unwrap_or_default();
+            let log = sim.cycle_with(&f);
+            check(&sim, &log)?;
+        }
+    }
+}
