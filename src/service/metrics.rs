@@ -43,6 +43,10 @@ struct Inner {
     duration_count: u64,
     /// Records in quarantine at the end of the last cycle.
     quarantined: u64,
+    /// When the process started (unix seconds).
+    started_unix: i64,
+    /// The interval between two poll cycles (from the config).
+    poll_interval: Duration,
     /// When each API's breaker lets calls through again (unix), as seen at the last cycle's end.
     blocked_until: BTreeMap<&'static str, i64>,
 }
@@ -184,9 +188,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Empty metrics.
+    /// Empty metrics, started now (`chatapp_kommo_sync_start_time_seconds`).
     pub fn new() -> Metrics {
-        Metrics::default()
+        let m = Metrics::default();
+        m.lock().started_unix = crate::sync::now_unix();
+        m
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -204,9 +210,12 @@ impl Metrics {
     }
 
     /// Takes `/readyz`'s window from the config (at start and after a reload).
+    /// Also the poll interval shown by `chatapp_kommo_sync_poll_interval_seconds`.
     pub fn configure(&self, cfg: &Config) {
+        let poll = poll_interval(cfg);
         *self.ready_within.lock().unwrap_or_else(|e| e.into_inner()) =
-            poll_interval(cfg) * 3 + cfg.daemon.cycle_budget.min(Duration::from_secs(60));
+            poll * 3 + cfg.daemon.cycle_budget.min(Duration::from_secs(60));
+        self.lock().poll_interval = poll;
     }
 
     /// Records a finished cycle (`full` or incremental, its wall time and its result), the
@@ -321,7 +330,7 @@ fn render_cycles(o: &mut String, m: &Inner) {
     }
 }
 
-/// Whether a cycle runs, the last good one, and readiness (as `/readyz` answers).
+/// Whether a cycle runs, the last good one, the start, the poll interval, and readiness (as `/readyz` answers).
 fn render_health(o: &mut String, m: &Inner, ready: bool) {
     let name = "chatapp_kommo_sync_cycle_running";
     family(o, name, "gauge", "1 while a cycle runs.");
@@ -334,6 +343,17 @@ fn render_health(o: &mut String, m: &Inner, ready: bool) {
         "End of the last good cycle (unix seconds; 0 before the first).",
     );
     sample(o, name, &[], m.last_success_unix.unwrap_or(0));
+    let name = "chatapp_kommo_sync_start_time_seconds";
+    family(o, name, "gauge", "When the daemon started (unix seconds).");
+    sample(o, name, &[], m.started_unix);
+    let name = "chatapp_kommo_sync_poll_interval_seconds";
+    family(
+        o,
+        name,
+        "gauge",
+        "The interval between two poll cycles now (from daemon.poll_schedule).",
+    );
+    sample(o, name, &[], m.poll_interval.as_secs_f64());
     let name = "chatapp_kommo_sync_ready";
     family(
         o,
