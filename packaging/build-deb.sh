@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Debian package: target/debian/chatapp-kommo-sync_<version>_<arch>.deb
 # (release binary, both systemd units, the sysusers file, the conffile
-# /etc/chatapp-kommo-sync/config.toml, man pages, shell completions, docs).
+# /etc/chatapp-kommo-sync/config.toml, man pages, shell completions, docs, and
+# the Grafana dashboard and Prometheus alert rules of packaging/dashboards/ in
+# /usr/share/chatapp-kommo-sync/).
 # Prints the .deb's path as the last line of its output. Idempotent; works from
 # any directory.
 #
@@ -52,7 +54,8 @@ command -v dpkg-deb >/dev/null || die "dpkg-deb not found (not a Debian system?)
 command -v dpkg-parsechangelog >/dev/null || apt_install dpkg-parsechangelog dpkg-dev
 
 for f in Cargo.toml config.example.toml README.md packaging/README.md \
-         packaging/debian/changelog packaging/debian/copyright packaging/debian/lintian-overrides; do
+         packaging/debian/changelog packaging/debian/copyright packaging/debian/lintian-overrides \
+         packaging/dashboards/grafana-dashboard.json packaging/dashboards/alerts.yml; do
     [ -f "$f" ] || die "$f is missing (it is packaged)"
 done
 

@@ -14,7 +14,8 @@
 #     "man --warnings" with no warning; the bash, zsh and fish completions,
 #     each syntax-checked where its shell is installed; the changelog (its
 #     newest entry is the package's version) and the copyright file; every
-#     file in packaging/share/ under /usr/share/chatapp-kommo-sync/;
+#     file in packaging/dashboards/ (the Grafana dashboard and the Prometheus
+#     alert rules, both required) under /usr/share/chatapp-kommo-sync/;
 #   - lintian: no error and no warning; each override in
 #     packaging/debian/lintian-overrides has a one-line reason comment and is
 #     used.
@@ -90,18 +91,19 @@ has /usr/share/man/man5/$PKG.toml.5.gz
 has /usr/share/bash-completion/completions/$PKG
 has /usr/share/zsh/vendor-completions/_$PKG
 has /usr/share/fish/vendor_completions.d/$PKG.fish
-# Data files for /usr/share/$PKG/ (dashboards, alert rules) live in packaging/share/.
+# Data files for /usr/share/$PKG/ live in packaging/dashboards/: the Grafana
+# dashboard and the Prometheus alert rules (both required), and anything added.
+has /usr/share/$PKG/grafana-dashboard.json
+has /usr/share/$PKG/alerts.yml
 shared=0
-if [ -d packaging/share ]; then
-    while IFS= read -r -d '' f; do
-        rel=${f#packaging/share/}
-        grep -q "^/usr/share/$PKG/$rel " "$WORK/files" \
-            || fail "packaging/share/$rel is not in the package as /usr/share/$PKG/$rel (is its line in Cargo.toml's assets uncommented?)"
-        [ "$(awk -v p="/usr/share/$PKG/$rel" '$1 == p { print $2 }' "$WORK/files")" = "-rw-r--r--" ] \
-            || fail "/usr/share/$PKG/$rel is not mode 0644"
-        shared=$((shared + 1))
-    done < <(find packaging/share -type f -print0)
-fi
+while IFS= read -r -d '' f; do
+    rel=${f#packaging/dashboards/}
+    grep -q "^/usr/share/$PKG/$rel " "$WORK/files" \
+        || fail "packaging/dashboards/$rel is not in the package as /usr/share/$PKG/$rel (see the assets in Cargo.toml)"
+    [ "$(awk -v p="/usr/share/$PKG/$rel" '$1 == p { print $2 }' "$WORK/files")" = "-rw-r--r--" ] \
+        || fail "/usr/share/$PKG/$rel is not mode 0644"
+    shared=$((shared + 1))
+done < <(find packaging/dashboards -maxdepth 1 -type f -print0)
 
 [ "$(mode_of /usr/bin/$PKG)" = "-rwxr-xr-x" ] || fail "/usr/bin/$PKG mode is $(mode_of /usr/bin/$PKG)"
 conf_mode=$(mode_of /etc/$PKG/config.toml)
@@ -301,7 +303,7 @@ note "verify:      $verify"
 note "man pages:   $n_pages, gzipped, man --warnings clean: $(for p in $pages; do basename "$p" .gz; done | tr '\n' ' ')"
 note "completions: $completions"
 note "changelog:   $pkg_version (changelog.gz, native package); copyright: DEP-5"
-note "shared data: $shared file(s) from packaging/share/ in /usr/share/$PKG/"
+note "shared data: $shared file(s) from packaging/dashboards/ in /usr/share/$PKG/"
 note "lintian:     $(lintian --version | awk '{ print $2 }'): $l_err errors, $l_warn warnings, $l_info info, $l_over overridden"
 grep -E '^I: ' "$WORK/lintian.txt" | sed 's/^/check-package:   /' || true
 # Each override with its reason (the comment line above it).

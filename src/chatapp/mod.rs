@@ -265,7 +265,7 @@ impl ChatAppClient {
     fn persist(&self, pair: &TokenPair) -> Result<(), ApiError> {
         self.store
             .save_chatapp_pair(pair)
-            .map_err(|e| ApiError::Auth {
+            .map_err(|e| ApiError::Store {
                 api: API,
                 reason: format!("cannot store the new token pair: {e}"),
             })

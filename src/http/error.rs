@@ -79,6 +79,15 @@ pub enum ApiError {
         /// Why (names the file).
         reason: String,
     },
+    /// The state db failed while the client read or stored its tokens (or its login log): the
+    /// API answered; the db did not.
+    #[error("{api}: the state db failed: {reason}")]
+    Store {
+        /// `kommo` or `chatapp`.
+        api: &'static str,
+        /// What was read or stored, and the db's error.
+        reason: String,
+    },
     /// Credentials rejected.
     #[error("{api}: authentication failed: {reason}")]
     Auth {
@@ -92,7 +101,7 @@ pub enum ApiError {
 impl ApiError {
     /// A short, stable class for metrics and logs (`cycle_errors_total{error}`): what happened
     /// (`connect`, `timeout`, `http_5xx`, `http_429`, `http_4xx`, `decode`, `budget`, `blocked`,
-    /// `auth`, `limiter`).
+    /// `auth`, `limiter`, `store`).
     pub fn label(&self) -> &'static str {
         match self {
             ApiError::Transport { class, .. } => class,
@@ -106,6 +115,48 @@ impl ApiError {
             ApiError::Blocked { .. } => "blocked",
             ApiError::Auth { .. } => "auth",
             ApiError::Limiter { .. } => "limiter",
+            ApiError::Store { .. } => "store",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each error's class says what happened: the one a metric and a log line carry.
+    #[test]
+    fn every_error_has_the_class_of_what_happened() {
+        let transport = |class| ApiError::Transport {
+            api: "kommo",
+            endpoint: "GET http://h/".into(),
+            attempts: 3,
+            class,
+            reason: String::new(),
+        };
+        let status = |status| ApiError::Status {
+            api: "kommo",
+            endpoint: "GET http://h/".into(),
+            status,
+            body: String::new(),
+        };
+        for class in ["connect", "timeout", "http_5xx", "http_429", "limiter"] {
+            assert_eq!(transport(class).label(), class);
+        }
+        assert_eq!(status(404).label(), "http_4xx");
+        assert_eq!(status(503).label(), "http_5xx");
+        let store = ApiError::Store {
+            api: "chatapp",
+            reason: "cannot store the new token pair: disk full".into(),
+        };
+        assert_eq!(store.label(), "store");
+        assert!(store.to_string().contains("state db"), "{store}");
+        let budget = ApiError::Budget {
+            api: "kommo",
+            endpoint: "GET http://h/".into(),
+            attempts: 2,
+            last: "connection refused".into(),
+        };
+        assert_eq!(budget.label(), "budget");
     }
 }

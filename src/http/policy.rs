@@ -37,7 +37,8 @@ pub fn error_policy(e: &ApiError) -> ErrorPolicy {
         | ApiError::Decode { .. }
         | ApiError::Blocked { .. }
         | ApiError::Auth { .. }
-        | ApiError::Limiter { .. } => ErrorPolicy::Fail,
+        | ApiError::Limiter { .. }
+        | ApiError::Store { .. } => ErrorPolicy::Fail,
     }
 }
 

@@ -131,7 +131,7 @@ impl KommoAuth {
         store: Arc<dyn TokenStore>,
         seed: &SecretString,
     ) -> Result<KommoAuth, ApiError> {
-        let stored = store.kommo_pair().map_err(|e| ApiError::Auth {
+        let stored = store.kommo_pair().map_err(|e| ApiError::Store {
             api: API,
             reason: format!("reading the stored OAuth pair: {e}"),
         })?;
@@ -147,7 +147,7 @@ impl KommoAuth {
                     refresh_token: seed.expose_secret().to_string(),
                     expires_at: 0,
                 };
-                store.save_kommo_pair(&p).map_err(|e| ApiError::Auth {
+                store.save_kommo_pair(&p).map_err(|e| ApiError::Store {
                     api: API,
                     reason: format!("storing the seed refresh token: {e}"),
                 })?;
