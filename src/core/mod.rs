@@ -5,4 +5,5 @@ pub mod engine;
 pub mod links;
 pub mod model;
 pub mod schedule;
+pub mod text;
 pub mod usermap;

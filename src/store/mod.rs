@@ -7,6 +7,8 @@
 //! read-only processes (`status`) that follow its commits. A second writer is refused with
 //! [`StoreError::Locked`].
 
+mod names;
+
 use crate::core::engine::{Parked, Rule, Settlement, Snapshot};
 use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
 use crate::tokens::{OAuthPair, TokenPair, TokenStoreError};
@@ -441,6 +443,8 @@ pub struct CycleCommit {
     pub retention: Retention,
     /// The cycle's record.
     pub cycle: CycleRecord,
+    /// The names of the users and employees read (see [`names`]).
+    pub people: crate::core::text::People,
 }
 
 enum Handle {
@@ -960,6 +964,7 @@ impl Store {
             seen.retain(|_, at| at >= cutoff)
                 .map_err(db_err("prune events_seen"))?;
             write_quarantine(&tx, c)?;
+            names::write(&tx, &c.people)?;
             let mut meta = tx.open_table(META).map_err(db_err("open meta"))?;
             meta.insert(META_WATERMARKS, encode(&c.watermarks).as_slice())
                 .map_err(db_err("write watermarks"))?;
@@ -976,6 +981,11 @@ impl Store {
         }
         prune(&tx, &c.retention)?;
         tx.commit().map_err(db_err("commit cycle"))
+    }
+
+    /// The names of Kommo users and ChatApp employees as last read (see [`names`]).
+    pub fn people(&self) -> Result<crate::core::text::People, StoreError> {
+        names::read(&self.read()?)
     }
 
     /// The quarantined records, most recently seen first.
