@@ -155,7 +155,7 @@ pub fn render_at(
             out,
             "  #{:<5} {}  {:<11} {:<8} reads kommo {} req / chatapp {} req ({} cards, {} dialogs)  writes {}/{}  parked {}  {} ms{}",
             c.id,
-            r.time_ago(c.started_at),
+            r.time(c.started_at),
             c.kind,
             c.outcome,
             c.kommo_requests,
