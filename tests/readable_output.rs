@@ -160,6 +160,7 @@ async fn dry_run_and_status_name_the_people_in_local_time() {
 
     let s = env.run(&["status"]).await;
     assert_eq!(s.code, 0, "{s:?}");
+    eprintln!("{}", s.stdout); // `--nocapture` shows it
     assert_readable("status", &s.stdout);
     for who in [
         "Anna (ChatApp employee 85501) -> Boris (ChatApp employee 85502)",
