@@ -5,7 +5,8 @@ use crate::commands::status::{StatusQuery, render};
 use crate::config::{self, ConfigErrors};
 use crate::core::model::CardId;
 use crate::store::Store;
-use crate::sync::{CycleOptions, LiveSyncer, WriteResult, describe_write};
+use crate::sync::describe::{describe_parked, describe_write};
+use crate::sync::{CycleOptions, LiveSyncer, WriteResult};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -237,7 +238,11 @@ fn once(path: &std::path::Path, opts: CycleOptions) -> ExitCode {
             }
         };
         match syncer.run_cycle(opts).await {
-            Ok(r) => print_once(&r, opts.dry_run),
+            Ok(r) => print_once(
+                &r,
+                &syncer.readable(&r.people, crate::sync::now_unix()),
+                opts.dry_run,
+            ),
             Err(e) => {
                 eprintln!("cycle failed: {e}");
                 ExitCode::FAILURE
@@ -259,19 +264,23 @@ fn once(path: &std::path::Path, opts: CycleOptions) -> ExitCode {
 
 /// What `once` prints: each write with its result, each parked pair, a summary line; the exit
 /// code (3 when the brake stopped the writes, not in a dry run).
-fn print_once(r: &crate::sync::CycleReport, dry_run: bool) -> ExitCode {
+fn print_once(
+    r: &crate::sync::CycleReport,
+    at: &crate::core::text::Readable,
+    dry_run: bool,
+) -> ExitCode {
     let verb = if dry_run { "would write" } else { "wrote" };
     for (w, res) in r.plan.writes.iter().zip(&r.results) {
         let tag = match res {
             WriteResult::Done => "wrote".to_string(),
             WriteResult::Skipped => verb.to_string(),
-            WriteResult::Dropped(why) => format!("dropped ({why})"),
-            WriteResult::Rejected(why) => format!("rejected ({why})"),
+            WriteResult::Dropped(why) => format!("dropped ({})", at.text(why)),
+            WriteResult::Rejected(why) => format!("rejected ({})", at.text(why)),
         };
-        println!("{tag}: {}", describe_write(w));
+        println!("{tag}: {}", describe_write(at, w));
     }
     for p in &r.plan.parked {
-        println!("parked: {}: {}", p.key(), p.reason);
+        println!("parked: {}", describe_parked(at, p));
     }
     println!(
         "cycle {} ({}): {} planned, {} written, {} parked, {} disagreements; {} Kommo and {} ChatApp requests",

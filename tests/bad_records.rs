@@ -57,7 +57,7 @@ async fn malformed_records_are_quarantined_and_never_stall_the_sync() {
     let contact_line = s
         .stdout
         .lines()
-        .find(|l| l.contains("contact:1003"))
+        .find(|l| l.contains("contact 1003"))
         .unwrap_or_else(|| panic!("contact 1003 not reported: {}", s.stdout));
     assert!(
         contact_line.contains("responsible_user_id"),
@@ -86,6 +86,6 @@ async fn malformed_records_are_quarantined_and_never_stall_the_sync() {
     env.w.clock.advance(30);
     env.once(&[]).await;
     let s = env.run(&["status"]).await;
-    assert!(!s.stdout.contains("contact:1003"), "{}", s.stdout);
+    assert!(!s.stdout.contains("contact 1003"), "{}", s.stdout);
     assert!(!s.stdout.contains("quarantined records"), "{}", s.stdout);
 }

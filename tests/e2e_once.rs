@@ -140,16 +140,14 @@ async fn dry_run_names_the_targets_and_writes_nothing() {
         .set_responsible_as_human("contacts", 1001, 504142, 504141);
     let r = env.once(&["--dry-run"]).await;
     assert!(
-        r.stdout
-            .contains(&format!("would write: dialog 1:{WA}:{}", chat(1))),
+        r.stdout.contains(&format!(
+            "would write: dialog {} ({WA}, license 1)",
+            chat(1)
+        )),
         "{}",
         r.stdout
     );
-    assert!(
-        r.stdout.contains("would write: card lead:2001"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("would write: lead 2001"), "{}", r.stdout);
     assert!(
         r.stdout.contains("rule 1"),
         "the reason is printed: {}",
@@ -230,11 +228,7 @@ async fn status_explains_a_dialog_from_the_audit_log() {
         "{}",
         r.stdout
     );
-    assert!(
-        r.stdout.contains("source card contact:1001"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("source contact 1001"), "{}", r.stdout);
     let r = env.run(&["status", "--card", "lead:2001"]).await;
     assert!(r.stdout.contains("rule 4"), "{}", r.stdout);
     let r = env.run(&["status", "--card", "contact:1003"]).await;

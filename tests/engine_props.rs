@@ -773,8 +773,8 @@ fn regression_held_change_reverted_by_a_person_leaves_a_half_applied_decision() 
     assert_eq!(
         show(&log.plan),
         vec![
-            "card lead:20 Some(5) -> 1 (rule 3 (dialog_changed) from dialog 1:grWhatsApp:79990000001@c.us)",
-            "card contact:10 Some(5) -> 1 (rule 3 (dialog_changed) from dialog 1:grWhatsApp:79990000001@c.us)",
+            "lead 20 Some(5) -> 1 (rule 3 (dialog_changed) from dialog 79990000001@c.us (grWhatsApp, license 1))",
+            "contact 10 Some(5) -> 1 (rule 3 (dialog_changed) from dialog 79990000001@c.us (grWhatsApp, license 1))",
         ]
     );
     assert_eq!(log.confirmed, vec![false, true]);

@@ -77,6 +77,9 @@ pub(crate) struct Items<T> {
 #[derive(Deserialize)]
 pub(crate) struct EmployeeItem {
     id: u64,
+    /// Shown beside the id; a name of an unexpected type is ignored (the employee still maps).
+    #[serde(default, rename = "fullName")]
+    full_name: Option<serde_json::Value>,
     #[serde(default)]
     email: Option<String>,
 }
@@ -432,6 +435,7 @@ impl ChatAppClient {
             .into_iter()
             .map(|i| Employee {
                 id: EmployeeId(i.id),
+                name: crate::http::text_or_empty(i.full_name),
                 email: i.email.unwrap_or_default(),
             })
             .collect())

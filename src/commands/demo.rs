@@ -2,11 +2,16 @@
 //! and no network beyond loopback. Prints what it corrected and why.
 
 use crate::config;
+use crate::core::model::{EmployeeId, KommoUserId};
+use crate::core::text::Readable;
 use crate::sim::{
     ChatAppSim, ChatAppSimConfig, KommoSim, KommoSimConfig, SimCard, SimChat, SimClock, SimField,
 };
 use crate::store::Store;
-use crate::sync::{CycleOptions, CycleReport, LiveSyncer, WriteResult, describe_write};
+use crate::sync::describe::{
+    describe_conflict, describe_disagreement, describe_parked, describe_write,
+};
+use crate::sync::{CycleOptions, CycleReport, LiveSyncer, WriteResult};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -192,7 +197,7 @@ pub async fn sample_world_with(kommo_cfg: KommoSimConfig) -> std::io::Result<Dem
     })
 }
 
-fn print_report(title: &str, r: &CycleReport) {
+fn print_report(title: &str, r: &CycleReport, at: &Readable) {
     println!("\n== {title}");
     println!(
         "   {} cycle: read {} cards and {} dialogs with {} Kommo and {} ChatApp requests; {} ms",
@@ -209,10 +214,7 @@ fn print_report(title: &str, r: &CycleReport) {
         );
     }
     for d in &r.plan.disagreements {
-        println!(
-            "   disagreement reported: dialog {} has employee {:?}, card {} has Kommo user {}",
-            d.dialog, d.dialog_responsible, d.card, d.card_responsible
-        );
+        println!("   disagreement reported: {}", describe_disagreement(at, d));
     }
     if r.plan.writes.is_empty() {
         println!("   corrections: none");
@@ -224,21 +226,19 @@ fn print_report(title: &str, r: &CycleReport) {
             WriteResult::Rejected(_) => "rejected",
             WriteResult::Skipped => "planned",
         };
-        println!("   {status}: {}", describe_write(w));
+        println!("   {status}: {}", describe_write(at, w));
     }
     for p in &r.plan.parked {
-        println!("   parked (not written): {}: {}", p.key(), p.reason);
+        println!("   parked (not written): {}", describe_parked(at, p));
     }
     for c in &r.plan.conflicts {
-        println!(
-            "   conflict: {} changed at {} and dialog {} at {}: {} won",
-            c.card,
-            c.card_changed_at,
-            c.dialog,
-            c.dialog_changed_at,
-            if c.crm_won { "Kommo" } else { "ChatApp" }
-        );
+        println!("   conflict: {}", describe_conflict(at, c));
     }
+}
+
+/// How the demo's output reads: the names of the cycle's read, ages by the simulators' clock.
+fn readable<'a>(syncer: &LiveSyncer, r: &'a CycleReport, w: &DemoWorld) -> Readable<'a> {
+    syncer.readable(&r.people, w.clock.now())
 }
 
 /// Runs the demo; returns an error message on failure.
@@ -279,11 +279,11 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     println!("lead 2004 is a deal Boris won last year (closed leads are left alone).");
 
     let r1 = syncer.run_cycle(CycleOptions::default()).await?;
-    print_report("cycle 1: first run", &r1);
+    print_report("cycle 1: first run", &r1, &readable(&syncer, &r1, &w));
 
     w.clock.advance(20);
     println!("\n== people make changes");
-    println!("   Kommo:   a manager moves contact Ivan (1001) from Anna to Boris");
+    println!("   Kommo:   a manager moves contact 1001 (Ivan) from Anna to Boris");
     w.kommo
         .set_responsible_as_human("contacts", 1001, 504142, 504141);
     w.clock.advance(5);
@@ -297,16 +297,20 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     w.chatapp
         .add_chat(SimChat::whatsapp(1, "79990000003", "Oleg", Some(85509)));
     w.clock.advance(5);
-    println!("   Kommo:   contact Pavel (1004) is given to Gleb, who has no ChatApp account");
+    println!("   Kommo:   contact 1004 (Pavel) is given to Gleb, who has no ChatApp account");
     w.kommo
         .set_responsible_as_human("contacts", 1004, 504144, 504141);
     w.clock.advance(5);
 
     let r2 = syncer.run_cycle(CycleOptions::default()).await?;
-    print_report("cycle 2: incremental", &r2);
+    print_report("cycle 2: incremental", &r2, &readable(&syncer, &r2, &w));
     w.clock.advance(30);
     let r3 = syncer.run_cycle(CycleOptions::default()).await?;
-    print_report("cycle 3: incremental, nothing changed since", &r3);
+    print_report(
+        "cycle 3: incremental, nothing changed since",
+        &r3,
+        &readable(&syncer, &r3, &w),
+    );
     w.clock.advance(30);
     let r4 = syncer
         .run_cycle(CycleOptions {
@@ -314,19 +318,19 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
-    print_report("cycle 4: full reconcile", &r4);
+    print_report("cycle 4: full reconcile", &r4, &readable(&syncer, &r4, &w));
 
     println!("\n== final state");
+    let at = readable(&syncer, &r4, &w);
     for chat in [
         "79990000001@c.us",
         "79990000002@c.us",
         "79990000003@c.us",
         "79990000004@c.us",
     ] {
-        println!(
-            "   dialog {chat}: employee {:?}",
-            w.chatapp.responsible_of(1, "grWhatsApp", chat)
-        );
+        let key = crate::core::model::DialogKey::new(1, "grWhatsApp", chat);
+        let who = w.chatapp.responsible_of(1, "grWhatsApp", chat);
+        println!("   {key}: {}", at.employee(who.map(EmployeeId)));
     }
     for (kind, id) in [
         ("contacts", 1001),
@@ -338,10 +342,12 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         ("leads", 2003),
         ("leads", 2004),
     ] {
-        println!(
-            "   {kind} {id}: Kommo user {:?}",
-            w.kommo.responsible_of(kind, id)
+        let card = crate::core::model::CardId::new(
+            crate::core::model::CardKind::parse(kind).expect("a card kind"),
+            id,
         );
+        let who = w.kommo.responsible_of(kind, id).unwrap_or(0);
+        println!("   {card}: {}", at.user(KommoUserId(who)));
     }
     println!(
         "\nRun `chatapp-kommo-sync status` on a real state db to see the same from the audit log."

@@ -5,7 +5,9 @@
 
 use crate::core::engine::ParkReason;
 use crate::core::model::{CardId, RecordId};
-use crate::store::{AuditEntry, Store, StoreError};
+use crate::core::text::Readable;
+use crate::store::{Store, StoreError};
+use crate::sync::describe::{describe_audit, describe_parked};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -18,46 +20,31 @@ pub struct StatusQuery {
     pub card: Option<CardId>,
 }
 
-fn when(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| unix.to_string())
-}
-
-fn audit_line(e: &AuditEntry) -> String {
-    format!(
-        "{}  cycle {}  {}: {} -> {}  [{}; source {}] {}{}",
-        when(e.at),
-        e.cycle,
-        e.target,
-        e.from
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "none".into()),
-        e.to,
-        e.rule,
-        e.source,
-        e.detail,
-        if e.how == "write" {
-            String::new()
-        } else {
-            format!(" ({})", e.how)
-        }
-    )
-}
-
 /// Renders the status report.
 pub fn render(
     store: &Store,
     q: &StatusQuery,
-    _cfg: &crate::config::Config,
+    cfg: &crate::config::Config,
 ) -> Result<String, StoreError> {
+    render_at(store, q, cfg, crate::sync::now_unix())
+}
+
+/// [`render`] with ages relative to `now` (unix seconds).
+pub fn render_at(
+    store: &Store,
+    q: &StatusQuery,
+    cfg: &crate::config::Config,
+    now: i64,
+) -> Result<String, StoreError> {
+    let people = store.people()?;
+    let r = Readable::new(&people, &cfg.daemon.timezone, now);
     let mut out = String::new();
     let snap = store.load_snapshot()?;
     if let Some(chat) = &q.dialog {
         let keys: Vec<_> = snap
             .dialogs
             .keys()
-            .filter(|k| &k.chat_id == chat || k.to_string() == *chat)
+            .filter(|k| &k.chat_id == chat || k.full_ref() == *chat)
             .cloned()
             .collect();
         if keys.is_empty() {
@@ -67,32 +54,30 @@ pub fn render(
             let st = &snap.dialogs[&k];
             let _ = writeln!(
                 out,
-                "dialog {k}: responsible {} (since {}){}",
-                st.responsible
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "none".into()),
-                when(st.changed_at),
+                "{k}: responsible {} (since {}){}",
+                r.employee(st.responsible),
+                r.time_ago(st.changed_at),
                 if st.closed { ", closed" } else { "" }
             );
-            explain(store, &mut out, &RecordId::Dialog(k.clone()), &snap)?;
+            explain(store, &r, &mut out, &RecordId::Dialog(k.clone()), &snap)?;
         }
         return Ok(out);
     }
     if let Some(card) = q.card {
         match snap.cards.get(&card) {
             None => {
-                let _ = writeln!(out, "card {card}: not in the state db");
+                let _ = writeln!(out, "{card}: not in the state db");
             }
             Some(st) => {
                 let _ = writeln!(
                     out,
-                    "card {card}: responsible {} (since {}), sync flag {}{}",
-                    st.responsible,
-                    when(st.changed_at),
+                    "{card}: responsible {} (since {}), sync flag {}{}",
+                    r.user(st.responsible),
+                    r.time_ago(st.changed_at),
                     if st.flag { "checked" } else { "unchecked" },
                     if st.deleted { ", deleted" } else { "" }
                 );
-                explain(store, &mut out, &RecordId::Card(card), &snap)?;
+                explain(store, &r, &mut out, &RecordId::Card(card), &snap)?;
             }
         }
         return Ok(out);
@@ -137,7 +122,7 @@ pub fn render(
         let _ = writeln!(out, "  {r}: {n}");
     }
     for p in snap.parked.values().take(20) {
-        let _ = writeln!(out, "  {}: {}", p.key(), p.reason);
+        let _ = writeln!(out, "  {}", describe_parked(&r, p));
     }
     let quarantined = store.quarantined()?;
     if !quarantined.is_empty() {
@@ -152,11 +137,14 @@ pub fn render(
                 "  {} {} {}: `{}`: {} (first seen {}, last seen {}, {} cycle(s))",
                 q.record.api,
                 q.record.endpoint,
-                q.record.subject.as_deref().unwrap_or("(unnamed record)"),
+                crate::sync::observe::subject_record(&q.record)
+                    .map(|r| r.to_string())
+                    .or_else(|| q.record.subject.clone())
+                    .unwrap_or_else(|| "(unnamed record)".into()),
                 q.record.path,
                 q.record.reason,
-                when(q.first_seen),
-                when(q.last_seen),
+                r.time_ago(q.first_seen),
+                r.time_ago(q.last_seen),
                 q.cycles
             );
         }
@@ -167,7 +155,7 @@ pub fn render(
             out,
             "  #{:<5} {}  {:<11} {:<8} reads kommo {} req / chatapp {} req ({} cards, {} dialogs)  writes {}/{}  parked {}  {} ms{}",
             c.id,
-            when(c.started_at),
+            r.time(c.started_at),
             c.kind,
             c.outcome,
             c.kommo_requests,
@@ -183,13 +171,14 @@ pub fn render(
     }
     let _ = writeln!(out, "\nrecent corrections:");
     for e in store.audit(15, |_| true)? {
-        let _ = writeln!(out, "  {}", audit_line(&e));
+        let _ = writeln!(out, "  {}", describe_audit(&r, &e));
     }
     Ok(out)
 }
 
 fn explain(
     store: &Store,
+    at: &Readable,
     out: &mut String,
     r: &RecordId,
     snap: &crate::core::engine::Snapshot,
@@ -197,7 +186,7 @@ fn explain(
     let entries = store.audit(10, |e| &e.target == r)?;
     match entries.first() {
         Some(e) => {
-            let _ = writeln!(out, "why: the daemon wrote it: {}", audit_line(e));
+            let _ = writeln!(out, "why: the daemon wrote it: {}", describe_audit(at, e));
         }
         None => {
             let _ = writeln!(
@@ -207,18 +196,18 @@ fn explain(
         }
     }
     for e in entries.iter().skip(1) {
-        let _ = writeln!(out, "  earlier: {}", audit_line(e));
+        let _ = writeln!(out, "  earlier: {}", describe_audit(at, e));
     }
     for p in snap
         .parked
         .values()
         .filter(|p| &p.subject == r || p.target.as_ref() == Some(r))
     {
-        let _ = writeln!(out, "parked: {} ({})", p.key(), p.reason);
+        let _ = writeln!(out, "parked: {}", describe_parked(at, p));
         if let ParkReason::UnmappedKommoUser(u) = p.reason {
             let _ = writeln!(
                 out,
-                "  hint: add [[users.map]] {{ kommo = {u}, chatapp = <employee id> }} or give both the same e-mail"
+                "  hint: add {{ kommo = {u}, chatapp = <employee id> }} to [users] map, or give both the same e-mail"
             );
         }
     }
@@ -226,7 +215,7 @@ fn explain(
     if !as_source.is_empty() {
         let _ = writeln!(out, "its value was copied to:");
         for e in as_source {
-            let _ = writeln!(out, "  {}", audit_line(&e));
+            let _ = writeln!(out, "  {}", describe_audit(at, &e));
         }
     }
     Ok(())

@@ -9,6 +9,7 @@ use crate::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogState, EmployeeId,
     KommoUserId, RecordId, StageKind, SyncKind,
 };
+use crate::core::text;
 use crate::core::usermap::UserMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
@@ -246,8 +247,12 @@ impl ParkReason {
 impl fmt::Display for ParkReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParkReason::UnmappedKommoUser(u) => write!(f, "Kommo user {u} has no ChatApp employee"),
-            ParkReason::UnmappedEmployee(e) => write!(f, "ChatApp employee {e} has no Kommo user"),
+            ParkReason::UnmappedKommoUser(u) => {
+                write!(f, "{} has no ChatApp employee", text::user(*u))
+            }
+            ParkReason::UnmappedEmployee(e) => {
+                write!(f, "{} has no Kommo user", text::employee(Some(*e)))
+            }
             ParkReason::NoResponsible => f.write_str("the source has no responsible"),
             ParkReason::CardDeleted => f.write_str("the card is deleted"),
             ParkReason::DialogClosed => f.write_str("the dialog is closed"),
@@ -290,8 +295,10 @@ impl Parked {
     /// A stable key for the store: subject and target.
     pub fn key(&self) -> String {
         match &self.target {
-            Some(t) if *t != self.subject => format!("{} -> {}", self.subject, t),
-            _ => self.subject.to_string(),
+            Some(t) if *t != self.subject => {
+                format!("{} -> {}", self.subject.key_text(), t.key_text())
+            }
+            _ => self.subject.key_text(),
         }
     }
 }
@@ -799,7 +806,7 @@ impl<'a> Work<'a> {
             .links
             .unknown_refs
             .iter()
-            .map(|(id, refs)| (*id, refs.iter().map(|r| format!("{r:?}")).collect()))
+            .map(|(id, refs)| (*id, refs.iter().map(|r| r.to_string()).collect()))
             .collect();
         for (id, refs) in unknown {
             let card = CardId::new(CardKind::Contact, id);
@@ -983,24 +990,27 @@ impl<'a> Work<'a> {
         let others: Vec<String> = e_in
             .iter()
             .filter(|c| **c != wc)
-            .map(|c| format!("{c} at {}", self.card(c).changed_at))
+            .map(|c| format!("{c} at {}", text::time(self.card(c).changed_at)))
             .collect();
         let mut detail = format!(
-            "{wc} responsible {} (changed at {}) is the latest-changed card checked for this dialog",
-            card.responsible, card.changed_at
+            "{wc}: responsible {}, changed {}, is the latest-changed card checked for this dialog",
+            text::user(card.responsible),
+            text::time(card.changed_at)
         );
         if !others.is_empty() {
             detail.push_str(&format!("; others: {}", others.join(", ")));
         }
         if d_changed && rule == Rule::CrmChanged && dialog.responsible == Some(employee) {
             detail.push_str(&format!(
-                "; the dialog also changed at {}, to the same person (rule 7)",
-                dialog.changed_at
+                "; the dialog also changed {}, to the same person (rule 7)",
+                text::time(dialog.changed_at)
             ));
         } else if d_changed && rule == Rule::CrmChanged {
             detail.push_str(&format!(
-                "; the dialog also changed at {} and the CRM side won (conflict = {:?}, clock_skew = {}s)",
-                dialog.changed_at, self.policy.conflict, self.policy.clock_skew_secs
+                "; the dialog also changed {} and the CRM side won (conflict = {}, clock_skew = {} s)",
+                text::time(dialog.changed_at),
+                self.policy.conflict,
+                self.policy.clock_skew_secs
             ));
         }
         if rule == Rule::DialogOpened {
@@ -1039,7 +1049,7 @@ impl<'a> Work<'a> {
                     source: RecordId::Card(wc),
                     source_changed_at: card.changed_at,
                     detail: format!(
-                        "dialog {d} was assigned from {wc} ({}); linked cards follow it",
+                        "{d} was assigned from {wc} ({}); linked cards follow it",
                         reason.rule
                     ),
                 },
@@ -1087,16 +1097,20 @@ impl<'a> Work<'a> {
         };
         for c in e_out.iter().copied() {
             let mut detail = format!(
-                "dialog {d} responsible {employee} (Kommo user {user}) changed at {}",
-                dialog.changed_at
+                "{d}: responsible {} changed {} (in Kommo: {})",
+                text::employee(Some(employee)),
+                text::time(dialog.changed_at),
+                text::user(user)
             );
             if let Some(wc) = self
                 .latest_changed(e_in)
                 .filter(|wc| self.changed_for(d, wc))
             {
                 detail.push_str(&format!(
-                    "; {wc} also changed at {} and the dialog won (conflict = {:?}, clock_skew = {}s)",
-                    self.card(&wc).changed_at, self.policy.conflict, self.policy.clock_skew_secs
+                    "; {wc} also changed {} and the dialog won (conflict = {}, clock_skew = {} s)",
+                    text::time(self.card(&wc).changed_at),
+                    self.policy.conflict,
+                    self.policy.clock_skew_secs
                 ));
             }
             self.proposals.entry(c).or_default().push(Proposal {
@@ -1165,7 +1179,7 @@ impl<'a> Work<'a> {
             let mut reason = best.reason;
             if distinct.len() > 1 {
                 reason.detail.push_str(&format!(
-                    "; rule 6: {} linked dialogs proposed different values, dialog {} changed latest",
+                    "; rule 6: {} linked dialogs proposed different values, {} changed latest",
                     distinct.len(),
                     best.via
                 ));

@@ -6,4 +6,5 @@ pub mod links;
 pub mod model;
 pub mod neighbourhood;
 pub mod schedule;
+pub mod text;
 pub mod usermap;

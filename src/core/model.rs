@@ -227,7 +227,8 @@ impl LeadStage {
     }
 }
 
-/// A card: its kind and Kommo id. Displays as `lead:123`.
+/// A card: its kind and Kommo id. Displays as `lead 123` (every output spells a card so);
+/// `kind:id` (`lead:123`) is the form `status --card` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CardId {
     /// The kind.
@@ -242,20 +243,27 @@ impl CardId {
         CardId { kind, id }
     }
 
-    /// Parses `kind:id`, e.g. `lead:123`.
+    /// Parses `kind:id` (`lead:123`) or the displayed `kind id` (`lead 123`).
     pub fn parse(s: &str) -> Option<CardId> {
-        let (k, id) = s.split_once(':')?;
-        Some(CardId::new(CardKind::parse(k)?, id.parse().ok()?))
+        let (k, id) = s.trim().split_once([':', ' '])?;
+        Some(CardId::new(CardKind::parse(k)?, id.trim().parse().ok()?))
+    }
+
+    /// The machine form `kind:id` (`lead:123`): stable keys, never shown as a card's name.
+    pub fn code_text(&self) -> String {
+        format!("{}:{}", self.kind, self.id)
     }
 }
 
 impl fmt::Display for CardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.id)
+        write!(f, "{} {}", self.kind, self.id)
     }
 }
 
-/// A ChatApp dialog: `(licenseId, messengerType, chatId)`. Displays as `1:grWhatsApp:7999@c.us`.
+/// A ChatApp dialog: `(licenseId, messengerType, chatId)`. Displays as
+/// `dialog 7999@c.us (grWhatsApp, license 1)` (every output spells a dialog so);
+/// [`DialogKey::full_ref`] is the Messenger field's `1:grWhatsApp:7999@c.us`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DialogKey {
     /// The ChatApp license ("line").
@@ -275,14 +283,23 @@ impl DialogKey {
             chat_id: chat_id.to_string(),
         }
     }
+
+    /// The full reference `<licenseId>:<messengerType>:<chatId>` (a Messenger field value; stable
+    /// keys).
+    pub fn full_ref(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.license_id, self.messenger_type, self.chat_id
+        )
+    }
 }
 
 impl fmt::Display for DialogKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}:{}:{}",
-            self.license_id, self.messenger_type, self.chat_id
+            "dialog {} ({}, license {})",
+            self.chat_id, self.messenger_type, self.license_id
         )
     }
 }
@@ -297,11 +314,24 @@ pub enum RecordId {
     Dialog(DialogKey),
 }
 
+impl RecordId {
+    /// The machine form (`card lead:2001`, `dialog 1:grWhatsApp:7999@c.us`): the parked pairs'
+    /// keys in the state db, which must not change with the displayed spelling.
+    pub fn key_text(&self) -> String {
+        match self {
+            RecordId::Card(c) => format!("card {}", c.code_text()),
+            RecordId::Dialog(d) => format!("dialog {}", d.full_ref()),
+        }
+    }
+}
+
 impl fmt::Display for RecordId {
+    /// The card's or the dialog's own spelling: `lead 2001`, `dialog 7999@c.us (grWhatsApp,
+    /// license 1)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RecordId::Card(c) => write!(f, "card {c}"),
-            RecordId::Dialog(d) => write!(f, "dialog {d}"),
+            RecordId::Card(c) => c.fmt(f),
+            RecordId::Dialog(d) => d.fmt(f),
         }
     }
 }
@@ -316,6 +346,17 @@ pub enum DialogRef {
     ChatId(String),
     /// A phone (digits only), matched on any configured license.
     Phone(String),
+}
+
+impl fmt::Display for DialogRef {
+    /// As a Messenger field value reads: `1:grWhatsApp:7999@c.us`, `7999@c.us`, `phone 7999`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DialogRef::Full(k) => f.write_str(&k.full_ref()),
+            DialogRef::ChatId(c) => f.write_str(c),
+            DialogRef::Phone(p) => write!(f, "phone {p}"),
+        }
+    }
 }
 
 /// What the daemon knows of one card: its base in the snapshot, or its current value in a cycle.
@@ -422,6 +463,8 @@ pub struct DialogObs {
 pub struct KommoUser {
     /// User id.
     pub id: KommoUserId,
+    /// Name (may be empty; shown beside the id).
+    pub name: String,
     /// E-mail (may be empty).
     pub email: String,
     /// `rights.is_active`.
@@ -433,6 +476,8 @@ pub struct KommoUser {
 pub struct Employee {
     /// Employee id.
     pub id: EmployeeId,
+    /// Full name (may be empty; shown beside the id).
+    pub name: String,
     /// E-mail (may be empty).
     pub email: String,
 }

@@ -93,6 +93,7 @@ mod tests {
     fn u(id: u64, email: &str, active: bool) -> KommoUser {
         KommoUser {
             id: KommoUserId(id),
+            name: String::new(),
             email: email.into(),
             active,
         }
@@ -100,6 +101,7 @@ mod tests {
     fn e(id: u64, email: &str) -> Employee {
         Employee {
             id: EmployeeId(id),
+            name: String::new(),
             email: email.into(),
         }
     }

@@ -141,6 +141,15 @@ impl ApiClient {
     }
 }
 
+/// A display-only text field read leniently: its string, else empty (a name of another type
+/// must not cost the record that holds it).
+pub fn text_or_empty(v: Option<serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ mod limit;
 pub mod policy;
 pub mod shared_limit;
 
-pub use decode::{BadRecord, ListPage, SubjectOf, decode};
+pub use decode::{BadRecord, ListPage, SubjectOf, decode, text_or_empty};
 pub use error::ApiError;
 pub use limit::{Limits, RATE_MARGIN, REPEATED_403, limiter};
 pub use policy::{ErrorPolicy, error_policy};

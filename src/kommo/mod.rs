@@ -288,6 +288,9 @@ impl<T: serde::de::DeserializeOwned> ListPage<T> for UsersPage<T> {
 #[derive(Deserialize)]
 pub(crate) struct UserItem {
     id: u64,
+    /// Shown beside the id; a name of an unexpected type is ignored (the user still maps).
+    #[serde(default)]
+    name: Option<serde_json::Value>,
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
@@ -780,6 +783,7 @@ impl KommoClient {
                 )?;
             out.extend(users.into_iter().map(|u| KommoUser {
                 id: KommoUserId(u.id),
+                name: crate::http::text_or_empty(u.name),
                 email: u.email.unwrap_or_default(),
                 active: u.rights.map(|r| r.is_active).unwrap_or(true),
             }));

@@ -11,6 +11,7 @@
 
 pub mod bases;
 pub mod codec;
+mod names;
 
 use crate::core::engine::{Parked, Rule, Settlement, Snapshot};
 use crate::core::model::{CardKind, CardState, DialogState, RecordId};
@@ -430,6 +431,8 @@ pub struct CycleCommit {
     pub retention: Retention,
     /// The cycle's record.
     pub cycle: CycleRecord,
+    /// The names of the users and employees read (see [`names`]).
+    pub people: crate::core::text::People,
 }
 
 enum Handle {
@@ -964,6 +967,7 @@ impl Store {
             seen.retain(|_, at| at >= cutoff)
                 .map_err(db_err("prune events_seen"))?;
             write_quarantine(&tx, c)?;
+            names::write(&tx, &c.people)?;
             let mut meta = tx.open_table(META).map_err(db_err("open meta"))?;
             meta.insert(META_WATERMARKS, encode(&c.watermarks).as_slice())
                 .map_err(db_err("write watermarks"))?;
@@ -980,6 +984,11 @@ impl Store {
         }
         prune(&tx, &c.retention)?;
         tx.commit().map_err(db_err("commit cycle"))
+    }
+
+    /// The names of Kommo users and ChatApp employees as last read (see [`names`]).
+    pub fn people(&self) -> Result<crate::core::text::People, StoreError> {
+        names::read(&self.read()?)
     }
 
     /// The quarantined records, most recently seen first.

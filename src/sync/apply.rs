@@ -8,11 +8,13 @@
 //! dropped and decided again next cycle; any other failure fails the cycle. [`recover`] settles
 //! the intents a crash left by reading their targets.
 
+use super::describe::{describe_audit, holder};
 use super::{CycleError, CycleReport, Syncer, WriteResult};
 use crate::core::engine::{self, Plan, Target, Write};
 use crate::core::model::{
     CardId, CardKind, EmployeeId, KommoUserId, LeadStage, RecordId, StageKind,
 };
+use crate::core::text::{self, Readable};
 use crate::http::{ApiError, ErrorPolicy, error_policy};
 use crate::kommo::{KommoCard, Pipelines};
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
@@ -26,6 +28,8 @@ pub async fn recover<K: KommoApi, C: ChatAppApi, S: StateStore>(
     now: i64,
 ) -> Result<usize, CycleError> {
     let intents = sy.store.intents()?;
+    // before this cycle's read: no names yet
+    let at = Readable::without_names(&sy.config.daemon.timezone, now);
     for i in &intents {
         let current: Option<u64> = match &i.target {
             RecordId::Card(c) => sy
@@ -44,10 +48,17 @@ pub async fn recover<K: KommoApi, C: ChatAppApi, S: StateStore>(
             let mut audit = i.audit.clone();
             audit.at = now;
             audit.how = "recovered".into();
-            tracing::warn!(target = %i.target, to = i.to, "a write of an interrupted cycle had landed: recorded as the new base");
+            tracing::warn!(
+                "a write of an interrupted cycle had landed: recorded as the new base: {}",
+                describe_audit(&at, &audit)
+            );
             sy.store.confirm_write(i, &audit)?;
         } else {
-            tracing::warn!(target = %i.target, to = i.to, "a write of an interrupted cycle had not landed: it is decided again");
+            tracing::warn!(
+                "a write of an interrupted cycle had not landed (it is decided again): {} -> {}",
+                i.target,
+                holder(&at, &i.target, Some(i.to))
+            );
             sy.store.drop_intent(&i.target)?;
         }
     }
@@ -70,10 +81,12 @@ pub async fn apply<K: KommoApi, C: ChatAppApi, S: StateStore>(
         return Ok(());
     }
     let current = read_targets(sy, &report.plan, pipelines).await?;
+    let people = report.people.clone();
+    let at = sy.readable(&people, now);
     let mut cards: BTreeMap<CardKind, Vec<(usize, Intent)>> = BTreeMap::new();
     let mut dialogs: Vec<(usize, Intent, EmployeeId)> = vec![];
     for (i, w) in report.plan.writes.iter().enumerate() {
-        if let Err(why) = check(w, &current) {
+        if let Err(why) = check(w, &current, &at) {
             report.results[i] = WriteResult::Dropped(why);
             continue;
         }
@@ -85,11 +98,11 @@ pub async fn apply<K: KommoApi, C: ChatAppApi, S: StateStore>(
     }
     for (kind, items) in cards {
         for chunk in items.chunks(sy.config.kommo.batch_size) {
-            write_cards(sy, kind, chunk, now, report).await?;
+            write_cards(sy, kind, chunk, now, report, &at).await?;
         }
     }
     for (i, it, to) in dialogs {
-        write_dialog(sy, i, &it, to, now, report).await?;
+        write_dialog(sy, i, &it, to, now, report, &at).await?;
     }
     Ok(())
 }
@@ -127,24 +140,34 @@ async fn read_targets<K: KommoApi, C: ChatAppApi, S: StateStore>(
 }
 
 /// Whether a write may go: its target is there and still holds what the decision was based on.
-fn check(w: &Write, current: &Current) -> Result<(), String> {
+/// The reason it may not is a marked text (see [`crate::core::text`]).
+fn check(w: &Write, current: &Current, at: &Readable) -> Result<(), String> {
     let Some(Some(now_value)) = current.get(&w.target.record()) else {
         return Err("the target is gone, closed, or no longer takes part".into());
     };
     let expected = w.target.from_raw();
     if *now_value != expected {
-        tracing::warn!(target = %w.target.record(), expected = ?expected, found = ?now_value, "check before write: the target changed; write dropped");
-        return Err(format!(
+        let record = w.target.record();
+        let why = format!(
             "the target changed meanwhile ({} instead of {}); decided again next cycle",
-            raw(*now_value),
-            raw(expected)
-        ));
+            marked(&record, *now_value),
+            marked(&record, expected)
+        );
+        tracing::warn!(
+            "check before write: {record}: write dropped: {}",
+            at.text(&why)
+        );
+        return Err(why);
     }
     Ok(())
 }
 
-fn raw(v: Option<u64>) -> String {
-    v.map_or_else(|| "nobody".into(), |v| v.to_string())
+/// The mark of a record's raw value, by its side.
+fn marked(record: &RecordId, v: Option<u64>) -> String {
+    match record {
+        RecordId::Card(_) => text::user(KommoUserId(v.unwrap_or(0))),
+        RecordId::Dialog(_) => text::employee(v.map(EmployeeId)),
+    }
 }
 
 /// Whether a card read right before its write still takes part as a kind that receives (a lead
@@ -175,6 +198,7 @@ async fn write_cards<K: KommoApi, C: ChatAppApi, S: StateStore>(
     chunk: &[(usize, Intent)],
     now: i64,
     report: &mut CycleReport,
+    at: &Readable<'_>,
 ) -> Result<(), CycleError> {
     if sy.stop.is_cancelled() {
         return Err(CycleError::Stopped);
@@ -193,7 +217,7 @@ async fn write_cards<K: KommoApi, C: ChatAppApi, S: StateStore>(
             for (i, it) in chunk {
                 let landed = matches!(&it.target, RecordId::Card(c) if confirmed.contains(&c.id));
                 report.results[*i] = if landed {
-                    confirm(sy, it, now)?;
+                    confirm(sy, it, now, at)?;
                     WriteResult::Done
                 } else {
                     WriteResult::Rejected("not in the PATCH response".into())
@@ -221,6 +245,7 @@ async fn write_dialog<K: KommoApi, C: ChatAppApi, S: StateStore>(
     to: EmployeeId,
     now: i64,
     report: &mut CycleReport,
+    at: &Readable<'_>,
 ) -> Result<(), CycleError> {
     let RecordId::Dialog(d) = &it.target else {
         return Ok(());
@@ -231,7 +256,7 @@ async fn write_dialog<K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy.store.record_intents(std::slice::from_ref(it))?;
     match sy.chatapp.set_responsible(d, to).await {
         Ok(()) => {
-            confirm(sy, it, now)?;
+            confirm(sy, it, now, at)?;
             report.results[i] = WriteResult::Done;
             Ok(())
         }
@@ -296,17 +321,15 @@ fn confirm<K, C, S: StateStore>(
     sy: &Syncer<K, C, S>,
     it: &Intent,
     now: i64,
+    at: &Readable<'_>,
 ) -> Result<(), CycleError> {
     let mut audit = it.audit.clone();
     audit.at = now;
     sy.store.confirm_write(it, &audit)?;
     tracing::info!(
-        target = %it.target,
-        from = ?it.from,
-        to = it.to,
         rule = audit.rule.label(),
-        source = %audit.source,
-        "corrected"
+        "corrected: {}",
+        describe_audit(at, &audit)
     );
     Ok(())
 }

@@ -41,6 +41,7 @@ pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
         bad: seen.bad,
         released: seen.released,
         retention: sy.retention(now),
+        people: seen.people,
         cycle: report.record.clone(),
     };
     drop(seen.snap); // the bases are in the settlement now: do not hold two copies

@@ -95,6 +95,8 @@ pub struct CycleReport {
     pub recovered: usize,
     /// Records that did not fit their page (skipped and quarantined).
     pub bad: Vec<BadRecord>,
+    /// The names of the users and employees read this cycle (for the cycle's output).
+    pub people: crate::core::text::People,
 }
 
 /// The sync: what a cycle uses (config, the engine's policy) and the ports it talks through.
@@ -146,6 +148,16 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             store,
             stop: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Renders people, times and marked texts with `people`, in the configured timezone, with
+    /// ages relative to `now`.
+    pub fn readable<'a>(
+        &self,
+        people: &'a crate::core::text::People,
+        now: i64,
+    ) -> crate::core::text::Readable<'a> {
+        crate::core::text::Readable::new(people, &self.config.daemon.timezone, now)
     }
 
     fn requests(&self) -> (u64, u64) {
@@ -258,7 +270,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         let obs = std::mem::take(&mut seen.obs);
         let (cards_read, dialogs_read) = (obs.cards.len() as u64, obs.dialogs.len() as u64);
         let plan = engine::plan_owned(&seen.snap, obs, &self.policy, &seen.usermap);
-        describe::log_plan(&plan);
+        describe::log_plan(&self.readable(&seen.people, now), &plan);
         let mut report = CycleReport {
             record: CycleRecord {
                 id,
@@ -278,6 +290,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             brake: None,
             recovered,
             bad: seen.bad.clone(),
+            people: seen.people.clone(),
         };
         match gate::gate(&report.plan, seen.listing_brake.take(), opts) {
             gate::Gate::DryRun(brake) => {

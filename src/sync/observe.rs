@@ -24,6 +24,7 @@ use crate::core::model::{
 use crate::core::neighbourhood::{
     BaseLookup, Frame, card_unchanged, dialog_unchanged, neighbourhood,
 };
+use crate::core::text::People;
 use crate::core::usermap::UserMap;
 use crate::http::BadRecord;
 use crate::kommo::{FieldMap, KommoCard, KommoEvent, Pipelines, classify_status};
@@ -43,6 +44,8 @@ pub struct Observed {
     pub obs: Observations,
     /// The user map of this cycle.
     pub usermap: UserMap,
+    /// The names of the users and employees read (stored at the commit, for `status`).
+    pub people: People,
     /// Whether everything was read.
     pub full: bool,
     /// The watermarks the commit stores.
@@ -108,7 +111,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         bad: vec![],
     };
     r.new_wm = r.wm.clone();
-    let usermap = r.read_people().await?;
+    let (usermap, people) = r.read_people().await?;
     let (events, fresh_events) = r.read_events().await?;
     let chats = r.read_cards_and_chats(&events).await?;
     r.classify_unknown_statuses().await?;
@@ -134,6 +137,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         snap,
         obs: r.obs,
         usermap,
+        people,
         full,
         watermarks: r.new_wm,
         fresh_events,
@@ -174,17 +178,18 @@ struct Reader<'a, K, C, S: StateStore + 'a> {
 
 impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     /// Users and employees (read every cycle: the user map can change), and each server's time.
-    async fn read_people(&mut self) -> Result<UserMap, CycleError> {
+    async fn read_people(&mut self) -> Result<(UserMap, People), CycleError> {
         let users = self.sy.kommo.users().await?;
         self.new_wm.kommo_read_at = self.sy.kommo.server_time().unwrap_or(self.now);
         let employees = self.sy.chatapp.employees().await?;
         self.new_wm.chats_read_at = self.sy.chatapp.server_time().unwrap_or(self.now);
-        Ok(UserMap::build(
+        let map = UserMap::build(
             &self.sy.config.user_pairs(),
             self.sy.config.users.match_by_email,
             &users,
             &employees,
-        ))
+        );
+        Ok((map, People::from_read(&users, &employees)))
     }
 
     /// The events of the window (responsible changes give cards their change times), the fresh

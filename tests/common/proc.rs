@@ -128,11 +128,11 @@ pub fn cycle_lines(status: &str) -> Vec<CycleLine> {
                 break;
             };
             let f: Vec<&str> = rest.split_whitespace().collect();
-            // #id  YYYY-MM-DD HH:MM:SS UTC  kind outcome ...
+            // #id  YYYY-MM-DDTHH:MM:SS+HH:MM  kind outcome ...
             out.push(CycleLine {
                 id: f[0].parse().expect("cycle id"),
-                kind: f[4].to_string(),
-                outcome: f[5].to_string(),
+                kind: f[2].to_string(),
+                outcome: f[3].to_string(),
                 line: line.to_string(),
             });
         }

@@ -266,7 +266,7 @@ pub fn writes(p: &Plan) -> Vec<(String, u64)> {
         .iter()
         .map(|w| {
             let t = match &w.target.record() {
-                RecordId::Card(c) => c.to_string(),
+                RecordId::Card(c) => c.code_text(),
                 RecordId::Dialog(d) => format!("dialog:{}", d.chat_id),
             };
             (t, w.target.to_raw())
