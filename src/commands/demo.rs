@@ -223,6 +223,7 @@ fn print_report(title: &str, r: &CycleReport) {
             WriteResult::Dropped(_) => "dropped",
             WriteResult::Rejected(_) => "rejected",
             WriteResult::Skipped => "planned",
+            WriteResult::Shadowed => "not written (shadow mode)",
         };
         println!("   {status}: {}", describe_write(w));
     }

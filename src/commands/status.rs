@@ -185,6 +185,7 @@ pub fn render(
     for e in store.audit(15, |_| true)? {
         let _ = writeln!(out, "  {}", audit_line(&e));
     }
+    crate::commands::status_shadow::render(store, _cfg, &mut out)?;
     Ok(out)
 }
 

@@ -23,6 +23,7 @@ struct Inner {
     cycles: BTreeMap<(String, String), u64>,
     errors: BTreeMap<&'static str, u64>,
     writes: BTreeMap<String, u64>,
+    shadow_writes: BTreeMap<&'static str, u64>,
     parked: BTreeMap<String, u64>,
     conflicts: u64,
     token_unsaved: bool,
@@ -128,13 +129,20 @@ impl Metrics {
                         };
                         *m.writes.entry(kind).or_default() += 1;
                     }
+                    if *res == crate::sync::WriteResult::Shadowed {
+                        let side = crate::sync::shadow::side(&w.target).as_str();
+                        *m.shadow_writes.entry(side).or_default() += 1;
+                    }
                 }
                 m.parked.clear();
                 for p in &rep.plan.parked {
                     *m.parked.entry(p.reason.label().to_string()).or_default() += 1;
                 }
                 m.conflicts += rep.plan.conflicts.len() as u64;
-                if rep.record.outcome == crate::store::Outcome::Ok {
+                if matches!(
+                    rep.record.outcome,
+                    crate::store::Outcome::Ok | crate::store::Outcome::Shadow
+                ) {
                     m.last_success_unix = Some(rep.record.finished_at);
                     m.last_success = Some(Instant::now());
                 }
@@ -254,6 +262,19 @@ impl Metrics {
                 o,
                 "chatapp_kommo_sync_writes_total{{target=\"{}\"}} {n}",
                 esc(k)
+            );
+        }
+        family(
+            &mut o,
+            "chatapp_kommo_sync_shadow_writes_total",
+            "counter",
+            "Writes shadow mode would have made and did not, by the API they were for (side chat or kommo).",
+        );
+        for side in ["chat", "kommo"] {
+            let n = m.shadow_writes.get(side).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "chatapp_kommo_sync_shadow_writes_total{{side=\"{side}\"}} {n}"
             );
         }
         family(
@@ -486,6 +507,10 @@ mod tests {
             text.matches("# TYPE ").count()
         );
         assert!(text.contains("chatapp_kommo_sync_cycle_duration_seconds_bucket{le=\"+Inf\"} 0"));
+        for side in ["chat", "kommo"] {
+            let line = format!("chatapp_kommo_sync_shadow_writes_total{{side=\"{side}\"}} 0");
+            assert!(text.contains(&line), "{line}");
+        }
         assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

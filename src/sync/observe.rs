@@ -65,8 +65,13 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy: &Syncer<K, C, S>,
     now: i64,
     full_asked: bool,
+    shadow: bool,
 ) -> Result<Observed, CycleError> {
-    let snap = sy.store.load_snapshot()?;
+    let mut snap = sy.store.load_snapshot()?;
+    if shadow {
+        // shadow cycles keep their own first-run flag; the db's stays false (see `super::shadow`)
+        snap.bootstrapped = sy.store.shadow_bootstrapped()?;
+    }
     let stored_pipelines = sy.store.pipelines()?;
     // A db whose lead stages were never read (new, or written before stages existed) gets a full
     // cycle: every lead is read with its stage before any lead decision.
