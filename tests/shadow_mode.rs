@@ -11,6 +11,7 @@ mod e2e;
 
 use chatapp_kommo_sync::store::Store;
 use e2e::{Env, chat};
+use std::time::Duration;
 
 const WA: &str = "grWhatsApp";
 
@@ -218,4 +219,59 @@ async fn sync_mode_is_checked_by_name() {
     env.edit_config(|t| t.replace("mode = \"silent\"", "mode = \"shadow\""));
     let r = env.run(&["check-config"]).await;
     assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[path = "common/proc.rs"]
+mod proc;
+
+/// `run --shadow`: the daemon's cycles are shadow ones whatever the config says; would-be writes are counted in `/metrics`, none reaches a simulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_shadow_counts_would_be_writes_in_metrics() {
+    proc::bounded(120, async {
+        let port = proc::free_port();
+        let env = proc::Env::new(|t| {
+            t.replace(
+                "log_level = \"info\"",
+                &format!("log_level = \"info\"\nlisten = \"127.0.0.1:{port}\""),
+            )
+        })
+        .await;
+        let mut d = proc::Daemon::spawn_run(&env.config, env.dir.path(), &[], None, &["--shadow"]);
+        d.ready(Duration::from_secs(30)).await;
+        d.signal("USR1");
+        d.cycle_done(1, Duration::from_secs(30)).await;
+        env.w.clock.advance(10);
+        env.w
+            .kommo
+            .set_responsible_as_human("contacts", 1001, 504142, 504141);
+        d.signal("USR1");
+        let st = d.cycle_done(2, Duration::from_secs(30)).await;
+        assert!(st.contains("shadow"), "{st}");
+        let body = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in [
+            "chatapp_kommo_sync_shadow_writes_total{side=\"chat\"} 1",
+            "chatapp_kommo_sync_shadow_writes_total{side=\"kommo\"} 1",
+        ] {
+            assert!(body.contains(line), "{line}\n{body}");
+        }
+        assert!(
+            d.stderr().contains("shadow mode, not written"),
+            "{}",
+            d.stderr()
+        );
+        assert_eq!(env.w.chatapp.written_chats().len(), 0);
+        assert_eq!(env.w.kommo.patch_count(), 0);
+        d.term(Duration::from_secs(20)).await;
+    })
+    .await;
 }
