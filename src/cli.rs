@@ -33,7 +33,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The daemon: schedules, signals (USR1 cycle now, HUP reload, TERM/INT stop), systemd notify.
-    Run,
+    Run {
+        /// Shadow mode whatever `[sync] mode` says: decide and record, write nothing to either API
+        /// (kept across reloads).
+        #[arg(long)]
+        shadow: bool,
+    },
     /// One cycle (incremental, or full), then exit.
     Once {
         /// Read everything instead of what changed since the last cycle.
@@ -45,6 +50,9 @@ pub enum Command {
         /// Apply even if the safety brake trips.
         #[arg(long)]
         force: bool,
+        /// Shadow mode whatever `[sync] mode` says: decide and record, write nothing to either API.
+        #[arg(long, conflicts_with = "dry_run")]
+        shadow: bool,
     },
     /// Validate the config and read its secrets.
     CheckConfig {
@@ -89,7 +97,7 @@ pub fn main() -> ExitCode {
     crate::panic_guard::install_hook();
     let cli = Cli::parse();
     let path = config::config_path(cli.config.as_deref());
-    if !matches!(cli.command, Command::Run) {
+    if !matches!(cli.command, Command::Run { .. }) {
         end_quietly_on_closed_pipe();
     }
     match cli.command {
@@ -100,15 +108,17 @@ pub fn main() -> ExitCode {
             full,
             dry_run,
             force,
+            shadow,
         } => once(
             &path,
             CycleOptions {
                 full,
                 dry_run,
                 force,
+                shadow,
             },
         ),
-        Command::Run => run(&path),
+        Command::Run { shadow } => run(&path, shadow),
     }
 }
 
@@ -211,7 +221,7 @@ fn status(path: &std::path::Path, dialog: Option<String>, card: Option<String>) 
     }
 }
 
-/// `once [--full] [--dry-run] [--force]`: one cycle, then exit (0 ok, 2 config, 3 brake, 1 else).
+/// `once [--full] [--dry-run] [--force] [--shadow]`: one cycle, then exit (0 ok, 2 config, 3 brake, 1 else).
 fn once(path: &std::path::Path, opts: CycleOptions) -> ExitCode {
     let loaded = match config::load(path) {
         Ok(l) => l,
@@ -274,6 +284,7 @@ fn print_once(
         let tag = match res {
             WriteResult::Done => "wrote".to_string(),
             WriteResult::Skipped => verb.to_string(),
+            WriteResult::Shadowed => "would write (shadow mode)".to_string(),
             WriteResult::Dropped(why) => format!("dropped ({})", at.text(why)),
             WriteResult::Rejected(why) => format!("rejected ({})", at.text(why)),
         };
@@ -293,6 +304,11 @@ fn print_once(
         r.record.kommo_requests,
         r.record.chatapp_requests
     );
+    if r.record.outcome == crate::store::Outcome::Shadow {
+        println!(
+            "shadow mode: nothing was written to Kommo or ChatApp; `status` shows what would have been, per day"
+        );
+    }
     match &r.brake {
         Some(b) if !dry_run => {
             eprintln!("{b}");
@@ -306,8 +322,9 @@ fn print_once(
     }
 }
 
-/// `run`: the daemon. Exit 0 after a stop signal, 2 for a config error, 1 for anything else.
-fn run(path: &std::path::Path) -> ExitCode {
+/// `run [--shadow]`: the daemon. Exit 0 after a stop signal, 2 for a config error, 1 for anything
+/// else.
+fn run(path: &std::path::Path, shadow: bool) -> ExitCode {
     let loaded = match config::load(path) {
         Ok(l) => l,
         Err(e) => return config_error(&e),
@@ -316,7 +333,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    match runtime().block_on(crate::service::runner::run(path, loaded)) {
+    match runtime().block_on(crate::service::runner::run(path, loaded, shadow)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "the daemon stops");

@@ -134,4 +134,6 @@ pub trait StateStore: Send + Sync {
     fn record_cycle(&self, record: &CycleRecord, retention: &Retention) -> Result<(), StoreError>;
     /// The next cycle's id.
     fn next_cycle_id(&self) -> Result<u64, StoreError>;
+    /// Whether a shadow cycle has committed (shadow cycles keep their own bootstrap flag).
+    fn shadow_bootstrapped(&self) -> Result<bool, StoreError>;
 }

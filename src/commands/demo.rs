@@ -225,6 +225,7 @@ fn print_report(title: &str, r: &CycleReport, at: &Readable) {
             WriteResult::Dropped(_) => "dropped",
             WriteResult::Rejected(_) => "rejected",
             WriteResult::Skipped => "planned",
+            WriteResult::Shadowed => "not written (shadow mode)",
         };
         println!("   {status}: {}", describe_write(at, w));
     }

@@ -4,3 +4,4 @@
 pub mod demo;
 pub mod online_check;
 pub mod status;
+pub mod status_shadow;

@@ -173,6 +173,7 @@ pub fn render_at(
     for e in store.audit(15, |_| true)? {
         let _ = writeln!(out, "  {}", describe_audit(&r, &e));
     }
+    crate::commands::status_shadow::render(store, cfg, &mut out)?;
     Ok(out)
 }
 

@@ -231,6 +231,9 @@ pub struct SyncConfig {
     /// Kinds that receive the dialog's responsible.
     #[serde(default)]
     pub chat_to_crm: Vec<SyncKind>,
+    /// `normal` | `shadow` (decide and record, write nothing to either API).
+    #[serde(default)]
+    pub mode: SyncMode,
     /// `newest` | `crm` | `chat`.
     #[serde(default)]
     pub conflict: ConflictPolicy,
@@ -249,6 +252,30 @@ pub struct SyncConfig {
     /// Which leads take part.
     #[serde(default)]
     pub leads: LeadsConfig,
+}
+
+/// `[sync] mode`: whether the daemon writes what it decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Read, decide, write, record.
+    #[default]
+    Normal,
+    /// Read, decide and record as usual, but write nothing to either API: each would-be write is
+    /// logged, counted and kept per day for `status`. The bases take what was observed (never a
+    /// value that was not written) and the db is left unbootstrapped, so the first normal cycle
+    /// after shadow cycles is a first run with the configured `bootstrap`.
+    Shadow,
+}
+
+impl SyncMode {
+    /// `normal` or `shadow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Normal => "normal",
+            SyncMode::Shadow => "shadow",
+        }
+    }
 }
 
 /// `[sync.leads]`: which leads take part.
@@ -1241,11 +1268,25 @@ chat_to_crm = ["lead"]
         assert_eq!(c.kommo.requests_per_second, 6);
         assert_eq!(c.kommo.batch_size, 50);
         assert_eq!(c.sync.conflict, ConflictPolicy::Newest);
+        assert_eq!(c.sync.mode, SyncMode::Normal);
         assert_eq!(c.sync.clock_skew, Duration::from_secs(5));
         assert_eq!(c.links.messenger_field, FieldRef::Code("MESSENGER".into()));
         assert_eq!(c.kinds(), vec![CardKind::Lead, CardKind::Contact]);
         assert_eq!(c.daemon.webhook_min_interval, Duration::from_secs(30));
         assert_eq!(c.daemon.max_connections, 256);
+    }
+
+    #[test]
+    fn sync_mode_is_normal_or_shadow() {
+        let text = MINIMAL.replace("[sync]\n", "[sync]\nmode = \"shadow\"\n");
+        assert_eq!(
+            Config::parse(&text, "t.toml").unwrap().sync.mode,
+            SyncMode::Shadow
+        );
+        let text = MINIMAL.replace("[sync]\n", "[sync]\nmode = \"Shadow\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.first().key, "sync.mode", "{e}");
+        assert!(e.first().reason.contains("normal"), "{e}");
     }
 
     #[test]
@@ -1275,6 +1316,7 @@ chat_to_crm = ["lead"]
                 "[sync]\nconflict = \"sometimes\"\n",
                 "sync.conflict",
             ),
+            ("[sync]\n", "[sync]\nmode = \"dry\"\n", "sync.mode"),
             (
                 "[kommo]\n",
                 "[kommo]\nrequests_per_second = 8\n",

@@ -23,6 +23,7 @@ struct Inner {
     cycles: BTreeMap<(String, String), u64>,
     errors: BTreeMap<&'static str, u64>,
     writes: BTreeMap<String, u64>,
+    shadow_writes: BTreeMap<&'static str, u64>,
     parked: BTreeMap<String, u64>,
     conflicts: u64,
     token_unsaved: bool,
@@ -78,13 +79,20 @@ impl Inner {
             if *res == crate::sync::WriteResult::Done {
                 *self.writes.entry(target_label(&w.target)).or_default() += 1;
             }
+            if *res == crate::sync::WriteResult::Shadowed {
+                let side = crate::sync::shadow::side(&w.target).as_str();
+                *self.shadow_writes.entry(side).or_default() += 1;
+            }
         }
         self.parked.clear();
         for p in &rep.plan.parked {
             *self.parked.entry(p.reason.label().to_string()).or_default() += 1;
         }
         self.conflicts += rep.plan.conflicts.len() as u64;
-        if rep.record.outcome == crate::store::Outcome::Ok {
+        if matches!(
+            rep.record.outcome,
+            crate::store::Outcome::Ok | crate::store::Outcome::Shadow
+        ) {
             self.last_success_unix = Some(rep.record.finished_at);
             self.last_success = Some(Instant::now());
         }
@@ -371,6 +379,16 @@ fn render_outcomes(o: &mut String, m: &Inner) {
     for (k, n) in &m.writes {
         sample(o, name, &[("target", k)], n);
     }
+    let name = "chatapp_kommo_sync_shadow_writes_total";
+    family(
+        o,
+        name,
+        "counter",
+        "Writes shadow mode would have made and did not, by the API they were for (side chat or kommo).",
+    );
+    for side in ["chat", "kommo"] {
+        sample(o, name, &[("side", side)], m.shadow_writes.get(side).copied().unwrap_or(0));
+    }
     let name = "chatapp_kommo_sync_parked_pairs";
     family(
         o,
@@ -572,6 +590,8 @@ mod tests {
             "chatapp_kommo_sync_api_breaker_open{api=\"kommo\"} 0",
             "chatapp_kommo_sync_api_breaker_open{api=\"chatapp\"} 0",
             "chatapp_kommo_sync_kommo_token_unsaved 0",
+            "chatapp_kommo_sync_shadow_writes_total{side=\"chat\"} 0",
+            "chatapp_kommo_sync_shadow_writes_total{side=\"kommo\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }

@@ -60,8 +60,9 @@ pub enum RunError {
     Start(#[from] ApiError),
 }
 
-/// Runs the daemon until a stop signal (`Ok`) or an error it cannot go on after.
-pub async fn run(path: &Path, loaded: Loaded) -> Result<(), RunError> {
+/// Runs the daemon until a stop signal (`Ok`) or an error it cannot go on after. `shadow`
+/// (`run --shadow`) makes every cycle a shadow one whatever the config says, reloads included.
+pub async fn run(path: &Path, loaded: Loaded, shadow: bool) -> Result<(), RunError> {
     // Signals first: until registered, a SIGHUP or SIGUSR1 would kill the process.
     let mut sig = Signals::install().map_err(RunError::Signals)?;
     let metrics = Metrics::new();
@@ -70,7 +71,16 @@ pub async fn run(path: &Path, loaded: Loaded) -> Result<(), RunError> {
     let _server = serve(&loaded.config, &metrics, &hooks).await?;
     notify(&[NotifyState::Status("starting: opening the state db")]);
     let store = Arc::new(Store::open(&loaded.config.daemon.state_path)?);
-    let started = Runner::start(path, loaded, store.clone(), metrics, hooks, &mut sig).await;
+    let started = Runner::start(
+        path,
+        loaded,
+        store.clone(),
+        metrics,
+        hooks,
+        &mut sig,
+        shadow,
+    )
+    .await;
     let result = match started {
         Ok(Some(mut runner)) => runner.run(&mut sig).await,
         Ok(None) => Ok(()), // stopped during the start-up check
@@ -117,6 +127,8 @@ struct Context {
     hb: Arc<Heartbeat>,
     /// The idle loop beats at least this often (half the watchdog period).
     tick: Duration,
+    /// `run --shadow`: every cycle is a shadow one, whatever the (reloaded) config says.
+    shadow: bool,
 }
 
 /// What the runner changes: schedules, what is due, webhook spacing, the last outcome.
@@ -146,6 +158,7 @@ impl Runner {
         metrics: Metrics,
         hooks: Option<Arc<Hooks>>,
         sig: &mut Signals,
+        shadow: bool,
     ) -> Result<Option<Runner>, RunError> {
         let syncer = LiveSyncer::live(&loaded, store)?;
         notify(&[NotifyState::Status(
@@ -172,6 +185,7 @@ impl Runner {
             hooks,
             hb: hb.clone(),
             config,
+            shadow,
         };
         let state = State {
             timers: Timers::new(&ctx.config, ctx.config.instance_name().as_deref()),
@@ -194,6 +208,11 @@ impl Runner {
             "daemon ready; {}",
             runner.state.timers.next_text()
         );
+        if shadow || runner.ctx.config.sync.mode == crate::config::SyncMode::Shadow {
+            tracing::info!(
+                "shadow mode: every cycle reads, decides and records, and writes nothing to Kommo or ChatApp; `status` shows what it would have written"
+            );
+        }
         Ok(Some(runner))
     }
 
@@ -295,6 +314,7 @@ impl Runner {
         let Runner { ctx, state } = self;
         let cycle = ctx.syncer.run_cycle(CycleOptions {
             full: kind == CycleKind::Full,
+            shadow: ctx.shadow,
             ..Default::default()
         });
         tokio::pin!(cycle);
@@ -499,6 +519,7 @@ fn log_cycle(r: &Result<CycleReport, CycleError>) {
             kind = %rep.record.kind,
             outcome = %rep.record.outcome,
             written = rep.record.writes_done,
+            planned = rep.record.writes_planned,
             parked = rep.record.parked,
             quarantined = rep.record.quarantined,
             ms = rep.record.duration_ms,

@@ -12,6 +12,7 @@
 pub mod bases;
 pub mod codec;
 mod names;
+pub mod shadow;
 
 use crate::core::engine::{Parked, Rule, Settlement, Snapshot};
 use crate::core::model::{CardKind, CardState, DialogState, RecordId};
@@ -263,10 +264,12 @@ pub enum Outcome {
     Failed,
     /// The daemon stopped it between two writes.
     Stopped,
+    /// Shadow mode: decided and committed, nothing written ([`shadow`]).
+    Shadow,
 }
 
 impl Outcome {
-    /// `ok`, `dry_run`, `braked`, `failed`, `stopped` (stable: metric labels and stored records).
+    /// `ok`, `dry_run`, `braked`, `failed`, `stopped`, `shadow` (stable: metric labels and stored records).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -274,6 +277,7 @@ impl Outcome {
             Outcome::Braked => "braked",
             Outcome::Failed => "failed",
             Outcome::Stopped => "stopped",
+            Outcome::Shadow => "shadow",
         }
     }
 }
@@ -433,6 +437,8 @@ pub struct CycleCommit {
     pub cycle: CycleRecord,
     /// The names of the users and employees read (see [`names`]).
     pub people: crate::core::text::People,
+    /// A shadow cycle's records ([`shadow`]); such a commit leaves the db unbootstrapped.
+    pub shadow: Option<shadow::ShadowCommit>,
 }
 
 enum Handle {
@@ -975,12 +981,15 @@ impl Store {
                 meta.insert(META_PIPELINES, encode(p).as_slice())
                     .map_err(db_err("write pipelines"))?;
             }
-            meta.insert(META_BOOTSTRAPPED, encode(&true).as_slice())
+            meta.insert(META_BOOTSTRAPPED, encode(&c.shadow.is_none()).as_slice())
                 .map_err(db_err("write bootstrapped"))?;
             let mut cycles = tx.open_table(CYCLES).map_err(db_err("open cycles"))?;
             cycles
                 .insert(c.cycle.id, encode(&c.cycle).as_slice())
                 .map_err(db_err("write cycle"))?;
+        }
+        if let Some(s) = &c.shadow {
+            shadow::write(&tx, s)?;
         }
         prune(&tx, &c.retention)?;
         tx.commit().map_err(db_err("commit cycle"))
@@ -1230,6 +1239,9 @@ impl crate::ports::StateStore for Store {
     }
     fn next_cycle_id(&self) -> Result<u64, StoreError> {
         Store::next_cycle_id(self)
+    }
+    fn shadow_bootstrapped(&self) -> Result<bool, StoreError> {
+        Store::shadow_bootstrapped(self)
     }
 }
 

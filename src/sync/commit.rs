@@ -1,20 +1,25 @@
 //! Step 6 of a cycle: the bases settle (each observed record's becomes the value the cycle
 //! settled on; the records of a write that did not land keep theirs) and everything the cycle
 //! learnt is committed in one durable transaction: bases, parked pairs, held records, watermarks,
-//! seen events, quarantine, the pipelines table and the cycle's record.
+//! seen events, quarantine, the pipelines table and the cycle's record. A shadow cycle (nothing
+//! written) settles every observed record on its observed value, holds nothing, and commits its
+//! shadow records with the rest (see [`super::shadow`]).
 
 use super::observe::Observed;
 use super::{CycleError, CycleReport, Syncer, WriteResult, trace_memory};
 use crate::core::engine;
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
 use crate::store::CycleCommit;
+use crate::store::shadow::ShadowCommit;
 
-/// Settles and commits a cycle whose writes were applied; fills the record's write counts.
+/// Settles and commits a cycle whose writes were applied (or, `shadow`, not made at all); fills
+/// the record's write counts.
 pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy: &Syncer<K, C, S>,
     now: i64,
     seen: Observed,
     report: &mut CycleReport,
+    shadow: Option<ShadowCommit>,
 ) -> Result<(), CycleError> {
     let confirmed: Vec<bool> = report
         .results
@@ -28,7 +33,15 @@ pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
         .filter(|r| matches!(r, WriteResult::Dropped(_) | WriteResult::Rejected(_)))
         .count() as u64;
     trace_memory("planned and applied");
-    let settlement = engine::settle_owned(&seen.snap, &mut report.plan, &confirmed, now);
+    let settlement = if shadow.is_some() {
+        // nothing was tried: settled as a plan without writes (observed values, none held)
+        let writes = std::mem::take(&mut report.plan.writes);
+        let s = engine::settle_owned(&seen.snap, &mut report.plan, &[], now);
+        report.plan.writes = writes;
+        s
+    } else {
+        engine::settle_owned(&seen.snap, &mut report.plan, &confirmed, now)
+    };
     let overlap = sy.config.kommo.events_overlap.as_secs() as i64;
     let pipelines_read =
         sy.config.syncs_leads() && seen.stored_pipelines.as_ref() != Some(&seen.pipelines);
@@ -43,6 +56,7 @@ pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
         retention: sy.retention(now),
         people: seen.people,
         cycle: report.record.clone(),
+        shadow,
     };
     drop(seen.snap); // the bases are in the settlement now: do not hold two copies
     trace_memory("settled");

@@ -4,11 +4,13 @@
 //! 2. [`observe`]: read what the cycle needs (everything on a full cycle; what changed since the
 //!    watermarks on an incremental one) and return it;
 //! 3. plan: the pure engine, [`crate::core::engine::plan_owned`];
-//! 4. [`gate`]: whether the plan may write (dry run, safety brake); pure;
+//! 4. [`gate`]: whether the plan may write (dry run, safety brake, shadow mode); pure;
 //! 5. [`apply`]: check each target right before writing it, record intents, write through the
 //!    ports (Kommo in batches, ChatApp one call per dialog), confirm each write with its new base
 //!    and audit entry;
 //! 6. [`commit`]: settle the bases and commit the rest of the cycle in one transaction.
+//!
+//! In shadow mode [`shadow`] replaces step 5: each write is logged and counted, never made.
 //!
 //! The cycle talks to Kommo, ChatApp and the state db only through the [`crate::ports`] traits.
 
@@ -17,6 +19,7 @@ pub mod commit;
 pub mod describe;
 pub mod gate;
 pub mod observe;
+pub mod shadow;
 
 use crate::chatapp::ChatAppClient;
 use crate::config::{Config, KommoCredentials, Loaded};
@@ -65,6 +68,8 @@ pub struct CycleOptions {
     pub dry_run: bool,
     /// Apply even if the safety brake trips (rule 13).
     pub force: bool,
+    /// Shadow mode for this cycle whatever `[sync] mode` says (`--shadow`).
+    pub shadow: bool,
 }
 
 /// What happened to one planned write.
@@ -78,6 +83,8 @@ pub enum WriteResult {
     Rejected(String),
     /// Not attempted (dry run, brake).
     Skipped,
+    /// Not written: shadow mode (logged, counted and recorded for `status`).
+    Shadowed,
 }
 
 /// What a cycle did.
@@ -158,6 +165,11 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         now: i64,
     ) -> crate::core::text::Readable<'a> {
         crate::core::text::Readable::new(people, &self.config.daemon.timezone, now)
+    }
+
+    /// Whether a cycle run with `opts` is a shadow one (`--shadow`, or `[sync] mode = "shadow"`).
+    pub fn is_shadow(&self, opts: CycleOptions) -> bool {
+        opts.shadow || self.config.sync.mode == crate::config::SyncMode::Shadow
     }
 
     fn requests(&self) -> (u64, u64) {
@@ -265,7 +277,8 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             apply::recover(self, now).await?
         };
         trace_memory("start");
-        let mut seen = observe::observe(self, now, opts.full).await?;
+        let shadow = self.is_shadow(opts);
+        let mut seen = observe::observe(self, now, opts.full, shadow).await?;
         trace_memory("read");
         let obs = std::mem::take(&mut seen.obs);
         let (cards_read, dialogs_read) = (obs.cards.len() as u64, obs.dialogs.len() as u64);
@@ -292,7 +305,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             bad: seen.bad.clone(),
             people: seen.people.clone(),
         };
-        match gate::gate(&report.plan, seen.listing_brake.take(), opts) {
+        match gate::gate(&report.plan, seen.listing_brake.take(), opts, shadow) {
             gate::Gate::DryRun(brake) => {
                 report.record.outcome = Outcome::DryRun;
                 report.brake = brake;
@@ -307,7 +320,11 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             }
             gate::Gate::Write => {
                 apply::apply(self, id, now, &mut report, &seen.pipelines).await?;
-                commit::commit(self, now, seen, &mut report)?;
+                commit::commit(self, now, seen, &mut report, None)?;
+                Ok(report)
+            }
+            gate::Gate::Shadow => {
+                shadow::shadow(self, now, seen, &mut report)?;
                 Ok(report)
             }
         }

@@ -80,9 +80,14 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy: &Syncer<K, C, S>,
     now: i64,
     full_asked: bool,
+    shadow: bool,
 ) -> Result<Observed, CycleError> {
     let mut frame = sy.store.frame()?;
     frame.match_phone = sy.config.links.match_phone;
+    if shadow {
+        // shadow cycles keep their own first-run flag; the db's stays false (see `super::shadow`)
+        frame.bootstrapped = sy.store.shadow_bootstrapped()?;
+    }
     let stored_pipelines = sy.store.pipelines()?;
     // A db whose lead stages were never read (new, or written before stages existed) gets a full
     // cycle: every lead is read with its stage before any lead decision.
@@ -128,7 +133,8 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         tracing::error!(api = %b.api, endpoint = %b.endpoint, subject = b.subject.as_deref().unwrap_or("?"), path = %b.path, reason = %b.reason, "quarantined: a record that does not fit was skipped; the rest of the cycle goes on, and it is read again next cycle");
     }
     let released = r.released(&sy.store.quarantined()?);
-    let snap = if r.frame.bootstrapped {
+    // shadow mode counts the agreeing pairs of the whole account: it plans from every base
+    let snap = if r.frame.bootstrapped && !shadow {
         neighbourhood(&r.bases, r.frame, &r.obs)?
     } else {
         sy.store.load_snapshot()?

@@ -245,6 +245,17 @@ impl Daemon {
         env: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> Daemon {
+        Daemon::spawn_run(config, dir, env, nofile, &[])
+    }
+
+    /// [`Daemon::spawn_limited`], with `args` after `run` (e.g. `--shadow`).
+    pub fn spawn_run(
+        config: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+        args: &[&str],
+    ) -> Daemon {
         let sock_path = dir.join(format!(
             "notify-{}.sock",
             std::time::SystemTime::now()
@@ -277,6 +288,7 @@ impl Daemon {
         cmd.arg("--config")
             .arg(config)
             .arg("run")
+            .args(args)
             .env_remove("RUST_LOG")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")

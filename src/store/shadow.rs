@@ -1,0 +1,277 @@
+//! Shadow mode's records (`[sync] mode = "shadow"`, `run --shadow`, `once --shadow`), in their own
+//! table `shadow`, written in the same transaction as the rest of a shadow cycle's commit:
+//!
+//! - one row per day (in the configured timezone): the cycles of that day, how many linked
+//!   dialog/card pairs agreed at the day's last cycle, and how many writes the daemon would have
+//!   made, per side;
+//! - the most recent would-be writes, as examples for `status`;
+//! - whether a shadow cycle has run its first-run bootstrap (shadow cycles keep their own flag:
+//!   the db's `bootstrapped` flag is left false by every shadow cycle, so the first normal cycle
+//!   after them is a first run with the configured `bootstrap`).
+
+use super::{Store, StoreError, db_err, decode, encode};
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const SHADOW: TableDefinition<&str, &[u8]> = TableDefinition::new("shadow");
+const KEY_BOOTSTRAPPED: &str = "bootstrapped";
+const KEY_EXAMPLES: &str = "examples";
+const DAY_PREFIX: &str = "day:";
+
+/// Days kept (the newest).
+pub const KEEP_DAYS: usize = 90;
+/// Would-be writes kept as examples (the newest).
+pub const KEEP_EXAMPLES: usize = 20;
+
+/// Which API a would-be write was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// A ChatApp dialog's responsible.
+    Chat,
+    /// A Kommo card's responsible.
+    Kommo,
+}
+
+impl Side {
+    /// `chat` or `kommo` (stable: metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Chat => "chat",
+            Side::Kommo => "kommo",
+        }
+    }
+}
+
+/// One day of shadow cycles.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowDay {
+    /// `YYYY-MM-DD` in the configured timezone.
+    pub date: String,
+    /// Shadow cycles that committed that day.
+    pub cycles: u64,
+    /// Linked dialog/card pairs taking part, at the day's last shadow cycle.
+    pub pairs: u64,
+    /// Of those, the pairs whose two sides agreed (the same person, through the user map).
+    pub agreed: u64,
+    /// Dialog writes the daemon would have made that day (to ChatApp).
+    pub to_chat: u64,
+    /// Card writes the daemon would have made that day (to Kommo).
+    pub to_kommo: u64,
+    /// Unix seconds of the day's last shadow cycle.
+    pub last_cycle_at: i64,
+}
+
+/// One would-be write, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowExample {
+    /// Unix seconds of the cycle.
+    pub at: i64,
+    /// The cycle.
+    pub cycle: u64,
+    /// The API it would have gone to.
+    pub side: Side,
+    /// The write, described as `once --dry-run` describes it.
+    pub text: String,
+}
+
+/// What a shadow cycle adds to the table (committed with the rest of the cycle).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShadowCommit {
+    /// The cycle's day, `YYYY-MM-DD` in the configured timezone.
+    pub date: String,
+    /// Unix seconds of the cycle.
+    pub at: i64,
+    /// Linked pairs taking part after the cycle's reads.
+    pub pairs: u64,
+    /// Of those, the pairs that agreed.
+    pub agreed: u64,
+    /// Would-be dialog writes.
+    pub to_chat: u64,
+    /// Would-be card writes.
+    pub to_kommo: u64,
+    /// The would-be writes (the newest [`KEEP_EXAMPLES`] are kept).
+    pub examples: Vec<ShadowExample>,
+}
+
+fn day_key(date: &str) -> String {
+    format!("{DAY_PREFIX}{date}")
+}
+
+/// Adds a shadow cycle to the table inside the cycle's commit transaction: the day's row, the
+/// examples, the shadow bootstrap flag; days past [`KEEP_DAYS`] are dropped.
+pub(super) fn write(tx: &redb::WriteTransaction, c: &ShadowCommit) -> Result<(), StoreError> {
+    let mut t = tx.open_table(SHADOW).map_err(db_err("open shadow"))?;
+    let key = day_key(&c.date);
+    let old: Option<ShadowDay> = match t.get(key.as_str()).map_err(db_err("read shadow"))? {
+        Some(v) => Some(decode(|| format!("shadow {key}"), v.value())?),
+        None => None,
+    };
+    let mut day = old.unwrap_or_else(|| ShadowDay {
+        date: c.date.clone(),
+        ..ShadowDay::default()
+    });
+    day.cycles += 1;
+    day.pairs = c.pairs;
+    day.agreed = c.agreed;
+    day.to_chat += c.to_chat;
+    day.to_kommo += c.to_kommo;
+    day.last_cycle_at = c.at;
+    t.insert(key.as_str(), encode(&day).as_slice())
+        .map_err(db_err("write shadow day"))?;
+    if !c.examples.is_empty() {
+        let mut ex: Vec<ShadowExample> = match t.get(KEY_EXAMPLES).map_err(db_err("read shadow"))? {
+            Some(v) => decode(|| "shadow examples".into(), v.value()).unwrap_or_default(),
+            None => vec![],
+        };
+        ex.extend(c.examples.iter().cloned());
+        let drop = ex.len().saturating_sub(KEEP_EXAMPLES);
+        ex.drain(..drop);
+        t.insert(KEY_EXAMPLES, encode(&ex).as_slice())
+            .map_err(db_err("write shadow examples"))?;
+    }
+    t.insert(KEY_BOOTSTRAPPED, encode(&true).as_slice())
+        .map_err(db_err("write shadow bootstrapped"))?;
+    let days: Vec<String> = t
+        .range(DAY_PREFIX..)
+        .map_err(db_err("scan shadow"))?
+        .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
+        .filter(|k| k.starts_with(DAY_PREFIX))
+        .collect();
+    for k in days.iter().take(days.len().saturating_sub(KEEP_DAYS)) {
+        t.remove(k.as_str()).map_err(db_err("prune shadow"))?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Reads one value of the shadow table (`None`: absent, or no shadow cycle ever ran).
+    fn shadow_value<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(SHADOW) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err("open shadow")(e)),
+        };
+        let v = t.get(key).map_err(db_err("read shadow"))?;
+        v.map(|v| decode(|| format!("shadow {key}"), v.value()))
+            .transpose()
+    }
+
+    /// Whether a shadow cycle has committed (so the next shadow cycle is not a first run).
+    pub fn shadow_bootstrapped(&self) -> Result<bool, StoreError> {
+        Ok(self.shadow_value(KEY_BOOTSTRAPPED)?.unwrap_or(false))
+    }
+
+    /// The last `n` days with shadow cycles, newest first.
+    pub fn shadow_days(&self, n: usize) -> Result<Vec<ShadowDay>, StoreError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(SHADOW) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
+            Err(e) => return Err(db_err("open shadow")(e)),
+        };
+        let mut out = vec![];
+        for row in t.range(DAY_PREFIX..).map_err(db_err("scan shadow"))?.rev() {
+            let (k, v) = row.map_err(db_err("scan shadow"))?;
+            if !k.value().starts_with(DAY_PREFIX) {
+                continue;
+            }
+            out.push(decode(|| format!("shadow {}", k.value()), v.value())?);
+            if out.len() >= n {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The most recent would-be writes, newest first.
+    pub fn shadow_examples(&self) -> Result<Vec<ShadowExample>, StoreError> {
+        let mut ex: Vec<ShadowExample> = self.shadow_value(KEY_EXAMPLES)?.unwrap_or_default();
+        ex.reverse();
+        Ok(ex)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CycleCommit;
+
+    fn shadow(date: &str, at: i64, to_chat: u64, to_kommo: u64) -> CycleCommit {
+        CycleCommit {
+            cycle: crate::store::CycleRecord {
+                id: at as u64,
+                ..Default::default()
+            },
+            shadow: Some(ShadowCommit {
+                date: date.into(),
+                at,
+                pairs: 4,
+                agreed: 3,
+                to_chat,
+                to_kommo,
+                examples: (0..to_chat)
+                    .map(|i| ShadowExample {
+                        at,
+                        cycle: at as u64,
+                        side: Side::Chat,
+                        text: format!("dialog {i}"),
+                    })
+                    .collect(),
+            }),
+            ..CycleCommit::default()
+        }
+    }
+
+    #[test]
+    fn shadow_cycles_add_up_per_day_and_leave_the_db_unbootstrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        assert!(!s.shadow_bootstrapped().unwrap());
+        assert!(s.shadow_days(14).unwrap().is_empty());
+        s.commit_cycle(&shadow("2025-03-01", 10, 1, 2)).unwrap();
+        s.commit_cycle(&shadow("2025-03-01", 20, 2, 0)).unwrap();
+        s.commit_cycle(&shadow("2025-03-02", 30, 0, 1)).unwrap();
+        assert!(s.shadow_bootstrapped().unwrap());
+        assert!(!s.load_snapshot().unwrap().bootstrapped);
+        let days = s.shadow_days(14).unwrap();
+        assert_eq!(days.len(), 2);
+        assert_eq!(days[0].date, "2025-03-02");
+        assert_eq!(
+            (days[1].cycles, days[1].to_chat, days[1].to_kommo),
+            (2, 3, 2)
+        );
+        assert_eq!(
+            (days[1].pairs, days[1].agreed, days[1].last_cycle_at),
+            (4, 3, 20)
+        );
+        let ex = s.shadow_examples().unwrap();
+        assert_eq!(ex.len(), 3);
+        assert_eq!(ex[0].at, 20);
+        // a normal cycle marks the db bootstrapped and leaves the shadow records alone
+        s.commit_cycle(&CycleCommit::default()).unwrap();
+        assert!(s.load_snapshot().unwrap().bootstrapped);
+        assert_eq!(s.shadow_days(1).unwrap()[0].date, "2025-03-02");
+    }
+
+    #[test]
+    fn old_days_and_examples_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        for d in 0..(KEEP_DAYS as i64 + 5) {
+            let date = chrono::DateTime::from_timestamp(d * 86_400, 0)
+                .unwrap()
+                .format("%Y-%m-%d")
+                .to_string();
+            s.commit_cycle(&shadow(&date, d + 1, 1, 0)).unwrap();
+        }
+        let days = s.shadow_days(usize::MAX).unwrap();
+        assert_eq!(days.len(), KEEP_DAYS);
+        assert_eq!(days.last().unwrap().last_cycle_at, 6);
+        assert_eq!(s.shadow_examples().unwrap().len(), KEEP_EXAMPLES);
+    }
+}
