@@ -1,0 +1,579 @@
+//! Scenario tests: whole cycles ([`Syncer::run_cycle`]) against in-memory fakes of the ports
+//! (`tests/common/fakes.rs`), asserting the exact, ordered calls each cycle makes: what it read,
+//! what it recorded, what it wrote, in which order. No sockets, no files, no sleeps.
+//!
+//! The world: two dialogs, each linked to a contact through its `MESSENGER` field; the contact
+//! of dialog 2 is linked to lead 2001. Contacts push their responsible to their dialog
+//! (`crm_to_chat = ["contact"]`), dialogs push theirs to leads (`chat_to_crm = ["lead"]`).
+//! Kommo users Ann (504142), Bob (504143) and Carol (504144) are ChatApp employees 7001, 7002
+//! and 7003. Everyone
+//! starts with Ann; the first (full, `adopt`) cycle has recorded that as the bases.
+
+#[path = "common/fakes.rs"]
+mod fakes;
+#[path = "common/world.rs"]
+mod world;
+
+use chatapp_kommo_sync::config::Config;
+use chatapp_kommo_sync::core::model::{Employee, EmployeeId, KommoUser, KommoUserId};
+use chatapp_kommo_sync::http::{ErrorPolicy, error_policy};
+use chatapp_kommo_sync::kommo::{Pipelines, StatusInfo};
+use chatapp_kommo_sync::store::Outcome;
+use chatapp_kommo_sync::sync::{
+    CycleError, CycleOptions, CycleReport, Syncer, WriteResult, now_unix,
+};
+use fakes::{
+    CallLog, ChatAppState, FakeChatApp, FakeKommo, FakeStore, KommoState, StoreFault, StoreState,
+    card, chat, http_status, lead_card,
+};
+use std::sync::Arc;
+use world::{contact, dkey, lead};
+
+const ANN: u64 = 504142;
+const BOB: u64 = 504143;
+const CAROL: u64 = 504144;
+const ANN_E: u64 = 7001;
+const BOB_E: u64 = 7002;
+const CAROL_E: u64 = 7003;
+/// The pipeline of lead 2001 and its open status.
+const PIPELINE: (u64, u64) = (10, 11);
+/// The overlap of incremental reads (the default `events_overlap` and `chats_overlap`).
+const OVERLAP: i64 = 120;
+
+const CONFIG: &str = r#"
+[daemon]
+state_path = "/nonexistent/scenarios.redb"
+
+[kommo]
+base_url = "https://fake.kommo.invalid"
+token_file = "kommo-token"
+
+[chatapp]
+base_url = "https://fake.chatapp.invalid"
+email = "ops@example.com"
+password_file = "chatapp-password"
+app_id = "app_1_1"
+company_id = 1
+license_ids = [1]
+
+[sync]
+crm_to_chat = ["contact"]
+chat_to_crm = ["lead"]
+conflict = "newest"
+bootstrap = "adopt"
+
+[links]
+messenger_field = "MESSENGER"
+
+[users]
+match_by_email = false
+map = [
+    { kommo = 504142, chatapp = 7001 },
+    { kommo = 504143, chatapp = 7002 },
+    { kommo = 504144, chatapp = 7003 },
+]
+"#;
+
+/// The fakes, the syncer over them, and their shared call log.
+struct Scenario {
+    log: CallLog,
+    kommo: FakeKommo,
+    chatapp: FakeChatApp,
+    store: FakeStore,
+    syncer: Syncer<FakeKommo, FakeChatApp, FakeStore>,
+    /// The servers' clocks at the first cycle: the daemon's own clock then (the cycle dates a
+    /// card's change by its own clock when no event names it, and compares that with ChatApp's
+    /// times), so the scenarios' changes, made after it, are later on both clocks.
+    t0: i64,
+}
+
+fn kommo_world(t0: i64) -> KommoState {
+    let mut pipelines = Pipelines::default();
+    pipelines.names.insert(PIPELINE.0, "Sales".into());
+    pipelines.statuses.insert(
+        PIPELINE.1,
+        StatusInfo {
+            pipeline: PIPELINE.0,
+            name: "In work".into(),
+            kind: 0,
+        },
+    );
+    let mut k = KommoState {
+        users: [ANN, BOB, CAROL]
+            .map(|id| KommoUser {
+                id: KommoUserId(id),
+                email: format!("{id}@example.com"),
+                active: true,
+            })
+            .to_vec(),
+        pipelines,
+        filters_enabled: true,
+        now: t0,
+        ..KommoState::default()
+    };
+    k.cards
+        .insert(contact(3001), card(3001, ANN, t0 - 500, &[&dkey(1)]));
+    k.cards
+        .insert(contact(3002), card(3002, ANN, t0 - 500, &[&dkey(2)]));
+    k.cards.insert(
+        lead(2001),
+        lead_card(2001, ANN, t0 - 500, PIPELINE, &[3002]),
+    );
+    k
+}
+
+fn chatapp_world(t0: i64) -> ChatAppState {
+    let mut c = ChatAppState {
+        employees: [ANN_E, BOB_E, CAROL_E]
+            .map(|id| Employee {
+                id: EmployeeId(id),
+                email: format!("{id}@example.com"),
+            })
+            .to_vec(),
+        now: t0,
+        ..ChatAppState::default()
+    };
+    for n in [1, 2] {
+        c.chats
+            .insert(dkey(n), chat(&dkey(n), Some(ANN_E), t0 - 500, t0 - 900));
+    }
+    c
+}
+
+impl Scenario {
+    /// The world after its first cycle (full, bootstrap `adopt`: bases recorded, nothing
+    /// written), with an empty call log and both clocks moved on by a minute.
+    async fn bootstrapped() -> Scenario {
+        let t0 = now_unix();
+        let log = CallLog::default();
+        let kommo = FakeKommo::new(kommo_world(t0), &log);
+        let chatapp = FakeChatApp::new(chatapp_world(t0), &log);
+        let store = FakeStore::new(StoreState::default(), &log);
+        let config = Config::parse(CONFIG, "scenarios.toml").expect("the config parses");
+        let syncer = Syncer::new(
+            config,
+            kommo.clone(),
+            chatapp.clone(),
+            Arc::new(store.clone()),
+        );
+        let s = Scenario {
+            log,
+            kommo,
+            chatapp,
+            store,
+            syncer,
+            t0,
+        };
+        let first = s.cycle().await.expect("the bootstrap cycle");
+        assert!(first.plan.writes.is_empty(), "adopt writes nothing");
+        assert_eq!(first.record.outcome, Outcome::Ok);
+        s.log.take();
+        s.tick(60);
+        s
+    }
+
+    /// One incremental cycle.
+    async fn cycle(&self) -> Result<CycleReport, CycleError> {
+        self.syncer.run_cycle(CycleOptions::default()).await
+    }
+
+    /// Both servers' clocks move on by `secs`.
+    fn tick(&self, secs: i64) {
+        self.kommo.state().now += secs;
+        self.chatapp.state().now += secs;
+    }
+
+    /// The calls since the last `calls()`.
+    fn calls(&self) -> Vec<String> {
+        self.log.take()
+    }
+}
+
+/// The first calls of every cycle: the token retry, the cycle id, recovery's look at the intents.
+const START: [&str; 3] = [
+    "kommo.retry_unsaved_token",
+    "store.next_cycle_id",
+    "store.intents",
+];
+
+/// The reads of an incremental cycle whose last committed cycle read both servers at `read_at`
+/// (it starts there, minus the overlap), with `by_id` the lines of the cards read by id (named
+/// by fresh events, or held).
+fn reads(read_at: i64, by_id: &[&str]) -> Vec<String> {
+    let from = read_at - OVERLAP;
+    let mut v = strings(&[
+        "store.load_snapshot",
+        "store.pipelines",
+        "store.watermarks",
+        "kommo.users",
+        "chatapp.employees",
+        &format!("kommo.events lead,contact stages=true from={from}"),
+        "store.events_seen",
+        "kommo.filters_enabled",
+        &format!("kommo.each_card lead since={from}"),
+        &format!("kommo.each_card contact since={from}"),
+        "store.events_seen",
+        "store.recheck",
+        "store.quarantined",
+    ]);
+    v.extend(strings(by_id));
+    v.extend(strings(&[
+        &format!("chatapp.chats since={from}"),
+        "store.recheck",
+        "store.quarantined",
+        "store.quarantined",
+    ]));
+    v
+}
+
+fn strings(lines: &[&str]) -> Vec<String> {
+    lines.iter().map(|s| s.to_string()).collect()
+}
+
+/// A cycle's calls: `START`, then the `rest` in order.
+fn cycle_calls(parts: &[Vec<String>]) -> Vec<String> {
+    let mut v = strings(&START);
+    for p in parts {
+        v.extend(p.iter().cloned());
+    }
+    v
+}
+
+const D1: &str = "1:grWhatsApp:79990000001@c.us";
+
+#[tokio::test]
+async fn idle_cycle_reads_exactly_this_and_writes_nothing() {
+    let s = Scenario::bootstrapped().await;
+    let r = s.cycle().await.expect("an idle cycle");
+    let from = s.t0 - OVERLAP;
+    assert!(r.plan.writes.is_empty());
+    assert_eq!(r.record.outcome, Outcome::Ok);
+    assert_eq!(
+        s.calls(),
+        strings(&[
+            "kommo.retry_unsaved_token",
+            "store.next_cycle_id",
+            "store.intents",
+            "store.load_snapshot",
+            "store.pipelines",
+            "store.watermarks",
+            "kommo.users",
+            "chatapp.employees",
+            &format!("kommo.events lead,contact stages=true from={from}"),
+            "store.events_seen",
+            "kommo.filters_enabled",
+            &format!("kommo.each_card lead since={from}"),
+            &format!("kommo.each_card contact since={from}"),
+            "store.events_seen",
+            "store.recheck",
+            "store.quarantined",
+            &format!("chatapp.chats since={from}"),
+            "store.recheck",
+            "store.quarantined",
+            "store.quarantined",
+            "store.commit_cycle 2",
+            "store.record_cycle 2 ok",
+        ])
+    );
+    assert_eq!(s.calls(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn crm_to_chat_change_reaches_the_dialog_intent_first() {
+    let s = Scenario::bootstrapped().await;
+    s.kommo.state().set_responsible(contact(3001), BOB, ANN);
+    let r = s.cycle().await.expect("the cycle");
+    assert_eq!(r.results, vec![WriteResult::Done]);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0, &[]),
+            strings(&[
+                &format!("chatapp.chat {D1}"),
+                &format!("store.record_intents [dialog:{D1}]"),
+                &format!("chatapp.set_responsible {D1} -> {BOB_E}"),
+                &format!("store.confirm_write dialog:{D1} (write)"),
+                "store.commit_cycle 2",
+                "store.record_cycle 2 ok",
+            ]),
+        ])
+    );
+    assert_eq!(s.chatapp.state().responsible(&dkey(1)), Some(BOB_E));
+    assert!(s.store.state().intents.is_empty());
+    assert_eq!(s.store.state().audit.len(), 1);
+
+    // rule 9: the daemon's own write does not come back as a change
+    s.tick(60);
+    let r = s.cycle().await.expect("the next cycle");
+    assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0 + 60, &[]),
+            strings(&["store.commit_cycle 3", "store.record_cycle 3 ok"])
+        ])
+    );
+}
+
+#[tokio::test]
+async fn chat_to_crm_change_reaches_the_lead_intent_first() {
+    let s = Scenario::bootstrapped().await;
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    let r = s.cycle().await.expect("the cycle");
+    assert_eq!(r.results, vec![WriteResult::Done]);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0, &[]),
+            strings(&[
+                "kommo.cards_by_id lead [2001]",
+                "store.record_intents [lead:2001]",
+                &format!("kommo.patch lead [2001->{BOB}]"),
+                "store.confirm_write lead:2001 (write)",
+                "store.commit_cycle 2",
+                "store.record_cycle 2 ok",
+            ]),
+        ])
+    );
+    assert_eq!(s.kommo.state().responsible(lead(2001)), BOB);
+
+    s.tick(60);
+    let r = s.cycle().await.expect("the next cycle");
+    assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0 + 60, &[]),
+            strings(&["store.commit_cycle 3", "store.record_cycle 3 ok"])
+        ])
+    );
+}
+
+#[tokio::test]
+async fn check_before_write_drops_a_write_whose_target_changed_meanwhile() {
+    let s = Scenario::bootstrapped().await;
+    s.kommo.state().set_responsible(contact(3001), BOB, ANN);
+    // a person assigns the dialog to Carol after the read, before the write
+    s.chatapp
+        .before("chatapp.chat", |c| c.assign(&dkey(1), Some(CAROL_E)));
+    let r = s.cycle().await.expect("the cycle");
+    assert!(
+        matches!(&r.results[..], [WriteResult::Dropped(why)] if why.contains("changed meanwhile")),
+        "{:?}",
+        r.results
+    );
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0, &[]),
+            strings(&[
+                &format!("chatapp.chat {D1}"),
+                "store.commit_cycle 2",
+                "store.record_cycle 2 ok",
+            ]),
+        ])
+    );
+    assert_eq!(s.chatapp.state().responsible(&dkey(1)), Some(CAROL_E));
+    assert!(s.store.state().intents.is_empty());
+    assert_eq!(r.record.writes_failed, 1);
+}
+
+#[tokio::test]
+async fn a_4xx_rejects_the_write_and_the_next_cycle_decides_it_again() {
+    let s = Scenario::bootstrapped().await;
+    let bad_request = http_status("kommo", "PATCH /api/v4/leads", 400);
+    assert_eq!(error_policy(&bad_request), ErrorPolicy::Reject);
+    s.kommo.faults().fail("kommo.patch", 1, bad_request);
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    let r = s
+        .cycle()
+        .await
+        .expect("a rejected write does not fail the cycle");
+    assert_eq!(
+        r.results,
+        vec![WriteResult::Rejected("HTTP 400: fake 400".into())]
+    );
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0, &[]),
+            strings(&[
+                "kommo.cards_by_id lead [2001]",
+                "store.record_intents [lead:2001]",
+                &format!("kommo.patch lead [2001->{BOB}] => HTTP 400"),
+                "store.drop_intent lead:2001",
+                "store.commit_cycle 2",
+                "store.record_cycle 2 ok",
+            ]),
+        ])
+    );
+    assert_eq!(s.kommo.state().responsible(lead(2001)), ANN);
+    assert!(s.store.state().intents.is_empty());
+
+    s.tick(60);
+    let r = s.cycle().await.expect("the next cycle");
+    assert_eq!(r.results, vec![WriteResult::Done]);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0 + 60, &["kommo.cards_by_id lead [2001]"]),
+            strings(&[
+                "kommo.cards_by_id lead [2001]",
+                "store.record_intents [lead:2001]",
+                &format!("kommo.patch lead [2001->{BOB}]"),
+                "store.confirm_write lead:2001 (write)",
+                "store.commit_cycle 3",
+                "store.record_cycle 3 ok",
+            ]),
+        ])
+    );
+    assert_eq!(s.kommo.state().responsible(lead(2001)), BOB);
+}
+
+#[tokio::test]
+async fn a_5xx_fails_the_cycle_and_the_next_one_settles_the_intent_and_writes_once() {
+    let s = Scenario::bootstrapped().await;
+    let unavailable = http_status("chatapp", "POST /v1/chats/responsible", 503);
+    assert_eq!(error_policy(&unavailable), ErrorPolicy::Retry);
+    s.chatapp
+        .faults()
+        .fail("chatapp.set_responsible", 1, unavailable);
+    s.kommo.state().set_responsible(contact(3001), BOB, ANN);
+    let e = s.cycle().await.expect_err("a 5xx fails the cycle");
+    assert!(matches!(e, CycleError::Api(_)), "{e}");
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0, &[]),
+            strings(&[
+                &format!("chatapp.chat {D1}"),
+                &format!("store.record_intents [dialog:{D1}]"),
+                &format!("chatapp.set_responsible {D1} -> {BOB_E} => HTTP 503"),
+                "store.record_cycle 2 failed",
+            ]),
+        ])
+    );
+    assert_eq!(s.store.state().intents.len(), 1, "the intent stays pending");
+
+    s.tick(60);
+    let r = s.cycle().await.expect("the next cycle");
+    assert_eq!(r.recovered, 1);
+    assert_eq!(r.results, vec![WriteResult::Done]);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            strings(&[
+                &format!("chatapp.chat {D1}"),
+                &format!("store.drop_intent dialog:{D1}"),
+            ]),
+            reads(s.t0, &[]),
+            strings(&[
+                &format!("chatapp.chat {D1}"),
+                &format!("store.record_intents [dialog:{D1}]"),
+                &format!("chatapp.set_responsible {D1} -> {BOB_E}"),
+                &format!("store.confirm_write dialog:{D1} (write)"),
+                "store.commit_cycle 3",
+                "store.record_cycle 3 ok",
+            ]),
+        ])
+    );
+    assert_eq!(s.chatapp.state().responsible(&dkey(1)), Some(BOB_E));
+}
+
+#[tokio::test]
+async fn a_crash_right_after_the_intent_is_recovered_and_written_once() {
+    let s = Scenario::bootstrapped().await;
+    s.store
+        .faults()
+        .fail("store.record_intents", 1, StoreFault::Crash);
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    let e = s.cycle().await.expect_err("the crash fails the cycle");
+    assert!(matches!(e, CycleError::Store(_)), "{e}");
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0, &[]),
+            strings(&[
+                "kommo.cards_by_id lead [2001]",
+                "store.record_intents [lead:2001] => crash",
+                "store.record_cycle 2 failed",
+            ]),
+        ])
+    );
+    assert_eq!(s.store.state().intents.len(), 1);
+    assert_eq!(s.kommo.state().responsible(lead(2001)), ANN);
+
+    s.tick(60);
+    let r = s.cycle().await.expect("the next cycle");
+    assert_eq!(r.recovered, 1);
+    assert_eq!(r.results, vec![WriteResult::Done]);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            strings(&[
+                "kommo.cards_by_id lead [2001]",
+                "store.drop_intent lead:2001",
+            ]),
+            reads(s.t0, &[]),
+            strings(&[
+                "kommo.cards_by_id lead [2001]",
+                "store.record_intents [lead:2001]",
+                &format!("kommo.patch lead [2001->{BOB}]"),
+                "store.confirm_write lead:2001 (write)",
+                "store.commit_cycle 3",
+                "store.record_cycle 3 ok",
+            ]),
+        ])
+    );
+    assert_eq!(s.kommo.state().responsible(lead(2001)), BOB);
+}
+
+#[tokio::test]
+async fn a_crash_between_write_and_confirm_is_recovered_without_a_second_write() {
+    let s = Scenario::bootstrapped().await;
+    s.store
+        .faults()
+        .fail("store.confirm_write", 1, StoreFault::Error);
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    let e = s.cycle().await.expect_err("the crash fails the cycle");
+    assert!(matches!(e, CycleError::Store(_)), "{e}");
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0, &[]),
+            strings(&[
+                "kommo.cards_by_id lead [2001]",
+                "store.record_intents [lead:2001]",
+                &format!("kommo.patch lead [2001->{BOB}]"),
+                "store.confirm_write lead:2001 (write) => store error",
+                "store.record_cycle 2 failed",
+            ]),
+        ])
+    );
+    assert_eq!(s.store.state().intents.len(), 1);
+    assert_eq!(
+        s.kommo.state().responsible(lead(2001)),
+        BOB,
+        "the write landed"
+    );
+
+    s.tick(60);
+    let r = s.cycle().await.expect("the next cycle");
+    assert_eq!(r.recovered, 1);
+    assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            strings(&[
+                "kommo.cards_by_id lead [2001]",
+                "store.confirm_write lead:2001 (recovered)",
+            ]),
+            reads(s.t0, &[]),
+            strings(&["store.commit_cycle 3", "store.record_cycle 3 ok"]),
+        ])
+    );
+    let st = s.store.state();
+    assert!(st.intents.is_empty());
+    let hows: Vec<&str> = st.audit.iter().map(|a| a.how.as_str()).collect();
+    assert_eq!(hows, ["recovered"]);
+}
