@@ -102,6 +102,7 @@ fn kommo_world(t0: i64) -> KommoState {
         users: [ANN, BOB, CAROL]
             .map(|id| KommoUser {
                 id: KommoUserId(id),
+                name: format!("user {id}"),
                 email: format!("{id}@example.com"),
                 active: true,
             })
@@ -127,6 +128,7 @@ fn chatapp_world(t0: i64) -> ChatAppState {
         employees: [ANN_E, BOB_E, CAROL_E]
             .map(|id| Employee {
                 id: EmployeeId(id),
+                name: format!("employee {id}"),
                 email: format!("{id}@example.com"),
             })
             .to_vec(),
@@ -202,9 +204,10 @@ const START: [&str; 3] = [
 fn reads(read_at: i64, by_id: &[&str]) -> Vec<String> {
     let from = read_at - OVERLAP;
     let mut v = strings(&[
-        "store.load_snapshot",
+        "store.frame",
         "store.pipelines",
         "store.watermarks",
+        "store.bases",
         "kommo.users",
         "chatapp.employees",
         &format!("kommo.events lead,contact stages=true from={from}"),
@@ -254,9 +257,10 @@ async fn idle_cycle_reads_exactly_this_and_writes_nothing() {
             "kommo.retry_unsaved_token",
             "store.next_cycle_id",
             "store.intents",
-            "store.load_snapshot",
+            "store.frame",
             "store.pipelines",
             "store.watermarks",
+            "store.bases",
             "kommo.users",
             "chatapp.employees",
             &format!("kommo.events lead,contact stages=true from={from}"),

@@ -387,7 +387,12 @@ fn render_outcomes(o: &mut String, m: &Inner) {
         "Writes shadow mode would have made and did not, by the API they were for (side chat or kommo).",
     );
     for side in ["chat", "kommo"] {
-        sample(o, name, &[("side", side)], m.shadow_writes.get(side).copied().unwrap_or(0));
+        sample(
+            o,
+            name,
+            &[("side", side)],
+            m.shadow_writes.get(side).copied().unwrap_or(0),
+        );
     }
     let name = "chatapp_kommo_sync_parked_pairs";
     family(

@@ -25,14 +25,17 @@
 use chatapp_kommo_sync::chatapp::{Chat, Conversation, ResponsibleRef};
 use chatapp_kommo_sync::core::engine::Snapshot;
 use chatapp_kommo_sync::core::model::{
-    CardId, CardKind, DialogKey, DialogRef, Employee, EmployeeId, KommoUser, KommoUserId, RecordId,
+    CardId, CardKind, CardState, DialogKey, DialogRef, DialogState, Employee, EmployeeId,
+    KommoUser, KommoUserId, RecordId,
 };
+use chatapp_kommo_sync::core::neighbourhood::{BaseLookup, Frame, Term};
 use chatapp_kommo_sync::http::{ApiError, BadRecord};
 use chatapp_kommo_sync::kommo::{
     CardEmbedded, CustomField, EVENT_RESPONSIBLE, EventValue, FieldValue, KommoCard, KommoEvent,
     Linked, Pipelines, UserRef,
 };
 use chatapp_kommo_sync::ports::{ApiMeter, ChatAppApi, KommoApi, StateStore};
+use chatapp_kommo_sync::store::bases::InMemory;
 use chatapp_kommo_sync::store::{
     AuditEntry, CycleCommit, CycleRecord, Intent, Quarantined, Retention, StoreError, Watermarks,
 };
@@ -256,7 +259,7 @@ pub fn card(id: u64, responsible: u64, updated_at: i64, dialogs: &[&DialogKey]) 
                     dialogs
                         .iter()
                         .map(|d| FieldValue {
-                            value: serde_json::Value::String(d.to_string()),
+                            value: serde_json::Value::String(d.full_ref()),
                         })
                         .collect(),
                 ),
@@ -550,11 +553,13 @@ impl ChatAppApi for FakeChatApp {
 
     async fn chat(&self, key: &DialogKey) -> Result<Option<Chat>, ApiError> {
         self.0
-            .call(format!("chatapp.chat {key}"), |s| s.chats.get(key).cloned())
+            .call(format!("chatapp.chat {}", key.full_ref()), |s| {
+                s.chats.get(key).cloned()
+            })
     }
 
     async fn set_responsible(&self, key: &DialogKey, employee: EmployeeId) -> Result<(), ApiError> {
-        let line = format!("chatapp.set_responsible {key} -> {employee}");
+        let line = format!("chatapp.set_responsible {} -> {employee}", key.full_ref());
         self.0.call(line, |s| {
             if let Some(c) = s.chats.get_mut(key) {
                 c.responsible = Some(ResponsibleRef {
@@ -666,14 +671,60 @@ fn records<'a>(it: impl IntoIterator<Item = &'a RecordId>) -> String {
 /// `lead:2001` or `dialog:1:grWhatsApp:7999...`.
 pub fn short_record(r: &RecordId) -> String {
     match r {
-        RecordId::Card(c) => c.to_string(),
-        RecordId::Dialog(d) => format!("dialog:{d}"),
+        RecordId::Card(c) => c.code_text(),
+        RecordId::Dialog(d) => format!("dialog:{}", d.full_ref()),
+    }
+}
+
+/// The bases as one cycle's read view saw them (a copy taken by `store.bases`).
+pub struct FakeBases(Snapshot);
+
+impl BaseLookup for FakeBases {
+    type Error = StoreError;
+    fn card(&self, id: &CardId) -> Result<Option<CardState>, StoreError> {
+        InMemory(&self.0).card(id)
+    }
+    fn dialog(&self, key: &DialogKey) -> Result<Option<DialogState>, StoreError> {
+        InMemory(&self.0).dialog(key)
+    }
+    fn dialogs_with(&self, term: Term) -> Result<Vec<DialogKey>, StoreError> {
+        InMemory(&self.0).dialogs_with(term)
+    }
+    fn cards_with(&self, term: Term) -> Result<Vec<CardId>, StoreError> {
+        InMemory(&self.0).cards_with(term)
+    }
+    fn cards_of_contact(&self, contact: u64) -> Result<Vec<CardId>, StoreError> {
+        InMemory(&self.0).cards_of_contact(contact)
     }
 }
 
 impl StateStore for FakeStore {
+    type Bases<'a> = FakeBases;
     fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
         self.call("store.load_snapshot".into(), |s| s.snap.clone())
+    }
+    fn frame(&self) -> Result<Frame, StoreError> {
+        self.call("store.frame".into(), |s| Frame {
+            parked: s.snap.parked.clone(),
+            held: s.snap.held.clone(),
+            bootstrapped: s.snap.bootstrapped,
+            match_phone: false,
+        })
+    }
+    fn bases(&self) -> Result<FakeBases, StoreError> {
+        self.call("store.bases".into(), |s| FakeBases(s.snap.clone()))
+    }
+    fn base_counts(&self) -> Result<(BTreeMap<CardKind, usize>, usize), StoreError> {
+        self.call("store.base_counts".into(), |s| {
+            let mut per_kind = BTreeMap::new();
+            for c in s.snap.cards.keys() {
+                *per_kind.entry(c.kind).or_insert(0) += 1;
+            }
+            (per_kind, s.snap.dialogs.len())
+        })
+    }
+    fn shadow_bootstrapped(&self) -> Result<bool, StoreError> {
+        self.call("store.shadow_bootstrapped".into(), |_| false)
     }
     fn watermarks(&self) -> Result<Watermarks, StoreError> {
         self.call("store.watermarks".into(), |s| s.watermarks.clone())
