@@ -660,7 +660,7 @@ proptest! {
     }
 
     /// A `licenseId:messengerType:chatId` triple round-trips (the chat id may itself hold
-    /// colons), and so does a DialogKey's display form.
+    /// colons), and so does a DialogKey's machine form (`full_ref`).
     #[test]
     fn full_reference_round_trips(
         license in any::<u64>(),
@@ -671,7 +671,7 @@ proptest! {
         let key = DialogKey::new(license, &messenger, &chat);
         let raw = format!("{pad}{license}:{messenger}:{chat}{pad}");
         prop_assert_eq!(parse_messenger_value(&raw), Some(DialogRef::Full(key.clone())));
-        prop_assert_eq!(parse_messenger_value(&key.to_string()), Some(DialogRef::Full(key)));
+        prop_assert_eq!(parse_messenger_value(&key.full_ref()), Some(DialogRef::Full(key)));
     }
 
     /// Anything else that is not blank parses to something; blank parses to nothing.

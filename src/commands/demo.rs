@@ -251,20 +251,8 @@ pub async fn run() -> anyhow::Result<()> {
     result
 }
 
-async fn run_in(dir: &Path) -> anyhow::Result<()> {
-    let w = sample_world().await?;
-    // A deal Boris won last year: its manager is sales history, never rewritten.
-    w.kommo.add_card(
-        "leads",
-        SimCard::new(2004, "Maria: last year's order (won)", 504142)
-            .with_field(SimField::checkbox(LEAD_FLAG_FIELD, true))
-            .with_contacts(&[1002])
-            .with_status(crate::sim::MAIN_PIPELINE_ID, crate::sim::STATUS_WON),
-    );
-    let path = write_config(dir, &w.kommo, &w.chatapp, "")?;
-    let loaded = config::load(&path)?;
-    let store = Arc::new(Store::open(&loaded.config.daemon.state_path)?);
-    let syncer = LiveSyncer::live(&loaded, store.clone())?;
+/// Who is who in the sample world.
+fn print_intro(w: &DemoWorld) {
     println!("chatapp-kommo-sync demo");
     println!("Kommo simulator:   {}", w.kommo.base_url());
     println!("ChatApp simulator: {}", w.chatapp.base_url());
@@ -278,11 +266,10 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         "direction: contact -> dialog (crm_to_chat), dialog -> lead (chat_to_crm); lead 2003 has its sync flag unchecked;"
     );
     println!("lead 2004 is a deal Boris won last year (closed leads are left alone).");
+}
 
-    let r1 = syncer.run_cycle(CycleOptions::default()).await?;
-    print_report("cycle 1: first run", &r1, &readable(&syncer, &r1, &w));
-
-    w.clock.advance(20);
+/// A manager, an operator and a customer change things in both systems.
+fn people_make_changes(w: &DemoWorld) {
     println!("\n== people make changes");
     println!("   Kommo:   a manager moves contact 1001 (Ivan) from Anna to Boris");
     w.kommo
@@ -302,27 +289,11 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     w.kommo
         .set_responsible_as_human("contacts", 1004, 504144, 504141);
     w.clock.advance(5);
+}
 
-    let r2 = syncer.run_cycle(CycleOptions::default()).await?;
-    print_report("cycle 2: incremental", &r2, &readable(&syncer, &r2, &w));
-    w.clock.advance(30);
-    let r3 = syncer.run_cycle(CycleOptions::default()).await?;
-    print_report(
-        "cycle 3: incremental, nothing changed since",
-        &r3,
-        &readable(&syncer, &r3, &w),
-    );
-    w.clock.advance(30);
-    let r4 = syncer
-        .run_cycle(CycleOptions {
-            full: true,
-            ..Default::default()
-        })
-        .await?;
-    print_report("cycle 4: full reconcile", &r4, &readable(&syncer, &r4, &w));
-
+/// Every dialog's and card's responsible at the end.
+fn print_final_state(w: &DemoWorld, at: &Readable) {
     println!("\n== final state");
-    let at = readable(&syncer, &r4, &w);
     for chat in [
         "79990000001@c.us",
         "79990000002@c.us",
@@ -350,6 +321,49 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         let who = w.kommo.responsible_of(kind, id).unwrap_or(0);
         println!("   {card}: {}", at.user(KommoUserId(who)));
     }
+}
+
+async fn run_in(dir: &Path) -> anyhow::Result<()> {
+    let w = sample_world().await?;
+    // A deal Boris won last year: its manager is sales history, never rewritten.
+    w.kommo.add_card(
+        "leads",
+        SimCard::new(2004, "Maria: last year's order (won)", 504142)
+            .with_field(SimField::checkbox(LEAD_FLAG_FIELD, true))
+            .with_contacts(&[1002])
+            .with_status(crate::sim::MAIN_PIPELINE_ID, crate::sim::STATUS_WON),
+    );
+    let path = write_config(dir, &w.kommo, &w.chatapp, "")?;
+    let loaded = config::load(&path)?;
+    let store = Arc::new(Store::open(&loaded.config.daemon.state_path)?);
+    let syncer = LiveSyncer::live(&loaded, store.clone())?;
+    print_intro(&w);
+
+    let r1 = syncer.run_cycle(CycleOptions::default()).await?;
+    print_report("cycle 1: first run", &r1, &readable(&syncer, &r1, &w));
+
+    w.clock.advance(20);
+    people_make_changes(&w);
+
+    let r2 = syncer.run_cycle(CycleOptions::default()).await?;
+    print_report("cycle 2: incremental", &r2, &readable(&syncer, &r2, &w));
+    w.clock.advance(30);
+    let r3 = syncer.run_cycle(CycleOptions::default()).await?;
+    print_report(
+        "cycle 3: incremental, nothing changed since",
+        &r3,
+        &readable(&syncer, &r3, &w),
+    );
+    w.clock.advance(30);
+    let r4 = syncer
+        .run_cycle(CycleOptions {
+            full: true,
+            ..Default::default()
+        })
+        .await?;
+    print_report("cycle 4: full reconcile", &r4, &readable(&syncer, &r4, &w));
+
+    print_final_state(&w, &readable(&syncer, &r4, &w));
     println!(
         "\nRun `chatapp-kommo-sync status` on a real state db to see the same from the audit log."
     );

@@ -5,6 +5,7 @@
 
 use crate::core::engine::ParkReason;
 use crate::core::model::{CardId, RecordId};
+use crate::core::neighbourhood::{BaseLookup, Frame};
 use crate::core::text::Readable;
 use crate::store::{Store, StoreError};
 use crate::sync::describe::{describe_audit, describe_parked};
@@ -39,71 +40,92 @@ pub fn render_at(
     let people = store.people()?;
     let r = Readable::new(&people, &cfg.daemon.timezone, now);
     let mut out = String::new();
-    let snap = store.load_snapshot()?;
+    let frame = store.frame()?;
     if let Some(chat) = &q.dialog {
-        let keys: Vec<_> = snap
-            .dialogs
-            .keys()
-            .filter(|k| &k.chat_id == chat || k.full_ref() == *chat)
-            .cloned()
-            .collect();
-        if keys.is_empty() {
-            let _ = writeln!(out, "dialog {chat}: not in the state db");
+        render_dialog(store, &r, &frame, chat, &mut out)?;
+    } else if let Some(card) = q.card {
+        render_card(store, &r, &frame, card, &mut out)?;
+    } else {
+        render_overview(store, &frame, &mut out)?;
+        render_parked(&r, &frame, &mut out);
+        render_quarantine(store, &r, &mut out)?;
+        render_cycles(store, &r, &mut out)?;
+        crate::commands::status_shadow::render(store, cfg, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// One dialog (by chat id, or `license:messenger:chat`): its base and why it holds its value.
+fn render_dialog(
+    store: &Store,
+    r: &Readable,
+    frame: &Frame,
+    chat: &str,
+    out: &mut String,
+) -> Result<(), StoreError> {
+    let keys = store.bases()?.dialogs_named(chat)?;
+    if keys.is_empty() {
+        let _ = writeln!(out, "dialog {chat}: not in the state db");
+    }
+    for (k, st) in keys {
+        let _ = writeln!(
+            out,
+            "{k}: responsible {} (since {}){}",
+            r.employee(st.responsible),
+            r.time_ago(st.changed_at),
+            if st.closed { ", closed" } else { "" }
+        );
+        explain(store, r, out, &RecordId::Dialog(k.clone()), frame)?;
+    }
+    Ok(())
+}
+
+/// One card: its base and why it holds its value.
+fn render_card(
+    store: &Store,
+    r: &Readable,
+    frame: &Frame,
+    card: CardId,
+    out: &mut String,
+) -> Result<(), StoreError> {
+    match store.bases()?.card(&card)? {
+        None => {
+            let _ = writeln!(out, "{card}: not in the state db");
         }
-        for k in keys {
-            let st = &snap.dialogs[&k];
+        Some(st) => {
             let _ = writeln!(
                 out,
-                "{k}: responsible {} (since {}){}",
-                r.employee(st.responsible),
+                "{card}: responsible {} (since {}), sync flag {}{}",
+                r.user(st.responsible),
                 r.time_ago(st.changed_at),
-                if st.closed { ", closed" } else { "" }
+                if st.flag { "checked" } else { "unchecked" },
+                if st.deleted { ", deleted" } else { "" }
             );
-            explain(store, &r, &mut out, &RecordId::Dialog(k.clone()), &snap)?;
+            explain(store, r, out, &RecordId::Card(card), frame)?;
         }
-        return Ok(out);
     }
-    if let Some(card) = q.card {
-        match snap.cards.get(&card) {
-            None => {
-                let _ = writeln!(out, "{card}: not in the state db");
-            }
-            Some(st) => {
-                let _ = writeln!(
-                    out,
-                    "{card}: responsible {} (since {}), sync flag {}{}",
-                    r.user(st.responsible),
-                    r.time_ago(st.changed_at),
-                    if st.flag { "checked" } else { "unchecked" },
-                    if st.deleted { ", deleted" } else { "" }
-                );
-                explain(store, &r, &mut out, &RecordId::Card(card), &snap)?;
-            }
-        }
-        return Ok(out);
-    }
+    Ok(())
+}
 
+/// The db, whether the first cycle ran, how many records and corrections it holds.
+fn render_overview(store: &Store, frame: &Frame, out: &mut String) -> Result<(), StoreError> {
     let _ = writeln!(out, "state db: {}", store.path().display());
     let _ = writeln!(
         out,
         "bootstrapped: {}",
-        if snap.bootstrapped {
+        if frame.bootstrapped {
             "yes"
         } else {
             "no (no cycle has completed)"
         }
     );
-    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
-    for c in snap.cards.keys() {
-        *kinds.entry(c.kind.plural().to_string()).or_default() += 1;
-    }
-    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    let _ = writeln!(
-        out,
-        "records: {} dialogs; {}",
-        snap.dialogs.len(),
-        kinds.join(", ")
-    );
+    let (per_kind, dialogs) = store.bases()?.counts()?;
+    let kinds: Vec<String> = per_kind
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{n} {}", k.plural()))
+        .collect();
+    let _ = writeln!(out, "records: {dialogs} dialogs; {}", kinds.join(", "));
     let _ = writeln!(out, "corrections recorded: {}", store.audit_len()?);
     let intents = store.intents()?;
     if !intents.is_empty() {
@@ -113,42 +135,57 @@ pub fn render_at(
             intents.len()
         );
     }
+    Ok(())
+}
+
+/// Parked pairs: how many for each reason, and the first 20.
+fn render_parked(r: &Readable, frame: &Frame, out: &mut String) {
     let mut by_reason: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for p in snap.parked.values() {
+    for p in frame.parked.values() {
         *by_reason.entry(p.reason.label()).or_default() += 1;
     }
-    let _ = writeln!(out, "\nparked pairs: {}", snap.parked.len());
-    for (r, n) in &by_reason {
-        let _ = writeln!(out, "  {r}: {n}");
+    let _ = writeln!(out, "\nparked pairs: {}", frame.parked.len());
+    for (reason, n) in &by_reason {
+        let _ = writeln!(out, "  {reason}: {n}");
     }
-    for p in snap.parked.values().take(20) {
-        let _ = writeln!(out, "  {}", describe_parked(&r, p));
+    for p in frame.parked.values().take(20) {
+        let _ = writeln!(out, "  {}", describe_parked(r, p));
     }
+}
+
+/// Records that did not fit their page (the first 20).
+fn render_quarantine(store: &Store, r: &Readable, out: &mut String) -> Result<(), StoreError> {
     let quarantined = store.quarantined()?;
-    if !quarantined.is_empty() {
+    if quarantined.is_empty() {
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "\nquarantined records (they did not fit their page; skipped, the rest of the sync goes on, read again each cycle): {}",
+        quarantined.len()
+    );
+    for q in quarantined.iter().take(20) {
         let _ = writeln!(
             out,
-            "\nquarantined records (they did not fit their page; skipped, the rest of the sync goes on, read again each cycle): {}",
-            quarantined.len()
+            "  {} {} {}: `{}`: {} (first seen {}, last seen {}, {} cycle(s))",
+            q.record.api,
+            q.record.endpoint,
+            crate::sync::observe::subject_record(&q.record)
+                .map(|r| r.to_string())
+                .or_else(|| q.record.subject.clone())
+                .unwrap_or_else(|| "(unnamed record)".into()),
+            q.record.path,
+            q.record.reason,
+            r.time_ago(q.first_seen),
+            r.time_ago(q.last_seen),
+            q.cycles
         );
-        for q in quarantined.iter().take(20) {
-            let _ = writeln!(
-                out,
-                "  {} {} {}: `{}`: {} (first seen {}, last seen {}, {} cycle(s))",
-                q.record.api,
-                q.record.endpoint,
-                crate::sync::observe::subject_record(&q.record)
-                    .map(|r| r.to_string())
-                    .or_else(|| q.record.subject.clone())
-                    .unwrap_or_else(|| "(unnamed record)".into()),
-                q.record.path,
-                q.record.reason,
-                r.time_ago(q.first_seen),
-                r.time_ago(q.last_seen),
-                q.cycles
-            );
-        }
     }
+    Ok(())
+}
+
+/// The last 10 cycles and the last 15 corrections.
+fn render_cycles(store: &Store, r: &Readable, out: &mut String) -> Result<(), StoreError> {
     let _ = writeln!(out, "\nlast cycles:");
     for c in store.recent_cycles(10)? {
         let _ = writeln!(
@@ -171,10 +208,9 @@ pub fn render_at(
     }
     let _ = writeln!(out, "\nrecent corrections:");
     for e in store.audit(15, |_| true)? {
-        let _ = writeln!(out, "  {}", describe_audit(&r, &e));
+        let _ = writeln!(out, "  {}", describe_audit(r, &e));
     }
-    crate::commands::status_shadow::render(store, cfg, &mut out)?;
-    Ok(out)
+    Ok(())
 }
 
 fn explain(
@@ -182,7 +218,7 @@ fn explain(
     at: &Readable,
     out: &mut String,
     r: &RecordId,
-    snap: &crate::core::engine::Snapshot,
+    frame: &Frame,
 ) -> Result<(), StoreError> {
     let entries = store.audit(10, |e| &e.target == r)?;
     match entries.first() {
@@ -199,7 +235,7 @@ fn explain(
     for e in entries.iter().skip(1) {
         let _ = writeln!(out, "  earlier: {}", describe_audit(at, e));
     }
-    for p in snap
+    for p in frame
         .parked
         .values()
         .filter(|p| &p.subject == r || p.target.as_ref() == Some(r))

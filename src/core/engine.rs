@@ -576,8 +576,6 @@ pub fn plan(snap: &Snapshot, obs: &Observations, policy: &Policy, users: &UserMa
 /// (what the cycle uses: on a full cycle of a large account this halves the memory).
 pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &UserMap) -> Plan {
     let first_run = !snap.bootstrapped;
-    let now = obs.now;
-
     let mut w = Work {
         policy,
         users,
@@ -596,109 +594,15 @@ pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &U
         },
         proposals: BTreeMap::new(),
     };
-
-    // Current states and what changed (changes are detected by value against the base).
-    for (id, o) in obs.cards {
-        let base: Option<BaseValue> = snap
-            .cards
-            .get(&id)
-            .map(BaseValue::from)
-            .or_else(|| snap.card_values.get(&id).copied());
-        let changed_at = card_change_time(base, &o, now);
-        if !first_run && base.is_none_or(|b| b.responsible != o.responsible) {
-            w.card_changed.insert(id);
-        }
-        let st = CardState {
-            responsible: o.responsible,
-            changed_at,
-            flag: o.flag,
-            deleted: o.deleted,
-            contacts: o.contacts,
-            dialog_refs: o.dialog_refs,
-            phones: o.phones,
-            lead: o.lead,
-        };
-        w.cards.insert(id, st);
-    }
-    for (key, o) in &obs.dialogs {
-        let base = snap.dialogs.get(key);
-        let st = DialogState {
-            responsible: o.responsible,
-            changed_at: dialog_change_time(base, o, now),
-            last_time: o.last_time,
-            session: o.session,
-            closed: o.closed,
-            phone: o.phone.clone(),
-        };
-        if !first_run {
-            match base {
-                None => {
-                    w.dialog_opened.insert(key.clone());
-                    if o.responsible.is_some() {
-                        w.dialog_changed.insert(key.clone());
-                    }
-                }
-                Some(b) => {
-                    if b.responsible != o.responsible {
-                        w.dialog_changed.insert(key.clone());
-                    }
-                    if dialog_reopened(b, o) {
-                        w.dialog_opened.insert(key.clone());
-                    }
-                }
-            }
-        }
-        w.plan.settle_dialogs.insert(key.clone(), st.clone());
-        w.dialogs.insert(key.clone(), st);
-    }
-
-    // Rule 12: the first cycle's bootstrap.
+    let now = obs.now;
+    w.observe_cards(snap, obs.cards, now, first_run);
+    w.observe_dialogs(snap, &obs.dialogs, now, first_run);
     if first_run {
-        match policy.bootstrap {
-            Bootstrap::Adopt => {}
-            Bootstrap::Crm => w.dialog_opened.extend(w.dialogs.keys().cloned()),
-            Bootstrap::Chat => w.dialog_changed.extend(
-                w.dialogs
-                    .iter()
-                    .filter(|(_, d)| d.responsible.is_some())
-                    .map(|(k, _)| k.clone()),
-            ),
-        }
+        w.bootstrap_triggers();
+    } else {
+        w.held_triggers(&snap.held);
     }
-
-    // Held records: their last decision did not complete; decide them again whatever their value.
-    if !first_run {
-        for r in &snap.held {
-            match r {
-                RecordId::Card(c) if w.has_card(c) => {
-                    w.card_changed.insert(*c);
-                }
-                RecordId::Dialog(d) if w.dialogs.contains_key(d) => {
-                    w.dialog_changed.insert(d.clone());
-                }
-                _ => {}
-            }
-        }
-    }
-
-    // Rule 8: parked pairs decided under another policy or user map are decided again, each for
-    // its own dialog only.
-    for p in snap.parked.values().filter(|p| p.fingerprint != w.fp) {
-        match (&p.trigger, &p.subject) {
-            (Trigger::CardChanged(c), RecordId::Dialog(d))
-                if w.has_card(c) && w.dialogs.contains_key(d) =>
-            {
-                w.forced_pairs.insert((d.clone(), *c));
-            }
-            (Trigger::DialogChanged, RecordId::Dialog(d)) if w.dialogs.contains_key(d) => {
-                w.dialog_changed.insert(d.clone());
-            }
-            (Trigger::DialogOpened, RecordId::Dialog(d)) if w.dialogs.contains_key(d) => {
-                w.dialog_opened.insert(d.clone());
-            }
-            _ => {}
-        }
-    }
+    w.reparked_triggers(&snap.parked);
 
     w.links = resolve_links_with(|| w.all_cards(), &w.dialogs, policy.match_phone);
     for p in snap.parked.values() {
@@ -714,34 +618,169 @@ pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &U
         w.decide_dialog(d, first_run);
     }
     w.resolve_card_proposals(first_run);
+    w.finish()
+}
 
-    // The new bases of observed and targeted cards: the merged view itself, kept in place.
-    let targets: BTreeSet<CardId> = w
-        .plan
-        .writes
-        .iter()
-        .filter_map(|x| match &x.target {
-            Target::Card { id, .. } => Some(*id),
-            Target::Dialog { .. } => None,
-        })
-        .collect();
-    let mut cards = std::mem::take(&mut w.cards);
-    for t in targets {
-        if let (false, Some(st)) = (cards.contains_key(&t), w.base_cards.get(&t)) {
-            cards.insert(t, st.clone());
+/// One dialog being decided: its state, its linked cards that give (`E_in`) and take (`E_out`)
+/// a responsible, and whether the dialog itself changed.
+struct Case<'c> {
+    d: &'c DialogKey,
+    dialog: &'c DialogState,
+    e_in: &'c [CardId],
+    e_out: &'c [CardId],
+    d_changed: bool,
+}
+
+/// The steps of [`plan_owned`] before and after the decisions.
+impl Work<'_> {
+    /// Observed cards: their current states, dated, and which changed (by value against the base).
+    fn observe_cards(
+        &mut self,
+        snap: &Snapshot,
+        cards: BTreeMap<CardId, CardObs>,
+        now: i64,
+        first_run: bool,
+    ) {
+        for (id, o) in cards {
+            let base: Option<BaseValue> = snap
+                .cards
+                .get(&id)
+                .map(BaseValue::from)
+                .or_else(|| snap.card_values.get(&id).copied());
+            let changed_at = card_change_time(base, &o, now);
+            if !first_run && base.is_none_or(|b| b.responsible != o.responsible) {
+                self.card_changed.insert(id);
+            }
+            let st = CardState {
+                responsible: o.responsible,
+                changed_at,
+                flag: o.flag,
+                deleted: o.deleted,
+                contacts: o.contacts,
+                dialog_refs: o.dialog_refs,
+                phones: o.phones,
+                lead: o.lead,
+            };
+            self.cards.insert(id, st);
         }
     }
-    w.plan.settle_cards = cards;
 
-    // Deterministic order: cards first (by id), then dialogs (by key).
-    w.plan.writes.sort_by_key(|a| a.target.record());
-    if w.plan.writes.len() > policy.max_writes_per_cycle {
-        w.plan.brake = Some(Brake::TooManyWrites {
-            planned: w.plan.writes.len(),
-            max: policy.max_writes_per_cycle,
-        });
+    /// Observed dialogs: their current states, dated, and which changed or opened (a dialog new to
+    /// the daemon counts as opened, and as changed when it already has a responsible).
+    fn observe_dialogs(
+        &mut self,
+        snap: &Snapshot,
+        dialogs: &BTreeMap<DialogKey, DialogObs>,
+        now: i64,
+        first_run: bool,
+    ) {
+        for (key, o) in dialogs {
+            let base = snap.dialogs.get(key);
+            let st = DialogState {
+                responsible: o.responsible,
+                changed_at: dialog_change_time(base, o, now),
+                last_time: o.last_time,
+                session: o.session,
+                closed: o.closed,
+                phone: o.phone.clone(),
+            };
+            if !first_run {
+                let (opened, changed) = match base {
+                    None => (true, o.responsible.is_some()),
+                    Some(b) => (dialog_reopened(b, o), b.responsible != o.responsible),
+                };
+                if opened {
+                    self.dialog_opened.insert(key.clone());
+                }
+                if changed {
+                    self.dialog_changed.insert(key.clone());
+                }
+            }
+            self.plan.settle_dialogs.insert(key.clone(), st.clone());
+            self.dialogs.insert(key.clone(), st);
+        }
     }
-    w.plan
+
+    /// Rule 12: the first cycle's bootstrap marks every dialog as opened (`crm`) or every assigned
+    /// dialog as changed (`chat`); `adopt` only reports.
+    fn bootstrap_triggers(&mut self) {
+        match self.policy.bootstrap {
+            Bootstrap::Adopt => {}
+            Bootstrap::Crm => self.dialog_opened.extend(self.dialogs.keys().cloned()),
+            Bootstrap::Chat => self.dialog_changed.extend(
+                self.dialogs
+                    .iter()
+                    .filter(|(_, d)| d.responsible.is_some())
+                    .map(|(k, _)| k.clone()),
+            ),
+        }
+    }
+
+    /// Held records: their last decision did not complete; decide them again whatever their value.
+    fn held_triggers(&mut self, held: &BTreeSet<RecordId>) {
+        for r in held {
+            match r {
+                RecordId::Card(c) if self.has_card(c) => {
+                    self.card_changed.insert(*c);
+                }
+                RecordId::Dialog(d) if self.dialogs.contains_key(d) => {
+                    self.dialog_changed.insert(d.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Rule 8: parked pairs decided under another policy or user map are decided again, each for
+    /// its own dialog only.
+    fn reparked_triggers(&mut self, parked: &BTreeMap<String, Parked>) {
+        for p in parked.values().filter(|p| p.fingerprint != self.fp) {
+            match (&p.trigger, &p.subject) {
+                (Trigger::CardChanged(c), RecordId::Dialog(d))
+                    if self.has_card(c) && self.dialogs.contains_key(d) =>
+                {
+                    self.forced_pairs.insert((d.clone(), *c));
+                }
+                (Trigger::DialogChanged, RecordId::Dialog(d)) if self.dialogs.contains_key(d) => {
+                    self.dialog_changed.insert(d.clone());
+                }
+                (Trigger::DialogOpened, RecordId::Dialog(d)) if self.dialogs.contains_key(d) => {
+                    self.dialog_opened.insert(d.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The plan: new bases of observed and targeted cards (the merged view itself, kept in place),
+    /// writes in a deterministic order (cards by id, then dialogs by key), and rule 13's brake.
+    fn finish(mut self) -> Plan {
+        let targets: BTreeSet<CardId> = self
+            .plan
+            .writes
+            .iter()
+            .filter_map(|x| match &x.target {
+                Target::Card { id, .. } => Some(*id),
+                Target::Dialog { .. } => None,
+            })
+            .collect();
+        let mut cards = std::mem::take(&mut self.cards);
+        for t in targets {
+            if let (false, Some(st)) = (cards.contains_key(&t), self.base_cards.get(&t)) {
+                cards.insert(t, st.clone());
+            }
+        }
+        self.plan.settle_cards = cards;
+        self.plan.writes.sort_by_key(|a| a.target.record());
+        let max = self.policy.max_writes_per_cycle;
+        if self.plan.writes.len() > max {
+            self.plan.brake = Some(Brake::TooManyWrites {
+                planned: self.plan.writes.len(),
+                max,
+            });
+        }
+        self.plan
+    }
 }
 
 impl<'a> Work<'a> {
@@ -904,9 +943,23 @@ impl<'a> Work<'a> {
             } else {
                 crm_rule.expect("crm rule")
             };
-            self.assign_dialog_from_card(d, &dialog, wc, rule, &e_in, &e_out, d_changed);
+            let case = Case {
+                d,
+                dialog: &dialog,
+                e_in: &e_in,
+                e_out: &e_out,
+                d_changed,
+            };
+            self.assign_dialog_from_card(&case, wc, rule);
         } else {
-            self.assign_cards_from_dialog(d, &dialog, &e_in, &e_out, first_run);
+            let case = Case {
+                d,
+                dialog: &dialog,
+                e_in: &e_in,
+                e_out: &e_out,
+                d_changed,
+            };
+            self.assign_cards_from_dialog(&case, first_run);
         }
     }
 
@@ -945,19 +998,11 @@ impl<'a> Work<'a> {
     }
 
     /// Rules 1/2 (and bootstrap `crm`), then rule 4's cascade to `E_out`.
-    #[allow(clippy::too_many_arguments)]
-    fn assign_dialog_from_card(
-        &mut self,
-        d: &DialogKey,
-        dialog: &DialogState,
-        wc: CardId,
-        rule: Rule,
-        e_in: &[CardId],
-        e_out: &[CardId],
-        d_changed: bool,
-    ) {
+    fn assign_dialog_from_card(&mut self, case: &Case, wc: CardId, rule: Rule) {
+        let (d, dialog) = (case.d, case.dialog);
         let card = self.card(&wc).clone();
-        let changed: Vec<CardId> = e_in
+        let changed: Vec<CardId> = case
+            .e_in
             .iter()
             .copied()
             .filter(|c| self.changed_for(d, c))
@@ -987,7 +1032,27 @@ impl<'a> Work<'a> {
             self.park(subject, target, ParkReason::DialogClosed, trigger);
             return;
         }
-        let others: Vec<String> = e_in
+        let reason = self.crm_reason(case, wc, rule, employee);
+        if dialog.responsible != Some(employee) {
+            self.plan.writes.push(Write {
+                target: Target::Dialog {
+                    key: d.clone(),
+                    from: dialog.responsible,
+                    to: employee,
+                },
+                reason,
+                holds: vec![RecordId::Dialog(d.clone()), RecordId::Card(wc)],
+            });
+        }
+        self.cascade(case, wc, rule);
+    }
+
+    /// Why a dialog takes its responsible from card `wc`: the card, the others checked, and how
+    /// a change of the dialog itself was weighed.
+    fn crm_reason(&self, case: &Case, wc: CardId, rule: Rule, employee: EmployeeId) -> Reason {
+        let (card, dialog) = (self.card(&wc), case.dialog);
+        let others: Vec<String> = case
+            .e_in
             .iter()
             .filter(|c| **c != wc)
             .map(|c| format!("{c} at {}", text::time(self.card(c).changed_at)))
@@ -1000,12 +1065,12 @@ impl<'a> Work<'a> {
         if !others.is_empty() {
             detail.push_str(&format!("; others: {}", others.join(", ")));
         }
-        if d_changed && rule == Rule::CrmChanged && dialog.responsible == Some(employee) {
+        if case.d_changed && rule == Rule::CrmChanged && dialog.responsible == Some(employee) {
             detail.push_str(&format!(
                 "; the dialog also changed {}, to the same person (rule 7)",
                 text::time(dialog.changed_at)
             ));
-        } else if d_changed && rule == Rule::CrmChanged {
+        } else if case.d_changed && rule == Rule::CrmChanged {
             detail.push_str(&format!(
                 "; the dialog also changed {} and the CRM side won (conflict = {}, clock_skew = {} s)",
                 text::time(dialog.changed_at),
@@ -1016,30 +1081,24 @@ impl<'a> Work<'a> {
         if rule == Rule::DialogOpened {
             detail.push_str("; the dialog was opened");
         }
-        let reason = Reason {
+        Reason {
             rule,
             source: RecordId::Card(wc),
             source_changed_at: card.changed_at,
             detail,
-        };
-        if dialog.responsible != Some(employee) {
-            self.plan.writes.push(Write {
-                target: Target::Dialog {
-                    key: d.clone(),
-                    from: dialog.responsible,
-                    to: employee,
-                },
-                reason: reason.clone(),
-                holds: vec![RecordId::Dialog(d.clone()), RecordId::Card(wc)],
-            });
         }
-        // Rule 4: cards in E_out follow the dialog's new responsible.
-        for c in e_out.iter().copied().filter(|c| *c != wc) {
-            let cascade_rule = if rule == Rule::Bootstrap {
-                Rule::Bootstrap
-            } else {
-                Rule::Cascade
-            };
+    }
+
+    /// Rule 4: the cards in `E_out` follow the responsible the dialog takes from card `wc`.
+    fn cascade(&mut self, case: &Case, wc: CardId, rule: Rule) {
+        let card = self.card(&wc).clone();
+        let d = case.d;
+        let cascade_rule = if rule == Rule::Bootstrap {
+            Rule::Bootstrap
+        } else {
+            Rule::Cascade
+        };
+        for c in case.e_out.iter().copied().filter(|c| *c != wc) {
             self.proposals.entry(c).or_default().push(Proposal {
                 value: card.responsible,
                 time: card.changed_at,
@@ -1048,10 +1107,7 @@ impl<'a> Work<'a> {
                     rule: cascade_rule,
                     source: RecordId::Card(wc),
                     source_changed_at: card.changed_at,
-                    detail: format!(
-                        "{d} was assigned from {wc} ({}); linked cards follow it",
-                        reason.rule
-                    ),
+                    detail: format!("{d} was assigned from {wc} ({rule}); linked cards follow it"),
                 },
                 holds: vec![RecordId::Card(c), RecordId::Card(wc)],
                 target_change: TargetChange::CardVsCard,
@@ -1060,14 +1116,8 @@ impl<'a> Work<'a> {
     }
 
     /// Rule 3 (and bootstrap `chat`): cards in `E_out` take the dialog's responsible.
-    fn assign_cards_from_dialog(
-        &mut self,
-        d: &DialogKey,
-        dialog: &DialogState,
-        e_in: &[CardId],
-        e_out: &[CardId],
-        first_run: bool,
-    ) {
+    fn assign_cards_from_dialog(&mut self, case: &Case, first_run: bool) {
+        let (d, dialog, e_in, e_out) = (case.d, case.dialog, case.e_in, case.e_out);
         if e_out.is_empty() {
             return;
         }

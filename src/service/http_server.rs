@@ -233,79 +233,118 @@ async fn accept_loop(
             }
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if lock(&table).evict_one() {
-                    stats.evicted.fetch_add(1, Ordering::Relaxed);
-                }
-                if last_full_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    last_full_warning = Some(Instant::now());
-                    tracing::warn!(
-                        max_connections = cap,
-                        "HTTP endpoint: every connection slot is taken; evicting the oldest idle connections"
-                    );
-                }
-                // the evicted connection's task gives its slot back as it ends
-                match slots.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => return,
-                }
-            }
+        let Some(permit) = take_slot(&slots, &table, &stats, cap, &mut last_full_warning).await
+        else {
+            return;
         };
         let _ = stream.set_nodelay(true);
-        let busy = Arc::new(AtomicUsize::new(0));
-        let evict = CancellationToken::new();
-        let registered = {
-            let mut t = lock(&table);
-            let id = t.next;
-            t.next += 1;
-            t.open.insert(
-                id,
-                Entry {
-                    busy: busy.clone(),
-                    evict: evict.clone(),
-                },
-            );
-            Registered {
-                table: table.clone(),
-                id,
-            }
+        let conn = Connection {
+            stream,
+            app: app.clone(),
+            builder: builder.clone(),
+            stats: stats.clone(),
+            limits,
         };
-        let app = app.clone();
-        let builder = builder.clone();
-        let stats = stats.clone();
+        let (busy, evict, registered) = register(&table);
         stats.open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let guard = BusyGuard::enter(&busy);
-                let call = app.clone().oneshot(req);
-                async move {
-                    let r = call.await;
-                    drop(guard);
-                    r
-                }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(error = %e, "HTTP connection ended");
-                },
-                _ = evict.cancelled() => tracing::debug!("HTTP connection evicted"),
-                _ = tokio::time::sleep(limits.max_connection_age) => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = evict.cancelled() => {}
-                        _ = tokio::time::sleep(BODY_READ_TIMEOUT) => {}
-                    }
-                }
-            }
+            conn.serve(busy, evict).await;
             drop(registered);
-            stats.open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
+    }
+}
+
+/// A connection slot: at once when one is free, else after evicting the oldest idle connection
+/// (warned about at most once a minute). `None`: the semaphore is closed (never, in practice).
+async fn take_slot(
+    slots: &Arc<Semaphore>,
+    table: &Arc<Mutex<Table>>,
+    stats: &Stats,
+    cap: usize,
+    last_full_warning: &mut Option<Instant>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(p) = slots.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    if lock(table).evict_one() {
+        stats.evicted.fetch_add(1, Ordering::Relaxed);
+    }
+    if last_full_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+        *last_full_warning = Some(Instant::now());
+        tracing::warn!(
+            max_connections = cap,
+            "HTTP endpoint: every connection slot is taken; evicting the oldest idle connections"
+        );
+    }
+    // the evicted connection's task gives its slot back as it ends
+    slots.clone().acquire_owned().await.ok()
+}
+
+/// Enters a new connection in the table: its busy counter (requests in flight, so that only an
+/// idle connection is evicted), its eviction token, and the entry's guard.
+fn register(table: &Arc<Mutex<Table>>) -> (Arc<AtomicUsize>, CancellationToken, Registered) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    let evict = CancellationToken::new();
+    let mut t = lock(table);
+    let id = t.next;
+    t.next += 1;
+    t.open.insert(
+        id,
+        Entry {
+            busy: busy.clone(),
+            evict: evict.clone(),
+        },
+    );
+    let registered = Registered {
+        table: table.clone(),
+        id,
+    };
+    (busy, evict, registered)
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    app: Router,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    stats: Arc<Stats>,
+    limits: Limits,
+}
+
+impl Connection {
+    /// Serves it until it ends, is evicted, or reaches its maximum age (then it is shut down
+    /// gracefully, given a body read's time to finish).
+    async fn serve(self, busy: Arc<AtomicUsize>, evict: CancellationToken) {
+        let app = self.app;
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let guard = BusyGuard::enter(&busy);
+            let call = app.clone().oneshot(req);
+            async move {
+                let r = call.await;
+                drop(guard);
+                r
+            }
+        });
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(self.stream), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            },
+            _ = evict.cancelled() => tracing::debug!("HTTP connection evicted"),
+            _ = tokio::time::sleep(self.limits.max_connection_age) => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = evict.cancelled() => {}
+                    _ = tokio::time::sleep(BODY_READ_TIMEOUT) => {}
+                }
+            }
+        }
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -204,13 +204,27 @@ pub fn migrate_from_json(tx: &WriteTransaction) -> Result<(usize, usize), StoreE
     Ok((cards.len(), dialogs.len()))
 }
 
-/// A consistent read view of the bases for one cycle's lookups (one read transaction).
+/// A consistent read view of the bases for one cycle's lookups (one read transaction). The
+/// indexes are absent only in a schema 1 db opened read-only (`status` before the daemon
+/// migrated it): lookups by term then find nothing; a cycle always runs on a migrated db.
 pub struct BaseReader {
     cards: ReadOnlyTable<&'static [u8], &'static [u8]>,
     dialogs: ReadOnlyTable<&'static str, &'static [u8]>,
-    term_cards: ReadOnlyMultimapTable<u64, &'static [u8]>,
-    term_dialogs: ReadOnlyMultimapTable<u64, &'static str>,
-    contact_cards: ReadOnlyMultimapTable<u64, &'static [u8]>,
+    term_cards: Option<ReadOnlyMultimapTable<u64, &'static [u8]>>,
+    term_dialogs: Option<ReadOnlyMultimapTable<u64, &'static str>>,
+    contact_cards: Option<ReadOnlyMultimapTable<u64, &'static [u8]>>,
+}
+
+/// A multimap table, `None` when the db has none yet.
+fn optional<K: redb::Key + 'static, V: redb::Key + 'static>(
+    tx: &ReadTransaction,
+    def: MultimapTableDefinition<K, V>,
+) -> Result<Option<ReadOnlyMultimapTable<K, V>>, StoreError> {
+    match tx.open_multimap_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(db_err("open index")(e)),
+    }
 }
 
 impl BaseReader {
@@ -219,15 +233,9 @@ impl BaseReader {
         Ok(BaseReader {
             cards: tx.open_table(CARDS).map_err(db_err("open cards"))?,
             dialogs: tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?,
-            term_cards: tx
-                .open_multimap_table(TERM_CARDS)
-                .map_err(db_err("open term_cards"))?,
-            term_dialogs: tx
-                .open_multimap_table(TERM_DIALOGS)
-                .map_err(db_err("open term_dialogs"))?,
-            contact_cards: tx
-                .open_multimap_table(CONTACT_CARDS)
-                .map_err(db_err("open contact_cards"))?,
+            term_cards: optional(tx, TERM_CARDS)?,
+            term_dialogs: optional(tx, TERM_DIALOGS)?,
+            contact_cards: optional(tx, CONTACT_CARDS)?,
         })
     }
 
@@ -246,6 +254,23 @@ impl BaseReader {
         }
         let dialogs = self.dialogs.len().map_err(db_err("count dialogs"))? as usize;
         Ok((per_kind, dialogs))
+    }
+
+    /// The dialogs whose chat id, or `license:messenger:chat` form, is `name` (a scan).
+    pub fn dialogs_named(&self, name: &str) -> Result<Vec<(DialogKey, DialogState)>, StoreError> {
+        let mut out = vec![];
+        for row in self.dialogs.iter().map_err(db_err("scan dialogs"))? {
+            let (k, v) = row.map_err(db_err("scan dialogs"))?;
+            let key = dialog_from_key(k.value())?;
+            if key.chat_id == name || key.full_ref() == name {
+                let st = codec::dialog_from(v.value()).map_err(|reason| StoreError::Decode {
+                    what: format!("dialog {key}"),
+                    reason,
+                })?;
+                out.push((key, st));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -295,22 +320,27 @@ impl BaseLookup for BaseReader {
 
     fn dialogs_with(&self, term: Term) -> Result<Vec<DialogKey>, StoreError> {
         let mut out = vec![];
-        for v in self.term_dialogs.get(term).map_err(db_err("read index"))? {
+        let Some(t) = &self.term_dialogs else {
+            return Ok(out);
+        };
+        for v in t.get(term).map_err(db_err("read index"))? {
             out.push(dialog_from_key(v.map_err(db_err("read index"))?.value())?);
         }
         Ok(out)
     }
 
     fn cards_with(&self, term: Term) -> Result<Vec<CardId>, StoreError> {
-        card_keys(self.term_cards.get(term).map_err(db_err("read index"))?)
+        match &self.term_cards {
+            Some(t) => card_keys(t.get(term).map_err(db_err("read index"))?),
+            None => Ok(vec![]),
+        }
     }
 
     fn cards_of_contact(&self, contact: u64) -> Result<Vec<CardId>, StoreError> {
-        card_keys(
-            self.contact_cards
-                .get(contact)
-                .map_err(db_err("read index"))?,
-        )
+        match &self.contact_cards {
+            Some(t) => card_keys(t.get(contact).map_err(db_err("read index"))?),
+            None => Ok(vec![]),
+        }
     }
 }
 

@@ -137,7 +137,9 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     let snap = if r.frame.bootstrapped && !shadow {
         neighbourhood(&r.bases, r.frame, &r.obs)?
     } else {
-        sy.store.load_snapshot()?
+        let mut all = sy.store.load_snapshot()?;
+        all.bootstrapped = r.frame.bootstrapped; // shadow mode's own flag
+        all
     };
     Ok(Observed {
         snap,
