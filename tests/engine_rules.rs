@@ -396,3 +396,27 @@ fn a_closed_dialog_is_never_written_but_one_already_agreeing_still_cascades() {
     assert!(p.writes.is_empty(), "{:?}", writes(&p));
     assert_eq!(p.parked[0].reason, ParkReason::DialogClosed);
 }
+
+/// A card held only because the write to it failed is not a card a person changed: the next
+/// cycle writes it again even when the dialog changed within `clock_skew` of the card's base
+/// time (found by the scenario tests: the change was dropped and the hold released).
+#[test]
+fn a_held_target_is_written_again_even_close_to_its_base_time() {
+    let mut w = World::new(policy(&[], &[Lead]));
+    w.base_contact(10, 1, 1000, Some(1))
+        .base_lead(20, 1, 1000, &[10])
+        .base_dialog(1, Some(101), 900);
+    w.dialog_changed(1, Some(102), 1003);
+    let p = w.plan();
+    assert_eq!(writes(&p), vec![("lead:20".to_string(), 2)]);
+    let s = chatapp_kommo_sync::core::engine::settle(&w.snap, &p, &[false], w.obs.now);
+    assert!(s.held.contains(&RecordId::Card(lead(20))));
+    w.snap.apply(&s);
+    w.obs.cards.clear();
+    w.obs.dialogs.clear();
+    w.obs.now += 30;
+    // the held records are read again: the lead as it was, the dialog as the person left it
+    w.observe_card(lead(20), |_| {})
+        .dialog_changed(1, Some(102), 1003);
+    assert_eq!(writes(&w.plan()), vec![("lead:20".to_string(), 2)]);
+}

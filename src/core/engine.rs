@@ -558,6 +558,10 @@ struct Work<'a> {
     cards: BTreeMap<CardId, CardState>,
     dialogs: BTreeMap<DialogKey, DialogState>,
     card_changed: BTreeSet<CardId>,
+    /// Cards whose value a person changed (observed unlike their base): `card_changed` without
+    /// the held ones. Only these weigh as a target's own change (a card held because the write
+    /// to it failed was not changed by anyone).
+    card_value_changed: BTreeSet<CardId>,
     /// A parked pair decided again (config change): its card counts as changed for that dialog only.
     forced_pairs: BTreeSet<(DialogKey, CardId)>,
     dialog_changed: BTreeSet<DialogKey>,
@@ -584,6 +588,7 @@ pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &U
         cards: BTreeMap::new(),
         dialogs: snap.dialogs.clone(),
         card_changed: BTreeSet::new(),
+        card_value_changed: BTreeSet::new(),
         forced_pairs: BTreeSet::new(),
         dialog_changed: BTreeSet::new(),
         dialog_opened: BTreeSet::new(),
@@ -650,6 +655,7 @@ impl Work<'_> {
             let changed_at = card_change_time(base, &o, now);
             if !first_run && base.is_none_or(|b| b.responsible != o.responsible) {
                 self.card_changed.insert(id);
+                self.card_value_changed.insert(id);
             }
             let st = CardState {
                 responsible: o.responsible,
@@ -1210,7 +1216,7 @@ impl<'a> Work<'a> {
             // change wins here too (rule 5 applied to targets). With `conflict = chat`, a dialog's
             // change still overwrites; with `conflict = crm` a changed card is never overwritten by
             // a dialog.
-            if !first_run && self.card_changed.contains(&c) {
+            if !first_run && self.card_value_changed.contains(&c) {
                 let keep = match (best.target_change, self.policy.conflict) {
                     (TargetChange::Settled, _) => false,
                     (TargetChange::ChatVsCard, ConflictPolicy::Chat) => false,
