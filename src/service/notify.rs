@@ -146,9 +146,13 @@ impl Heartbeat {
     }
 }
 
-/// A time for STATUS= and logs.
-pub fn fmt_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+/// A time for STATUS= and logs: local ISO-8601 in the configured time zone (UTC if it does not
+/// parse, which validation prevents).
+pub fn fmt_time(t: DateTime<Utc>, timezone: &str) -> String {
+    let tz: chrono_tz::Tz = timezone.parse().unwrap_or(chrono_tz::UTC);
+    t.with_timezone(&tz)
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
 }
 
 /// One line, at most [`STATUS_MAX`] characters.
@@ -166,8 +170,12 @@ pub fn one_line(s: &str) -> String {
 }
 
 /// The outcome of a finished cycle, for STATUS= (starts with "last cycle").
-pub fn outcome_text(kind: CycleKind, r: &Result<CycleReport, CycleError>) -> String {
-    let at = fmt_time(Utc::now());
+pub fn outcome_text(
+    kind: CycleKind,
+    r: &Result<CycleReport, CycleError>,
+    timezone: &str,
+) -> String {
+    let at = fmt_time(Utc::now(), timezone);
     match r {
         Ok(rep) => {
             let rec = &rep.record;

@@ -287,7 +287,7 @@ impl Runner {
                 .metrics
                 .observe_cycle(kind, t0.elapsed(), &r, &self.ctx.syncer);
             log_cycle(&r);
-            self.state.last = Some(outcome_text(kind, &r));
+            self.state.last = Some(outcome_text(kind, &r, &self.ctx.config.daemon.timezone));
             store_failed = matches!(r, Err(CycleError::Store(_)));
         }
         if store_failed {

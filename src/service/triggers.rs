@@ -33,6 +33,8 @@ pub struct Timers {
     full: Schedule,
     next_poll: Option<DateTime<Utc>>,
     next_full: Option<DateTime<Utc>>,
+    /// The schedules' time zone (times in STATUS= are shown in it).
+    timezone: String,
 }
 
 impl Timers {
@@ -66,6 +68,7 @@ impl Timers {
             next_full: full.next_after(now),
             poll,
             full,
+            timezone: cfg.daemon.timezone.clone(),
         }
     }
 
@@ -105,7 +108,7 @@ impl Timers {
             (None, Some(f)) => ("full", f),
             (None, None) => return "no scheduled cycle".into(),
         };
-        format!("next {kind} cycle at {}", fmt_time(at))
+        format!("next {kind} cycle at {}", fmt_time(at, &self.timezone))
     }
 }
 
@@ -224,6 +227,7 @@ mod tests {
             next_full: full.next_after(now),
             poll,
             full,
+            timezone: tz.to_string(),
         }
     }
 
