@@ -431,6 +431,7 @@ fn check_events(mut events: Vec<KommoEvent>) {
 }
 
 /// Reads `body` as the Kommo answer `which`, the way the client does, and checks the result.
+// Long on purpose: one fuzz entry point feeding the same bytes to every Kommo decoder in turn.
 pub fn kommo_decode(which: KommoBody, body: &[u8]) -> Result<Outcome, ApiError> {
     let k = kommo_client();
     let api = &k.api;
@@ -730,6 +731,7 @@ pub fn config_bytes(data: &[u8]) -> Option<Result<Config, crate::config::ConfigE
 /// Parses each line of `text` as a Messenger-field value and as a phone or chat id, then builds
 /// dialogs from the full references among them and resolves every reference against them (and a
 /// contact holding them all). Returns the references parsed.
+// Long on purpose: one fuzz entry point checking several invariants of the same input in turn.
 pub fn links(text: &str) -> Vec<DialogRef> {
     let mut refs = vec![];
     for line in text.lines() {

@@ -1035,3 +1035,63 @@ async fn metrics_parse_and_move_with_a_cycle() {
     })
     .await;
 }
+
+/// Issue 12.3: `/healthz` and `/metrics` answer while the start-up check still waits on a slow
+/// Kommo (every Kommo answer takes 4 s), `/readyz` is 503 until a good cycle, and READY=1 comes
+/// only after the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_during_a_slow_start_up_check() {
+    bounded(90, async {
+        let port = free_port();
+        let env = Env::new(|t| {
+            t.replace(
+                "log_level = \"info\"",
+                &format!("log_level = \"info\"\nlisten = \"127.0.0.1:{port}\""),
+            )
+        })
+        .await;
+        env.w
+            .kommo
+            .push_fault(FaultRule::new(Fault::Latency(Duration::from_secs(4))).times(20));
+        let mut d = env.spawn(&[]);
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+        let t0 = Instant::now();
+        let mut healthz = None;
+        while healthz.is_none() && t0.elapsed() < Duration::from_secs(3) {
+            healthz = http
+                .get(url("/healthz"))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().as_u16());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(healthz, Some(200), "/healthz answers at once");
+        assert!(
+            !d.notices().iter().any(|n| n.has("READY=1")),
+            "still in the start-up check after {:?}",
+            t0.elapsed()
+        );
+        let r = http.get(url("/readyz")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 503, "not ready during the check");
+        let r = http.get(url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("chatapp_kommo_sync_build_info")
+        );
+        d.ready(Duration::from_secs(60)).await;
+        assert!(
+            t0.elapsed() >= Duration::from_secs(4),
+            "the check waited on the slow simulator"
+        );
+    })
+    .await;
+}

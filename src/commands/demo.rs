@@ -108,6 +108,7 @@ pub async fn sample_world() -> std::io::Result<DemoWorld> {
 
 /// [`sample_world`] with a Kommo simulator configured by `kommo_cfg` (its clock is replaced by the
 /// shared one).
+// Long on purpose: the sample world, record by record.
 pub async fn sample_world_with(kommo_cfg: KommoSimConfig) -> std::io::Result<DemoWorld> {
     let clock = SimClock::new();
     let kommo = KommoSim::start(KommoSimConfig {

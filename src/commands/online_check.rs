@@ -213,6 +213,7 @@ async fn check_kommo(
 }
 
 /// The Messenger and phone fields on contacts; each flag field on its kind, as a checkbox.
+// Long on purpose: one check per configured field, each a few lines, reported together.
 async fn check_fields(
     cfg: &Config,
     kommo: &KommoClient,

@@ -590,6 +590,7 @@ impl ChatAppSim {
 
     // ----- HTTP -----
 
+    // Long on purpose: the routing table of the simulated ChatApp API, one arm per endpoint.
     fn route(&self, inc: Incoming) -> Response {
         let segs = segments(&inc.path);
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();

@@ -971,6 +971,7 @@ impl KommoSim {
 
     // ----- HTTP -----
 
+    // Long on purpose: the routing table of the simulated Kommo API, one arm per endpoint.
     fn route(&self, inc: Incoming) -> Response {
         let segs = segments(&inc.path);
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -1185,6 +1186,7 @@ impl KommoSim {
         )
     }
 
+    // Long on purpose: Kommo's list semantics (filters, order, pages, 204) in the order the API applies them.
     fn cards_list(&self, st: &KState, kind: CardKind, inc: &Incoming) -> Response {
         let (page, limit) = match page_limit(&inc.params, MAX_PAGE) {
             Ok(v) => v,
@@ -1306,6 +1308,7 @@ impl KommoSim {
     }
 
     /// The card as rendered before any override.
+    // Long on purpose: the JSON shape of one Kommo card, field by field, as the API documents it.
     fn card_json_plain(
         &self,
         st: &KState,
@@ -1437,6 +1440,7 @@ impl KommoSim {
         v
     }
 
+    // Long on purpose: one simulated PATCH endpoint, validated field by field as Kommo does; each check is a few lines and reads in order.
     fn patch(
         &self,
         st: &mut KState,
