@@ -102,3 +102,74 @@ proptest! {
         }
     }
 }
+
+/// The store's indexes answer like a scan of the same bases, after every cycle of random runs
+/// (bases rewritten, links added and dropped: the old index entries must go).
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+fn check_store_indexes(
+    store: &chatapp_kommo_sync::store::Store,
+    snap: &Snapshot,
+) -> Result<(), TestCaseError> {
+    use chatapp_kommo_sync::core::neighbourhood::{
+        BaseLookup, card_terms, dialog_index_terms, dialog_terms,
+    };
+    let mut commit = chatapp_kommo_sync::store::CycleCommit::default();
+    commit.settlement.cards = snap.cards.iter().map(|(k, v)| (*k, v.clone())).collect();
+    commit.settlement.dialogs = snap
+        .dialogs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    store.commit_cycle(&commit).expect("commit");
+    let r = store.bases().expect("bases");
+    let mut terms: Vec<u64> = snap.cards.values().flat_map(card_terms).collect();
+    for (k, d) in &snap.dialogs {
+        terms.extend(dialog_terms(k, d.phone.as_deref()));
+        terms.extend(dialog_index_terms(k, d.phone.as_deref()));
+    }
+    for t in terms {
+        prop_assert_eq!(
+            sorted(r.cards_with(t).unwrap()),
+            sorted(snap.cards_with(t).unwrap())
+        );
+        prop_assert_eq!(
+            sorted(r.dialogs_with(t).unwrap()),
+            sorted(snap.dialogs_with(t).unwrap())
+        );
+    }
+    for c in snap.cards.keys() {
+        let got = r.card(c).unwrap();
+        prop_assert_eq!(got.as_ref(), snap.cards.get(c));
+        prop_assert_eq!(
+            sorted(r.cards_of_contact(c.id).unwrap()),
+            sorted(snap.cards_of_contact(c.id).unwrap())
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..config() })]
+
+    /// The redb store's link indexes stay equal to a scan of the bases.
+    #[test]
+    fn the_store_indexes_follow_every_change(
+        spec in world_spec(),
+        rounds in rounds(any_step(), 1..=5),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = chatapp_kommo_sync::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut sim = Sim::new(&spec);
+        sim.cycle();
+        check_store_indexes(&store, &sim.snap)?;
+        for r in &rounds {
+            sim.act_all(r);
+            sim.cycle();
+            check_store_indexes(&store, &sim.snap)?;
+        }
+    }
+}

@@ -301,6 +301,11 @@ async fn main() {
         a.check,
     );
 
+    println!(
+        "state file after the incremental cycle with changes: {:.1} MB",
+        size() as f64 / 1e6
+    );
+
     // 4. full reconcile in the steady state
     clock.advance(60);
     let m = run_once(&a.bin, &config, &["--full"], &kommo, &chatapp);
@@ -347,7 +352,11 @@ async fn main() {
             ok = false;
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("SCALE_KEEP").is_some() {
+        println!("kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     if !ok {
         eprintln!("a cycle cost more requests than its formula allows");
         std::process::exit(1);

@@ -51,11 +51,6 @@ fn phone_term(p: &str) -> Term {
     term(b'p', &[p])
 }
 
-/// A contact's phone field (matched only with `match_phone`).
-fn field_phone_term(p: &str) -> Term {
-    term(b'f', &[p])
-}
-
 /// The phone a dialog is matched by: its own, else the one its chat id carries.
 fn dialog_phone(key: &DialogKey, phone: Option<&str>) -> Option<String> {
     phone
@@ -67,10 +62,15 @@ fn dialog_phone(key: &DialogKey, phone: Option<&str>) -> Option<String> {
 /// The terms a dialog is stored under (its key, chat id and phone).
 pub fn dialog_terms(key: &DialogKey, phone: Option<&str>) -> Vec<Term> {
     let mut t = vec![key_term(key), term(b'c', &[&key.chat_id])];
-    if let Some(p) = dialog_phone(key, phone) {
-        t.push(phone_term(&p));
-        t.push(field_phone_term(&p));
-    }
+    t.extend(dialog_phone(key, phone).map(|p| phone_term(&p)));
+    t
+}
+
+/// The terms a dialog is found by in the store: its chat id and phone. (A full reference names
+/// the dialog's key, which is looked up directly.)
+pub fn dialog_index_terms(key: &DialogKey, phone: Option<&str>) -> Vec<Term> {
+    let mut t = vec![term(b'c', &[&key.chat_id])];
+    t.extend(dialog_phone(key, phone).map(|p| phone_term(&p)));
     t
 }
 
@@ -104,7 +104,7 @@ fn own_terms(refs: &[DialogRef], phones: &[String], with_phones: bool) -> Vec<Te
             phones
                 .iter()
                 .filter(|p| !p.is_empty())
-                .map(|p| field_phone_term(p)),
+                .map(|p| phone_term(p)),
         );
     }
     t.sort_unstable();
@@ -120,7 +120,7 @@ pub trait BaseLookup {
     fn card(&self, id: &CardId) -> Result<Option<CardState>, Self::Error>;
     /// One dialog's base.
     fn dialog(&self, key: &DialogKey) -> Result<Option<DialogState>, Self::Error>;
-    /// The dialogs stored under `term` (possibly more).
+    /// The dialogs stored under `term` ([`dialog_index_terms`]; possibly more).
     fn dialogs_with(&self, term: Term) -> Result<Vec<DialogKey>, Self::Error>;
     /// The cards stored under `term` (possibly more).
     fn cards_with(&self, term: Term) -> Result<Vec<CardId>, Self::Error>;
@@ -315,23 +315,41 @@ impl<L: BaseLookup> Walk<'_, L> {
     fn dialogs_of_card(&mut self, id: &CardId) -> Result<BTreeSet<DialogKey>, L::Error> {
         let (refs, phones, contacts) = self.card_now(id)?;
         let with_phones = self.match_phone && id.kind == CardKind::Contact;
-        let mut out = self.dialogs_with_terms(&own_terms(&refs, &phones, with_phones))?;
+        let mut out = self.dialogs_of_refs(&refs, &phones, with_phones)?;
         if id.kind != CardKind::Contact {
             for c in contacts {
                 let contact = CardId::new(CardKind::Contact, c);
                 let (refs, phones, _) = self.card_now(&contact)?;
-                let t = own_terms(&refs, &phones, self.match_phone);
-                out.extend(self.dialogs_with_terms(&t)?);
+                out.extend(self.dialogs_of_refs(&refs, &phones, self.match_phone)?);
             }
         }
         Ok(out)
     }
 
-    fn dialogs_with_terms(&self, terms: &[Term]) -> Result<BTreeSet<DialogKey>, L::Error> {
+    /// The dialogs Messenger values (and phones) may point at: a full reference by its key, the
+    /// others by their terms.
+    fn dialogs_of_refs(
+        &self,
+        refs: &[DialogRef],
+        phones: &[String],
+        with_phones: bool,
+    ) -> Result<BTreeSet<DialogKey>, L::Error> {
         let mut out = BTreeSet::new();
-        for t in terms {
-            out.extend(self.store.dialogs_with(*t)?);
-            out.extend(self.obs_ix.dialogs.get(t).into_iter().flatten().cloned());
+        for r in refs {
+            if let DialogRef::Full(k) = r
+                && (self.obs.dialogs.contains_key(k) || self.store.dialog(k)?.is_some())
+            {
+                out.insert(k.clone());
+            }
+        }
+        let others: Vec<DialogRef> = refs
+            .iter()
+            .filter(|r| !matches!(r, DialogRef::Full(_)))
+            .cloned()
+            .collect();
+        for t in own_terms(&others, phones, with_phones) {
+            out.extend(self.store.dialogs_with(t)?);
+            out.extend(self.obs_ix.dialogs.get(&t).into_iter().flatten().cloned());
         }
         Ok(out)
     }
@@ -384,7 +402,7 @@ impl BaseLookup for Snapshot {
         Ok(self
             .dialogs
             .iter()
-            .filter(|(k, st)| dialog_terms(k, st.phone.as_deref()).contains(&t))
+            .filter(|(k, st)| dialog_index_terms(k, st.phone.as_deref()).contains(&t))
             .map(|(k, _)| k.clone())
             .collect())
     }

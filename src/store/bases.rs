@@ -6,26 +6,58 @@
 use super::codec;
 use super::{StoreError, db_err};
 use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState};
-use crate::core::neighbourhood::{BaseLookup, Term, card_terms, dialog_terms};
+use crate::core::neighbourhood::{BaseLookup, Term, card_terms, dialog_index_terms};
 use redb::{
-    MultimapTableDefinition, ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableTable,
-    ReadableTableMetadata as _, TableDefinition, WriteTransaction,
+    ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata as _, TableDefinition,
+    WriteTransaction,
 };
 use std::collections::BTreeMap;
 
 /// Card bases by `kind code + id` (9 bytes).
 pub const CARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cards");
-/// Dialog bases by their JSON key.
+/// Dialog bases by their key ([`dialog_key`]).
 pub const DIALOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("dialogs");
-/// Term -> card keys.
-pub const TERM_CARDS: MultimapTableDefinition<u64, &[u8]> =
-    MultimapTableDefinition::new("term_cards");
-/// Term -> dialog keys.
-pub const TERM_DIALOGS: MultimapTableDefinition<u64, &str> =
-    MultimapTableDefinition::new("term_dialogs");
-/// Contact id -> keys of the other cards that link it.
-pub const CONTACT_CARDS: MultimapTableDefinition<u64, &[u8]> =
-    MultimapTableDefinition::new("contact_cards");
+// The indexes are plain tables of composite keys (8 big-endian bytes of the term or contact id,
+// then the record's key) with empty values, read by key range: about half the size of redb
+// multimap tables, whose per-value bookkeeping outweighs these small entries.
+/// Term + card key.
+pub const TERM_CARDS: TableDefinition<&[u8], ()> = TableDefinition::new("term_cards");
+/// Term + dialog key.
+pub const TERM_DIALOGS: TableDefinition<&[u8], ()> = TableDefinition::new("term_dialogs");
+/// Contact id + key of another card that links it.
+pub const CONTACT_CARDS: TableDefinition<&[u8], ()> = TableDefinition::new("contact_cards");
+
+/// An index entry's key: `prefix` (big-endian), then the record's key.
+fn entry(prefix: u64, record: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + record.len());
+    k.extend_from_slice(&prefix.to_be_bytes());
+    k.extend_from_slice(record);
+    k
+}
+
+/// Adds and removes the entries of one record under `old` and `new` prefixes (unchanged ones
+/// are left alone).
+fn reindex(
+    tx: &WriteTransaction,
+    def: TableDefinition<&[u8], ()>,
+    record: &[u8],
+    old: &[u64],
+    new: &[u64],
+) -> Result<(), StoreError> {
+    if old == new {
+        return Ok(());
+    }
+    let mut t = tx.open_table(def).map_err(db_err("open index"))?;
+    for p in old.iter().filter(|p| !new.contains(p)) {
+        t.remove(entry(*p, record).as_slice())
+            .map_err(db_err("write index"))?;
+    }
+    for p in new.iter().filter(|p| !old.contains(p)) {
+        t.insert(entry(*p, record).as_slice(), ())
+            .map_err(db_err("write index"))?;
+    }
+    Ok(())
+}
 
 /// A card's key.
 pub fn card_key(id: &CardId) -> [u8; 9] {
@@ -42,16 +74,41 @@ pub fn card_from_key(k: &[u8]) -> Option<CardId> {
     Some(CardId::new(kind, id))
 }
 
-/// A dialog's key.
+/// A dialog's key: `license:length of the messenger type:messenger type` then the chat id, e.g.
+/// `1:10:grWhatsApp79990000001@c.us`: unambiguous whatever the two strings hold, and less than
+/// half the size of schema 1's JSON key (it is repeated in every index entry of the dialog).
 pub fn dialog_key(d: &DialogKey) -> String {
-    serde_json::to_string(d).unwrap_or_default()
+    format!(
+        "{}:{}:{}{}",
+        d.license_id,
+        d.messenger_type.len(),
+        d.messenger_type,
+        d.chat_id
+    )
 }
 
-/// A dialog key read back.
+/// A dialog key read back (schema 1's JSON keys too, for the migration).
 pub fn dialog_from_key(k: &str) -> Result<DialogKey, StoreError> {
-    serde_json::from_str(k).map_err(|e| StoreError::Decode {
+    let bad = |reason: String| StoreError::Decode {
         what: format!("dialog key {k}"),
-        reason: e.to_string(),
+        reason,
+    };
+    if k.starts_with('{') {
+        return serde_json::from_str(k).map_err(|e| bad(e.to_string()));
+    }
+    let mut parts = k.splitn(3, ':');
+    let (Some(license), Some(len), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("not license:length:type+chat".into()));
+    };
+    let license: u64 = license.parse().map_err(|_| bad("bad license".into()))?;
+    let len: usize = len.parse().map_err(|_| bad("bad length".into()))?;
+    let (Some(messenger), Some(chat)) = (rest.get(..len), rest.get(len..)) else {
+        return Err(bad("the length runs past the key".into()));
+    };
+    Ok(DialogKey {
+        license_id: license,
+        messenger_type: messenger.to_string(),
+        chat_id: chat.to_string(),
     })
 }
 
@@ -59,11 +116,11 @@ pub fn dialog_from_key(k: &str) -> Result<DialogKey, StoreError> {
 pub fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(CARDS).map_err(db_err("open cards"))?;
     tx.open_table(DIALOGS).map_err(db_err("open dialogs"))?;
-    tx.open_multimap_table(TERM_CARDS)
+    tx.open_table(TERM_CARDS)
         .map_err(db_err("open term_cards"))?;
-    tx.open_multimap_table(TERM_DIALOGS)
+    tx.open_table(TERM_DIALOGS)
         .map_err(db_err("open term_dialogs"))?;
-    tx.open_multimap_table(CONTACT_CARDS)
+    tx.open_table(CONTACT_CARDS)
         .map_err(db_err("open contact_cards"))?;
     Ok(())
 }
@@ -93,30 +150,8 @@ pub fn put_card(tx: &WriteTransaction, id: &CardId, st: &CardState) -> Result<bo
         .map_err(db_err("write card"))?;
     let (new_terms, new_contacts) = card_index(id, st);
     let (old_terms, old_contacts) = old.map(|o| card_index(id, &o)).unwrap_or_default();
-    if new_terms != old_terms {
-        let mut t = tx
-            .open_multimap_table(TERM_CARDS)
-            .map_err(db_err("open term_cards"))?;
-        for term in &old_terms {
-            t.remove(term, key.as_slice())
-                .map_err(db_err("index card"))?;
-        }
-        for term in &new_terms {
-            t.insert(term, key.as_slice())
-                .map_err(db_err("index card"))?;
-        }
-    }
-    if new_contacts != old_contacts {
-        let mut t = tx
-            .open_multimap_table(CONTACT_CARDS)
-            .map_err(db_err("open contact_cards"))?;
-        for c in &old_contacts {
-            t.remove(c, key.as_slice()).map_err(db_err("index card"))?;
-        }
-        for c in &new_contacts {
-            t.insert(c, key.as_slice()).map_err(db_err("index card"))?;
-        }
-    }
+    reindex(tx, TERM_CARDS, &key, &old_terms, &new_terms)?;
+    reindex(tx, CONTACT_CARDS, &key, &old_contacts, &new_contacts)?;
     Ok(true)
 }
 
@@ -137,22 +172,11 @@ pub fn put_dialog(
     dialogs
         .insert(key.as_str(), bytes.as_slice())
         .map_err(db_err("write dialog"))?;
-    if old_phone.as_ref() == Some(&st.phone) {
-        return Ok(true);
-    }
-    let mut t = tx
-        .open_multimap_table(TERM_DIALOGS)
-        .map_err(db_err("open term_dialogs"))?;
-    if let Some(p) = old_phone {
-        for term in dialog_terms(k, p.as_deref()) {
-            t.remove(term, key.as_str())
-                .map_err(db_err("index dialog"))?;
-        }
-    }
-    for term in dialog_terms(k, st.phone.as_deref()) {
-        t.insert(term, key.as_str())
-            .map_err(db_err("index dialog"))?;
-    }
+    let old_terms = old_phone
+        .map(|p| dialog_index_terms(k, p.as_deref()))
+        .unwrap_or_default();
+    let new_terms = dialog_index_terms(k, st.phone.as_deref());
+    reindex(tx, TERM_DIALOGS, key.as_bytes(), &old_terms, &new_terms)?;
     Ok(true)
 }
 
@@ -210,17 +234,19 @@ pub fn migrate_from_json(tx: &WriteTransaction) -> Result<(usize, usize), StoreE
 pub struct BaseReader {
     cards: ReadOnlyTable<&'static [u8], &'static [u8]>,
     dialogs: ReadOnlyTable<&'static str, &'static [u8]>,
-    term_cards: Option<ReadOnlyMultimapTable<u64, &'static [u8]>>,
-    term_dialogs: Option<ReadOnlyMultimapTable<u64, &'static str>>,
-    contact_cards: Option<ReadOnlyMultimapTable<u64, &'static [u8]>>,
+    term_cards: Option<Index>,
+    term_dialogs: Option<Index>,
+    contact_cards: Option<Index>,
 }
 
-/// A multimap table, `None` when the db has none yet.
-fn optional<K: redb::Key + 'static, V: redb::Key + 'static>(
+type Index = ReadOnlyTable<&'static [u8], ()>;
+
+/// An index table, `None` when the db has none yet.
+fn optional(
     tx: &ReadTransaction,
-    def: MultimapTableDefinition<K, V>,
-) -> Result<Option<ReadOnlyMultimapTable<K, V>>, StoreError> {
-    match tx.open_multimap_table(def) {
+    def: TableDefinition<&[u8], ()>,
+) -> Result<Option<Index>, StoreError> {
+    match tx.open_table(def) {
         Ok(t) => Ok(Some(t)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(db_err("open index")(e)),
@@ -274,13 +300,25 @@ impl BaseReader {
     }
 }
 
-fn card_keys(rows: redb::MultimapValue<'static, &'static [u8]>) -> Result<Vec<CardId>, StoreError> {
+/// The record keys filed under `prefix` in an index (empty without the index).
+fn under(index: &Option<Index>, prefix: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+    let Some(t) = index else {
+        return Ok(vec![]);
+    };
+    let lo = prefix.to_be_bytes();
     let mut out = vec![];
-    for v in rows {
-        let v = v.map_err(db_err("read index"))?;
-        out.extend(card_from_key(v.value()));
+    for row in t.range(lo.as_slice()..).map_err(db_err("read index"))? {
+        let (k, _) = row.map_err(db_err("read index"))?;
+        match k.value().split_first_chunk::<8>() {
+            Some((p, rest)) if *p == lo => out.push(rest.to_vec()),
+            _ => break,
+        }
     }
     Ok(out)
+}
+
+fn card_ids(keys: Vec<Vec<u8>>) -> Vec<CardId> {
+    keys.iter().filter_map(|k| card_from_key(k)).collect()
 }
 
 impl BaseLookup for BaseReader {
@@ -319,28 +357,18 @@ impl BaseLookup for BaseReader {
     }
 
     fn dialogs_with(&self, term: Term) -> Result<Vec<DialogKey>, StoreError> {
-        let mut out = vec![];
-        let Some(t) = &self.term_dialogs else {
-            return Ok(out);
-        };
-        for v in t.get(term).map_err(db_err("read index"))? {
-            out.push(dialog_from_key(v.map_err(db_err("read index"))?.value())?);
-        }
-        Ok(out)
+        under(&self.term_dialogs, term)?
+            .iter()
+            .map(|k| dialog_from_key(&String::from_utf8_lossy(k)))
+            .collect()
     }
 
     fn cards_with(&self, term: Term) -> Result<Vec<CardId>, StoreError> {
-        match &self.term_cards {
-            Some(t) => card_keys(t.get(term).map_err(db_err("read index"))?),
-            None => Ok(vec![]),
-        }
+        Ok(card_ids(under(&self.term_cards, term)?))
     }
 
     fn cards_of_contact(&self, contact: u64) -> Result<Vec<CardId>, StoreError> {
-        match &self.contact_cards {
-            Some(t) => card_keys(t.get(contact).map_err(db_err("read index"))?),
-            None => Ok(vec![]),
-        }
+        Ok(card_ids(under(&self.contact_cards, contact)?))
     }
 }
 
@@ -363,5 +391,30 @@ impl BaseLookup for InMemory<'_> {
     }
     fn cards_of_contact(&self, contact: u64) -> Result<Vec<CardId>, StoreError> {
         Ok(self.0.cards_of_contact(contact).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialog_keys_round_trip_whatever_they_hold_and_read_schema_1() {
+        for (l, m, c) in [
+            (1, "grWhatsApp", "79990000001@c.us"),
+            (u64::MAX, "a:b", ":c:"),
+            (0, "", ""),
+            (7, "tg", "12345"),
+        ] {
+            let k = DialogKey::new(l, m, c);
+            assert_eq!(dialog_from_key(&dialog_key(&k)).unwrap(), k, "{k:?}");
+        }
+        let k = DialogKey::new(1, "telegram", "@a");
+        let json = serde_json::to_string(&k).unwrap();
+        assert_eq!(dialog_from_key(&json).unwrap(), k);
+        assert!(dialog_key(&k).len() * 2 < json.len());
+        for bad in ["", "x", "1:99:ab", "1:z:ab", "q:1:ab"] {
+            assert!(dialog_from_key(bad).is_err(), "{bad}");
+        }
     }
 }

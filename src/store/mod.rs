@@ -1249,7 +1249,7 @@ impl crate::ports::StateStore for Store {
 mod tests {
     use super::*;
     use crate::core::model::{CardId, DialogKey};
-    use crate::core::neighbourhood::{BaseLookup, card_terms, dialog_terms};
+    use crate::core::neighbourhood::{BaseLookup, card_terms, dialog_index_terms, dialog_terms};
 
     /// A schema 1 db as the previous release wrote it: JSON bases, no indexes, a token pair.
     fn write_schema_1(
@@ -1321,8 +1321,9 @@ mod tests {
         assert_eq!(snap.dialogs[&key], d);
         assert_eq!(s.kommo_pair().unwrap().unwrap().refresh_token, "ref-1");
         let r = s.bases().unwrap();
+        let by_chat = dialog_index_terms(&key, None)[0];
+        assert_eq!(r.dialogs_with(by_chat).unwrap(), vec![key.clone()]);
         let t = dialog_terms(&key, None)[0];
-        assert_eq!(r.dialogs_with(t).unwrap(), vec![key.clone()]);
         assert!(
             card_terms(&card(5)).contains(&t),
             "the contact's full reference names the dialog"
