@@ -234,3 +234,23 @@ async fn status_explains_a_dialog_from_the_audit_log() {
     let r = env.run(&["status", "--card", "contact:1003"]).await;
     assert!(r.stdout.contains("never wrote it"), "{}", r.stdout);
 }
+
+/// Issue 12.2, through the binary: `log_level = "verbose"` is a config error naming
+/// `daemon.log_level` (exit 2), and a config with three problems reports all three in one run.
+#[tokio::test]
+async fn check_config_names_every_problem_at_once() {
+    let env = Env::new("").await;
+    env.edit_config(|t| t.replace("log_level = \"warn\"", "log_level = \"verbose\""));
+    let r = env.run(&["check-config"]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("daemon.log_level"), "{}", r.stderr);
+    env.edit_config(|t| {
+        t.replace("license_ids = [1]", "license_ids = []")
+            .replace("base_url = \"http://", "base_url = \"")
+    });
+    let r = env.run(&["check-config"]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    for key in ["daemon.log_level", "chatapp.license_ids", "kommo.base_url"] {
+        assert!(r.stderr.contains(key), "{key} in {}", r.stderr);
+    }
+}
