@@ -281,7 +281,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         let mut seen = observe::observe(self, now, opts.full, shadow).await?;
         trace_memory("read");
         let obs = std::mem::take(&mut seen.obs);
-        let (cards_read, dialogs_read) = (obs.cards.len() as u64, obs.dialogs.len() as u64);
+        let (cards_read, dialogs_read) = seen.read;
         let plan = engine::plan_owned(&seen.snap, obs, &self.policy, &seen.usermap);
         describe::log_plan(&self.readable(&seen.people, now), &plan);
         let mut report = CycleReport {

@@ -40,8 +40,10 @@ pub struct Observed {
     /// The bases the engine needs: the neighbourhood of the observations (every base on a first
     /// run).
     pub snap: Snapshot,
-    /// What was read (taken by the engine).
+    /// What differs from the bases (taken by the engine).
     pub obs: Observations,
+    /// How many cards and dialogs were read (equal to their bases or not).
+    pub read: (u64, u64),
     /// The user map of this cycle.
     pub usermap: UserMap,
     /// The names of the users and employees read (stored at the commit, for `status`).
@@ -143,6 +145,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     };
     Ok(Observed {
         snap,
+        read: (r.read_cards.len() as u64, r.read_dialogs.len() as u64),
         obs: r.obs,
         usermap,
         people,
