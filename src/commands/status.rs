@@ -120,11 +120,12 @@ fn render_overview(store: &Store, frame: &Frame, out: &mut String) -> Result<(),
         }
     );
     let (per_kind, dialogs) = store.bases()?.counts()?;
-    let kinds: Vec<String> = per_kind
+    let by_name: BTreeMap<&str, usize> = per_kind
         .iter()
         .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| format!("{n} {}", k.plural()))
+        .map(|(k, n)| (k.plural(), *n))
         .collect();
+    let kinds: Vec<String> = by_name.iter().map(|(k, n)| format!("{n} {k}")).collect();
     let _ = writeln!(out, "records: {dialogs} dialogs; {}", kinds.join(", "));
     let _ = writeln!(out, "corrections recorded: {}", store.audit_len()?);
     let intents = store.intents()?;
