@@ -618,21 +618,9 @@ fn urlencode(s: &str) -> String {
     out
 }
 
-impl crate::ports::ApiMeter for ChatAppClient {
-    fn server_time(&self) -> Option<i64> {
-        self.api.server_time()
-    }
-    fn request_count(&self) -> u64 {
-        self.api
-            .counters
-            .requests
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-    fn set_deadline(&self, deadline: Option<std::time::Instant>) {
-        self.api.set_deadline(deadline);
-    }
-    fn take_bad(&self) -> Vec<crate::http::BadRecord> {
-        self.api.take_bad()
+impl crate::http::OnApiClient for ChatAppClient {
+    fn api_client(&self) -> &ApiClient {
+        &self.api
     }
 }
 

@@ -472,3 +472,28 @@ fn strip_url_raw(e: &reqwest::Error) -> String {
     }
     s
 }
+
+/// A client built on an [`ApiClient`]: what the ports meter (server time, requests, deadline,
+/// skipped records) is its client's.
+pub trait OnApiClient {
+    /// The client underneath.
+    fn api_client(&self) -> &ApiClient;
+}
+
+impl<T: OnApiClient + Send + Sync> crate::ports::ApiMeter for T {
+    fn server_time(&self) -> Option<i64> {
+        self.api_client().server_time()
+    }
+    fn request_count(&self) -> u64 {
+        self.api_client()
+            .counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        self.api_client().set_deadline(deadline);
+    }
+    fn take_bad(&self) -> Vec<BadRecord> {
+        self.api_client().take_bad()
+    }
+}

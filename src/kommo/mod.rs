@@ -1185,21 +1185,9 @@ impl KommoClient {
     }
 }
 
-impl crate::ports::ApiMeter for KommoClient {
-    fn server_time(&self) -> Option<i64> {
-        self.api.server_time()
-    }
-    fn request_count(&self) -> u64 {
-        self.api
-            .counters
-            .requests
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-    fn set_deadline(&self, deadline: Option<std::time::Instant>) {
-        self.api.set_deadline(deadline);
-    }
-    fn take_bad(&self) -> Vec<crate::http::BadRecord> {
-        self.api.take_bad()
+impl crate::http::OnApiClient for KommoClient {
+    fn api_client(&self) -> &ApiClient {
+        &self.api
     }
 }
 

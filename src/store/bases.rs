@@ -93,8 +93,8 @@ pub fn dialog_from_key(k: &str) -> Result<DialogKey, StoreError> {
         what: format!("dialog key {k}"),
         reason,
     };
-    if k.starts_with('{') {
-        return serde_json::from_str(k).map_err(|e| bad(e.to_string()));
+    if let Ok(key) = serde_json::from_str::<DialogKey>(k) {
+        return Ok(key); // schema 1 (a compact key never parses as JSON: digits, then a colon)
     }
     let mut parts = k.splitn(3, ':');
     let (Some(license), Some(len), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
