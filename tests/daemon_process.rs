@@ -7,7 +7,7 @@
 mod proc;
 
 use chatapp_kommo_sync::sim::{Fault, FaultRule, LoggedRequest};
-use proc::{Env, Notice, bounded, eventually, free_port};
+use proc::{Env, Notice, bounded, eventually};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -466,14 +466,7 @@ async fn watchdog_usec_of_another_pid_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_cycle_is_reported_and_the_next_one_runs() {
     bounded(90, async {
-        let port = free_port();
-        let env = Env::new(|t| {
-            t.replace(
-                "log_level = \"info\"",
-                &format!("log_level = \"info\"\nlisten = \"127.0.0.1:{port}\""),
-            )
-        })
-        .await;
+        let (env, port) = Env::listening().await;
         let mut d = env.spawn(&[]);
         d.ready(READY).await;
         d.signal("USR1");
@@ -908,14 +901,7 @@ fn the_strict_parser_rejects_bad_expositions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_with_a_cycle() {
     bounded(120, async {
-        let port = free_port();
-        let env = Env::new(|t| {
-            t.replace(
-                "log_level = \"info\"",
-                &format!("log_level = \"info\"\nlisten = \"127.0.0.1:{port}\""),
-            )
-        })
-        .await;
+        let (env, port) = Env::listening().await;
         let mut d = env.spawn(&[]);
         d.ready(READY).await;
         let http = reqwest::Client::builder()
@@ -1042,14 +1028,7 @@ async fn metrics_parse_and_move_with_a_cycle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_during_a_slow_start_up_check() {
     bounded(90, async {
-        let port = free_port();
-        let env = Env::new(|t| {
-            t.replace(
-                "log_level = \"info\"",
-                &format!("log_level = \"info\"\nlisten = \"127.0.0.1:{port}\""),
-            )
-        })
-        .await;
+        let (env, port) = Env::listening().await;
         env.w
             .kommo
             .push_fault(FaultRule::new(Fault::Latency(Duration::from_secs(4))).times(20));

@@ -6,7 +6,7 @@
 #[path = "common/proc.rs"]
 mod proc;
 
-use proc::{Env, bounded, free_port};
+use proc::{Env, bounded};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -185,14 +185,7 @@ async fn every_metric_of_the_rules_and_the_dashboard_is_exposed() {
     assert!(named(&panels).len() >= 15, "{:?}", named(&panels));
 
     bounded(120, async {
-        let port = free_port();
-        let env = Env::new(|t| {
-            t.replace(
-                "log_level = \"info\"",
-                &format!("log_level = \"info\"\nlisten = \"127.0.0.1:{port}\""),
-            )
-        })
-        .await;
+        let (env, port) = Env::listening().await;
         let mut d = env.spawn(&[]);
         d.ready(Duration::from_secs(30)).await;
         d.signal("USR1");

@@ -228,14 +228,7 @@ mod proc;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_shadow_counts_would_be_writes_in_metrics() {
     proc::bounded(120, async {
-        let port = proc::free_port();
-        let env = proc::Env::new(|t| {
-            t.replace(
-                "log_level = \"info\"",
-                &format!("log_level = \"info\"\nlisten = \"127.0.0.1:{port}\""),
-            )
-        })
-        .await;
+        let (env, port) = proc::Env::listening().await;
         let mut d = proc::Daemon::spawn_run(&env.config, env.dir.path(), &[], None, &["--shadow"]);
         d.ready(Duration::from_secs(30)).await;
         d.signal("USR1");

@@ -55,6 +55,20 @@ impl Env {
         env
     }
 
+    /// [`Env::new`] with the HTTP endpoint (`/healthz`, `/metrics`, ...) on a free loopback port,
+    /// which it returns.
+    pub async fn listening() -> (Env, u16) {
+        let port = free_port();
+        let env = Env::new(|t| {
+            t.replace(
+                "log_level = \"info\"",
+                &format!("log_level = \"info\"\nlisten = \"127.0.0.1:{port}\""),
+            )
+        })
+        .await;
+        (env, port)
+    }
+
     /// Edits the config text.
     pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
         let text = std::fs::read_to_string(&self.config).unwrap();
