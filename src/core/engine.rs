@@ -387,10 +387,6 @@ pub struct Snapshot {
     pub dialogs: BTreeMap<DialogKey, DialogState>,
     /// Parked pairs, by [`Parked::key`].
     pub parked: BTreeMap<String, Parked>,
-    /// Bases kept as just the two compared values: a full cycle swaps a card's full base for this
-    /// as the card is observed (its observed state replaces the rest), so a large account holds
-    /// one full copy of its cards, not two. [`plan`] reads a card's base from `cards`, else here.
-    pub card_values: BTreeMap<CardId, BaseValue>,
     /// Records whose last decision did not complete (a write failed or was dropped): decided
     /// again whatever their value, so a change a person undid meanwhile is still carried through.
     pub held: BTreeSet<RecordId>,
@@ -647,11 +643,7 @@ impl Work<'_> {
         first_run: bool,
     ) {
         for (id, o) in cards {
-            let base: Option<BaseValue> = snap
-                .cards
-                .get(&id)
-                .map(BaseValue::from)
-                .or_else(|| snap.card_values.get(&id).copied());
+            let base: Option<BaseValue> = snap.cards.get(&id).map(BaseValue::from);
             let changed_at = card_change_time(base, &o, now);
             if !first_run && base.is_none_or(|b| b.responsible != o.responsible) {
                 self.card_changed.insert(id);

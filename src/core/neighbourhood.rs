@@ -208,7 +208,6 @@ pub fn neighbourhood<L: BaseLookup>(
         parked: frame.parked,
         held: frame.held,
         bootstrapped: frame.bootstrapped,
-        card_values: BTreeMap::new(),
     })
 }
 

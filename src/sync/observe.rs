@@ -111,6 +111,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         read_cards: BTreeSet::new(),
         read_dialogs: BTreeSet::new(),
         lookup_error: None,
+        counts: None,
         pipelines: stored_pipelines.clone().unwrap_or_default(),
         event_times: EventTimes::new(),
         unknown_status: vec![],
@@ -179,6 +180,9 @@ struct Reader<'a, K, C, S: StateStore + 'a> {
     read_dialogs: BTreeSet<DialogKey>,
     /// A base lookup that failed inside a listing's page callback (the cycle fails with it).
     lookup_error: Option<StoreError>,
+    /// Card bases of each kind and dialog bases in the db (full cycles: the listing brake),
+    /// counted once.
+    counts: Option<(BTreeMap<CardKind, usize>, usize)>,
     pipelines: Pipelines,
     event_times: EventTimes,
     /// Leads whose status the pipelines table does not know: observed after reading it again.
@@ -281,6 +285,14 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         }
     }
 
+    /// How many bases the db holds (a scan of the card keys: made once a cycle).
+    fn base_counts(&mut self) -> Result<(BTreeMap<CardKind, usize>, usize), StoreError> {
+        if self.counts.is_none() {
+            self.counts = Some(self.sy.store.base_counts()?);
+        }
+        Ok(self.counts.clone().unwrap_or_default())
+    }
+
     /// The error of a base lookup made while a listing ran, if any.
     fn lookup_result(&mut self) -> Result<(), CycleError> {
         self.lookup_error.take().map_or(Ok(()), |e| Err(e.into()))
@@ -307,7 +319,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     /// Full cycle: every card of every synced kind, page by page.
     async fn read_all_cards(&mut self) -> Result<(), CycleError> {
         let sy = self.sy;
-        let (in_db, _) = sy.store.base_counts()?;
+        let in_db = self.base_counts()?.0;
         for kind in sy.config.kinds() {
             let listed = sy
                 .kommo
@@ -504,7 +516,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     /// dialogs one by one.
     async fn read_dialogs(&mut self, chats: Vec<Chat>) -> Result<(), CycleError> {
         if self.full && self.listing_brake.is_none() {
-            let (_, in_db) = self.sy.store.base_counts()?;
+            let in_db = self.base_counts()?.1;
             self.listing_brake = empty_listing_brake("chats", in_db, chats.len());
         }
         for c in &chats {
