@@ -107,7 +107,12 @@ fn run_once(
     let out_path = config.with_extension("stdout");
     let err_path = config.with_extension("stderr");
     let t0 = Instant::now();
-    let child = Command::new(bin)
+    // SCALE_WRAP="heaptrack -o /tmp/x" runs the binary under a profiler (split on spaces)
+    let wrap = std::env::var("SCALE_WRAP").unwrap_or_default();
+    let mut words: Vec<String> = wrap.split_whitespace().map(str::to_string).collect();
+    words.push(bin.display().to_string());
+    let child = Command::new(&words[0])
+        .args(&words[1..])
         .arg("--config")
         .arg(config)
         .arg("once")
