@@ -777,7 +777,7 @@ pub fn links(text: &str) -> Vec<DialogRef> {
         let found = ix.resolve(r);
         assert!(found.iter().all(|k| dialogs.contains_key(k)), "{r:?}");
         if let DialogRef::Full(k) = r {
-            assert_eq!(found, vec![k.clone()]);
+            assert_eq!(found, vec![k]);
         }
         if let DialogRef::ChatId(c) = r {
             assert!(found.windows(2).all(|w| w[0] < w[1]));

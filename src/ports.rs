@@ -10,7 +10,8 @@
 use crate::chatapp::Chat;
 use crate::core::engine::Snapshot;
 use crate::core::model::{
-    CardKind, DialogKey, DialogRef, Employee, EmployeeId, KommoUser, KommoUserId, RecordId,
+    CardKind, DialogKey, DialogRef, DialogState, Employee, EmployeeId, KommoUser, KommoUserId,
+    RecordId,
 };
 use crate::core::neighbourhood::{BaseLookup, Frame};
 use crate::http::{ApiError, BadRecord};
@@ -106,6 +107,9 @@ pub trait StateStore: Send + Sync {
     fn load_snapshot(&self) -> Result<Snapshot, StoreError>;
     /// Parked pairs, held records and whether the first cycle ran.
     fn frame(&self) -> Result<Frame, StoreError>;
+    /// Every dialog base (a first run decides every dialog; it loads no card base but those
+    /// that may link to a dialog).
+    fn dialog_bases(&self) -> Result<BTreeMap<DialogKey, DialogState>, StoreError>;
     /// The bases' read view.
     fn bases(&self) -> Result<Self::Bases<'_>, StoreError>;
     /// How many card bases of each kind and dialog bases there are (the listing brake).

@@ -79,7 +79,7 @@ fn twenty_thousand_cycles_keep_the_file_flat() {
             },
             ..CycleCommit::default()
         };
-        c.settlement.cards.push((id, card(n % 5 + 1)));
+        c.settlement.cards.insert(id, card(n % 5 + 1));
         store.commit_cycle(&c).unwrap();
         // steady state: both retentions apply from cycle 2 880 on
         if n == 4_000 {

@@ -8,7 +8,7 @@ mod worldgen;
 
 use chatapp_kommo_sync::core::engine::{Observations, Plan, Snapshot, plan};
 use chatapp_kommo_sync::core::neighbourhood::{
-    Frame, card_unchanged, dialog_unchanged, neighbourhood,
+    Frame, card_unchanged, dialog_unchanged, first_run, neighbourhood, staged_state,
 };
 use proptest::prelude::*;
 use worldgen::*;
@@ -53,10 +53,58 @@ fn decisions(p: &Plan) -> Plan {
     }
 }
 
+/// A first run plans from every dialog and the cards that may link to one (the others are
+/// staged and stored as read): the same decisions, the same bases, as a plan from everything.
+/// `snap` may hold bases (a first run after shadow mode).
+fn check_first_run(
+    sim: &Sim,
+    snap: &Snapshot,
+    all_obs: &Observations,
+    full: &Plan,
+) -> Result<(), TestCaseError> {
+    let now = all_obs.now;
+    let mut read = Snapshot::default();
+    for (id, o) in &all_obs.cards {
+        let st = staged_state(snap.cards.get(id), o.clone(), now);
+        read.cards.insert(*id, st);
+    }
+    let mut obs = all_obs.clone();
+    obs.cards.clear();
+    let frame = Frame {
+        parked: snap.parked.clone(),
+        held: snap.held.clone(),
+        bootstrapped: false,
+        match_phone: sim.policy.match_phone,
+    };
+    let (near, taken) =
+        first_run(&read, snap, frame, &mut obs, snap.dialogs.clone()).expect("in memory");
+    prop_assert_eq!(taken.len(), obs.cards.len());
+    let p = plan(&near, &obs, &sim.policy, &sim.users);
+    prop_assert_eq!(decisions(&p), decisions(full));
+    let mut settled = p.settle_cards.clone();
+    for (id, st) in read.cards {
+        if !taken.contains(&id) {
+            prop_assert!(
+                settled.insert(id, st).is_none(),
+                "card {} settled twice",
+                id
+            );
+        }
+    }
+    prop_assert_eq!(&settled, &full.settle_cards);
+    prop_assert_eq!(&p.settle_dialogs, &full.settle_dialogs);
+    Ok(())
+}
+
 fn check(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
     if !log.snap.bootstrapped {
-        return Ok(()); // a first run plans from every base
+        return check_first_run(sim, &log.snap, &log.obs, &log.plan);
     }
+    // the same bases and observations as a first run (after shadow mode, bases exist)
+    let mut unbooted = log.snap.clone();
+    unbooted.bootstrapped = false;
+    let full = plan(&unbooted, &log.obs, &sim.policy, &sim.users);
+    check_first_run(sim, &unbooted, &log.obs, &full)?;
     let obs = changed_only(&log.snap, &log.obs);
     let frame = Frame {
         parked: log.snap.parked.clone(),
@@ -93,7 +141,8 @@ proptest! {
         faults in prop::collection::vec(faults(people_step()), 0..=6),
     ) {
         let mut sim = Sim::new(&spec);
-        sim.cycle();
+        let first = sim.cycle();
+        check(&sim, &first)?;
         for (i, r) in rounds.iter().enumerate() {
             sim.act_all(r);
             let f = faults.get(i).cloned().unwrap_or_default();

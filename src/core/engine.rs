@@ -597,7 +597,7 @@ pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &U
     };
     let now = obs.now;
     w.observe_cards(snap, obs.cards, now, first_run);
-    w.observe_dialogs(snap, &obs.dialogs, now, first_run);
+    w.observe_dialogs(snap, obs.dialogs, now, first_run);
     if first_run {
         w.bootstrap_triggers();
     } else {
@@ -614,9 +614,9 @@ pub fn plan_owned(snap: &Snapshot, obs: Observations, policy: &Policy, users: &U
         }
     }
     w.park_unknown_refs();
-    let keys: Vec<DialogKey> = w.links.cards_of.keys().cloned().collect();
-    for d in &keys {
-        w.decide_dialog(d, first_run);
+    let cards_of = std::mem::take(&mut w.links.cards_of);
+    for (d, linked) in &cards_of {
+        w.decide_dialog(d, linked, first_run);
     }
     w.resolve_card_proposals(first_run);
     w.finish()
@@ -668,15 +668,15 @@ impl Work<'_> {
     fn observe_dialogs(
         &mut self,
         snap: &Snapshot,
-        dialogs: &BTreeMap<DialogKey, DialogObs>,
+        dialogs: BTreeMap<DialogKey, DialogObs>,
         now: i64,
         first_run: bool,
     ) {
         for (key, o) in dialogs {
-            let base = snap.dialogs.get(key);
+            let base = snap.dialogs.get(&key);
             let st = DialogState {
                 responsible: o.responsible,
-                changed_at: dialog_change_time(base, o, now),
+                changed_at: dialog_change_time(base, &o, now),
                 last_time: o.last_time,
                 session: o.session,
                 closed: o.closed,
@@ -684,8 +684,8 @@ impl Work<'_> {
             };
             if !first_run {
                 let (opened, changed) = match base {
-                    None => (true, o.responsible.is_some()),
-                    Some(b) => (dialog_reopened(b, o), b.responsible != o.responsible),
+                    None => (true, st.responsible.is_some()),
+                    Some(b) => (dialog_reopened(b, &o), b.responsible != st.responsible),
                 };
                 if opened {
                     self.dialog_opened.insert(key.clone());
@@ -695,7 +695,7 @@ impl Work<'_> {
                 }
             }
             self.plan.settle_dialogs.insert(key.clone(), st.clone());
-            self.dialogs.insert(key.clone(), st);
+            self.dialogs.insert(key, st);
         }
     }
 
@@ -874,8 +874,7 @@ impl<'a> Work<'a> {
         })
     }
 
-    fn decide_dialog(&mut self, d: &DialogKey, first_run: bool) {
-        let linked = self.links.cards_of[d].clone();
+    fn decide_dialog(&mut self, d: &DialogKey, linked: &[CardId], first_run: bool) {
         let e_in: Vec<CardId> = linked.iter().copied().filter(|c| self.in_e_in(c)).collect();
         let e_out: Vec<CardId> = linked
             .iter()
@@ -1263,9 +1262,9 @@ impl<'a> Work<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settlement {
     /// New card bases.
-    pub cards: Vec<(CardId, CardState)>,
+    pub cards: BTreeMap<CardId, CardState>,
     /// New dialog bases.
-    pub dialogs: Vec<(DialogKey, DialogState)>,
+    pub dialogs: BTreeMap<DialogKey, DialogState>,
     /// Parked entries to remove (by key).
     pub unpark: Vec<String>,
     /// Parked entries to add.
@@ -1304,28 +1303,29 @@ pub fn settle_owned(snap: &Snapshot, plan: &mut Plan, confirmed: &[bool], now: i
             }
         }
     }
-    let mut out = Settlement::default();
-    for (id, mut st) in std::mem::take(&mut plan.settle_cards) {
-        let rid = RecordId::Card(id);
-        if held.contains(&rid) {
-            continue;
-        }
-        if let Some(to) = to_card.get(&id) {
+    // the plan's maps become the settlement's, changed in place (no second copy of the bases)
+    let mut out = Settlement {
+        cards: std::mem::take(&mut plan.settle_cards),
+        dialogs: std::mem::take(&mut plan.settle_dialogs),
+        ..Settlement::default()
+    };
+    if !held.is_empty() {
+        out.cards
+            .retain(|id, _| !held.contains(&RecordId::Card(*id)));
+        out.dialogs
+            .retain(|key, _| !held.contains(&RecordId::Dialog(key.clone())));
+    }
+    for (id, to) in &to_card {
+        if let Some(st) = out.cards.get_mut(id) {
             st.responsible = *to;
             st.changed_at = now;
         }
-        out.cards.push((id, st));
     }
-    for (key, mut st) in std::mem::take(&mut plan.settle_dialogs) {
-        let rid = RecordId::Dialog(key.clone());
-        if held.contains(&rid) {
-            continue;
-        }
-        if let Some(to) = to_dialog.get(&key) {
+    for (key, to) in &to_dialog {
+        if let Some(st) = out.dialogs.get_mut(key) {
             st.responsible = Some(*to);
             st.changed_at = now;
         }
-        out.dialogs.push((key, st));
     }
     for (k, p) in &snap.parked {
         if plan.decided.contains(&p.subject) {

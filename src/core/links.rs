@@ -49,57 +49,52 @@ pub fn parse_messenger_value(raw: &str) -> Option<DialogRef> {
     Some(DialogRef::ChatId(v.to_string()))
 }
 
-/// Index over the known dialogs used to resolve references.
+/// Index over the known dialogs used to resolve references. It borrows the dialogs' keys:
+/// on a first run it covers every dialog of the account.
 #[derive(Debug, Default)]
-pub struct DialogIndex {
-    by_chat_id: BTreeMap<String, Vec<DialogKey>>,
-    by_phone: BTreeMap<String, Vec<DialogKey>>,
-    keys: BTreeSet<DialogKey>,
+pub struct DialogIndex<'a> {
+    by_chat_id: BTreeMap<&'a str, Vec<&'a DialogKey>>,
+    by_phone: BTreeMap<String, Vec<&'a DialogKey>>,
+    keys: BTreeSet<&'a DialogKey>,
 }
 
-impl DialogIndex {
+impl<'a> DialogIndex<'a> {
     /// Builds the index from the dialogs' states.
-    pub fn new<'a>(dialogs: impl IntoIterator<Item = (&'a DialogKey, &'a DialogState)>) -> Self {
+    pub fn new(dialogs: impl IntoIterator<Item = (&'a DialogKey, &'a DialogState)>) -> Self {
         let mut ix = DialogIndex::default();
         for (key, st) in dialogs {
-            ix.keys.insert(key.clone());
+            ix.keys.insert(key);
             ix.by_chat_id
-                .entry(key.chat_id.clone())
+                .entry(key.chat_id.as_str())
                 .or_default()
-                .push(key.clone());
+                .push(key);
             let phone = st.phone.clone().or_else(|| phone_of_chat_id(&key.chat_id));
             if let Some(p) = phone.filter(|p| !p.is_empty()) {
-                ix.by_phone.entry(p).or_default().push(key.clone());
+                ix.by_phone.entry(p).or_default().push(key);
             }
         }
         ix
     }
 
-    /// The dialogs a reference points at (empty when unknown).
-    pub fn resolve(&self, r: &DialogRef) -> Vec<DialogKey> {
+    /// The dialogs a reference points at (empty when unknown), sorted, each once.
+    pub fn resolve(&self, r: &DialogRef) -> Vec<&'a DialogKey> {
         match r {
-            DialogRef::Full(k) => {
-                if self.keys.contains(k) {
-                    vec![k.clone()]
-                } else {
-                    vec![]
-                }
-            }
+            DialogRef::Full(k) => self.keys.get(k).copied().into_iter().collect(),
             DialogRef::ChatId(c) => {
-                let mut v = self.by_chat_id.get(c).cloned().unwrap_or_default();
+                let mut v = self.by_chat_id.get(c.as_str()).cloned().unwrap_or_default();
                 if let Some(p) = phone_of_chat_id(c) {
-                    v.extend(self.by_phone.get(&p).cloned().unwrap_or_default());
+                    v.extend(self.by_phone(&p));
                 }
                 v.sort();
                 v.dedup();
                 v
             }
-            DialogRef::Phone(p) => self.by_phone.get(p).cloned().unwrap_or_default(),
+            DialogRef::Phone(p) => self.by_phone(p).to_vec(),
         }
     }
 
     /// The dialogs whose phone equals `digits`.
-    pub fn by_phone(&self, digits: &str) -> &[DialogKey] {
+    pub fn by_phone(&self, digits: &str) -> &[&'a DialogKey] {
         self.by_phone.get(digits).map(Vec::as_slice).unwrap_or(&[])
     }
 }
@@ -136,45 +131,52 @@ where
 {
     let ix = DialogIndex::new(dialogs.iter());
     let mut links = Links::default();
-    let mut dialogs_of_contact: BTreeMap<u64, BTreeSet<DialogKey>> = BTreeMap::new();
+    let mut dialogs_of_contact: BTreeMap<u64, Vec<&DialogKey>> = BTreeMap::new();
     for (id, st) in cards().filter(|(id, _)| id.kind == CardKind::Contact) {
-        let mut set = BTreeSet::new();
+        let mut found: Vec<&DialogKey> = vec![];
         for r in &st.dialog_refs {
-            let found = ix.resolve(r);
-            if found.is_empty() {
+            let of_ref = ix.resolve(r);
+            if of_ref.is_empty() {
                 links.unknown_refs.entry(id.id).or_default().push(r.clone());
             }
-            set.extend(found);
+            found.extend(of_ref);
         }
         if match_phone {
             for p in &st.phones {
-                set.extend(ix.by_phone(p).iter().cloned());
+                found.extend(ix.by_phone(p));
             }
         }
-        if !set.is_empty() {
-            dialogs_of_contact.insert(id.id, set);
+        if !found.is_empty() {
+            found.sort_unstable();
+            found.dedup();
+            dialogs_of_contact.insert(id.id, found);
         }
     }
-    let mut cards_of: BTreeMap<DialogKey, BTreeSet<CardId>> = BTreeMap::new();
+    let mut cards_of: BTreeMap<&DialogKey, Vec<CardId>> = BTreeMap::new();
     for (id, st) in cards() {
         if id.kind == CardKind::Contact {
             for d in dialogs_of_contact.get(&id.id).into_iter().flatten() {
-                cards_of.entry(d.clone()).or_default().insert(*id);
+                cards_of.entry(d).or_default().push(*id);
             }
             continue;
         }
         let via_contacts = st
             .contacts
             .iter()
-            .flat_map(|c| dialogs_of_contact.get(c).into_iter().flatten().cloned());
+            .flat_map(|c| dialogs_of_contact.get(c).into_iter().flatten().copied());
         let own = st.dialog_refs.iter().flat_map(|r| ix.resolve(r));
         for d in via_contacts.chain(own) {
-            cards_of.entry(d).or_default().insert(*id);
+            cards_of.entry(d).or_default().push(*id);
         }
     }
     links.cards_of = cards_of
         .into_iter()
-        .map(|(k, v)| (k, v.into_iter().collect()))
+        .map(|(k, mut v)| {
+            v.sort_unstable();
+            v.dedup();
+            v.shrink_to_fit();
+            (k.clone(), v)
+        })
         .collect();
     links
 }

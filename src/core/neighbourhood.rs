@@ -166,21 +166,168 @@ pub fn dialog_unchanged(base: &DialogState, o: &DialogObs, now: i64) -> bool {
 }
 
 /// What the engine needs of the bases for `obs` (see the module docs). Not for a first run:
-/// its bootstrap decides every dialog, so it plans from every base.
+/// see [`first_run`].
 pub fn neighbourhood<L: BaseLookup>(
     store: &L,
     frame: Frame,
     obs: &Observations,
 ) -> Result<Snapshot, L::Error> {
+    let (cards, dialogs) = reach(store, &frame, obs, BTreeSet::new())?;
+    let mut snap = empty(frame);
+    for c in cards {
+        if let Some(st) = store.card(&c)? {
+            snap.cards.insert(c, st);
+        }
+    }
+    load_dialogs(store, dialogs, &mut snap)?;
+    Ok(snap)
+}
+
+/// What a first run's engine needs: its bootstrap decides every dialog (observed or with a
+/// base), so those are the focus; of the cards, only those that may link to one of them take
+/// part in a decision. `read` holds the cards the run read, each as [`staged_state`] made it;
+/// those found are moved into `obs` (as [`staged_obs`]) and returned: the plan settles them. The
+/// others take no part, and their base is their staged state. `stored_dialogs` are the dialog
+/// bases (every one is decided). Checked against a plan from everything by
+/// `tests/neighbourhood_props.rs`.
+pub fn first_run<E, R, B>(
+    read: &R,
+    bases: &B,
+    frame: Frame,
+    obs: &mut Observations,
+    stored_dialogs: BTreeMap<DialogKey, DialogState>,
+) -> Result<(Snapshot, Vec<CardId>), E>
+where
+    R: BaseLookup<Error = E>,
+    B: BaseLookup<Error = E>,
+{
+    let focus = stored_dialogs.into_keys().collect();
+    let (cards, dialogs) = reach(&Layered { read, bases }, &frame, obs, focus)?;
+    let mut snap = empty(frame);
+    let mut taken = vec![];
+    for c in cards {
+        if let Some(st) = read.card(&c)? {
+            obs.cards.insert(c, staged_obs(st));
+            taken.push(c);
+        } else if let Some(st) = bases.card(&c)? {
+            snap.cards.insert(c, st);
+        }
+    }
+    load_dialogs(bases, dialogs, &mut snap)?;
+    Ok((snap, taken))
+}
+
+/// A snapshot of no base, with the frame's parked pairs, held records and flag.
+fn empty(frame: Frame) -> Snapshot {
+    Snapshot {
+        parked: frame.parked,
+        held: frame.held,
+        bootstrapped: frame.bootstrapped,
+        ..Snapshot::default()
+    }
+}
+
+/// Loads the bases of `dialogs` into `snap`.
+fn load_dialogs<L: BaseLookup>(
+    store: &L,
+    dialogs: BTreeSet<DialogKey>,
+    snap: &mut Snapshot,
+) -> Result<(), L::Error> {
+    for d in dialogs {
+        if let Some(st) = store.dialog(&d)? {
+            snap.dialogs.insert(d, st);
+        }
+    }
+    Ok(())
+}
+
+/// A card a first run read, as it is staged (and stored, unless it takes part in a decision):
+/// its observation dated as the engine dates it ([`card_change_time`], against its base).
+pub fn staged_state(base: Option<&CardState>, o: CardObs, now: i64) -> CardState {
+    CardState {
+        responsible: o.responsible,
+        changed_at: card_change_time(base.map(Into::into), &o, now),
+        flag: o.flag,
+        deleted: o.deleted,
+        contacts: o.contacts,
+        dialog_refs: o.dialog_refs,
+        phones: o.phones,
+        lead: o.lead,
+    }
+}
+
+/// The observation of a staged card: the engine dates it by its staged change time.
+pub fn staged_obs(st: CardState) -> CardObs {
+    CardObs {
+        responsible: st.responsible,
+        flag: st.flag,
+        deleted: st.deleted,
+        contacts: st.contacts,
+        dialog_refs: st.dialog_refs,
+        phones: st.phones,
+        lead: st.lead,
+        event_time: Some(st.changed_at),
+    }
+}
+
+/// The cards a first run read, over the bases: a read card hides its base.
+struct Layered<'a, R, B> {
+    read: &'a R,
+    bases: &'a B,
+}
+
+impl<E, R, B> BaseLookup for Layered<'_, R, B>
+where
+    R: BaseLookup<Error = E>,
+    B: BaseLookup<Error = E>,
+{
+    type Error = E;
+
+    fn card(&self, id: &CardId) -> Result<Option<CardState>, E> {
+        match self.read.card(id)? {
+            Some(st) => Ok(Some(st)),
+            None => self.bases.card(id),
+        }
+    }
+
+    fn dialog(&self, key: &DialogKey) -> Result<Option<DialogState>, E> {
+        self.bases.dialog(key)
+    }
+
+    fn dialogs_with(&self, term: Term) -> Result<Vec<DialogKey>, E> {
+        self.bases.dialogs_with(term)
+    }
+
+    fn cards_with(&self, term: Term) -> Result<Vec<CardId>, E> {
+        let mut v = self.read.cards_with(term)?;
+        v.extend(self.bases.cards_with(term)?);
+        Ok(v)
+    }
+
+    fn cards_of_contact(&self, contact: u64) -> Result<Vec<CardId>, E> {
+        let mut v = self.read.cards_of_contact(contact)?;
+        v.extend(self.bases.cards_of_contact(contact)?);
+        Ok(v)
+    }
+}
+
+/// The walk from the seeds (and `focus`) to their neighbourhood: the cards and dialogs whose
+/// bases (or staged values) the engine needs.
+fn reach<L: BaseLookup>(
+    store: &L,
+    frame: &Frame,
+    obs: &Observations,
+    mut focus: BTreeSet<DialogKey>,
+) -> Result<(BTreeSet<CardId>, BTreeSet<DialogKey>), L::Error> {
     let mut n = Walk {
         store,
         obs,
         obs_ix: ObsIndex::new(obs, frame.match_phone),
         match_phone: frame.match_phone,
         cards: BTreeMap::new(),
-        dialogs: BTreeMap::new(),
     };
-    let (seed_cards, mut focus) = seeds(&frame, obs);
+    let (seed_cards, seed_dialogs) = seeds(frame, obs);
+    focus.extend(seed_dialogs);
     for c in &seed_cards {
         focus.extend(n.dialogs_of_card(c)?);
     }
@@ -188,27 +335,7 @@ pub fn neighbourhood<L: BaseLookup>(
     for d in &focus {
         linked.extend(n.cards_of_dialog(d)?);
     }
-    for c in &linked {
-        n.load_card(c)?;
-    }
-    for d in &focus {
-        n.load_dialog(d)?;
-    }
-    Ok(Snapshot {
-        cards: n
-            .cards
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v?)))
-            .collect(),
-        dialogs: n
-            .dialogs
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v?)))
-            .collect(),
-        parked: frame.parked,
-        held: frame.held,
-        bootstrapped: frame.bootstrapped,
-    })
+    Ok((linked, focus))
 }
 
 /// The records a cycle starts from: observed, held and parked cards; observed, held and parked
@@ -237,14 +364,14 @@ fn seeds(frame: &Frame, obs: &Observations) -> (BTreeSet<CardId>, BTreeSet<Dialo
 }
 
 /// Term indexes over what this cycle observed (the store's indexes hold the bases).
-struct ObsIndex {
-    dialogs: BTreeMap<Term, Vec<DialogKey>>,
+struct ObsIndex<'o> {
+    dialogs: BTreeMap<Term, Vec<&'o DialogKey>>,
     cards: BTreeMap<Term, Vec<CardId>>,
     of_contact: BTreeMap<u64, Vec<CardId>>,
 }
 
-impl ObsIndex {
-    fn new(obs: &Observations, match_phone: bool) -> ObsIndex {
+impl<'o> ObsIndex<'o> {
+    fn new(obs: &'o Observations, match_phone: bool) -> ObsIndex<'o> {
         let mut ix = ObsIndex {
             dialogs: BTreeMap::new(),
             cards: BTreeMap::new(),
@@ -252,7 +379,7 @@ impl ObsIndex {
         };
         for (k, o) in &obs.dialogs {
             for t in dialog_terms(k, o.phone.as_deref()) {
-                ix.dialogs.entry(t).or_default().push(k.clone());
+                ix.dialogs.entry(t).or_default().push(k);
             }
         }
         for (id, o) in &obs.cards {
@@ -275,11 +402,10 @@ type CardLinks = (Vec<DialogRef>, Vec<String>, Vec<u64>);
 struct Walk<'a, L> {
     store: &'a L,
     obs: &'a Observations,
-    obs_ix: ObsIndex,
+    obs_ix: ObsIndex<'a>,
     match_phone: bool,
-    /// Loaded card bases (`None`: no base).
+    /// Card bases loaded for their links (`None`: no base).
     cards: BTreeMap<CardId, Option<CardState>>,
-    dialogs: BTreeMap<DialogKey, Option<DialogState>>,
 }
 
 impl<L: BaseLookup> Walk<'_, L> {
@@ -289,14 +415,6 @@ impl<L: BaseLookup> Walk<'_, L> {
             self.cards.insert(*id, st);
         }
         Ok(self.cards[id].as_ref())
-    }
-
-    fn load_dialog(&mut self, key: &DialogKey) -> Result<(), L::Error> {
-        if !self.dialogs.contains_key(key) {
-            let st = self.store.dialog(key)?;
-            self.dialogs.insert(key.clone(), st);
-        }
-        Ok(())
     }
 
     /// A card's current links: its observation, else its base.
@@ -348,7 +466,15 @@ impl<L: BaseLookup> Walk<'_, L> {
             .collect();
         for t in own_terms(&others, phones, with_phones) {
             out.extend(self.store.dialogs_with(t)?);
-            out.extend(self.obs_ix.dialogs.get(&t).into_iter().flatten().cloned());
+            out.extend(
+                self.obs_ix
+                    .dialogs
+                    .get(&t)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .cloned(),
+            );
         }
         Ok(out)
     }

@@ -126,7 +126,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// The index entries of a card base: its terms, and the contacts it links (other kinds).
-fn card_index(id: &CardId, st: &CardState) -> (Vec<Term>, Vec<u64>) {
+pub(super) fn card_index(id: &CardId, st: &CardState) -> (Vec<Term>, Vec<u64>) {
     let contacts = if id.kind == CardKind::Contact {
         vec![]
     } else {

@@ -13,9 +13,10 @@ pub mod bases;
 pub mod codec;
 mod names;
 pub mod shadow;
+pub mod staged;
 
 use crate::core::engine::{Parked, Rule, Settlement, Snapshot};
-use crate::core::model::{CardKind, CardState, DialogState, RecordId};
+use crate::core::model::{CardKind, CardState, DialogKey, DialogState, RecordId};
 use crate::core::neighbourhood::Frame;
 use crate::tokens::{OAuthPair, TokenPair, TokenStoreError};
 use redb::{
@@ -439,6 +440,9 @@ pub struct CycleCommit {
     pub people: crate::core::text::People,
     /// A shadow cycle's records ([`shadow`]); such a commit leaves the db unbootstrapped.
     pub shadow: Option<shadow::ShadowCommit>,
+    /// A first run's cards that took part in no decision: their bases, as read
+    /// ([`staged`]; the settlement has the others).
+    pub staged: staged::StagedCards,
 }
 
 enum Handle {
@@ -787,9 +791,20 @@ impl Store {
             })?;
             snap.cards.insert(id, st);
         }
+        snap.dialogs = self.dialog_bases()?;
+        let frame = self.frame()?;
+        snap.held = frame.held;
+        snap.parked = frame.parked;
+        Ok(snap)
+    }
+
+    /// Every dialog base (a first run decides every dialog).
+    pub fn dialog_bases(&self) -> Result<BTreeMap<DialogKey, DialogState>, StoreError> {
+        let tx = self.read()?;
         let dialogs = tx
             .open_table(bases::DIALOGS)
             .map_err(db_err("open dialogs"))?;
+        let mut out = BTreeMap::new();
         for row in dialogs.iter().map_err(db_err("scan dialogs"))? {
             let (k, v) = row.map_err(db_err("scan dialogs"))?;
             let key = bases::dialog_from_key(k.value())?;
@@ -797,12 +812,9 @@ impl Store {
                 what: format!("dialog {key}"),
                 reason,
             })?;
-            snap.dialogs.insert(key, st);
+            out.insert(key, st);
         }
-        let frame = self.frame()?;
-        snap.held = frame.held;
-        snap.parked = frame.parked;
-        Ok(snap)
+        Ok(out)
     }
 
     /// What a cycle needs besides the bases: parked pairs, held records, the bootstrap flag
@@ -938,6 +950,10 @@ impl Store {
     pub fn commit_cycle(&self, c: &CycleCommit) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
         {
+            for row in c.staged.untaken() {
+                let (id, st) = row?;
+                bases::put_card(&tx, &id, &st)?;
+            }
             for (id, st) in &c.settlement.cards {
                 bases::put_card(&tx, id, st)?;
             }
@@ -1198,6 +1214,9 @@ impl crate::ports::StateStore for Store {
     fn frame(&self) -> Result<Frame, StoreError> {
         Store::frame(self)
     }
+    fn dialog_bases(&self) -> Result<BTreeMap<DialogKey, DialogState>, StoreError> {
+        Store::dialog_bases(self)
+    }
     fn bases(&self) -> Result<bases::BaseReader, StoreError> {
         Store::bases(self)
     }
@@ -1400,7 +1419,7 @@ mod tests {
         {
             let s = Store::open(&path).unwrap();
             let mut commit = CycleCommit::default();
-            commit.settlement.cards.push((id, card(1)));
+            commit.settlement.cards.insert(id, card(1));
             commit.cycle.id = 1;
             commit.watermarks.chats = 42;
             s.commit_cycle(&commit).unwrap();

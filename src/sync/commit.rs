@@ -57,6 +57,7 @@ pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
         people: seen.people,
         cycle: report.record.clone(),
         shadow,
+        staged: seen.staged,
     };
     drop(seen.snap); // the bases are in the settlement now: do not hold two copies
     trace_memory("settled");

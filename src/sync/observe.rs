@@ -11,8 +11,11 @@
 //! Cost in proportion to change: nothing loads every base. Each card or chat read is compared
 //! with its base by a point lookup, and only those that differ become observations (a full cycle
 //! keeps the listing's pages, not the account); the engine then gets the neighbourhood of those
-//! observations ([`crate::core::neighbourhood`]). Only a first run (its bootstrap decides every
-//! dialog) loads every base. The chats are read while the Kommo cards are listed.
+//! observations ([`crate::core::neighbourhood`]). A first run (its bootstrap decides every
+//! dialog) stages every card it reads in the bases' compact encoding ([`StagedCards`]); only the
+//! cards that may link to a dialog become observations ([`first_run`]), and the commit stores the
+//! others as read. Shadow cycles load every base. The chats are read while the Kommo cards are
+//! listed.
 
 use super::{CycleError, Syncer};
 use crate::chatapp::Chat;
@@ -22,13 +25,14 @@ use crate::core::model::{
     StageKind,
 };
 use crate::core::neighbourhood::{
-    BaseLookup, Frame, card_unchanged, dialog_unchanged, neighbourhood,
+    BaseLookup, Frame, card_unchanged, dialog_unchanged, first_run, neighbourhood, staged_state,
 };
 use crate::core::text::People;
 use crate::core::usermap::UserMap;
 use crate::http::BadRecord;
 use crate::kommo::{FieldMap, KommoCard, KommoEvent, Pipelines, classify_status};
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
+use crate::store::staged::StagedCards;
 use crate::store::{CycleKind, Quarantined, StoreError, Watermarks};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -64,6 +68,8 @@ pub struct Observed {
     pub stored_pipelines: Option<Pipelines>,
     /// A full listing came back empty where the snapshot holds many records (rule 13).
     pub listing_brake: Option<Brake>,
+    /// A first run's cards that take part in no decision (stored as read at the commit).
+    pub staged: StagedCards,
 }
 
 impl Observed {
@@ -93,6 +99,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     let stored_pipelines = sy.store.pipelines()?;
     // A db whose lead stages were never read (new, or written before stages existed) gets a full
     // cycle: every lead is read with its stage before any lead decision.
+    let frame_bootstrapped = frame.bootstrapped;
     let full = full_asked
         || !frame.bootstrapped
         || (sy.config.syncs_leads() && stored_pipelines.is_none());
@@ -108,6 +115,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
             now,
             ..Default::default()
         },
+        staged: (!frame_bootstrapped && !shadow).then(StagedCards::default),
         read_cards: BTreeSet::new(),
         read_dialogs: BTreeSet::new(),
         lookup_error: None,
@@ -122,13 +130,8 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     let (usermap, people) = r.read_people().await?;
     let (events, fresh_events) = r.read_events().await?;
     let chats = r.read_cards_and_chats(&events).await?;
-    r.classify_unknown_statuses().await?;
-    if sy.config.syncs_leads() {
-        r.stage_updates_from_events(&events).await?;
-    }
-    if sy.config.syncs_incoming_leads() {
-        r.link_incoming_leads().await?;
-    }
+    super::trace_memory("listed");
+    r.complete_cards(&events).await?;
     r.read_dialogs(chats).await?;
     r.bad.extend(sy.kommo.take_bad());
     r.bad.extend(sy.chatapp.take_bad());
@@ -136,17 +139,12 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         tracing::error!(api = %b.api, endpoint = %b.endpoint, subject = b.subject.as_deref().unwrap_or("?"), path = %b.path, reason = %b.reason, "quarantined: a record that does not fit was skipped; the rest of the cycle goes on, and it is read again next cycle");
     }
     let released = r.released(&sy.store.quarantined()?);
-    // shadow mode counts the agreeing pairs of the whole account: it plans from every base
-    let snap = if r.frame.bootstrapped && !shadow {
-        neighbourhood(&r.bases, r.frame, &r.obs)?
-    } else {
-        let mut all = sy.store.load_snapshot()?;
-        all.bootstrapped = r.frame.bootstrapped; // shadow mode's own flag
-        all
-    };
+    super::trace_memory("dialogs observed");
+    let read = (r.cards_read() as u64, r.read_dialogs.len() as u64);
+    let (snap, staged) = r.plan_input(shadow)?;
     Ok(Observed {
         snap,
-        read: (r.read_cards.len() as u64, r.read_dialogs.len() as u64),
+        read,
         obs: r.obs,
         usermap,
         people,
@@ -158,6 +156,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         pipelines: r.pipelines,
         stored_pipelines,
         listing_brake: r.listing_brake,
+        staged,
     })
 }
 
@@ -174,7 +173,10 @@ struct Reader<'a, K, C, S: StateStore + 'a> {
     frame: Frame,
     /// What differs from the bases.
     obs: Observations,
-    /// Every card read this cycle (observed or equal to its base).
+    /// A first run's cards, staged instead of observed (`None` on other cycles).
+    staged: Option<StagedCards>,
+    /// Every card read this cycle (observed or equal to its base), except those a first run
+    /// staged (see [`Reader::was_read`]).
     read_cards: BTreeSet<CardId>,
     /// Every dialog read this cycle.
     read_dialogs: BTreeSet<DialogKey>,
@@ -276,6 +278,10 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
             base.as_ref(),
             &self.event_times,
         );
+        if let Some(staged) = &mut self.staged {
+            staged.push(id, &staged_state(base.as_ref(), o, self.now));
+            return;
+        }
         self.read_cards.insert(id);
         let same = base
             .as_ref()
@@ -283,6 +289,16 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         if !(same && self.frame.bootstrapped) {
             self.obs.cards.insert(id, o);
         }
+    }
+
+    /// Whether a card was read this cycle (staged or not).
+    fn was_read(&self, id: &CardId) -> bool {
+        self.read_cards.contains(id) || self.staged.as_ref().is_some_and(|s| s.contains(id))
+    }
+
+    /// How many cards were read this cycle.
+    fn cards_read(&self) -> usize {
+        self.read_cards.len() + self.staged.as_ref().map_or(0, StagedCards::len)
     }
 
     /// How many bases the db holds (a scan of the card keys: made once a cycle).
@@ -402,6 +418,22 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         Ok(())
     }
 
+    /// After the listing: the leads whose status was unknown are classified, the staged cards
+    /// (a first run) sealed, lead stages updated from the events, incoming leads linked.
+    async fn complete_cards(&mut self, events: &[KommoEvent]) -> Result<(), CycleError> {
+        self.classify_unknown_statuses().await?;
+        if let Some(staged) = &mut self.staged {
+            staged.seal()?; // by id from here on: lookups are binary searches
+        }
+        if self.sy.config.syncs_leads() {
+            self.stage_updates_from_events(events).await?;
+        }
+        if self.sy.config.syncs_incoming_leads() {
+            self.link_incoming_leads().await?;
+        }
+        Ok(())
+    }
+
     /// Leads whose status was unknown: the pipelines are read again, once.
     async fn classify_unknown_statuses(&mut self) -> Result<(), CycleError> {
         if self.unknown_status.is_empty() {
@@ -432,7 +464,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
                 latest.insert(card, st); // events are in time order: the last one wins
             }
         }
-        latest.retain(|c, _| !self.read_cards.contains(c));
+        latest.retain(|c, _| !self.was_read(c));
         let mut bases = BTreeMap::new();
         for c in latest.keys() {
             if let Some(b) = self.bases.card(c)? {
@@ -467,10 +499,16 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     async fn link_incoming_leads(&mut self) -> Result<(), CycleError> {
         let mut wanted = BTreeSet::new();
         for (id, o) in &self.obs.cards {
-            if id.kind == CardKind::Lead
-                && o.lead.kind == StageKind::Incoming
-                && o.dialog_refs.is_empty()
+            if awaits_unsorted_link(id, o.lead, &o.dialog_refs)
                 && !self.knows_a_contact(&o.contacts)?
+            {
+                wanted.insert(id.id);
+            }
+        }
+        for row in self.staged.iter().flat_map(StagedCards::iter) {
+            let (id, st) = row?;
+            if awaits_unsorted_link(&id, st.lead, &st.dialog_refs)
+                && !self.knows_a_contact(&st.contacts)?
             {
                 wanted.insert(id.id);
             }
@@ -479,18 +517,50 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
             return Ok(());
         }
         for (lead, r) in self.sy.kommo.unsorted_chat_refs(&wanted).await? {
-            if let Some(o) = self.obs.cards.get_mut(&CardId::new(CardKind::Lead, lead)) {
+            let id = CardId::new(CardKind::Lead, lead);
+            if let Some(o) = self.obs.cards.get_mut(&id) {
                 o.dialog_refs = vec![r];
+            } else if let Some(staged) = &mut self.staged
+                && let Some(mut st) = staged.card(&id)?
+            {
+                st.dialog_refs = vec![r];
+                staged.push(id, &st);
             }
         }
+        if let Some(staged) = &mut self.staged {
+            staged.seal()?;
+        }
         Ok(())
+    }
+
+    /// The bases the engine plans from, and (a first run) the staged cards that take no part
+    /// in a decision.
+    fn plan_input(&mut self, shadow: bool) -> Result<(Snapshot, StagedCards), CycleError> {
+        let frame = std::mem::take(&mut self.frame);
+        if let Some(mut staged) = self.staged.take() {
+            staged.seal()?;
+            let dialogs = self.sy.store.dialog_bases()?;
+            let (snap, taken) = first_run(&staged, &self.bases, frame, &mut self.obs, dialogs)?;
+            for id in &taken {
+                staged.take(id);
+            }
+            return Ok((snap, staged));
+        }
+        if frame.bootstrapped && !shadow {
+            let snap = neighbourhood(&self.bases, frame, &self.obs)?;
+            return Ok((snap, StagedCards::default()));
+        }
+        // shadow mode counts the agreeing pairs of the whole account: it plans from every base
+        let mut all = self.sy.store.load_snapshot()?;
+        all.bootstrapped = frame.bootstrapped; // shadow mode's own flag
+        Ok((all, StagedCards::default()))
     }
 
     /// Whether any of these contacts was read this cycle or has a base.
     fn knows_a_contact(&self, contacts: &[u64]) -> Result<bool, StoreError> {
         for c in contacts {
             let id = CardId::new(CardKind::Contact, *c);
-            if self.read_cards.contains(&id) || self.bases.card(&id)?.is_some() {
+            if self.was_read(&id) || self.bases.card(&id)?.is_some() {
                 return Ok(true);
             }
         }
@@ -550,13 +620,18 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
             .iter()
             .filter(|q| {
                 subject_record(&q.record).is_some_and(|r| match &r {
-                    RecordId::Card(c) => self.read_cards.contains(c),
+                    RecordId::Card(c) => self.was_read(c),
                     RecordId::Dialog(d) => self.read_dialogs.contains(d),
                 })
             })
             .map(|q| Quarantined::key_of(&q.record))
             .collect()
     }
+}
+
+/// An incoming lead with no dialog link of its own (its unsorted chat may give it one).
+fn awaits_unsorted_link(id: &CardId, stage: LeadStage, refs: &[DialogRef]) -> bool {
+    id.kind == CardKind::Lead && stage.kind == StageKind::Incoming && refs.is_empty()
 }
 
 /// The card or dialog a bad record names, when it names one.

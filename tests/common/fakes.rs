@@ -703,6 +703,9 @@ impl StateStore for FakeStore {
     fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
         self.call("store.load_snapshot".into(), |s| s.snap.clone())
     }
+    fn dialog_bases(&self) -> Result<BTreeMap<DialogKey, DialogState>, StoreError> {
+        self.call("store.dialog_bases".into(), |s| s.snap.dialogs.clone())
+    }
     fn frame(&self) -> Result<Frame, StoreError> {
         self.call("store.frame".into(), |s| Frame {
             parked: s.snap.parked.clone(),
@@ -790,6 +793,9 @@ impl StateStore for FakeStore {
     }
     fn commit_cycle(&self, c: &CycleCommit) -> Result<(), StoreError> {
         self.call(format!("store.commit_cycle {}", c.cycle.id), |s| {
+            for (id, st) in c.staged.untaken().map(Result::unwrap) {
+                s.snap.cards.insert(id, st);
+            }
             s.snap.apply(&c.settlement);
             for (id, at) in &c.events_seen {
                 s.events_seen.insert(id.clone(), *at);
