@@ -102,8 +102,8 @@ pub trait StateStore: Send + Sync {
     type Bases<'a>: BaseLookup<Error = StoreError> + Send
     where
         Self: 'a;
-    /// Every base, parked pair and held record, and whether the first cycle ran (a first run
-    /// plans from all of them; later cycles load only a neighbourhood).
+    /// Every base, parked pair and held record, and whether the first cycle ran (shadow cycles
+    /// plan from all of them; other cycles load only what they need).
     fn load_snapshot(&self) -> Result<Snapshot, StoreError>;
     /// Parked pairs, held records and whether the first cycle ran.
     fn frame(&self) -> Result<Frame, StoreError>;

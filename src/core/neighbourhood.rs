@@ -9,7 +9,10 @@
 //! - deciding a focus dialog needs every card linked to it (its `E_in` and `E_out`), and a card
 //!   receives proposals only from decided dialogs: so the cards linked to the focus dialogs;
 //! - a changed contact whose Messenger value matches no dialog is parked (rule 8): its dialogs are
-//!   focus dialogs, so "unknown" is told from "not loaded"; a parked one is a seed, likewise.
+//!   focus dialogs, so "unknown" is told from "not loaded"; a parked one is a seed, likewise;
+//! - a first run decides every dialog, so every dialog is its focus: it needs the cards linked to
+//!   any dialog, not the others (nothing parks or cascades from an unlinked card on a first run);
+//!   see [`first_run`].
 //!
 //! Links are found by *terms*: a dialog has its key, its chat id and its phone; a card has the
 //! terms its Messenger values and phones would match. Two records can be linked only if they

@@ -259,8 +259,8 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         self.observe_card(kind, &c, stage);
     }
 
-    /// Observes a card unless it equals its base (after the first run: a first run decides from
-    /// every card). A failed lookup is kept for [`Reader::lookup_result`].
+    /// Observes a card unless it equals its base; a first run stages every card instead (it
+    /// decides from every card). A failed lookup is kept for [`Reader::lookup_result`].
     fn observe_card(&mut self, kind: CardKind, c: &KommoCard, stage: LeadStage) {
         let id = CardId::new(kind, c.id);
         let base = match self.bases.card(&id) {
