@@ -38,15 +38,14 @@ impl StagedCards {
     /// Stages a card (again: the new value replaces the old one at the next seal).
     pub fn push(&mut self, id: CardId, st: &CardState) {
         let b = codec::card_bytes(st);
-        // a first run of more than 4 GiB of card bytes cannot be staged: u32 offsets are kept
-        // small on purpose; 4 GiB is ~100 million cards
-        let start = u32::try_from(self.bytes.len()).unwrap_or(u32::MAX);
+        // u32 offsets keep the entries small: past 4 GiB of card bytes (~100 million cards) an
+        // entry points nowhere, and decoding it fails with an error (never a wrong card)
+        let (start, len) = match (u32::try_from(self.bytes.len()), u32::try_from(b.len())) {
+            (Ok(start), Ok(len)) => (start, len),
+            _ => (u32::MAX, u32::MAX),
+        };
         self.bytes.extend_from_slice(&b);
-        self.entries.push(Entry {
-            id,
-            start,
-            len: b.len() as u32,
-        });
+        self.entries.push(Entry { id, start, len });
         self.sealed = false;
     }
 
@@ -97,9 +96,17 @@ impl StagedCards {
 
     fn decode(&self, i: usize) -> Result<(CardId, CardState), StoreError> {
         let e = self.entries[i];
-        let bytes = &self.bytes[e.start as usize..(e.start + e.len) as usize];
+        let (start, len) = (e.start as usize, e.len as usize);
+        let what = || format!("staged {}", e.id);
+        let bytes = start
+            .checked_add(len)
+            .and_then(|end| self.bytes.get(start..end))
+            .ok_or_else(|| StoreError::Decode {
+                what: what(),
+                reason: "beyond the 4 GiB a first run can stage".into(),
+            })?;
         let st = codec::card_from(bytes).map_err(|reason| StoreError::Decode {
-            what: format!("staged {}", e.id),
+            what: what(),
             reason,
         })?;
         Ok((e.id, st))
