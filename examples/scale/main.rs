@@ -9,8 +9,9 @@
 //! ```sh
 //! cargo build --release && cargo run --release --example scale -- --contacts 100000 --leads 150000 --dialogs 30000 --changes 100 --instances 20
 //! ```
-//! `--check` exits non-zero when a cycle costs more than its formula allows, an idle cycle writes
-//! to the state file, or the instances exceed the shared limit in some second (CI runs it small).
+//! `--check` exits non-zero when a cycle costs more than its formula allows, the first run leaves
+//! a card or dialog without a base, an idle cycle writes to the state file, or the instances
+//! exceed the shared limit in some second (CI runs it small). `--help` lists the options.
 
 mod daemon;
 mod instances;
@@ -24,6 +25,12 @@ use std::process::Command;
 use std::time::Instant;
 
 const MANAGERS: u64 = 20;
+
+const USAGE: &str =
+    "usage: scale [--contacts N] [--leads N] [--dialogs N (<= contacts)] [--changes K] \
+[--idle-cycles N] [--instances N] [--bin PATH] [--check]
+environment: SCALE_MEMTRACE=1 prints the daemon's memory per phase; SCALE_WRAP=\"CMD ARGS\" runs \
+the binary under CMD (a profiler); SCALE_KEEP=1 keeps the temp dir";
 
 struct Args {
     contacts: u64,
@@ -63,7 +70,14 @@ fn parse_args() -> Args {
             "--idle-cycles" => a.idle_cycles = num() as usize,
             "--instances" => a.instances = num() as usize,
             "--bin" => a.bin = PathBuf::from(it.next().expect("--bin PATH")),
-            other => panic!("unknown argument {other}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("unknown argument {other}\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     assert!(a.dialogs <= a.contacts, "--dialogs must be <= --contacts");
@@ -265,6 +279,18 @@ async fn main() {
         "state file after the first run: {:.1} MB",
         size() as f64 / 1e6
     );
+    // every card read has a base, whether the engine decided it or the commit stored it as staged
+    let (per_kind, dialogs) = chatapp_kommo_sync::store::Store::open_read_only(&state)
+        .and_then(|st| st.bases()?.counts())
+        .expect("read the state db's bases");
+    let count = |k| per_kind.get(&k).copied().unwrap_or(0) as u64;
+    use chatapp_kommo_sync::core::model::CardKind;
+    let (contacts, leads) = (count(CardKind::Contact), count(CardKind::Lead));
+    println!("bases after the first run: {contacts} contacts, {leads} leads, {dialogs} dialogs");
+    if a.check && (contacts, leads, dialogs as u64) != (a.contacts, a.leads, a.dialogs) {
+        println!("CHECK FAILED: the first run did not store a base for every card and dialog read");
+        ok = false;
+    }
 
     // 2. idle incremental (after one warm-up incremental past the overlap window)
     clock.advance(3600);
