@@ -118,8 +118,6 @@ pub trait StateStore: Send + Sync {
     fn watermarks(&self) -> Result<Watermarks, StoreError>;
     /// Kommo's pipelines as last read (`None`: never read).
     fn pipelines(&self) -> Result<Option<Pipelines>, StoreError>;
-    /// Records to read again (a write involving them failed).
-    fn recheck(&self) -> Result<BTreeSet<RecordId>, StoreError>;
     /// Records quarantined by earlier cycles.
     fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
     /// Kommo event ids already seen.

@@ -208,6 +208,7 @@ fn reads(read_at: i64, by_id: &[&str]) -> Vec<String> {
         "store.pipelines",
         "store.watermarks",
         "store.bases",
+        "store.quarantined",
         "kommo.users",
         "chatapp.employees",
         &format!("kommo.events lead,contact stages=true from={from}"),
@@ -215,17 +216,9 @@ fn reads(read_at: i64, by_id: &[&str]) -> Vec<String> {
         "kommo.filters_enabled",
         &format!("kommo.each_card lead since={from}"),
         &format!("kommo.each_card contact since={from}"),
-        "store.events_seen",
-        "store.recheck",
-        "store.quarantined",
     ]);
     v.extend(strings(by_id));
-    v.extend(strings(&[
-        &format!("chatapp.chats since={from}"),
-        "store.recheck",
-        "store.quarantined",
-        "store.quarantined",
-    ]));
+    v.extend(strings(&[&format!("chatapp.chats since={from}")]));
     v
 }
 
@@ -261,6 +254,7 @@ async fn idle_cycle_reads_exactly_this_and_writes_nothing() {
             "store.pipelines",
             "store.watermarks",
             "store.bases",
+            "store.quarantined",
             "kommo.users",
             "chatapp.employees",
             &format!("kommo.events lead,contact stages=true from={from}"),
@@ -268,13 +262,7 @@ async fn idle_cycle_reads_exactly_this_and_writes_nothing() {
             "kommo.filters_enabled",
             &format!("kommo.each_card lead since={from}"),
             &format!("kommo.each_card contact since={from}"),
-            "store.events_seen",
-            "store.recheck",
-            "store.quarantined",
             &format!("chatapp.chats since={from}"),
-            "store.recheck",
-            "store.quarantined",
-            "store.quarantined",
             "store.commit_cycle 2",
             "store.record_cycle 2 ok",
         ])

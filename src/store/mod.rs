@@ -1229,9 +1229,6 @@ impl crate::ports::StateStore for Store {
     fn pipelines(&self) -> Result<Option<crate::kommo::Pipelines>, StoreError> {
         self.meta(META_PIPELINES)
     }
-    fn recheck(&self) -> Result<BTreeSet<RecordId>, StoreError> {
-        Store::recheck(self)
-    }
     fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
         Store::quarantined(self)
     }

@@ -116,6 +116,8 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
             ..Default::default()
         },
         staged: (!frame_bootstrapped && !shadow).then(StagedCards::default),
+        seen: BTreeSet::new(),
+        quarantine: sy.store.quarantined()?,
         read_cards: BTreeSet::new(),
         read_dialogs: BTreeSet::new(),
         lookup_error: None,
@@ -138,7 +140,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     for b in &r.bad {
         tracing::error!(api = %b.api, endpoint = %b.endpoint, subject = b.subject.as_deref().unwrap_or("?"), path = %b.path, reason = %b.reason, "quarantined: a record that does not fit was skipped; the rest of the cycle goes on, and it is read again next cycle");
     }
-    let released = r.released(&sy.store.quarantined()?);
+    let released = r.released();
     super::trace_memory("dialogs observed");
     let read = (r.cards_read() as u64, r.read_dialogs.len() as u64);
     let (snap, staged) = r.plan_input(shadow)?;
@@ -173,6 +175,10 @@ struct Reader<'a, K, C, S: StateStore + 'a> {
     frame: Frame,
     /// What differs from the bases.
     obs: Observations,
+    /// Kommo event ids already handled (read once, with the events).
+    seen: BTreeSet<String>,
+    /// The quarantine as the cycle found it (read once).
+    quarantine: Vec<Quarantined>,
     /// A first run's cards, staged instead of observed (`None` on other cycles).
     staged: Option<StagedCards>,
     /// Every card read this cycle (observed or equal to its base), except those a first run
@@ -239,10 +245,10 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
                 *t = (*t).max(e.created_at);
             }
         }
-        let seen = self.sy.store.events_seen()?;
+        self.seen = self.sy.store.events_seen()?;
         let fresh = events
             .iter()
-            .filter(|e| !seen.contains(&e.id))
+            .filter(|e| !self.seen.contains(&e.id))
             .map(|e| (e.id.clone(), e.created_at))
             .collect();
         Ok((events, fresh))
@@ -366,18 +372,13 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
                 self.lookup_result()?;
             }
         }
-        let seen = sy.store.events_seen()?;
         let mut wanted: BTreeMap<CardKind, BTreeSet<u64>> = BTreeMap::new();
         let named_by_events = events
             .iter()
-            .filter(|e| !seen.contains(&e.id))
+            .filter(|e| !self.seen.contains(&e.id))
             .filter_map(KommoEvent::card);
-        let rereads = sy
-            .store
-            .recheck()?
-            .into_iter()
-            .chain(quarantined_records(&sy.store.quarantined()?));
-        let cards = named_by_events.chain(rereads.filter_map(|r| match r {
+        let rereads = self.rereads();
+        let cards = named_by_events.chain(rereads.into_iter().filter_map(|r| match r {
             RecordId::Card(c) => Some(c),
             RecordId::Dialog(_) => None,
         }));
@@ -596,14 +597,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         if self.full {
             return Ok(());
         }
-        let rereads: Vec<RecordId> = self
-            .sy
-            .store
-            .recheck()?
-            .into_iter()
-            .chain(quarantined_records(&self.sy.store.quarantined()?))
-            .collect();
-        for r in rereads {
+        for r in self.rereads() {
             if let RecordId::Dialog(d) = r
                 && !self.read_dialogs.contains(&d)
                 && let Some(c) = self.sy.chatapp.chat(&d).await?
@@ -614,9 +608,17 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         Ok(())
     }
 
+    /// The records read again on their own on an incremental cycle: held by a failed write, or
+    /// quarantined.
+    fn rereads(&self) -> BTreeSet<RecordId> {
+        let mut r = self.frame.held.clone();
+        r.extend(quarantined_records(&self.quarantine));
+        r
+    }
+
     /// Quarantine entries whose records read fine this cycle.
-    fn released(&self, quarantine: &[Quarantined]) -> Vec<String> {
-        quarantine
+    fn released(&self) -> Vec<String> {
+        self.quarantine
             .iter()
             .filter(|q| {
                 subject_record(&q.record).is_some_and(|r| match &r {

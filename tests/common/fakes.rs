@@ -735,9 +735,6 @@ impl StateStore for FakeStore {
     fn pipelines(&self) -> Result<Option<Pipelines>, StoreError> {
         self.call("store.pipelines".into(), |s| s.pipelines.clone())
     }
-    fn recheck(&self) -> Result<BTreeSet<RecordId>, StoreError> {
-        self.call("store.recheck".into(), |s| s.snap.held.clone())
-    }
     fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
         self.call("store.quarantined".into(), |s| {
             let mut v: Vec<Quarantined> = s.quarantine.values().cloned().collect();
