@@ -175,10 +175,14 @@ pub fn neighbourhood<L: BaseLookup>(
     frame: Frame,
     obs: &Observations,
 ) -> Result<Snapshot, L::Error> {
-    let (cards, dialogs) = reach(store, &frame, obs, BTreeSet::new())?;
+    let (cards, dialogs, mut loaded) = reach(store, &frame, obs, BTreeSet::new())?;
     let mut snap = empty(frame);
     for c in cards {
-        if let Some(st) = store.card(&c)? {
+        let base = match loaded.remove(&c) {
+            Some(known) => known,
+            None => store.card(&c)?,
+        };
+        if let Some(st) = base {
             snap.cards.insert(c, st);
         }
     }
@@ -205,7 +209,7 @@ where
     B: BaseLookup<Error = E>,
 {
     let focus = stored_dialogs.into_keys().collect();
-    let (cards, dialogs) = reach(&Layered { read, bases }, &frame, obs, focus)?;
+    let (cards, dialogs, _) = reach(&Layered { read, bases }, &frame, obs, focus)?;
     let mut snap = empty(frame);
     let mut taken = vec![];
     for c in cards {
@@ -314,6 +318,14 @@ where
     }
 }
 
+/// The cards and dialogs a walk reached, and the card bases it loaded on the way (for their
+/// links; `None`: no base).
+type Reached = (
+    BTreeSet<CardId>,
+    BTreeSet<DialogKey>,
+    BTreeMap<CardId, Option<CardState>>,
+);
+
 /// The walk from the seeds (and `focus`) to their neighbourhood: the cards and dialogs whose
 /// bases (or staged values) the engine needs.
 fn reach<L: BaseLookup>(
@@ -321,7 +333,7 @@ fn reach<L: BaseLookup>(
     frame: &Frame,
     obs: &Observations,
     mut focus: BTreeSet<DialogKey>,
-) -> Result<(BTreeSet<CardId>, BTreeSet<DialogKey>), L::Error> {
+) -> Result<Reached, L::Error> {
     let mut n = Walk {
         store,
         obs,
@@ -338,7 +350,7 @@ fn reach<L: BaseLookup>(
     for d in &focus {
         linked.extend(n.cards_of_dialog(d)?);
     }
-    Ok((linked, focus))
+    Ok((linked, focus, n.cards))
 }
 
 /// The records a cycle starts from: observed, held and parked cards; observed, held and parked
