@@ -649,17 +649,7 @@ impl Work<'_> {
                 self.card_changed.insert(id);
                 self.card_value_changed.insert(id);
             }
-            let st = CardState {
-                responsible: o.responsible,
-                changed_at,
-                flag: o.flag,
-                deleted: o.deleted,
-                contacts: o.contacts,
-                dialog_refs: o.dialog_refs,
-                phones: o.phones,
-                lead: o.lead,
-            };
-            self.cards.insert(id, st);
+            self.cards.insert(id, o.dated(changed_at));
         }
     }
 

@@ -412,9 +412,14 @@ pub struct CardObs {
 impl CardObs {
     /// The observation as a state (change time 0: the engine derives it).
     pub fn into_state(self) -> CardState {
+        self.dated(0)
+    }
+
+    /// The observation as a state whose value changed at `changed_at`.
+    pub fn dated(self, changed_at: i64) -> CardState {
         CardState {
             responsible: self.responsible,
-            changed_at: 0,
+            changed_at,
             flag: self.flag,
             deleted: self.deleted,
             contacts: self.contacts,

@@ -186,7 +186,11 @@ pub fn neighbourhood<L: BaseLookup>(
             snap.cards.insert(c, st);
         }
     }
-    load_dialogs(store, dialogs, &mut snap)?;
+    for d in dialogs {
+        if let Some(st) = store.dialog(&d)? {
+            snap.dialogs.insert(d, st);
+        }
+    }
     Ok(snap)
 }
 
@@ -208,8 +212,8 @@ where
     R: BaseLookup<Error = E>,
     B: BaseLookup<Error = E>,
 {
-    let focus = stored_dialogs.into_keys().collect();
-    let (cards, dialogs, _) = reach(&Layered { read, bases }, &frame, obs, focus)?;
+    let focus = stored_dialogs.keys().cloned().collect();
+    let (cards, _, _) = reach(&Layered { read, bases }, &frame, obs, focus)?;
     let mut snap = empty(frame);
     let mut taken = vec![];
     for c in cards {
@@ -220,7 +224,8 @@ where
             snap.cards.insert(c, st);
         }
     }
-    load_dialogs(bases, dialogs, &mut snap)?;
+    // every dialog base is in the focus, and a focus dialog without a base has none to load
+    snap.dialogs = stored_dialogs;
     Ok((snap, taken))
 }
 
@@ -234,33 +239,11 @@ fn empty(frame: Frame) -> Snapshot {
     }
 }
 
-/// Loads the bases of `dialogs` into `snap`.
-fn load_dialogs<L: BaseLookup>(
-    store: &L,
-    dialogs: BTreeSet<DialogKey>,
-    snap: &mut Snapshot,
-) -> Result<(), L::Error> {
-    for d in dialogs {
-        if let Some(st) = store.dialog(&d)? {
-            snap.dialogs.insert(d, st);
-        }
-    }
-    Ok(())
-}
-
 /// A card a first run read, as it is staged (and stored, unless it takes part in a decision):
 /// its observation dated as the engine dates it ([`card_change_time`], against its base).
 pub fn staged_state(base: Option<&CardState>, o: CardObs, now: i64) -> CardState {
-    CardState {
-        responsible: o.responsible,
-        changed_at: card_change_time(base.map(Into::into), &o, now),
-        flag: o.flag,
-        deleted: o.deleted,
-        contacts: o.contacts,
-        dialog_refs: o.dialog_refs,
-        phones: o.phones,
-        lead: o.lead,
-    }
+    let changed_at = card_change_time(base.map(Into::into), &o, now);
+    o.dated(changed_at)
 }
 
 /// The observation of a staged card: the engine dates it by its staged change time.

@@ -96,10 +96,11 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         // shadow cycles keep their own first-run flag; the db's stays false (see `super::shadow`)
         frame.bootstrapped = sy.store.shadow_bootstrapped()?;
     }
+    // a first run (not a shadow one: it plans from every base) stages the cards it reads
+    let staged = (!frame.bootstrapped && !shadow).then(StagedCards::default);
     let stored_pipelines = sy.store.pipelines()?;
     // A db whose lead stages were never read (new, or written before stages existed) gets a full
     // cycle: every lead is read with its stage before any lead decision.
-    let frame_bootstrapped = frame.bootstrapped;
     let full = full_asked
         || !frame.bootstrapped
         || (sy.config.syncs_leads() && stored_pipelines.is_none());
@@ -115,7 +116,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
             now,
             ..Default::default()
         },
-        staged: (!frame_bootstrapped && !shadow).then(StagedCards::default),
+        staged,
         seen: BTreeSet::new(),
         quarantine: sy.store.quarantined()?,
         read_cards: BTreeSet::new(),
