@@ -844,8 +844,11 @@ mod tests {
             }
         }
         // A required key says so; a commented key with a default shows it.
-        assert!(page.contains("\\fBstate_path\\fR\n"));
+        assert!(page.contains("\\fBbase_url\\fR\n"));
         assert!(page.contains("Required."));
+        assert!(page.contains(
+            "Default: \\fB\"/\\:var/\\:lib/\\:chatapp\\-kommo\\-sync/\\:state.redb\"\\fR."
+        ));
         assert!(page.contains("Default: \\fB\"30s\"\\fR."));
     }
 }

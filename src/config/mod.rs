@@ -14,6 +14,9 @@ use std::time::Duration;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/chatapp-kommo-sync/config.toml";
 /// The environment variable naming the config file.
 pub const CONFIG_ENV: &str = "CHATAPP_KOMMO_SYNC_CONFIG";
+/// The state db when `[daemon] state_path` is left out (SPEC 5): the package's and the image's
+/// state directory.
+pub const DEFAULT_STATE_PATH: &str = "/var/lib/chatapp-kommo-sync/state.redb";
 /// The longest duration a config may give (a year): longer ones would overflow the clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
@@ -53,7 +56,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
-    /// The redb state file.
+    /// The redb state file; [`DEFAULT_STATE_PATH`] when the config leaves it out (SPEC 5).
+    #[serde(default = "default_state_path")]
     pub state_path: PathBuf,
     /// Cron (5 or 6 fields) of incremental cycles.
     #[serde(default = "default_poll_schedule")]
@@ -410,6 +414,9 @@ pub struct UserPair {
 
 fn yes() -> bool {
     true
+}
+fn default_state_path() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_PATH)
 }
 fn default_poll_schedule() -> String {
     "*/30 * * * * *".into()
@@ -1274,6 +1281,14 @@ chat_to_crm = ["lead"]
         assert_eq!(c.kinds(), vec![CardKind::Lead, CardKind::Contact]);
         assert_eq!(c.daemon.webhook_min_interval, Duration::from_secs(30));
         assert_eq!(c.daemon.max_connections, 256);
+    }
+
+    #[test]
+    fn state_path_defaults_to_the_package_state_directory() {
+        let text = MINIMAL.replace("state_path = \"/tmp/x.redb\"\n", "");
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.daemon.state_path, PathBuf::from(DEFAULT_STATE_PATH));
+        assert_eq!(DEFAULT_STATE_PATH, "/var/lib/chatapp-kommo-sync/state.redb");
     }
 
     #[test]
