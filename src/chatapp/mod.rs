@@ -52,8 +52,13 @@ pub(crate) fn employee_subject(v: &serde_json::Value) -> Option<String> {
     v.get("id").map(|id| format!("employee {id}"))
 }
 
+/// The envelope every ChatApp answer carries: `{"success": true, "data": ..}` or
+/// `{"success": false, "error": {"code", "message"}}` (CA-HELP's error example; TEZ's
+/// `chatapp_client.py` and FARA read `success` on every answer, whatever the HTTP status).
 #[derive(Deserialize)]
 struct ErrorEnvelope {
+    #[serde(default)]
+    success: Option<bool>,
     #[serde(default)]
     error: Option<ErrorBody>,
 }
@@ -99,8 +104,9 @@ pub struct Chat {
     /// Phone, if any.
     #[serde(default)]
     pub phone: Option<String>,
-    /// Time of the last activity (unix seconds).
-    #[serde(default)]
+    /// Time of the last activity (unix seconds); `null` or absent (an old chat: SWIFT's
+    /// `AllItemsModel.swift` decodes it as `Int?`) is 0, older than any watermark.
+    #[serde(default, deserialize_with = "null_as_zero")]
     pub last_time: i64,
     /// The responsible employee, `null` when unassigned.
     #[serde(default)]
@@ -128,6 +134,11 @@ pub struct Conversation {
     /// Start (unix seconds), 0 if unknown.
     #[serde(default)]
     pub start_time: Option<i64>,
+}
+
+/// A number ChatApp may send as `null`: 0.
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(Option::<i64>::deserialize(d)?.unwrap_or(0))
 }
 
 /// A chat id or messenger type, which the daemon puts into URL paths as one segment: empty, `.`
@@ -218,15 +229,22 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn is_invalid_token(r: &Response) -> bool {
-    if !matches!(r.status.as_u16(), 401 | 403) {
-        return false;
+/// The error code a refusing answer carries: `success: false` (whatever the HTTP status), or a
+/// non-2xx status with an `error` object. `None` for a success.
+fn refusal_code(r: &Response) -> Option<String> {
+    let e = serde_json::from_slice::<ErrorEnvelope>(&r.body).ok();
+    let refused = e.as_ref().is_some_and(|e| e.success == Some(false));
+    if !refused && r.status.is_success() {
+        return None;
     }
-    serde_json::from_slice::<ErrorEnvelope>(&r.body)
-        .ok()
-        .and_then(|e| e.error)
-        .is_some_and(|e| e.code == "ApiInvalidTokenError")
-        || r.status.as_u16() == 401
+    Some(e.and_then(|e| e.error).map(|e| e.code).unwrap_or_default())
+}
+
+/// Whether an answer says the access token is not (or no longer) valid: 401, or the code
+/// `ApiInvalidTokenError` whatever the status (CA-HELP documents the code, not the status; TEZ
+/// keys on the body alone).
+pub(crate) fn is_invalid_token(r: &Response) -> bool {
+    r.status.as_u16() == 401 || refusal_code(r).is_some_and(|c| c == "ApiInvalidTokenError")
 }
 
 pub(crate) fn error_text(r: &Response) -> String {
@@ -325,7 +343,7 @@ impl ChatAppClient {
 
     /// Checks a login/refresh answer, decodes the pair and stores it durably before it is used.
     fn store_token_answer(&self, endpoint: &str, r: Response) -> Result<TokenPair, ApiError> {
-        if !r.status.is_success() {
+        if refusal_code(&r).is_some() {
             return Err(ApiError::Auth {
                 api: API,
                 reason: format!(
@@ -408,37 +426,57 @@ impl ChatAppClient {
                 body: error_text(&r),
             });
         }
+        if let Some(code) = refusal_code(&r) {
+            // a 2xx whose envelope says `success: false`: a refusal, never a success
+            return Err(ApiError::Refused {
+                api: API,
+                endpoint: self.api.with_host(endpoint),
+                status: r.status.as_u16(),
+                code: crate::redact::excerpt(&code, 80),
+                message: error_text(&r),
+            });
+        }
         Ok(r)
     }
 
-    /// Employees of the configured company.
+    /// Employees of the configured company, every page (`nextPage`, as the chat lists page:
+    /// TEZ's `chatapp_client.py` gives ChatApp's ceiling as 100 per page for lists; no source
+    /// says whether employees are paged, so the daemon follows `nextPage` when it is there).
     pub async fn employees(&self) -> Result<Vec<Employee>, ApiError> {
         let path = format!("/v1/companies/{}/employees", self.cfg.company_id);
         let endpoint = "GET /v1/companies/{companyId}/employees";
         let url = self.api.url(&path);
-        let r = self
-            .call(endpoint, |c, t| {
-                c.get(&url)
-                    .header("Authorization", t)
-                    .query(&[("limit", "500")])
-            })
-            .await?;
-        let (items, _, _): (Vec<EmployeeItem>, _, _) = self
-            .api
-            .decode_list::<_, Envelope<Items<EmployeeItem>>, Envelope<Items<serde_json::Value>>>(
-                endpoint,
-                &r.body,
-                "data.items",
-                employee_subject,
-            )?;
-        Ok(items
-            .into_iter()
-            .map(|i| Employee {
+        let mut out = vec![];
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = vec![("limit".to_string(), CHATS_LIMIT.to_string())];
+            if let Some(c) = &cursor {
+                q.push(("nextPage".into(), c.clone()));
+            }
+            let r = self
+                .call(endpoint, |c, t| {
+                    c.get(&url).header("Authorization", t).query(&q)
+                })
+                .await?;
+            let (items, next_page, _): (Vec<EmployeeItem>, _, _) = self
+                .api
+                .decode_list::<_, Envelope<Items<EmployeeItem>>, Envelope<Items<serde_json::Value>>>(
+                    endpoint,
+                    &r.body,
+                    "data.items",
+                    employee_subject,
+                )?;
+            out.extend(items.into_iter().map(|i| Employee {
                 id: EmployeeId(i.id),
                 name: crate::http::text_or_empty(i.full_name),
                 email: i.email.unwrap_or_default(),
-            })
-            .collect())
+            }));
+            match next_cursor(next_page) {
+                Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     /// Chats of the configured licenses, newest (`lastTime`) first. With `since`, stops after the
@@ -487,14 +525,11 @@ impl ChatAppClient {
                     out.push(chat);
                 }
             }
-            cursor = match next_page {
-                Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
-                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            };
-            if done || cursor.is_none() {
+            let next = next_cursor(next_page);
+            if done || next.is_none() || next == cursor {
                 break;
             }
+            cursor = next;
         }
         Ok(out)
     }
@@ -513,7 +548,8 @@ impl ChatAppClient {
             .await
         {
             Ok(r) => {
-                let e: Envelope<serde_json::Value> = self.api.decode(endpoint, &r.body)?;
+                let mut e: Envelope<serde_json::Value> = self.api.decode(endpoint, &r.body)?;
+                with_path_key(&mut e.data, key);
                 Ok(self
                     .api
                     .decode_record(endpoint, &e.data, "data", chat_subject))
@@ -595,6 +631,31 @@ impl ChatAppClient {
         .await?;
         Ok(())
     }
+}
+
+/// A list's `nextPage`: a string or a number; `null`, absent or empty ends the list.
+fn next_cursor(next_page: Option<serde_json::Value>) -> Option<String> {
+    match next_page {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The one-chat answer needs only what the daemon uses: `licenseId`, `messengerType` and `id`
+/// come from the request's path when the answer leaves them out. No source shows the whole body
+/// of `GET .../chats/{chatId}`; the only client that reads it (SLI `chatapp-evaluation.js`) uses
+/// `id`, `name` and `responsible.id`, so nothing else may be required of it.
+fn with_path_key(data: &mut serde_json::Value, key: &DialogKey) {
+    let Some(obj) = data.as_object_mut() else {
+        return;
+    };
+    obj.entry("licenseId")
+        .or_insert_with(|| serde_json::json!(key.license_id));
+    obj.entry("messengerType")
+        .or_insert_with(|| serde_json::json!(key.messenger_type));
+    obj.entry("id")
+        .or_insert_with(|| serde_json::json!(key.chat_id));
 }
 
 /// Fills `{licenseId}`, `{messengerType}` and `{chatId}` of the set-responsible path template.

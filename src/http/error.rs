@@ -32,6 +32,21 @@ pub enum ApiError {
         /// The start of the body.
         body: String,
     },
+    /// The API answered, and its answer's body says it refused the request (ChatApp: an envelope
+    /// with `"success": false`, whatever the HTTP status).
+    #[error("{api} {endpoint}: refused (HTTP {status}, {code}): {message}")]
+    Refused {
+        /// `chatapp`.
+        api: &'static str,
+        /// Method and URL.
+        endpoint: String,
+        /// The HTTP status (a 2xx when only the envelope refused).
+        status: u16,
+        /// The API's error code (`ApiValidationError`, ...).
+        code: String,
+        /// The API's message (shortened, scrubbed).
+        message: String,
+    },
     /// Retries ran past the cycle's time budget.
     #[error(
         "{api} {endpoint}: gave up after {attempts} attempt(s): the cycle's time budget is spent (last: {last})"
@@ -100,8 +115,8 @@ pub enum ApiError {
 
 impl ApiError {
     /// A short, stable class for metrics and logs (`cycle_errors_total{error}`): what happened
-    /// (`connect`, `timeout`, `http_5xx`, `http_429`, `http_4xx`, `decode`, `budget`, `blocked`,
-    /// `auth`, `limiter`, `store`).
+    /// (`connect`, `timeout`, `http_5xx`, `http_429`, `http_4xx`, `refused`, `decode`, `budget`,
+    /// `blocked`, `auth`, `limiter`, `store`).
     pub fn label(&self) -> &'static str {
         match self {
             ApiError::Transport { class, .. } => class,
@@ -110,6 +125,7 @@ impl ApiError {
                 500..=599 => "http_5xx",
                 _ => "http_other",
             },
+            ApiError::Refused { .. } => "refused",
             ApiError::Budget { .. } => "budget",
             ApiError::Decode { .. } => "decode",
             ApiError::Blocked { .. } => "blocked",

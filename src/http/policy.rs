@@ -33,6 +33,8 @@ pub fn error_policy(e: &ApiError) -> ErrorPolicy {
     match e {
         ApiError::Status { status, .. } => status_policy(*status),
         ApiError::Transport { .. } => ErrorPolicy::Retry,
+        // the envelope refused it (the token refusal was handled by the client already)
+        ApiError::Refused { .. } => ErrorPolicy::Reject,
         ApiError::Budget { .. }
         | ApiError::Decode { .. }
         | ApiError::Blocked { .. }

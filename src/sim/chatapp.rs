@@ -38,7 +38,11 @@
 //!   no item follows. A malformed cursor is `422`.
 //! - **Per-license list**: same ordering and cursor; `lastTime=T` returns chats with
 //!   `lastTime < T`.
-//! - **Employees**: all employees are returned; `limit` is accepted and ignored.
+//! - **Employees**: all employees are returned; `limit` is accepted and ignored (unless
+//!   [`ChatAppSim::set_employee_page_size`] pages them with a `nextPage` cursor).
+//! - **Answer shapes of issue 18** (off by default, see `quirks`): a write refused in a 200
+//!   envelope or answered without effect ([`ChatAppSim::set_write_behaviour`]), and a one-chat
+//!   answer with only `id`, `name`, `responsible` ([`ChatAppSim::set_minimal_chat_answer`]).
 //! - **PUT responsible**: `responsibleId` may be a number or a numeric string; unknown employee
 //!   or a missing/invalid id is `422 ApiValidationError`; unknown chat `404 ApiNotFoundError`.
 //!   Every accepted PUT (also one that sets the same value) appends a system message, sets
@@ -60,6 +64,9 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
+
+mod quirks;
+pub use quirks::WriteBehaviour;
 
 use super::SimClock;
 use super::faults::{
@@ -197,6 +204,7 @@ struct CState {
     overrides: HashMap<ChatKey, JsonOverride>,
     seq: u64,
     rng: XorShift,
+    quirks: quirks::Quirks,
 }
 
 struct Shared {
@@ -243,6 +251,7 @@ impl ChatAppSim {
                     overrides: HashMap::new(),
                     seq: 0,
                     rng: XorShift::new(seed),
+                    quirks: quirks::Quirks::default(),
                 }),
                 faults: Faults::default(),
                 clock,
@@ -630,8 +639,8 @@ impl ChatAppSim {
                 if cid.parse::<u64>().ok() != Some(cfg.company_id) {
                     return not_found("Company not found");
                 }
-                let items: Vec<Value> = st.employees.values().map(employee_json).collect();
-                ok(json!({ "items": items }))
+                st.quirks
+                    .employees_page(st.employees.values(), param(&inc.params, "nextPage"))
             }
             ["companies", cid, "employees", eid] if get => {
                 if cid.parse::<u64>().ok() != Some(cfg.company_id) {
@@ -686,7 +695,7 @@ impl ChatAppSim {
                     .ok()
                     .and_then(|l| st.chats.get(&key(l, mt, chat)))
                 {
-                    Some(c) => ok(st.render(c)),
+                    Some(c) => ok(st.quirks.one_chat(st.render(c))),
                     None => not_found("Chat not found"),
                 }
             }
@@ -718,6 +727,18 @@ impl ChatAppSim {
                 };
                 if !st.employees.contains_key(&id) {
                     return validation("The selected responsibleId is invalid");
+                }
+                match st.quirks.write {
+                    WriteBehaviour::Applies => {}
+                    WriteBehaviour::RefusedInEnvelope => {
+                        return quirks::refusal(StatusCode::OK, "Responsible can not be changed");
+                    }
+                    WriteBehaviour::NoEffect => {
+                        return st.chats.get(&k).map_or_else(
+                            || not_found("Chat not found"),
+                            |c| ok(st.render(c)),
+                        );
+                    }
                 }
                 st.assign(&k, Some(id), now);
                 st.written.push((k.0, k.1.clone(), k.2.clone(), id));
