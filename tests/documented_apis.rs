@@ -117,3 +117,88 @@ async fn employees_on_later_pages_are_mapped() {
         r.stderr
     );
 }
+
+/// "The events query sends a lone `filter[created_at][from]`": a server that ignores that form
+/// (the simulator now does) made every cycle page the whole event history. In the documented bare
+/// form an incremental cycle reads only the new events.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_cycle_reads_only_new_events_in_the_documented_filter_form() {
+    let env = Env::new("").await;
+    // a long history before the first run: 450 reassignments of contact Pavel, ending as it was
+    for i in 0..450 {
+        let (to, by) = if i % 2 == 0 {
+            (504142, 504141)
+        } else {
+            (504141, 504142)
+        };
+        env.w
+            .kommo
+            .set_responsible_as_human("contacts", 1004, to, by);
+    }
+    env.w.clock.advance(3600);
+    env.once(&[]).await;
+    let events_reads = |env: &Env| {
+        env.w
+            .kommo
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/api/v4/events")
+            .count()
+    };
+    let before = events_reads(&env);
+    env.w.clock.advance(60);
+    env.w
+        .kommo
+        .set_responsible_as_human("contacts", 1001, 504142, 504141);
+    let r = env.once(&[]).await;
+    let pages = events_reads(&env) - before;
+    assert_eq!(pages, 1, "one events page for one new event: {}", r.stdout);
+    assert_eq!(env.w.chatapp.responsible_of(1, WA, &chat(1)), Some(85502));
+    let q = env.w.kommo.requests();
+    let last = q.iter().rev().find(|r| r.path == "/api/v4/events").unwrap();
+    assert!(
+        last.query.contains("filter%5Bcreated_at%5D=")
+            || last.query.contains("filter[created_at]="),
+        "the bare documented form: {}",
+        last.query
+    );
+}
+
+/// "`/customers` has no documented `order`; incremental customer reads rely on it": the
+/// simulator now ignores `order` there, as a real account may. A customer linked (no responsible
+/// event) beyond the first page is still found by an incremental cycle and follows its dialog.
+#[tokio::test(flavor = "multi_thread")]
+async fn customer_changes_are_found_without_an_undocumented_order() {
+    use chatapp_kommo_sync::sim::SimCard;
+    let env = Env::new("").await;
+    env.edit_config(|t| {
+        t.replace(
+            r#"chat_to_crm = ["lead"]"#,
+            r#"chat_to_crm = ["lead", "customer"]"#,
+        )
+    });
+    env.w.kommo.add_cards(
+        "customers",
+        (3000..3300).map(|id| SimCard::new(id, format!("customer {id}"), 504141)),
+    );
+    env.once(&[]).await;
+    env.w.clock.advance(60);
+    // the last customer (second page by id) gets Maria as its contact: no responsible event
+    env.w.kommo.link_contact("customers", 3299, 1002);
+    // and Maria's dialog goes to Vera
+    env.w.chatapp.assign_as_human(1, WA, &chat(2), Some(85503));
+    let r = env.once(&[]).await;
+    assert_eq!(
+        env.w.kommo.responsible_of("customers", 3299),
+        Some(504143),
+        "the newly linked customer follows the dialog: {}",
+        r.stdout
+    );
+    let q = env.w.kommo.requests();
+    assert!(
+        q.iter()
+            .filter(|r| r.path == "/api/v4/customers")
+            .all(|r| !r.query.contains("order")),
+        "no order sent to /customers"
+    );
+}

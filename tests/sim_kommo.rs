@@ -374,13 +374,17 @@ async fn events_window_entities_paging_and_204() {
     .await;
     assert_eq!(comma["_embedded"]["events"].as_array().unwrap().len(), 3);
 
-    let (st, body) = get(
+    // the documented bare form means "created after" (AMO events-and-notes.md L52-53)
+    let (st, body) = get(&s, &format!("{base}&filter[created_at]={}", t0 + 999)).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert!(body.is_empty());
+    // a lone [from] is a form the docs do not show: ignored, the whole history comes back
+    let lone = get_json(
         &s,
         &format!("{base}&filter[created_at][from]={}", t0 + 1000),
     )
     .await;
-    assert_eq!(st, StatusCode::NO_CONTENT);
-    assert!(body.is_empty());
+    assert_eq!(lone["_embedded"]["events"].as_array().unwrap().len(), 3);
 
     // Paging: full page has next, past the end is 204; limit capped at 100.
     let p1 = get_json(&s, &format!("{base}&limit=2&page=1")).await;

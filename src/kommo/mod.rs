@@ -795,8 +795,9 @@ impl KommoClient {
         Ok(out)
     }
 
-    /// Lists cards of a kind. With `updated_since`, pages newest-updated first and stops at the first
-    /// card updated before it; otherwise lists all. A 204 or a short page ends the listing (a `next`
+    /// Lists cards of a kind. With `updated_since`, only cards updated since (see
+    /// [`changed_since_query`]): newest-updated first, stopping at the first older card, or for
+    /// customers through the documented `updated_at` range filter; otherwise lists all. A 204 or a short page ends the listing (a `next`
     /// link is not trusted).
     pub async fn list_cards(
         &self,
@@ -827,8 +828,8 @@ impl KommoClient {
             if kind != CardKind::Contact {
                 q.push(("with".into(), "contacts".into()));
             }
-            if updated_since.is_some() {
-                q.push(("order[updated_at]".into(), "desc".into()));
+            if let Some(since) = updated_since {
+                q.extend(changed_since_query(kind, since));
             }
             let r = self.get(&path, &q).await?;
             if r.status.as_u16() == 204 || r.body.is_empty() {
@@ -841,7 +842,8 @@ impl KommoClient {
                 if let Some(since) = updated_since
                     && c.updated_at < since
                 {
-                    done = true;
+                    // newest first: the rest is older too (where the order is documented)
+                    done |= ordered_by_update(kind);
                     continue;
                 }
                 count += 1;
@@ -948,10 +950,7 @@ impl KommoClient {
         for page in 1.. {
             let mut q = vec![
                 ("filter[type]".to_string(), types.clone()),
-                (
-                    "filter[created_at][from]".to_string(),
-                    from.max(0).to_string(),
-                ),
+                ("filter[created_at]".to_string(), events_since(from)),
                 ("limit".to_string(), EVENTS_LIMIT.to_string()),
                 ("page".to_string(), page.to_string()),
             ];
@@ -1236,6 +1235,44 @@ impl crate::ports::KommoApi for KommoClient {
     async fn retry_unsaved_token(&self) -> bool {
         self.auth.retry_unsaved().await
     }
+}
+
+/// The `filter[created_at]` value that asks for events created at or after `from`.
+///
+/// Source: AMO `crm_platform/events-and-notes.md` L52-53 documents two forms, a bare timestamp
+/// ("events created after the passed value") or a `[from]`+`[to]` pair; amoCRM's PHP library
+/// (`Filters/EventsFilter.php`) sends the bare form. A lone `[from]`, which the daemon sent
+/// before, is shown nowhere. "After" is read as strictly after, so the value is `from - 1`: an
+/// event in the cursor's own second is read again (events are deduplicated by id), never lost.
+fn events_since(from: i64) -> String {
+    (from.max(1) - 1).to_string()
+}
+
+/// Far enough ahead to be "no upper bound" for an `updated_at` range (2100-01-01).
+const NO_UPPER_BOUND: i64 = 4_102_444_800;
+
+/// Whether listings of `kind` can be asked newest-updated first (`order[updated_at]=desc`).
+///
+/// Source: AMO `crm_platform/leads-api.md` L40-42 (and the contacts and companies pages) list
+/// `order` by `created_at, updated_at, id`; `customers-api.md` L110-119 lists `with, page,
+/// limit, query, filter` and no `order` (amoCRM's PHP library sends it anyway; the daemon does not
+/// rely on what the docs do not show).
+fn ordered_by_update(kind: CardKind) -> bool {
+    kind != CardKind::Customer
+}
+
+/// The query that lists the cards of `kind` updated at or after `since`: `order[updated_at]=desc`
+/// (the listing stops at the first older card) where [`ordered_by_update`], else the range filter
+/// `filter[updated_at][from]`+`[to]` that `crm_platform/filters-api.md` documents for customers
+/// (L146, with the from+to example of L202), every page read.
+fn changed_since_query(kind: CardKind, since: i64) -> Vec<(String, String)> {
+    if ordered_by_update(kind) {
+        return vec![("order[updated_at]".into(), "desc".into())];
+    }
+    vec![
+        ("filter[updated_at][from]".into(), since.max(0).to_string()),
+        ("filter[updated_at][to]".into(), NO_UPPER_BOUND.to_string()),
+    ]
 }
 
 #[cfg(test)]

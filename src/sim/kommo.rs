@@ -28,10 +28,11 @@
 //!   the returned page is full).
 //! - **Events order**: ascending by `(created_at, insertion order)`. Bounds of every `[from]`/`[to]`
 //!   range filter (events `created_at`, cards `updated_at`/`created_at`) are **inclusive**. The
-//!   legacy `filter[created_at]=from,to` and a single `filter[created_at]=ts` ("from") are accepted.
+//!   legacy `filter[created_at]=from,to` is accepted; a bare `filter[created_at]=ts` means "created
+//!   after ts" (AMO `events-and-notes.md` L52-53), and a lone `[from]` on events is ignored.
 //! - **Cards**: default order `id` asc; `order[id|updated_at|created_at]=asc|desc` (ties broken by
-//!   `id` asc). `filter[id]`, `filter[responsible_user_id]` (array, `[N]` or comma forms),
-//!   `filter[updated_at][from|to]`, `filter[created_at][from|to]`. With `api_filter_enabled: false`
+//!   `id` asc; ignored on customers, whose docs do not list `order`). `filter[id]`,
+//!   `filter[responsible_user_id]` (array, `[N]` or comma forms), `filter[updated_at][from|to]`, `filter[created_at][from|to]`. With `api_filter_enabled: false`
 //!   every `filter[..]` and `order[..]` parameter is **silently ignored** (default order, no
 //!   filtering).
 //! - **Deleted cards** are hidden from lists and `GET /{kind}/{id}` (`204`); `with=only_deleted`
@@ -1234,7 +1235,8 @@ impl KommoSim {
                     && in_range(upd, e.card.updated_at)
                     && in_range(crt, e.card.created_at)
             });
-            if let Some((field, desc)) = order_param(q) {
+            // customers: `order` is not documented (AMO `customers-api.md` L110-119): ignored
+            if let Some((field, desc)) = order_param(q).filter(|_| kind != CardKind::Customer) {
                 items.sort_by(|a, b| {
                     let (ka, kb) = match field {
                         "updated_at" => (a.card.updated_at, b.card.updated_at),
@@ -1616,13 +1618,7 @@ impl KommoSim {
         let created_by: Option<HashSet<u64>> = multi(q, "filter[created_by]")
             .map(|v| v.iter().filter_map(|s| s.parse().ok()).collect());
         let ids: Option<HashSet<String>> = multi(q, "filter[id]").map(|v| v.into_iter().collect());
-        let mut created = range(q, "filter[created_at]");
-        if created == (None, None)
-            && let Some(legacy) = param(q, "filter[created_at]")
-        {
-            let mut parts = legacy.split(',').map(|s| s.trim().parse::<i64>().ok());
-            created = (parts.next().flatten(), parts.next().flatten());
-        }
+        let created = events_created_filter(q);
         let mut evs: Vec<&EventRec> = st
             .events
             .iter()
@@ -1970,6 +1966,27 @@ fn range(params: &[(String, String)], base: &str) -> (Option<i64>, Option<i64>) 
         param(params, &format!("{base}[{suffix}]")).and_then(|v| v.trim().parse::<i64>().ok())
     };
     (get("from"), get("to"))
+}
+
+/// The events' `filter[created_at]` as the docs show it (AMO `events-and-notes.md` L52-53): a
+/// bare timestamp means created strictly after it; `[from]`+`[to]` an inclusive range. A lone
+/// `[from]` (or a lone `[to]`) is a form the docs do not show: it is ignored, as the worst case
+/// of a real account, so a client sending it pages the whole history. The legacy
+/// `from,to` comma form is accepted.
+fn events_created_filter(q: &[(String, String)]) -> (Option<i64>, Option<i64>) {
+    match range(q, "filter[created_at]") {
+        (Some(from), Some(to)) => return (Some(from), Some(to)),
+        (None, None) => {}
+        _ => return (None, None),
+    }
+    let Some(bare) = param(q, "filter[created_at]") else {
+        return (None, None);
+    };
+    let mut parts = bare.split(',').map(|s| s.trim().parse::<i64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(after), None) => (after.checked_add(1), None),
+        other => other,
+    }
 }
 
 fn in_range(r: (Option<i64>, Option<i64>), v: i64) -> bool {
