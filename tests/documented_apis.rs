@@ -202,3 +202,53 @@ async fn customer_changes_are_found_without_an_undocumented_order() {
         "no order sent to /customers"
     );
 }
+
+/// "Non-rate 403s (IP allow-list, a non-admin token) open the 30-minute block breaker and tell
+/// the operator to contact Kommo support": three 403s with code 113 in one process name the
+/// allow-list and open no breaker; the cycle after them runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ip_allow_list_403_is_named_and_opens_no_breaker() {
+    use chatapp_kommo_sync::sim::{Fault, FaultRule};
+    use chatapp_kommo_sync::sync::{CycleOptions, LiveSyncer};
+    let env = Env::new("").await;
+    let loaded = chatapp_kommo_sync::config::load(&env.config).unwrap();
+    let store = std::sync::Arc::new(
+        chatapp_kommo_sync::store::Store::open(&loaded.config.daemon.state_path).unwrap(),
+    );
+    let syncer = LiveSyncer::live(&loaded, store.clone()).unwrap();
+    syncer.run_cycle(CycleOptions::default()).await.unwrap();
+    env.w
+        .kommo
+        .push_fault(FaultRule::new(Fault::IpNotAllowed).times(3));
+    for i in 0..3 {
+        let e = syncer
+            .run_cycle(CycleOptions::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("IP allow-list") && !e.contains("blocked"),
+            "{i}: {e}"
+        );
+    }
+    env.w
+        .kommo
+        .set_responsible_as_human("contacts", 1001, 504142, 504141);
+    syncer.run_cycle(CycleOptions::default()).await.unwrap();
+    assert_eq!(env.w.chatapp.responsible_of(1, WA, &chat(1)), Some(85502));
+}
+
+/// Kommo 402 (the account is not paid) is named as such, through the binary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_402_says_the_account_is_not_paid() {
+    use chatapp_kommo_sync::sim::{Fault, FaultRule};
+    let env = Env::new("").await;
+    env.once(&[]).await;
+    env.w
+        .kommo
+        .push_fault(FaultRule::new(Fault::Status(402)).times(1));
+    let r = env.run(&["once"]).await;
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("not paid"), "{}", r.stderr);
+    assert!(!r.stderr.contains("blocked"), "{}", r.stderr);
+}

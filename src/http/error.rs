@@ -83,6 +83,17 @@ pub enum ApiError {
         /// When calls resume (unix seconds).
         until_unix: i64,
     },
+    /// Kommo refused the account as a whole, for a named cause (not paid, IP not allowed, rights):
+    /// nothing a retry or a pause fixes; the operator does.
+    #[error("{api} {endpoint}: {}", refusal.explain())]
+    Account {
+        /// `kommo`.
+        api: &'static str,
+        /// Method and URL.
+        endpoint: String,
+        /// The cause.
+        refusal: super::account::AccountRefusal,
+    },
     /// The limit shared with the other instances on this machine cannot be used (its file cannot
     /// be opened): a setup problem, not a failed call.
     #[error(
@@ -116,7 +127,7 @@ pub enum ApiError {
 impl ApiError {
     /// A short, stable class for metrics and logs (`cycle_errors_total{error}`): what happened
     /// (`connect`, `timeout`, `http_5xx`, `http_429`, `http_4xx`, `refused`, `decode`, `budget`,
-    /// `blocked`, `auth`, `limiter`, `store`).
+    /// `blocked`, `not_paid`, `ip_not_allowed`, `not_admin`, `auth`, `limiter`, `store`).
     pub fn label(&self) -> &'static str {
         match self {
             ApiError::Transport { class, .. } => class,
@@ -129,6 +140,7 @@ impl ApiError {
             ApiError::Budget { .. } => "budget",
             ApiError::Decode { .. } => "decode",
             ApiError::Blocked { .. } => "blocked",
+            ApiError::Account { refusal, .. } => refusal.label(),
             ApiError::Auth { .. } => "auth",
             ApiError::Limiter { .. } => "limiter",
             ApiError::Store { .. } => "store",

@@ -7,6 +7,7 @@
 //! One attempt is [`ApiClient::attempt`]; [`ApiClient::execute_passing`] strings attempts
 //! together: breaker, wait for our turn, attempt, and on a failure worth retrying, wait.
 
+pub mod account;
 mod decode;
 mod error;
 mod limit;
@@ -340,18 +341,31 @@ impl ApiClient {
         }
     }
 
-    /// Opens the breaker on a 403 with an HTML page, or on [`REPEATED_403`] 403s in a row, when
-    /// this API has a cool-off.
+    /// When this API has a cool-off (Kommo): a 402 or a 403 whose cause is known (IP allow-list,
+    /// rights; see [`account::account_refusal`]) is named and opens nothing; a 403 with an HTML
+    /// page, or [`REPEATED_403`] 403s in a row of unknown cause, opens the breaker.
     fn check_block(&self, endpoint: &str, r: &Response) -> Result<(), ApiError> {
+        let Some(cool) = self.limits.block_cooloff else {
+            return Ok(());
+        };
+        let path = endpoint.rsplit(' ').next().unwrap_or(endpoint);
+        if !r.is_html()
+            && let Some(refusal) = account::account_refusal(r.status.as_u16(), path, &r.body)
+        {
+            self.forbidden_in_a_row.store(0, Ordering::SeqCst);
+            tracing::error!(api = self.api, endpoint = %self.with_host(endpoint), cause = refusal.label(), "{}", refusal.explain());
+            return Err(ApiError::Account {
+                api: self.api,
+                endpoint: self.with_host(endpoint),
+                refusal,
+            });
+        }
         let forbidden = r.status == StatusCode::FORBIDDEN;
         let in_a_row = if forbidden {
             self.forbidden_in_a_row.fetch_add(1, Ordering::SeqCst) + 1
         } else {
             self.forbidden_in_a_row.store(0, Ordering::SeqCst);
             0
-        };
-        let Some(cool) = self.limits.block_cooloff else {
-            return Ok(());
         };
         if !forbidden || !(r.is_html() || in_a_row >= REPEATED_403) {
             return Ok(());

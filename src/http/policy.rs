@@ -38,6 +38,7 @@ pub fn error_policy(e: &ApiError) -> ErrorPolicy {
         ApiError::Budget { .. }
         | ApiError::Decode { .. }
         | ApiError::Blocked { .. }
+        | ApiError::Account { .. }
         | ApiError::Auth { .. }
         | ApiError::Limiter { .. }
         | ApiError::Store { .. } => ErrorPolicy::Fail,
@@ -50,7 +51,10 @@ pub fn is_wrong_setting(e: &ApiError) -> bool {
     error_policy(e) == ErrorPolicy::Reject
         || matches!(
             e,
-            ApiError::Auth { .. } | ApiError::Decode { .. } | ApiError::Limiter { .. }
+            ApiError::Auth { .. }
+                | ApiError::Account { .. }
+                | ApiError::Decode { .. }
+                | ApiError::Limiter { .. }
         )
 }
 

@@ -122,6 +122,10 @@ pub enum Fault {
     Truncated,
     /// HTTP 403 with an nginx `text/html` page.
     HtmlForbidden,
+    /// Kommo: HTTP 403 with a problem body carrying error code 113 (this IP is not in the
+    /// account's allow-list; AMO `error-codes.md` L45). The body's shape is an assumption: no
+    /// source shows it.
+    IpNotAllowed,
     /// Waits this long, then serves the request normally.
     Latency(Duration),
     /// Serves the request (a write is applied), then waits this long before answering: the crash
@@ -378,6 +382,7 @@ where
         Admission::Fault(Fault::TooMany { retry_after }) => too_many(flavor, retry_after),
         Admission::Fault(Fault::Status(code)) => status_error(flavor, code),
         Admission::Fault(Fault::HtmlForbidden) => html_forbidden(),
+        Admission::Fault(Fault::IpNotAllowed) => ip_not_allowed(),
         Admission::Fault(Fault::LatencyAfter(d)) => {
             let r = handler(incoming);
             tokio::time::sleep(d).await;
@@ -486,6 +491,18 @@ pub(crate) fn kommo_problem(status: StatusCode, detail: &str) -> Response {
         body["trace_id"] = json!("sim-trace-0001");
     }
     json_response(status, "application/problem+json", &body)
+}
+
+/// Kommo's 403 for an IP outside the account's allow-list (code 113).
+fn ip_not_allowed() -> Response {
+    let body = json!({
+        "title": "Forbidden",
+        "type": "https://httpstatus.es/403",
+        "status": 403,
+        "detail": "Access to this account is denied from your IP address",
+        "code": 113,
+    });
+    json_response(StatusCode::FORBIDDEN, "application/problem+json", &body)
 }
 
 /// A ChatApp `{"success": false, "error": {...}}` error.
