@@ -287,6 +287,8 @@ fn print_once(
             WriteResult::Shadowed => "would write (shadow mode)".to_string(),
             WriteResult::Dropped(why) => format!("dropped ({})", at.text(why)),
             WriteResult::Rejected(why) => format!("rejected ({})", at.text(why)),
+            WriteResult::NotApplied(why) => format!("write not applied ({})", at.text(why)),
+            WriteResult::Waiting(why) => format!("held back ({})", at.text(why)),
         };
         println!("{tag}: {}", describe_write(at, w));
     }

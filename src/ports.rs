@@ -15,7 +15,8 @@ use crate::core::model::{
 };
 use crate::core::neighbourhood::{BaseLookup, Frame};
 use crate::http::{ApiError, BadRecord};
-use crate::kommo::{KommoCard, KommoEvent, Pipelines};
+use crate::kommo::{KommoCard, KommoEvent, PatchOutcome, Pipelines};
+use crate::store::failures::WriteFailure;
 use crate::store::{
     AuditEntry, CycleCommit, CycleRecord, Intent, Quarantined, Retention, StoreError, Watermarks,
 };
@@ -69,12 +70,13 @@ pub trait KommoApi: ApiMeter {
         &self,
         wanted: &BTreeSet<u64>,
     ) -> impl Future<Output = Result<BTreeMap<u64, DialogRef>, ApiError>> + Send;
-    /// Sets the responsible of cards of `kind` (one batch); returns the ids confirmed.
+    /// Sets the responsible of cards of `kind` (one batch); returns the ids confirmed and the
+    /// ids Kommo refused, each with its reason (the others are still written).
     fn patch_responsible(
         &self,
         kind: CardKind,
         items: &[(u64, KommoUserId)],
-    ) -> impl Future<Output = Result<BTreeSet<u64>, ApiError>> + Send;
+    ) -> impl Future<Output = Result<PatchOutcome, ApiError>> + Send;
     /// Stores a rotated token pair that lives only in memory; true when none is left unstored.
     fn retry_unsaved_token(&self) -> impl Future<Output = bool> + Send;
 }
@@ -130,6 +132,10 @@ pub trait StateStore: Send + Sync {
     fn confirm_write(&self, intent: &Intent, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Removes an intent whose write certainly did not happen.
     fn drop_intent(&self, target: &RecordId) -> Result<(), StoreError>;
+    /// Writes that failed (refused, or not applied), parked by target until their back-off ends.
+    fn write_failures(&self) -> Result<BTreeMap<RecordId, WriteFailure>, StoreError>;
+    /// Parks a failed write: the failure, its audit entry and the intent's removal, together.
+    fn park_write(&self, failure: &WriteFailure, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Commits the end of a cycle in one transaction.
     fn commit_cycle(&self, commit: &CycleCommit) -> Result<(), StoreError>;
     /// Records a cycle that did not commit.

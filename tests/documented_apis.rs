@@ -252,3 +252,108 @@ async fn a_402_says_the_account_is_not_paid() {
     assert!(r.stderr.contains("not paid"), "{}", r.stderr);
     assert!(!r.stderr.contains("blocked"), "{}", r.stderr);
 }
+
+/// "One refused card blocks its whole batch, every cycle": Kommo refuses one lead's new user
+/// (`validation-errors` naming its `request_id`). The five other leads of the batch are written in
+/// the same cycle; the refused one is parked and not sent again in the next three cycles;
+/// `status` names it with Kommo's code.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_refused_card_does_not_hold_back_its_batch() {
+    use chatapp_kommo_sync::sim::{SimCard, SimField};
+    let env = Env::new("").await;
+    let flag = SimField::checkbox(184994, true);
+    for id in 2012..2017 {
+        env.w.kommo.add_card(
+            "leads",
+            SimCard::new(id, format!("Maria: order {id}"), 504142)
+                .with_field(flag.clone())
+                .with_contacts(&[1002]),
+        );
+    }
+    env.once(&[]).await;
+    env.w.kommo.refuse_assignments_to(504143, true);
+    env.w.clock.advance(10);
+    // Ivan's dialog goes to Vera (refused for lead 2001), Maria's to Anna (leads 2012..2016)
+    env.w.chatapp.assign_as_human(1, WA, &chat(1), Some(85503));
+    env.w.chatapp.assign_as_human(1, WA, &chat(2), Some(85501));
+    let r = env.once(&[]).await;
+    for id in 2012..2017 {
+        assert_eq!(
+            env.w.kommo.responsible_of("leads", id),
+            Some(504141),
+            "lead {id} written in the same cycle: {}",
+            r.stdout
+        );
+    }
+    assert_eq!(env.w.kommo.responsible_of("leads", 2001), Some(504141));
+    assert!(r.stdout.contains("rejected"), "{}", r.stdout);
+    let patches = env.w.kommo.patch_count();
+    for round in 0..3 {
+        env.w.clock.advance(60);
+        let r = env.once(&[]).await;
+        assert_eq!(
+            env.w.kommo.patch_count(),
+            patches,
+            "round {round}: the refused write is not sent again: {}",
+            r.stdout
+        );
+    }
+    let status = env.run(&["status"]).await;
+    assert!(
+        status.stdout.contains("writes refused or not applied")
+            && status.stdout.contains("lead 2001")
+            && status.stdout.contains("NotSupportedChoice"),
+        "{}",
+        status.stdout
+    );
+}
+
+/// "An endpoint that answers success without effect makes the lead flip-flop": with a dialog
+/// write that answers 200 and changes nothing, every Kommo card keeps what the person set over
+/// five cycles, the write is parked as not applied (not sent again every cycle), and `status`
+/// says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ineffective_dialog_endpoint_leaves_every_card_as_the_person_set_it() {
+    let env = Env::new("").await;
+    env.once(&[]).await;
+    env.w.chatapp.set_write_behaviour(WriteBehaviour::NoEffect);
+    env.w.clock.advance(10);
+    env.w
+        .kommo
+        .set_responsible_as_human("contacts", 1001, 504142, 504141);
+    let puts = |env: &Env| {
+        env.w
+            .chatapp
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.ends_with("/responsible"))
+            .count()
+    };
+    let full: &[&str] = &["--full"];
+    for round in 0..5 {
+        env.w.clock.advance(60);
+        let r = env.once(if round % 2 == 1 { full } else { &[] }).await;
+        assert_eq!(
+            env.w.kommo.responsible_of("contacts", 1001),
+            Some(504142),
+            "round {round}: {}",
+            r.stdout
+        );
+        assert_eq!(
+            env.w.kommo.responsible_of("leads", 2001),
+            Some(504142),
+            "round {round}: the cascade stays, never reverted: {}",
+            r.stdout
+        );
+        if round == 0 {
+            assert!(r.stdout.contains("write not applied"), "{}", r.stdout);
+        }
+    }
+    assert_eq!(puts(&env), 1, "tried once, then held back by its back-off");
+    let status = env.run(&["status"]).await;
+    assert!(
+        status.stdout.contains("write not applied") && status.stdout.contains("79990000001@c.us"),
+        "{}",
+        status.stdout
+    );
+}

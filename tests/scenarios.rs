@@ -281,9 +281,11 @@ async fn crm_to_chat_change_reaches_the_dialog_intent_first() {
         cycle_calls(&[
             reads(s.t0, &[]),
             strings(&[
+                "store.write_failures",
                 &format!("chatapp.chat {D1}"),
                 &format!("store.record_intents [dialog:{D1}]"),
                 &format!("chatapp.set_responsible {D1} -> {BOB_E}"),
+                &format!("chatapp.chat {D1}"),
                 &format!("store.confirm_write dialog:{D1} (write)"),
                 "store.commit_cycle 2",
                 "store.record_cycle 2 ok",
@@ -318,6 +320,7 @@ async fn chat_to_crm_change_reaches_the_lead_intent_first() {
         cycle_calls(&[
             reads(s.t0, &[]),
             strings(&[
+                "store.write_failures",
                 "kommo.cards_by_id lead [2001]",
                 "store.record_intents [lead:2001]",
                 &format!("kommo.patch lead [2001->{BOB}]"),
@@ -359,6 +362,7 @@ async fn check_before_write_drops_a_write_whose_target_changed_meanwhile() {
         cycle_calls(&[
             reads(s.t0, &[]),
             strings(&[
+                "store.write_failures",
                 &format!("chatapp.chat {D1}"),
                 "store.commit_cycle 2",
                 "store.record_cycle 2 ok",
@@ -370,8 +374,10 @@ async fn check_before_write_drops_a_write_whose_target_changed_meanwhile() {
     assert_eq!(r.record.writes_failed, 1);
 }
 
+/// A 4xx parks the write (issue 18 moved this test: before, the next cycle sent it again; now
+/// the same write waits for its back-off, 15 min, and is sent when it ends).
 #[tokio::test]
-async fn a_4xx_rejects_the_write_and_the_next_cycle_decides_it_again() {
+async fn a_4xx_parks_the_write_until_its_back_off_ends() {
     let s = Scenario::bootstrapped().await;
     let bad_request = http_status("kommo", "PATCH /api/v4/leads", 400);
     assert_eq!(error_policy(&bad_request), ErrorPolicy::Reject);
@@ -381,19 +387,21 @@ async fn a_4xx_rejects_the_write_and_the_next_cycle_decides_it_again() {
         .cycle()
         .await
         .expect("a rejected write does not fail the cycle");
-    assert_eq!(
-        r.results,
-        vec![WriteResult::Rejected("HTTP 400: fake 400".into())]
+    assert!(
+        matches!(&r.results[..], [WriteResult::Rejected(why)] if why.starts_with("HTTP 400: fake 400; tried again after")),
+        "{:?}",
+        r.results
     );
     assert_eq!(
         s.calls(),
         cycle_calls(&[
             reads(s.t0, &[]),
             strings(&[
+                "store.write_failures",
                 "kommo.cards_by_id lead [2001]",
                 "store.record_intents [lead:2001]",
                 &format!("kommo.patch lead [2001->{BOB}] => HTTP 400"),
-                "store.drop_intent lead:2001",
+                "store.park_write lead:2001 (rejected)",
                 "store.commit_cycle 2",
                 "store.record_cycle 2 ok",
             ]),
@@ -401,25 +409,45 @@ async fn a_4xx_rejects_the_write_and_the_next_cycle_decides_it_again() {
     );
     assert_eq!(s.kommo.state().responsible(lead(2001)), ANN);
     assert!(s.store.state().intents.is_empty());
+    assert_eq!(s.store.state().failures.len(), 1);
 
+    // a minute later: decided again, held back (no read of the target, no PATCH)
     s.tick(60);
     let r = s.cycle().await.expect("the next cycle");
-    assert_eq!(r.results, vec![WriteResult::Done]);
+    assert!(
+        matches!(&r.results[..], [WriteResult::Waiting(why)] if why.contains("rejected 1 time(s)")),
+        "{:?}",
+        r.results
+    );
     assert_eq!(
         s.calls(),
         cycle_calls(&[
             reads(s.t0 + 60, &["kommo.cards_by_id lead [2001]"]),
             strings(&[
-                "kommo.cards_by_id lead [2001]",
-                "store.record_intents [lead:2001]",
-                &format!("kommo.patch lead [2001->{BOB}]"),
-                "store.confirm_write lead:2001 (write)",
+                "store.write_failures",
                 "store.commit_cycle 3",
                 "store.record_cycle 3 ok",
             ]),
         ])
     );
+
+    // the back-off over (the cycle's clock is the machine's: its end is moved to the past):
+    // sent, confirmed, the failure gone
+    for f in s.store.state().failures.values_mut() {
+        assert!(
+            f.retry_at > f.last_at + 14 * 60,
+            "a back-off of 15 min: {f:?}"
+        );
+        f.retry_at = f.last_at;
+    }
+    s.tick(60);
+    let r = s.cycle().await.expect("the cycle after the back-off");
+    assert_eq!(r.results, vec![WriteResult::Done]);
     assert_eq!(s.kommo.state().responsible(lead(2001)), BOB);
+    assert!(
+        s.store.state().failures.is_empty(),
+        "a confirmed write clears its failure"
+    );
 }
 
 #[tokio::test]
@@ -438,6 +466,7 @@ async fn a_5xx_fails_the_cycle_and_the_next_one_settles_the_intent_and_writes_on
         cycle_calls(&[
             reads(s.t0, &[]),
             strings(&[
+                "store.write_failures",
                 &format!("chatapp.chat {D1}"),
                 &format!("store.record_intents [dialog:{D1}]"),
                 &format!("chatapp.set_responsible {D1} -> {BOB_E} => HTTP 503"),
@@ -460,9 +489,11 @@ async fn a_5xx_fails_the_cycle_and_the_next_one_settles_the_intent_and_writes_on
             ]),
             reads(s.t0, &[]),
             strings(&[
+                "store.write_failures",
                 &format!("chatapp.chat {D1}"),
                 &format!("store.record_intents [dialog:{D1}]"),
                 &format!("chatapp.set_responsible {D1} -> {BOB_E}"),
+                &format!("chatapp.chat {D1}"),
                 &format!("store.confirm_write dialog:{D1} (write)"),
                 "store.commit_cycle 3",
                 "store.record_cycle 3 ok",
@@ -486,6 +517,7 @@ async fn a_crash_right_after_the_intent_is_recovered_and_written_once() {
         cycle_calls(&[
             reads(s.t0, &[]),
             strings(&[
+                "store.write_failures",
                 "kommo.cards_by_id lead [2001]",
                 "store.record_intents [lead:2001] => crash",
                 "store.record_cycle 2 failed",
@@ -508,6 +540,7 @@ async fn a_crash_right_after_the_intent_is_recovered_and_written_once() {
             ]),
             reads(s.t0, &[]),
             strings(&[
+                "store.write_failures",
                 "kommo.cards_by_id lead [2001]",
                 "store.record_intents [lead:2001]",
                 &format!("kommo.patch lead [2001->{BOB}]"),
@@ -534,6 +567,7 @@ async fn a_crash_between_write_and_confirm_is_recovered_without_a_second_write()
         cycle_calls(&[
             reads(s.t0, &[]),
             strings(&[
+                "store.write_failures",
                 "kommo.cards_by_id lead [2001]",
                 "store.record_intents [lead:2001]",
                 &format!("kommo.patch lead [2001->{BOB}]"),

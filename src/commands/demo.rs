@@ -225,6 +225,8 @@ fn print_report(title: &str, r: &CycleReport, at: &Readable) {
             WriteResult::Done => "corrected",
             WriteResult::Dropped(_) => "dropped",
             WriteResult::Rejected(_) => "rejected",
+            WriteResult::NotApplied(_) => "write not applied",
+            WriteResult::Waiting(_) => "held back (failed before)",
             WriteResult::Skipped => "planned",
             WriteResult::Shadowed => "not written (shadow mode)",
         };

@@ -48,6 +48,7 @@ pub fn render_at(
     } else {
         render_overview(store, &frame, &mut out)?;
         render_parked(&r, &frame, &mut out);
+        render_write_failures(store, &r, &mut out)?;
         render_quarantine(store, &r, &mut out)?;
         render_cycles(store, &r, &mut out)?;
         crate::commands::status_shadow::render(store, cfg, &mut out)?;
@@ -152,6 +153,34 @@ fn render_parked(r: &Readable, frame: &Frame, out: &mut String) {
     for p in frame.parked.values().take(20) {
         let _ = writeln!(out, "  {}", describe_parked(r, p));
     }
+}
+
+/// Writes their API refused or did not apply (the first 20), with when they are tried again.
+fn render_write_failures(store: &Store, r: &Readable, out: &mut String) -> Result<(), StoreError> {
+    let failures = store.write_failures()?;
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "\nwrites refused or not applied (parked; the same write is tried again when its back-off ends): {}",
+        failures.len()
+    );
+    for f in failures.values().take(20) {
+        let _ = writeln!(
+            out,
+            "  {}: {} -> {}: {} ({}; {} attempt(s), last {}, next after {})",
+            f.target,
+            crate::sync::describe::holder(r, &f.target, f.from),
+            crate::sync::describe::holder(r, &f.target, Some(f.to)),
+            f.kind.as_str(),
+            r.text(&f.detail),
+            f.attempts,
+            r.time_ago(f.last_at),
+            r.time_ago(f.retry_at)
+        );
+    }
+    Ok(())
 }
 
 /// Records that did not fit their page (the first 20).

@@ -320,6 +320,52 @@ pub struct Account {
     pub is_api_filter_enabled: Option<bool>,
 }
 
+/// What a PATCH of cards' responsible did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatchOutcome {
+    /// The ids the answer lists as changed.
+    pub confirmed: BTreeSet<u64>,
+    /// The ids Kommo refused, each with its codes and details (scrubbed).
+    pub refused: BTreeMap<u64, String>,
+}
+
+/// The items of `batch` a 400 answer names in `validation-errors`, by card id, with the
+/// errors' `code: detail (path)` joined; `None` when the answer names none of them (the whole
+/// request was refused).
+///
+/// Source: AMO `crm_platform/error-codes.md` (the validation example: `validation-errors[]` of
+/// `{request_id, errors[]{code, path, detail}}`, HTTP 400); amoCRM's PHP library sets
+/// `request_id` to the item's index and matches answers by it (`Models/LeadModel.php:1021`,
+/// `Collections/BaseApiCollection.php:236`, `EntitiesServices/Leads.php:108-113`). The daemon
+/// sends the index in the batch as `request_id`.
+pub fn refused_items(body: &[u8], batch: &[(u64, KommoUserId)]) -> Option<BTreeMap<u64, String>> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut out = BTreeMap::new();
+    for item in v.get("validation-errors")?.as_array()? {
+        let rid = match item.get("request_id") {
+            Some(serde_json::Value::String(s)) => s.parse::<usize>().ok(),
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n as usize),
+            _ => None,
+        };
+        let Some((id, _)) = rid.and_then(|i| batch.get(i)) else {
+            continue;
+        };
+        let errors: Vec<String> = item
+            .get("errors")
+            .and_then(|e| e.as_array())
+            .map(|es| es.iter().map(describe_item_error).collect())
+            .unwrap_or_default();
+        out.insert(*id, crate::redact::excerpt(&errors.join("; "), 300));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// `code: detail (path)` of one item error.
+fn describe_item_error(e: &serde_json::Value) -> String {
+    let field = |k: &str| e.get(k).and_then(|x| x.as_str()).unwrap_or_default();
+    format!("{}: {} ({})", field("code"), field("detail"), field("path"))
+}
+
 #[derive(Deserialize)]
 pub(crate) struct PatchResult {
     #[serde(rename = "_embedded")]
@@ -1144,16 +1190,21 @@ impl KommoClient {
     }
 
     /// `PATCH /api/v4/{kind}` with `[{id, responsible_user_id, request_id}]` (one batch); returns
-    /// the ids the response confirms.
+    /// the ids the response confirms and those Kommo refused (see [`refused_items`]): the batch
+    /// is sent again without them, so one refused card does not hold back the others.
+    ///
+    /// The answer is taken as proof of the write (no read-back): AMO `leads-api.md` (the PATCH
+    /// section) documents the answer as the list of the entities that were changed, with their
+    /// `id` and new `updated_at`; a card missing from it counts as not written.
     pub async fn patch_responsible(
         &self,
         kind: CardKind,
         items: &[(u64, KommoUserId)],
-    ) -> Result<BTreeSet<u64>, ApiError> {
+    ) -> Result<PatchOutcome, ApiError> {
         let path = format!("/api/v4/{}", kind.plural());
         let endpoint = format!("PATCH {path}");
         let url = self.api.url(&path);
-        let mut confirmed = BTreeSet::new();
+        let mut out = PatchOutcome::default();
         // A 504 on a batch means "too big": the batch is halved and both halves sent (the writes
         // are idempotent and their targets were checked before); a single card's 504 is retried.
         let mut queue = vec![items.to_vec()];
@@ -1176,11 +1227,27 @@ impl KommoClient {
                 queue.push(batch[..mid].to_vec());
                 continue;
             }
+            if r.status.as_u16() == 400
+                && let Some(refused) = refused_items(&r.body, &batch)
+            {
+                tracing::warn!(kind = %kind, refused = refused.len(), size = batch.len(), "Kommo refused cards of a PATCH batch: the others are sent again without them");
+                let rest: Vec<(u64, KommoUserId)> = batch
+                    .iter()
+                    .filter(|(id, _)| !refused.contains_key(id))
+                    .copied()
+                    .collect();
+                out.refused.extend(refused);
+                if !rest.is_empty() {
+                    queue.push(rest);
+                }
+                continue;
+            }
             let r = self.check(&endpoint, r)?;
             let p: PatchResult = self.api.decode(&endpoint, &r.body)?;
-            confirmed.extend(p.embedded.items.into_iter().map(|i| i.id));
+            out.confirmed
+                .extend(p.embedded.items.into_iter().map(|i| i.id));
         }
-        Ok(confirmed)
+        Ok(out)
     }
 }
 
@@ -1229,7 +1296,7 @@ impl crate::ports::KommoApi for KommoClient {
         &self,
         kind: CardKind,
         items: &[(u64, KommoUserId)],
-    ) -> Result<BTreeSet<u64>, ApiError> {
+    ) -> Result<PatchOutcome, ApiError> {
         KommoClient::patch_responsible(self, kind, items).await
     }
     async fn retry_unsaved_token(&self) -> bool {

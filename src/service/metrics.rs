@@ -24,6 +24,10 @@ struct Inner {
     errors: BTreeMap<&'static str, u64>,
     writes: BTreeMap<String, u64>,
     shadow_writes: BTreeMap<&'static str, u64>,
+    /// Writes refused by the API, by target kind.
+    rejected: BTreeMap<String, u64>,
+    /// Writes answered as done that the read-back showed not applied, by target kind.
+    not_applied: BTreeMap<String, u64>,
     parked: BTreeMap<String, u64>,
     conflicts: u64,
     token_unsaved: bool,
@@ -78,6 +82,15 @@ impl Inner {
         for (w, res) in rep.plan.writes.iter().zip(&rep.results) {
             if *res == crate::sync::WriteResult::Done {
                 *self.writes.entry(target_label(&w.target)).or_default() += 1;
+            }
+            match res {
+                crate::sync::WriteResult::Rejected(_) => {
+                    *self.rejected.entry(target_label(&w.target)).or_default() += 1;
+                }
+                crate::sync::WriteResult::NotApplied(_) => {
+                    *self.not_applied.entry(target_label(&w.target)).or_default() += 1;
+                }
+                _ => {}
             }
             if *res == crate::sync::WriteResult::Shadowed {
                 let side = crate::sync::shadow::side(&w.target).as_str();
@@ -378,6 +391,36 @@ fn render_outcomes(o: &mut String, m: &Inner) {
     family(o, name, "counter", "Confirmed writes by target kind.");
     for (k, n) in &m.writes {
         sample(o, name, &[("target", k)], n);
+    }
+    let name = "chatapp_kommo_sync_writes_rejected_total";
+    family(
+        o,
+        name,
+        "counter",
+        "Writes the API refused (parked until their back-off ends), by target kind.",
+    );
+    for target in ["dialog", "lead", "contact", "company", "customer"] {
+        sample(
+            o,
+            name,
+            &[("target", target)],
+            m.rejected.get(target).copied().unwrap_or(0),
+        );
+    }
+    let name = "chatapp_kommo_sync_writes_not_applied_total";
+    family(
+        o,
+        name,
+        "counter",
+        "Writes the API answered as done that reading the target back showed not applied, by target kind.",
+    );
+    for target in ["dialog", "lead", "contact", "company", "customer"] {
+        sample(
+            o,
+            name,
+            &[("target", target)],
+            m.not_applied.get(target).copied().unwrap_or(0),
+        );
     }
     let name = "chatapp_kommo_sync_shadow_writes_total";
     family(

@@ -32,8 +32,8 @@
 //!   after ts" (AMO `events-and-notes.md` L52-53), and a lone `[from]` on events is ignored.
 //! - **Cards**: default order `id` asc; `order[id|updated_at|created_at]=asc|desc` (ties broken by
 //!   `id` asc; ignored on customers, whose docs do not list `order`). `filter[id]`,
-//!   `filter[responsible_user_id]` (array, `[N]` or comma forms), `filter[updated_at][from|to]`, `filter[created_at][from|to]`. With `api_filter_enabled: false`
-//!   every `filter[..]` and `order[..]` parameter is **silently ignored** (default order, no
+//!   `filter[responsible_user_id]` (array, `[N]` or comma forms), `filter[updated_at][from|to]`,
+//!   `filter[created_at][from|to]`. With `api_filter_enabled: false` every `filter[..]` and `order[..]` parameter is **silently ignored** (default order, no
 //!   filtering).
 //! - **Deleted cards** are hidden from lists and `GET /{kind}/{id}` (`204`); `with=only_deleted`
 //!   lists only them, as `{id, updated_at, is_deleted: true, _links}`.
@@ -466,6 +466,8 @@ struct KState {
     long_lived: Option<String>,
     oauth: Option<OAuthState>,
     api_filter_enabled: bool,
+    /// Users a PATCH may not assign (refused with `NotSupportedChoice`, as for an unknown user).
+    refused_assignees: HashSet<u64>,
     page_cap: Option<u64>,
     webhooks: Vec<(String, Vec<String>)>,
     patch_count: u64,
@@ -516,6 +518,7 @@ impl KommoSim {
             long_lived: cfg.long_lived_token,
             oauth,
             api_filter_enabled: cfg.api_filter_enabled,
+            refused_assignees: HashSet::new(),
             page_cap: None,
             webhooks: Vec::new(),
             patch_count: 0,
@@ -559,6 +562,18 @@ impl KommoSim {
     /// The account id.
     pub fn account_id(&self) -> u64 {
         self.shared.account_id
+    }
+
+    /// Makes a PATCH that assigns `user` refused for that item (`validation-errors`,
+    /// `NotSupportedChoice`), though the user is listed (e.g. a user without rights to the
+    /// pipeline); `false` accepts it again.
+    pub fn refuse_assignments_to(&self, user: u64, refuse: bool) {
+        let mut st = self.lock();
+        if refuse {
+            st.refused_assignees.insert(user);
+        } else {
+            st.refused_assignees.remove(&user);
+        }
     }
 
     /// Turns the API filter add-on on or off (see the module docs).
@@ -1531,7 +1546,7 @@ impl KommoSim {
                         None
                     }
                     Some(u) => {
-                        if !st.users.contains_key(&u) {
+                        if !st.users.contains_key(&u) || st.refused_assignees.contains(&u) {
                             errs.push((
                                 "NotSupportedChoice",
                                 "responsible_user_id",

@@ -11,6 +11,7 @@
 
 pub mod bases;
 pub mod codec;
+pub mod failures;
 mod names;
 pub mod shadow;
 pub mod staged;
@@ -163,6 +164,19 @@ pub fn decode<T: DeserializeOwned>(
     }
 }
 
+/// Appends an audit entry (the next id).
+fn append_audit(tx: &redb::WriteTransaction, audit: &AuditEntry) -> Result<(), StoreError> {
+    let mut a = tx.open_table(AUDIT).map_err(db_err("open audit"))?;
+    let next = a
+        .last()
+        .map_err(db_err("read audit"))?
+        .map(|(k, _)| k.value() + 1)
+        .unwrap_or(1);
+    a.insert(next, encode(audit).as_slice())
+        .map_err(db_err("write audit"))?;
+    Ok(())
+}
+
 fn record_key(r: &RecordId) -> String {
     serde_json::to_string(r).expect("plain data")
 }
@@ -188,7 +202,8 @@ pub struct AuditEntry {
     pub source_changed_at: i64,
     /// The explanation.
     pub detail: String,
-    /// `write` for a write of this daemon, `recovered` for an intent settled after a crash.
+    /// `write` for a write of this daemon, `recovered` for an intent settled after a crash,
+    /// `rejected` or `write not applied` for a write that failed (parked; `to` was not written).
     pub how: String,
 }
 
@@ -733,6 +748,8 @@ impl Store {
                 .map_err(db_err("open events_seen"))?;
             tx.open_table(QUARANTINE)
                 .map_err(db_err("open quarantine"))?;
+            tx.open_table(failures::WRITE_FAILURES)
+                .map_err(db_err("open write_failures"))?;
         }
         tx.commit().map_err(db_err("commit init"))
     }
@@ -909,14 +926,8 @@ impl Store {
                     });
                 }
             }
-            let mut a = tx.open_table(AUDIT).map_err(db_err("open audit"))?;
-            let next = a
-                .last()
-                .map_err(db_err("read audit"))?
-                .map(|(k, _)| k.value() + 1)
-                .unwrap_or(1);
-            a.insert(next, encode(audit).as_slice())
-                .map_err(db_err("write audit"))?;
+            append_audit(&tx, audit)?;
+            failures::clear(&tx, &intent.target)?;
             let mut i = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
             i.remove(record_key(&intent.target).as_str())
                 .map_err(db_err("remove intent"))?;
@@ -1265,6 +1276,16 @@ impl crate::ports::StateStore for Store {
     }
     fn drop_intent(&self, target: &RecordId) -> Result<(), StoreError> {
         Store::drop_intent(self, target)
+    }
+    fn write_failures(&self) -> Result<BTreeMap<RecordId, failures::WriteFailure>, StoreError> {
+        Store::write_failures(self)
+    }
+    fn park_write(
+        &self,
+        failure: &failures::WriteFailure,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        Store::park_write(self, failure, audit)
     }
     fn commit_cycle(&self, commit: &CycleCommit) -> Result<(), StoreError> {
         Store::commit_cycle(self, commit)

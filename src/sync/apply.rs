@@ -4,8 +4,10 @@
 //! that changed, closed, went away or no longer takes part is dropped), records an intent before
 //! each write (rule 11), writes (Kommo in batches of `batch_size`, ChatApp one call per dialog)
 //! and confirms each write with its new base and audit entry in one transaction, so the daemon's
-//! own writes never come back as changes. A rejected write (see [`crate::http::error_policy`]) is
-//! dropped and decided again next cycle; any other failure fails the cycle. [`recover`] settles
+//! own writes never come back as changes. A dialog write is read back before it is confirmed. A
+//! rejected write (see [`crate::http::error_policy`], and each card Kommo's `validation-errors`
+//! name) or one read back unchanged is parked ([`crate::store::failures`]): its bases stay held,
+//! and the same write waits for its back-off; any other failure fails the cycle. [`recover`] settles
 //! the intents a crash left by reading their targets.
 
 use super::describe::{describe_audit, holder};
@@ -18,6 +20,7 @@ use crate::core::text::{self, Readable};
 use crate::http::{ApiError, ErrorPolicy, error_policy};
 use crate::kommo::{KommoCard, Pipelines};
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
+use crate::store::failures::{FailureKind, WriteFailure};
 use crate::store::{AuditEntry, Base, Intent};
 use std::collections::BTreeMap;
 
@@ -80,12 +83,29 @@ pub async fn apply<K: KommoApi, C: ChatAppApi, S: StateStore>(
     if report.plan.writes.is_empty() {
         return Ok(());
     }
-    let current = read_targets(sy, &report.plan, pipelines).await?;
+    let failures = sy.store.write_failures()?;
+    let held: Vec<Option<String>> = report
+        .plan
+        .writes
+        .iter()
+        .map(|w| held_back(w, &failures, now))
+        .collect();
+    let to_send = report
+        .plan
+        .writes
+        .iter()
+        .zip(&held)
+        .filter(|(_, h)| h.is_none());
+    let current = read_targets(sy, to_send.map(|(w, _)| w), pipelines).await?;
     let people = report.people.clone();
     let at = sy.readable(&people, now);
     let mut cards: BTreeMap<CardKind, Vec<(usize, Intent)>> = BTreeMap::new();
     let mut dialogs: Vec<(usize, Intent, EmployeeId)> = vec![];
-    for (i, w) in report.plan.writes.iter().enumerate() {
+    for (i, (w, held)) in report.plan.writes.iter().zip(held).enumerate() {
+        if let Some(why) = held {
+            report.results[i] = WriteResult::Waiting(why);
+            continue;
+        }
         if let Err(why) = check(w, &current, &at) {
             report.results[i] = WriteResult::Dropped(why);
             continue;
@@ -96,26 +116,49 @@ pub async fn apply<K: KommoApi, C: ChatAppApi, S: StateStore>(
             Target::Dialog { to, .. } => dialogs.push((i, intent, *to)),
         }
     }
+    let mut w = Writer {
+        sy,
+        now,
+        report,
+        at: &at,
+        failures: &failures,
+    };
     for (kind, items) in cards {
         for chunk in items.chunks(sy.config.kommo.batch_size) {
-            write_cards(sy, kind, chunk, now, report, &at).await?;
+            w.write_cards(kind, chunk).await?;
         }
     }
     for (i, it, to) in dialogs {
-        write_dialog(sy, i, &it, to, now, report, &at).await?;
+        w.write_dialog(i, &it, to).await?;
     }
     Ok(())
 }
 
+/// Why a write is not sent now: the same write (same target, same value before and after)
+/// failed before and its back-off has not ended (see [`crate::store::failures`]).
+fn held_back(w: &Write, failures: &BTreeMap<RecordId, WriteFailure>, now: i64) -> Option<String> {
+    let target = w.target.record();
+    let f = failures
+        .get(&target)
+        .filter(|f| f.holds_back(&target, w.target.from_raw(), w.target.to_raw(), now))?;
+    Some(format!(
+        "{} {} time(s) ({}); the same write is tried again after {}",
+        f.kind.as_str(),
+        f.attempts,
+        f.detail,
+        text::time(f.retry_at)
+    ))
+}
+
 /// Rule 10: each target read right before its write (cards in batches per kind).
-async fn read_targets<K: KommoApi, C: ChatAppApi, S: StateStore>(
+async fn read_targets<'w, K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy: &Syncer<K, C, S>,
-    plan: &Plan,
+    writes: impl Iterator<Item = &'w Write>,
     pipelines: &Pipelines,
 ) -> Result<Current, CycleError> {
     let mut current = Current::new();
     let mut by_kind: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
-    for w in &plan.writes {
+    for w in writes {
         match &w.target {
             Target::Card { id, .. } => by_kind.entry(id.kind).or_default().push(id.id),
             Target::Dialog { key, .. } => {
@@ -191,82 +234,140 @@ fn still_receives<K, C, S>(
         .is_some_and(|k| sy.policy.chat_to_crm.contains(&k))
 }
 
-/// One batch of card writes: intents first, then the PATCH, then each confirmation.
-async fn write_cards<K: KommoApi, C: ChatAppApi, S: StateStore>(
-    sy: &Syncer<K, C, S>,
-    kind: CardKind,
-    chunk: &[(usize, Intent)],
+/// The writes of one cycle, and what they need to confirm or park each one.
+struct Writer<'a, K, C, S> {
+    sy: &'a Syncer<K, C, S>,
     now: i64,
-    report: &mut CycleReport,
-    at: &Readable<'_>,
-) -> Result<(), CycleError> {
-    if sy.stop.is_cancelled() {
-        return Err(CycleError::Stopped);
-    }
-    let intents: Vec<Intent> = chunk.iter().map(|(_, i)| i.clone()).collect();
-    sy.store.record_intents(&intents)?;
-    let body: Vec<(u64, KommoUserId)> = chunk
-        .iter()
-        .filter_map(|(_, it)| match &it.target {
-            RecordId::Card(c) => Some((c.id, KommoUserId(it.to))),
-            RecordId::Dialog(_) => None,
-        })
-        .collect();
-    match sy.kommo.patch_responsible(kind, &body).await {
-        Ok(confirmed) => {
-            for (i, it) in chunk {
-                let landed = matches!(&it.target, RecordId::Card(c) if confirmed.contains(&c.id));
-                report.results[*i] = if landed {
-                    confirm(sy, it, now, at)?;
-                    WriteResult::Done
-                } else {
-                    WriteResult::Rejected("not in the PATCH response".into())
-                };
-            }
-            Ok(())
-        }
-        Err(e) if error_policy(&e) == ErrorPolicy::Reject => {
-            tracing::error!(kind = %kind, error = %e, "Kommo rejected a PATCH batch; its cards are decided again next cycle");
-            for (i, it) in chunk {
-                sy.store.drop_intent(&it.target)?;
-                report.results[*i] = WriteResult::Rejected(rejection(&e));
-            }
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
+    report: &'a mut CycleReport,
+    at: &'a Readable<'a>,
+    failures: &'a BTreeMap<RecordId, WriteFailure>,
 }
 
-/// One dialog write: its intent, the call, its confirmation.
-async fn write_dialog<K: KommoApi, C: ChatAppApi, S: StateStore>(
-    sy: &Syncer<K, C, S>,
-    i: usize,
-    it: &Intent,
-    to: EmployeeId,
-    now: i64,
-    report: &mut CycleReport,
-    at: &Readable<'_>,
-) -> Result<(), CycleError> {
-    let RecordId::Dialog(d) = &it.target else {
-        return Ok(());
-    };
-    if sy.stop.is_cancelled() {
-        return Err(CycleError::Stopped);
+impl<K: KommoApi, C: ChatAppApi, S: StateStore> Writer<'_, K, C, S> {
+    /// One batch of card writes: intents first, then the PATCH, then each confirmation; a card
+    /// Kommo refused is parked, the others are written.
+    async fn write_cards(
+        &mut self,
+        kind: CardKind,
+        chunk: &[(usize, Intent)],
+    ) -> Result<(), CycleError> {
+        if self.sy.stop.is_cancelled() {
+            return Err(CycleError::Stopped);
+        }
+        let intents: Vec<Intent> = chunk.iter().map(|(_, i)| i.clone()).collect();
+        self.sy.store.record_intents(&intents)?;
+        let body: Vec<(u64, KommoUserId)> = chunk
+            .iter()
+            .filter_map(|(_, it)| match &it.target {
+                RecordId::Card(c) => Some((c.id, KommoUserId(it.to))),
+                RecordId::Dialog(_) => None,
+            })
+            .collect();
+        match self.sy.kommo.patch_responsible(kind, &body).await {
+            Ok(outcome) => {
+                for (i, it) in chunk {
+                    let RecordId::Card(c) = &it.target else {
+                        continue;
+                    };
+                    if outcome.confirmed.contains(&c.id) {
+                        confirm(self.sy, it, self.now, self.at)?;
+                        self.report.results[*i] = WriteResult::Done;
+                    } else {
+                        let why = outcome
+                            .refused
+                            .get(&c.id)
+                            .map_or("not in the PATCH response", String::as_str);
+                        self.park(*i, it, FailureKind::Rejected, why)?;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if error_policy(&e) == ErrorPolicy::Reject => {
+                tracing::error!(kind = %kind, error = %e, "Kommo rejected a PATCH batch; its cards are parked");
+                for (i, it) in chunk {
+                    self.park(*i, it, FailureKind::Rejected, &rejection(&e))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
-    sy.store.record_intents(std::slice::from_ref(it))?;
-    match sy.chatapp.set_responsible(d, to).await {
-        Ok(()) => {
-            confirm(sy, it, now, at)?;
-            report.results[i] = WriteResult::Done;
-            Ok(())
+
+    /// One dialog write: its intent, the call, the dialog read back, its confirmation. ChatApp's
+    /// answer is not proof: the call that sets a responsible is documented nowhere, and an
+    /// endpoint that answers success without effect must not become a base.
+    async fn write_dialog(
+        &mut self,
+        i: usize,
+        it: &Intent,
+        to: EmployeeId,
+    ) -> Result<(), CycleError> {
+        let RecordId::Dialog(d) = &it.target else {
+            return Ok(());
+        };
+        if self.sy.stop.is_cancelled() {
+            return Err(CycleError::Stopped);
         }
-        Err(e) if error_policy(&e) == ErrorPolicy::Reject => {
-            tracing::error!(dialog = %d, error = %e, "ChatApp rejected the responsible change; decided again next cycle");
-            sy.store.drop_intent(&it.target)?;
-            report.results[i] = WriteResult::Rejected(rejection(&e));
-            Ok(())
+        self.sy.store.record_intents(std::slice::from_ref(it))?;
+        match self.sy.chatapp.set_responsible(d, to).await {
+            Ok(()) => {
+                let back = self.sy.chatapp.chat(d).await?;
+                let now_holds = back
+                    .as_ref()
+                    .and_then(|c| c.responsible.as_ref())
+                    .and_then(|r| r.id);
+                if now_holds == Some(to.0) {
+                    confirm(self.sy, it, self.now, self.at)?;
+                    self.report.results[i] = WriteResult::Done;
+                } else {
+                    let endpoint = &self.sy.config.chatapp.set_responsible;
+                    let why = format!(
+                        "{} {} answered success; read back, the dialog holds {}",
+                        endpoint.method.to_ascii_uppercase(),
+                        endpoint.path,
+                        text::employee(now_holds.map(EmployeeId))
+                    );
+                    self.park(i, it, FailureKind::NotApplied, &why)?;
+                }
+                Ok(())
+            }
+            Err(e) if error_policy(&e) == ErrorPolicy::Reject => {
+                self.park(i, it, FailureKind::Rejected, &rejection(&e))
+            }
+            Err(e) => Err(e.into()),
         }
-        Err(e) => Err(e.into()),
+    }
+
+    /// A failed write: parked with its back-off and an audit entry, its intent dropped, the
+    /// result reported. Its bases stay held, so the change is decided again each cycle, and the
+    /// same write is sent again only when its back-off ends.
+    fn park(
+        &mut self,
+        i: usize,
+        it: &Intent,
+        kind: FailureKind,
+        why: &str,
+    ) -> Result<(), CycleError> {
+        let f = WriteFailure::next(it, kind, why, self.now, self.failures.get(&it.target));
+        let mut audit = it.audit.clone();
+        audit.at = self.now;
+        audit.how = kind.as_str().into();
+        audit.detail = format!("{} [{}: {}]", audit.detail, kind.as_str(), f.detail);
+        self.sy.store.park_write(&f, &audit)?;
+        tracing::error!(
+            target = %it.target,
+            attempts = f.attempts,
+            "{} (parked; the same write is tried again after {}): {}",
+            kind.as_str(),
+            self.at.text(&text::time(f.retry_at)),
+            self.at.text(&f.detail)
+        );
+        let text = format!("{}; tried again after {}", f.detail, text::time(f.retry_at));
+        self.report.results[i] = match kind {
+            FailureKind::Rejected => WriteResult::Rejected(text),
+            FailureKind::NotApplied => WriteResult::NotApplied(text),
+        };
+        Ok(())
     }
 }
 

@@ -30,7 +30,12 @@ pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
     report.record.writes_failed = report
         .results
         .iter()
-        .filter(|r| matches!(r, WriteResult::Dropped(_) | WriteResult::Rejected(_)))
+        .filter(|r| {
+            matches!(
+                r,
+                WriteResult::Dropped(_) | WriteResult::Rejected(_) | WriteResult::NotApplied(_)
+            )
+        })
         .count() as u64;
     trace_memory("planned and applied");
     let settlement = if shadow.is_some() {

@@ -79,8 +79,12 @@ pub enum WriteResult {
     Done,
     /// Not written: the target no longer held the value the decision was based on (rule 10).
     Dropped(String),
-    /// The API rejected it.
+    /// The API rejected it (parked: the same write waits for its back-off).
     Rejected(String),
+    /// The API answered success, and the target read back still held the old value (parked).
+    NotApplied(String),
+    /// Not sent: the same write failed before and its back-off has not ended.
+    Waiting(String),
     /// Not attempted (dry run, brake).
     Skipped,
     /// Not written: shadow mode (logged, counted and recorded for `status`).

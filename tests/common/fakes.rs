@@ -32,10 +32,11 @@ use chatapp_kommo_sync::core::neighbourhood::{BaseLookup, Frame, Term};
 use chatapp_kommo_sync::http::{ApiError, BadRecord};
 use chatapp_kommo_sync::kommo::{
     CardEmbedded, CustomField, EVENT_RESPONSIBLE, EventValue, FieldValue, KommoCard, KommoEvent,
-    Linked, Pipelines, UserRef,
+    Linked, PatchOutcome, Pipelines, UserRef,
 };
 use chatapp_kommo_sync::ports::{ApiMeter, ChatAppApi, KommoApi, StateStore};
 use chatapp_kommo_sync::store::bases::InMemory;
+use chatapp_kommo_sync::store::failures::WriteFailure;
 use chatapp_kommo_sync::store::{
     AuditEntry, CycleCommit, CycleRecord, Intent, Quarantined, Retention, StoreError, Watermarks,
 };
@@ -422,16 +423,16 @@ impl KommoApi for FakeKommo {
         &self,
         kind: CardKind,
         items: &[(u64, KommoUserId)],
-    ) -> Result<BTreeSet<u64>, ApiError> {
+    ) -> Result<PatchOutcome, ApiError> {
         let body: Vec<String> = items.iter().map(|(id, to)| format!("{id}->{to}")).collect();
         let line = format!("kommo.patch {kind} [{}]", body.join(","));
         self.0.call(line, |s| {
-            let mut done = BTreeSet::new();
+            let mut done = PatchOutcome::default();
             for (id, to) in items {
                 let cid = CardId::new(kind, *id);
                 if s.cards.contains_key(&cid) {
                     s.set_responsible(cid, to.0, 0);
-                    done.insert(*id);
+                    done.confirmed.insert(*id);
                 }
             }
             done
@@ -599,6 +600,8 @@ pub struct StoreState {
     pub intents: BTreeMap<RecordId, Intent>,
     /// Confirmed writes, in order.
     pub audit: Vec<AuditEntry>,
+    /// Parked failed writes by target.
+    pub failures: BTreeMap<RecordId, WriteFailure>,
     /// Cycle records by id.
     pub cycles: BTreeMap<u64, CycleRecord>,
 }
@@ -781,11 +784,27 @@ impl StateStore for FakeStore {
             }
             s.audit.push(audit.clone());
             s.intents.remove(&intent.target);
+            s.failures.remove(&intent.target);
         })
     }
     fn drop_intent(&self, target: &RecordId) -> Result<(), StoreError> {
         self.call(format!("store.drop_intent {}", short_record(target)), |s| {
             s.intents.remove(target);
+        })
+    }
+    fn write_failures(&self) -> Result<BTreeMap<RecordId, WriteFailure>, StoreError> {
+        self.call("store.write_failures".into(), |s| s.failures.clone())
+    }
+    fn park_write(&self, f: &WriteFailure, audit: &AuditEntry) -> Result<(), StoreError> {
+        let line = format!(
+            "store.park_write {} ({})",
+            short_record(&f.target),
+            audit.how
+        );
+        self.call(line, |s| {
+            s.failures.insert(f.target.clone(), f.clone());
+            s.audit.push(audit.clone());
+            s.intents.remove(&f.target);
         })
     }
     fn commit_cycle(&self, c: &CycleCommit) -> Result<(), StoreError> {
