@@ -10,6 +10,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod parse;
+
 /// Where the config is looked for when neither `--config` nor `$CHATAPP_KOMMO_SYNC_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/chatapp-kommo-sync/config.toml";
 /// The environment variable naming the config file.
@@ -619,46 +621,106 @@ impl Problems<'_> {
     }
 }
 
-/// serde's type names as a person reads them: `expected u64` -> `expected an integer`.
-fn friendly(message: &str) -> String {
-    let mut m = message.trim().to_string();
-    for (rust, plain) in [
-        ("expected u64", "expected an integer (a whole number >= 0)"),
-        ("expected u32", "expected an integer (a whole number >= 0)"),
-        (
-            "expected usize",
-            "expected an integer (a whole number >= 0)",
-        ),
-        ("expected u8", "expected an integer (a whole number >= 0)"),
-        ("expected i64", "expected an integer"),
-        ("expected a boolean", "expected true or false"),
-    ] {
-        m = m.replace(rust, plain);
-    }
-    m
+/// A config text read as far as it goes (see [`parse`]).
+struct Checked {
+    /// The config, unless the text is not TOML or its problems could not all be got past; where
+    /// a key had a problem of shape, a default or a placeholder stands in for it.
+    config: Option<Config>,
+    /// Every problem: those of shape in the order of the file, then the semantic ones.
+    problems: Vec<ConfigError>,
+    /// The keys with a wrong value or left out: `config` does not hold the file's value there.
+    shaky: Vec<String>,
 }
 
-impl Config {
-    /// Parses and validates a config text (no secrets read). `file` names it in errors. A text
-    /// that is not TOML, or has an unknown key or a value of the wrong type, is reported at its
-    /// first such error (the parser stops there); every other problem is reported in one run.
-    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+impl Checked {
+    /// True when `key`'s value in `config` is the file's own (not under a shaky key).
+    fn trusted(&self, key: &str) -> bool {
+        !self.shaky.iter().any(|s| {
+            key == s
+                || key
+                    .strip_prefix(s.as_str())
+                    .is_some_and(|r| r.starts_with('.') || r.starts_with('['))
+        })
+    }
+}
+
+/// Reads and checks a config text: every problem of shape (wrong types, unknown enum values,
+/// unknown keys, missing keys), each with its key and line, and the semantic checks of every
+/// top-level section that has no wrong value and no missing key (a section with one holds
+/// stand-ins that would be judged instead of the file's values).
+fn check(text: &str, file: &str) -> Checked {
+    let read = match parse::read(text) {
+        Ok(r) => r,
+        Err(e) => {
+            // not TOML: the parser's one error, at its place
             let key = e
                 .span()
                 .map(|s| key_at(text, s.start))
                 .unwrap_or_else(|| "(file)".into());
-            ConfigError {
-                file: file.into(),
-                key,
-                reason: friendly(e.message())
-                    + &e.span()
-                        .map(|s| format!(" (line {})", line_of(text, s.start)))
-                        .unwrap_or_default(),
-            }
-        })?;
-        cfg.validate(file)?;
-        Ok(cfg)
+            let line = e
+                .span()
+                .map(|s| format!(" (line {})", line_of(text, s.start)))
+                .unwrap_or_default();
+            return Checked {
+                config: None,
+                problems: vec![ConfigError {
+                    file: file.into(),
+                    key,
+                    // the parser's messages describe the grammar, never the text
+                    reason: e.message().trim().to_string() + &line,
+                }],
+                shaky: vec![],
+            };
+        }
+    };
+    let mut found = read.found;
+    found.sort_by_key(|f| f.at.unwrap_or(usize::MAX));
+    let mut problems: Vec<ConfigError> = found
+        .iter()
+        .map(|f| ConfigError {
+            file: file.into(),
+            key: if f.key.is_empty() {
+                "(file)".into()
+            } else {
+                parse::dotted(&f.key)
+            },
+            reason: match f.at {
+                Some(at) => format!("{} (line {})", f.reason, line_of(text, at)),
+                None => f.reason.clone(),
+            },
+        })
+        .collect();
+    let shaky_found = || found.iter().filter(|f| f.kind != parse::Kind::Unknown);
+    let broken: BTreeSet<&str> = shaky_found()
+        .filter_map(|f| match f.key.first() {
+            Some(parse::Step::Key(k)) => Some(k.as_str()),
+            _ => None,
+        })
+        .collect();
+    if let Some(Err(e)) = read.config.as_ref().map(|c| c.validate(file)) {
+        problems.extend(e.0.into_iter().filter(|p| {
+            let section = p.key.split(['.', '[']).next().unwrap_or("");
+            !broken.contains(section)
+        }));
+    }
+    Checked {
+        shaky: shaky_found().map(|f| parse::dotted(&f.key)).collect(),
+        config: read.config,
+        problems,
+    }
+}
+
+impl Config {
+    /// Parses and validates a config text (no secrets read). `file` names it in errors. Every
+    /// problem is reported in one run, each naming its key: wrong types, unknown enum values,
+    /// unknown and missing keys (with their lines), and the semantic checks of the sections
+    /// without such a problem. Only a text that is not TOML at all stops at its first error.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+        let checked = check(text, file);
+        match checked.config {
+            Some(c) if checked.problems.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(checked.problems)),
+        }
     }
 
     /// The semantic checks TOML types cannot express; every problem at once.
@@ -1073,7 +1135,8 @@ fn key_at(text: &str, pos: usize) -> String {
         } else if let Some((k, _)) = t.split_once('=') {
             key = k.trim().to_string();
         } else if !t.is_empty() && !t.starts_with('#') {
-            key = t.to_string();
+            // not a key: the line is not shown (it may be a secret pasted in the wrong place)
+            key.clear();
         }
         if pos < off + line.len() {
             break;
@@ -1185,20 +1248,22 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
         key: "(file)".into(),
         reason: format!("cannot read: {e}"),
     })?;
-    let (config, mut problems) = match Config::parse(&text, &file) {
-        Ok(c) => (c, vec![]),
-        // without a parsed config no secret path is known, unless only values were wrong
-        Err(e) => match toml::from_str::<Config>(&text) {
-            Ok(c) => (c, e.0),
-            Err(_) => return Err(e),
-        },
+    let mut checked = check(&text, &file);
+    let mut problems = std::mem::take(&mut checked.problems);
+    let Some(config) = checked.config.take() else {
+        return Err(ConfigErrors(problems));
     };
     let mut warnings = vec![];
-    let mut secret = |key: &str, f: &Path| match read_secret(key, f, path, &mut warnings) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            problems.push(e);
-            None
+    let mut secret = |key: &str, f: &Path| {
+        if !checked.trusted(key) {
+            return None; // not the file's own value: its problem is reported already
+        }
+        match read_secret(key, f, path, &mut warnings) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
         }
     };
     let kommo = match (&config.kommo.token_file, &config.kommo.oauth) {
@@ -1380,7 +1445,7 @@ chat_to_crm = ["lead"]
             (
                 "crm_to_chat = [\"contact\"]",
                 "crm_to_chat = [\"deal\"]",
-                "sync.crm_to_chat",
+                "sync.crm_to_chat[0]",
             ),
         ] {
             let text = MINIMAL.replace(from, to);
@@ -1492,6 +1557,184 @@ chat_to_crm = ["lead"]
             "{:?}",
             l.warnings
         );
+    }
+
+    /// The keys of a parse's problems.
+    fn keys(text: &str) -> Vec<String> {
+        let e = Config::parse(text, "t.toml").unwrap_err();
+        e.0.iter().map(|p| p.key.clone()).collect()
+    }
+
+    #[test]
+    fn problems_of_shape_are_all_reported_with_their_lines() {
+        let text = MINIMAL
+            .replace("company_id = 1", "company_id = \"one\"")
+            .replace(
+                "[sync]\n",
+                "[sync]\nmode = \"shdow\"\nmax_writes_per_cycle = true\n",
+            )
+            .replace("[kommo]\n", "[kommo]\nbatch_sise = 5\n")
+            .replace("email = \"ops@example.com\"\n", "")
+            .replace("[daemon]\n", "[daemon]\nlog_level = \"verbose\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        let line = |at: &str| 1 + text.lines().position(|l| l.starts_with(at)).unwrap();
+        let got: Vec<(&str, &str)> =
+            e.0.iter()
+                .map(|p| (p.key.as_str(), p.reason.as_str()))
+                .collect();
+        // in the file's order; [daemon]'s semantic check still runs, [chatapp]'s and [sync]'s
+        // (which have stand-ins) do not
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "kommo.batch_sise",
+                    &*format!(
+                        "unknown field `batch_sise`, expected one of `base_url`, `token_file`, `oauth`, `requests_per_second`, `batch_size`, `timeout`, `events_overlap`, `block_cooloff`, `shared_limit` (line {})",
+                        line("batch_sise")
+                    )
+                ),
+                (
+                    "chatapp.email",
+                    &*format!(
+                        "required, but missing from [chatapp] (line {})",
+                        line("[chatapp]")
+                    )
+                ),
+                (
+                    "chatapp.company_id",
+                    &*format!(
+                        "expected an integer (a whole number >= 0), found a string (line {})",
+                        line("company_id")
+                    )
+                ),
+                (
+                    "sync.mode",
+                    &*format!(
+                        "unknown value \"shdow\", expected normal or shadow (line {})",
+                        line("mode")
+                    )
+                ),
+                (
+                    "sync.max_writes_per_cycle",
+                    &*format!(
+                        "expected an integer (a whole number >= 0), found true or false (line {})",
+                        line("max_writes")
+                    )
+                ),
+                ("daemon.log_level", &*e.0[5].reason),
+            ],
+            "{e}"
+        );
+        assert!(e.0[5].reason.contains("not a log level"), "{e}");
+        assert!(!e.to_string().contains("one\""), "{e}");
+    }
+
+    #[test]
+    fn array_elements_are_named_by_their_place_in_the_file() {
+        let text = MINIMAL.replace(
+            "crm_to_chat = [\"contact\"]",
+            "crm_to_chat = [\"deal\", \"contact\", 7, \"lead\", \"cards\"]",
+        );
+        assert_eq!(
+            keys(&text),
+            [
+                "sync.crm_to_chat[0]",
+                "sync.crm_to_chat[2]",
+                "sync.crm_to_chat[4]"
+            ]
+        );
+        let text = format!(
+            "{MINIMAL}\n[users]\nmap = [{{ kommo = \"a\", chatapp = 2 }}, {{ kommo = 1 }}, {{ kommo = 3, chatapp = 4, x = 1 }}]\n"
+        );
+        assert_eq!(
+            keys(&text),
+            [
+                "users.map[0].kommo",
+                "users.map[1].chatapp",
+                "users.map[2].x"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_and_misshapen_tables_are_named_once() {
+        // a missing required table is one problem, not one per key
+        let start = MINIMAL.find("[chatapp]").unwrap();
+        let end = MINIMAL.find("[sync]").unwrap();
+        let text = format!("{}{}", &MINIMAL[..start], &MINIMAL[end..]);
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.first().key, "chatapp");
+        assert_eq!(e.first().reason, "required, but missing");
+        // a table given as another type, and one in the wrong place
+        let text = MINIMAL
+            .replace("[sync]\n", "[sync]\nleads = 5\n")
+            .replace("[daemon]\n", "[deamon]\nx = 1\n[daemon]\n");
+        assert_eq!(keys(&text), ["deamon", "sync.leads"]);
+        let text = format!(
+            "daemon = 5\n{}",
+            MINIMAL.replace("[daemon]\n", "[unused]\n")
+        );
+        assert_eq!(keys(&text), ["daemon", "unused"]);
+    }
+
+    #[test]
+    fn no_string_of_the_file_is_shown_but_enum_words() {
+        let secret = "s3cr3t-hunter2";
+        for (from, to) in [
+            ("company_id = 1", format!("company_id = \"{secret}\"")),
+            ("[sync]\n", format!("[sync]\nclock_skew = \"{secret}\"\n")),
+            (
+                "[links]\n",
+                format!("[links]\nphone_field = [\"{secret}\"]\n"),
+            ),
+            ("[sync]\n", format!("[sync]\n{secret}\n")),
+            ("[sync]\n", format!("[sync]\n\"{secret}\"\n")),
+        ] {
+            let text = format!("{MINIMAL}[links]\n").replace(from, &to);
+            let e = Config::parse(&text, "t.toml").unwrap_err();
+            assert!(!e.to_string().contains(secret), "{e}");
+            assert!(e.to_string().contains("(line "), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_secret_is_read_only_from_a_key_that_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.toml");
+        std::fs::write(
+            &cfg,
+            MINIMAL
+                .replace("token_file = \"kommo-token\"", "token_file = 5")
+                .replace("company_id = 1", "company_id = -1"),
+        )
+        .unwrap();
+        // kommo.token_file is a wrong type (not read); chatapp.password_file parsed (read, missing)
+        let e = load(&cfg).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "kommo.token_file",
+                "chatapp.company_id",
+                "chatapp.password_file"
+            ],
+            "{e}"
+        );
+        assert!(
+            e.0[0]
+                .reason
+                .starts_with("expected a path (a string), found an integer"),
+            "{e}"
+        );
+        assert!(
+            e.0[1]
+                .reason
+                .starts_with("expected an integer (a whole number >= 0), found -1"),
+            "{e}"
+        );
+        assert!(e.0[2].reason.contains("cannot read"), "{e}");
     }
 
     #[test]
