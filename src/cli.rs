@@ -1,4 +1,4 @@
-//! The command line (SPEC section 5): `run`, `once`, `check-config`, `status`, `demo`.
+//! The command line (SPEC section 5): `run`, `once`, `check-config`, `status`, `demo`, `authorize`.
 //! Exit codes: 0 ok, 2 config error, 3 safety brake (nothing written), 1 any other failure.
 
 use crate::commands::status::{StatusQuery, render};
@@ -75,6 +75,22 @@ pub enum Command {
     },
     /// Run the whole sync against built-in simulators with sample data.
     Demo,
+    /// Kommo OAuth: exchange an authorization code for a token pair and store it in the state db.
+    ///
+    /// Uses the config's [kommo.oauth] client_id, client_secret_file and redirect_uri
+    /// (grant_type=authorization_code). The new pair replaces the stored one and nothing else:
+    /// every base is kept, so a revoked pair is replaced without starting over and the next
+    /// cycle is incremental. Get the code from the integration's window in Kommo (Settings ->
+    /// Integrations -> your integration -> Keys and scopes -> Authorization code) or from the
+    /// redirect to redirect_uri; it lives 20 minutes and works once. Stop the daemon first: it
+    /// holds the state db. Prints neither the code nor the tokens. Exit 0 stored, 1 refused
+    /// (Kommo's reason is printed) or not stored, 2 config error.
+    Authorize {
+        /// The authorization code; `-` reads it from the first line of stdin (keeps it out of
+        /// the shell history and the process list).
+        #[arg(long, value_name = "CODE")]
+        code: String,
+    },
 }
 
 fn config_error(e: &ConfigErrors) -> ExitCode {
@@ -119,6 +135,7 @@ pub fn main() -> ExitCode {
             },
         ),
         Command::Run { shadow } => run(&path, shadow),
+        Command::Authorize { code } => crate::commands::authorize::main(&path, &code),
     }
 }
 

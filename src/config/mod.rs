@@ -164,8 +164,10 @@ pub struct KommoOAuthConfig {
     pub client_secret_file: PathBuf,
     /// The integration's redirect URI.
     pub redirect_uri: String,
-    /// A file holding the first refresh token; read only to seed an empty state db.
-    pub refresh_token_file: PathBuf,
+    /// A file holding the first refresh token; read only to seed an empty state db. Optional:
+    /// `authorize --code` stores a pair in the state db without it.
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
 }
 
 /// `[chatapp]`
@@ -501,8 +503,8 @@ pub enum KommoCredentials {
     OAuth {
         /// The client secret.
         client_secret: SecretString,
-        /// The refresh token from `refresh_token_file` (used only to seed an empty db).
-        refresh_token_seed: SecretString,
+        /// The refresh token from `refresh_token_file`, if given (used only to seed an empty db).
+        refresh_token_seed: Option<SecretString>,
     },
 }
 
@@ -1270,7 +1272,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
         (Some(t), _) => secret("kommo.token_file", t).map(KommoCredentials::LongLived),
         (None, Some(o)) => {
             let cs = secret("kommo.oauth.client_secret_file", &o.client_secret_file);
-            let rt = secret("kommo.oauth.refresh_token_file", &o.refresh_token_file);
+            let rt = match &o.refresh_token_file {
+                Some(f) => secret("kommo.oauth.refresh_token_file", f).map(Some),
+                None => Some(None),
+            };
             cs.zip(rt).map(
                 |(client_secret, refresh_token_seed)| KommoCredentials::OAuth {
                     client_secret,

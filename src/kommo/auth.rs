@@ -4,7 +4,10 @@
 //! revoked"): one refresh in flight at a time (a mutex around the pair); the new pair is stored
 //! durably (the [`TokenStore`] port: the state db) *before* the new access token is used; the
 //! `refresh_token_file` is read only to seed an empty store; a refresh happens proactively before
-//! the access token expires and once on a 401.
+//! the access token expires and once on a 401. A pair comes from `authorize --code`
+//! ([`exchange_code`]: the authorization code grant, AMO `oauth/step-by-step.md`), which replaces
+//! the stored pair and nothing else. A refresh answered 401 or 404 asks Kommo whether the account
+//! moved to another subdomain ([`domain`]).
 //!
 //! Never losing a token: Kommo has revoked the old refresh token by the time the answer arrives,
 //! so if storing the new pair fails (a full disk, a db error) the pair is **kept in memory and
@@ -15,7 +18,9 @@
 //! (revoked) one fails and the integration must be authorized again by hand. The same holds for a
 //! crash between Kommo issuing the pair and the store, which no client can close.
 
-use crate::http::{ApiClient, ApiError};
+pub mod domain;
+
+use crate::http::{ApiClient, ApiError, Response};
 pub use crate::tokens::OAuthPair;
 use crate::tokens::TokenStore;
 use secrecy::{ExposeSecret, SecretString};
@@ -25,6 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Mutex;
 
 const API: &str = "kommo";
+/// `POST /oauth2/access_token`: both grants (AMO `oauth/step-by-step.md`).
+const TOKEN_ENDPOINT: &str = "POST /oauth2/access_token";
+/// What to do when Kommo no longer accepts the refresh token.
+pub const REAUTHORIZE: &str = "if the refresh token was revoked, authorize the integration again: get a new authorization code and run `chatapp-kommo-sync authorize --code CODE` with the daemon stopped (the state db and every base are kept)";
 /// Refresh this long before the access token expires.
 pub const REFRESH_MARGIN_SECS: i64 = 600;
 /// Warn when a long-lived token expires within this many seconds.
@@ -38,6 +47,94 @@ struct TokenResponse {
     expires_in: Option<i64>,
     #[serde(default)]
     server_time: Option<i64>,
+}
+
+impl TokenResponse {
+    /// The pair to store (both tokens registered as secrets first). The expiry is the JWT `exp`,
+    /// else `server_time + expires_in` (Kommo documents 86 400 s).
+    fn into_pair(self) -> OAuthPair {
+        crate::redact::register(&self.access_token);
+        crate::redact::register(&self.refresh_token);
+        let issued = self.server_time.unwrap_or_else(now_unix);
+        OAuthPair {
+            expires_at: jwt_exp(&self.access_token)
+                .unwrap_or(issued.saturating_add(self.expires_in.unwrap_or(86_400))),
+            access_token: self.access_token,
+            refresh_token: self.refresh_token,
+        }
+    }
+}
+
+/// Why an authorization code gave no pair.
+#[derive(Debug)]
+pub enum CodeError {
+    /// Kommo answered and refused (its status and reason, shortened and scrubbed).
+    Refused(String),
+    /// No usable answer (transport, 5xx after retries, a body that does not decode).
+    Failed(ApiError),
+}
+
+impl std::fmt::Display for CodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodeError::Refused(why) => write!(f, "Kommo refused the authorization code: {why}"),
+            CodeError::Failed(e) => write!(f, "no answer from Kommo: {e}"),
+        }
+    }
+}
+
+/// Exchanges an authorization code for a pair (`grant_type=authorization_code`, AMO
+/// `oauth/step-by-step.md` L178-L215: the body is `client_id`, `client_secret`, `grant_type`,
+/// `code`, `redirect_uri`; 200 gives the pair, 400 "Переданы некорректные данные" with the details
+/// in the body). Goes through `api` (its rate limit and retries of transport errors, 429 and 5xx);
+/// any other non-2xx answer is a refusal. Both tokens are registered as secrets.
+pub async fn exchange_code(
+    api: &ApiClient,
+    settings: &OAuthSettings,
+    code: &SecretString,
+) -> Result<OAuthPair, CodeError> {
+    crate::redact::register(code.expose_secret());
+    let url = api.url("/oauth2/access_token");
+    let body = serde_json::json!({
+        "client_id": settings.client_id,
+        "client_secret": settings.client_secret.expose_secret(),
+        "grant_type": "authorization_code",
+        "code": code.expose_secret(),
+        "redirect_uri": settings.redirect_uri,
+    });
+    let r = api
+        .execute(TOKEN_ENDPOINT, |c| c.post(&url).json(&body))
+        .await
+        .map_err(CodeError::Failed)?;
+    if !r.status.is_success() {
+        return Err(CodeError::Refused(format!(
+            "{}: HTTP {}: {}",
+            api.with_host(TOKEN_ENDPOINT),
+            r.status.as_u16(),
+            kommo_reason(&r)
+        )));
+    }
+    let t: TokenResponse = api
+        .decode(TOKEN_ENDPOINT, &r.body)
+        .map_err(CodeError::Failed)?;
+    Ok(t.into_pair())
+}
+
+/// Kommo's reason in an OAuth error body: its `hint`, `detail` or `title` (the fields of the
+/// problem+json answers), else the start of the body; shortened and scrubbed.
+fn kommo_reason(r: &Response) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+    let parts: Vec<&str> = ["hint", "detail", "title"]
+        .into_iter()
+        .filter_map(field)
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    if parts.is_empty() {
+        r.excerpt(200)
+    } else {
+        crate::redact::excerpt(&parts.join("; "), 300)
+    }
 }
 
 /// The OAuth client settings.
@@ -76,10 +173,15 @@ fn now_unix() -> i64 {
 
 /// The `exp` claim of a JWT, read without verifying it.
 pub fn jwt_exp(token: &str) -> Option<i64> {
+    jwt_claims(token)?.get("exp")?.as_i64()
+}
+
+/// The claims of a JWT, read without verifying it (Kommo's access tokens carry `exp`,
+/// `account_id` and `api_domain`).
+pub fn jwt_claims(token: &str) -> Option<serde_json::Value> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64url_decode(payload)?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("exp")?.as_i64()
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn base64url_decode(s: &str) -> Option<Vec<u8>> {
@@ -125,11 +227,12 @@ impl KommoAuth {
         KommoAuth::LongLived(token)
     }
 
-    /// OAuth: the stored pair, or (empty store only) the seed refresh token, stored at once.
+    /// OAuth: the stored pair, or (empty store only) the seed refresh token, stored at once. An
+    /// empty store without a seed is an error that says to run `authorize --code`.
     pub fn oauth(
         settings: OAuthSettings,
         store: Arc<dyn TokenStore>,
-        seed: &SecretString,
+        seed: Option<&SecretString>,
     ) -> Result<KommoAuth, ApiError> {
         let stored = store.kommo_pair().map_err(|e| ApiError::Store {
             api: API,
@@ -142,6 +245,12 @@ impl KommoAuth {
                 p
             }
             None => {
+                let Some(seed) = seed else {
+                    return Err(ApiError::Auth {
+                        api: API,
+                        reason: "the state db holds no Kommo OAuth pair and [kommo.oauth] names no refresh_token_file: get an authorization code and run `chatapp-kommo-sync authorize --code CODE`".into(),
+                    });
+                };
                 let p = OAuthPair {
                     access_token: String::new(),
                     refresh_token: seed.expose_secret().to_string(),
@@ -272,7 +381,6 @@ impl KommoAuth {
         else {
             return Ok(());
         };
-        let endpoint = "POST /oauth2/access_token";
         let url = api.url("/oauth2/access_token");
         let body = serde_json::json!({
             "client_id": settings.client_id,
@@ -281,28 +389,14 @@ impl KommoAuth {
             "refresh_token": p.refresh_token,
             "redirect_uri": settings.redirect_uri,
         });
-        let r = api.execute(endpoint, |c| c.post(&url).json(&body)).await?;
+        let r = api
+            .execute(TOKEN_ENDPOINT, |c| c.post(&url).json(&body))
+            .await?;
         if !r.status.is_success() {
-            return Err(ApiError::Auth {
-                api: API,
-                reason: format!(
-                    "{}: HTTP {}: {} (if the refresh token was revoked, authorize the integration again and put the new refresh token in refresh_token_file with an empty state db)",
-                    api.with_host(endpoint),
-                    r.status.as_u16(),
-                    r.excerpt(200)
-                ),
-            });
+            return Err(refresh_refused(api, p, &r).await);
         }
-        let t: TokenResponse = api.decode(endpoint, &r.body)?;
-        crate::redact::register(&t.access_token);
-        crate::redact::register(&t.refresh_token);
-        let issued = t.server_time.unwrap_or_else(now_unix);
-        let next = OAuthPair {
-            expires_at: jwt_exp(&t.access_token)
-                .unwrap_or(issued.saturating_add(t.expires_in.unwrap_or(86_400))),
-            access_token: t.access_token,
-            refresh_token: t.refresh_token,
-        };
+        let t: TokenResponse = api.decode(TOKEN_ENDPOINT, &r.body)?;
+        let next = t.into_pair();
         // Durable before use; the old refresh token is already revoked, so a pair that cannot be
         // stored is kept and used all the same (never dropped).
         *p = next;
@@ -314,6 +408,43 @@ impl KommoAuth {
         }
         Ok(())
     }
+}
+
+/// The error of a refused refresh. After a 401 or 404, Kommo is asked whether the account moved
+/// to another subdomain (AMO `oauth/account-subdomain-info.md`; amoCRM's PHP library does the
+/// same on these two statuses): a move is reported with the new domain and logged at error level;
+/// the host is not switched (see [`domain`]).
+async fn refresh_refused(api: &ApiClient, p: &OAuthPair, r: &Response) -> ApiError {
+    let status = r.status.as_u16();
+    let what = format!(
+        "{}: HTTP {status}: {}",
+        api.with_host(TOKEN_ENDPOINT),
+        kommo_reason(r)
+    );
+    let check = if matches!(status, 401 | 404) {
+        domain::check(api, &p.access_token, &p.refresh_token).await
+    } else {
+        domain::DomainCheck::Unknown(format!("not asked after HTTP {status}"))
+    };
+    let here = domain::authority(api.base()).unwrap_or_default();
+    let reason = match check {
+        domain::DomainCheck::Moved(to) => {
+            tracing::error!(from = %here, to = %to, "the Kommo account has moved to another domain: change kommo.base_url");
+            format!(
+                "{what}; the Kommo account has moved: Kommo names its domain {to}, kommo.base_url names {here}. Set kommo.base_url = \"https://{to}\" and reload (or restart) the daemon: the stored OAuth pair was not spent and stays valid, so no new authorization is needed"
+            )
+        }
+        domain::DomainCheck::Same => format!(
+            "{what}; Kommo still accepts the refresh token and the account is still at {here}: check kommo.oauth client_id, client_secret_file and redirect_uri"
+        ),
+        domain::DomainCheck::TokenRefused => format!(
+            "{what}; Kommo no longer accepts the refresh token (the account-domain check refused it too): {REAUTHORIZE}"
+        ),
+        domain::DomainCheck::Unknown(why) => {
+            format!("{what} ({REAUTHORIZE}; account-domain check: {why})")
+        }
+    };
+    ApiError::Auth { api: API, reason }
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@
 //! | POST | `/api/v4/leads/unsorted/{uid}/accept` | optional `{"status_id", "user_id"}` |
 //! | DELETE | `/api/v4/leads/unsorted/{uid}/decline` | optional `{"user_id"}` |
 //! | GET | `/api/v4/{kind}/custom_fields`, `/api/v4/{kind}/custom_fields/{id}` | `page`, `limit` (≤ 50 served) |
-//! | POST | `/oauth2/access_token` | `grant_type=refresh_token` |
+//! | POST | `/oauth2/access_token` | `grant_type=refresh_token` or `authorization_code` |
+//! | GET | `/oauth2/account/current/subdomain` | header `X-Refresh-Token` |
 //!
 //! Decisions where `kommo.md` is silent or marks things UNCONFIRMED:
 //! - **List `limit`**: default 50; a value above 250 (or below 1, or not a number) is a `400`
@@ -51,6 +52,19 @@
 //!   it expires on the clock). Anything else is `401`. The OAuth endpoint checks `client_id`,
 //!   `client_secret` (`401` if wrong), `grant_type` and `redirect_uri` (`400` if wrong or missing);
 //!   refresh tokens live 90 days on the clock. JSON or form-encoded bodies are accepted.
+//! - **Authorization codes** ([`KommoSim::issue_auth_code`]) live 20 minutes on the clock (AMO
+//!   `oauth/oauth.md` L54, per the conformance review) and are single-use. Exchanging one
+//!   issues a new pair, which replaces the current one (the old refresh token stops working).
+//!   An unknown, used or expired code is a `400` in the problem+json shape of the other OAuth
+//!   errors, its `hint` saying which (the docs list only 200 and 400 and put "the details in the
+//!   body").
+//! - **Account domain**: access tokens carry the claim `api_domain` = the simulator's own
+//!   `host:port`, where `/oauth2/account/current/subdomain` answers `{id, subdomain, domain,
+//!   top_level_domain}` for the current refresh token (401 otherwise). `domain` is the simulator's
+//!   `host:port` until [`KommoSim::move_account`] names another one; from then on (the account
+//!   renamed) every `/api/v4` call answers `401` and the token endpoint `404`: real Kommo's answers
+//!   at an old subdomain are not documented; amoCRM's PHP library checks the domain after a
+//!   refresh answered 401 or 404.
 //! - No user is created implicitly, not even `current_user_id`.
 //!
 //! Pipelines and stages ([`SimPipeline`], [`KommoSim::add_pipeline`]):
@@ -451,7 +465,18 @@ struct OAuthState {
     refresh_exp: i64,
     access: Option<(String, i64)>,
     refresh_count: u64,
+    /// Authorization codes not used yet, with their expiry.
+    codes: HashMap<String, i64>,
+    /// Codes already exchanged.
+    used_codes: HashSet<String>,
+    /// Successful code exchanges.
+    code_exchanges: u64,
+    /// The account's new domain after a rename ([`KommoSim::move_account`]).
+    moved_to: Option<String>,
 }
+
+/// How long an authorization code lives (AMO `oauth/oauth.md` L54: 20 minutes).
+const AUTH_CODE_TTL_SECS: i64 = 20 * 60;
 
 struct KState {
     users: BTreeMap<u64, SimUser>,
@@ -504,6 +529,10 @@ impl KommoSim {
             cfg: o,
             access: None,
             refresh_count: 0,
+            codes: HashMap::new(),
+            used_codes: HashSet::new(),
+            code_exchanges: 0,
+            moved_to: None,
         });
         let state = KState {
             users: BTreeMap::new(),
@@ -980,6 +1009,41 @@ impl KommoSim {
         }
     }
 
+    /// A new authorization code (as Kommo shows it in the integration's window), valid for 20
+    /// minutes on the clock and once. With OAuth off the code is refused like any unknown one.
+    pub fn issue_auth_code(&self) -> String {
+        let now = self.shared.clock.now();
+        let mut st = self.lock();
+        let code = format!("def50200{}", st.rng.string(b"0123456789abcdef", 64));
+        if let Some(o) = st.oauth.as_mut() {
+            o.codes.insert(code.clone(), now + AUTH_CODE_TTL_SECS);
+        }
+        code
+    }
+
+    /// Number of authorization codes exchanged for a pair.
+    pub fn code_exchange_count(&self) -> u64 {
+        self.lock().oauth.as_ref().map_or(0, |o| o.code_exchanges)
+    }
+
+    /// Revokes the OAuth pair (as when an admin switches the integration off): the refresh token
+    /// and the access token stop working; only a new authorization code gives a pair again.
+    pub fn revoke_oauth_pair(&self) {
+        let now = self.shared.clock.now();
+        if let Some(o) = self.lock().oauth.as_mut() {
+            o.refresh_exp = now;
+            o.access = None;
+        }
+    }
+
+    /// Renames the account's subdomain to `domain` (`None`: back where it was); see the module
+    /// docs for what the old domain answers.
+    pub fn move_account(&self, domain: Option<&str>) {
+        if let Some(o) = self.lock().oauth.as_mut() {
+            o.moved_to = domain.map(str::to_string);
+        }
+    }
+
     /// Replaces (or revokes, with `None`) the accepted long-lived token.
     pub fn set_long_lived_token(&self, token: Option<String>) {
         self.lock().long_lived = token;
@@ -998,6 +1062,12 @@ impl KommoSim {
                 return method_not_allowed();
             }
             return self.oauth_token(&mut st, &inc, now);
+        }
+        if segs == ["oauth2", "account", "current", "subdomain"] {
+            if inc.method != Method::GET {
+                return method_not_allowed();
+            }
+            return self.account_subdomain(&st, &inc, now);
         }
         if segs.len() < 3 || segs[0] != "api" || segs[1] != "v4" {
             return not_found(&self.shared.base_url, &inc);
@@ -1675,40 +1745,28 @@ impl KommoSim {
         )
     }
 
+    /// `POST /oauth2/access_token`: the refresh and the authorization-code grants.
     fn oauth_token(&self, st: &mut KState, inc: &Incoming, now: i64) -> Response {
-        let fields: HashMap<String, String> = match serde_json::from_slice::<Value>(&inc.body) {
-            Ok(Value::Object(o)) => o
-                .into_iter()
-                .map(|(k, v)| {
-                    let s = match v {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    (k, s)
-                })
-                .collect(),
-            _ => parse_query(std::str::from_utf8(&inc.body).unwrap_or(""))
-                .into_iter()
-                .collect(),
-        };
-        let account_id = self.shared.account_id;
-        let user = self.shared.current_user_id;
-        let tok_seq = st.token_seq + 1;
-        let sig_seed = st.rng.next_u64();
-        let refresh_suffix = st.rng.string(b"0123456789abcdef", 48);
+        let fields = oauth_fields(&inc.body);
+        let get = |k: &str| fields.get(k).map(String::as_str);
         let Some(o) = st.oauth.as_mut() else {
             return oauth_problem(
                 StatusCode::BAD_REQUEST,
                 "OAuth is not enabled on this account",
             );
         };
-        let get = |k: &str| fields.get(k).map(String::as_str);
+        if o.moved_to.is_some() {
+            return kommo_problem(StatusCode::NOT_FOUND, "Account not found");
+        }
         if get("client_id") != Some(o.cfg.client_id.as_str())
             || get("client_secret") != Some(o.cfg.client_secret.as_str())
         {
             return oauth_problem(StatusCode::UNAUTHORIZED, "Client authentication failed");
         }
-        if get("grant_type") != Some("refresh_token") {
+        if !matches!(
+            get("grant_type"),
+            Some("refresh_token" | "authorization_code")
+        ) {
             return oauth_problem(
                 StatusCode::BAD_REQUEST,
                 "The authorization grant type is not supported by the authorization server.",
@@ -1717,9 +1775,31 @@ impl KommoSim {
         if get("redirect_uri") != Some(o.cfg.redirect_uri.as_str()) {
             return oauth_problem(StatusCode::BAD_REQUEST, "Invalid redirect_uri");
         }
-        if get("refresh_token") != Some(o.refresh.as_str()) || now >= o.refresh_exp {
+        if get("grant_type") == Some("authorization_code") {
+            if let Err(hint) = o.take_code(get("code"), now) {
+                return oauth_problem(StatusCode::BAD_REQUEST, hint);
+            }
+            o.code_exchanges += 1;
+        } else if get("refresh_token") != Some(o.refresh.as_str()) || now >= o.refresh_exp {
             return oauth_problem(StatusCode::UNAUTHORIZED, "Token has been revoked");
+        } else {
+            o.refresh_count += 1;
         }
+        self.issue_pair(st, now)
+    }
+
+    /// Issues a new pair (it replaces the current one) and answers it as Kommo does.
+    fn issue_pair(&self, st: &mut KState, now: i64) -> Response {
+        let tok_seq = st.token_seq + 1;
+        let sig_seed = st.rng.next_u64();
+        let refresh_suffix = st.rng.string(b"0123456789abcdef", 48);
+        let api_domain = self.own_authority();
+        let Some(o) = st.oauth.as_mut() else {
+            return oauth_problem(
+                StatusCode::BAD_REQUEST,
+                "OAuth is not enabled on this account",
+            );
+        };
         let exp = now + o.cfg.access_ttl_secs;
         let access = fake_jwt_seeded(
             &json!({
@@ -1728,9 +1808,9 @@ impl KommoSim {
                 "iat": now,
                 "nbf": now,
                 "exp": exp,
-                "sub": user.to_string(),
-                "account_id": account_id,
-                "api_domain": "api-sim.kommo.com",
+                "sub": self.shared.current_user_id.to_string(),
+                "account_id": self.shared.account_id,
+                "api_domain": api_domain,
                 "scopes": ["crm", "notifications"],
             }),
             sig_seed,
@@ -1739,7 +1819,6 @@ impl KommoSim {
         o.refresh = refresh.clone();
         o.refresh_exp = now + REFRESH_TTL_SECS;
         o.access = Some((access.clone(), exp));
-        o.refresh_count += 1;
         let ttl = o.cfg.access_ttl_secs;
         st.token_seq = tok_seq;
         json_response(
@@ -1753,6 +1832,85 @@ impl KommoSim {
                 "refresh_token": refresh,
             }),
         )
+    }
+
+    /// `GET /oauth2/account/current/subdomain` (AMO `oauth/account-subdomain-info.md`): the
+    /// account's domain for an active refresh token in `X-Refresh-Token`, else 401.
+    fn account_subdomain(&self, st: &KState, inc: &Incoming, now: i64) -> Response {
+        let given = inc
+            .headers
+            .get("x-refresh-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        let Some(o) = st
+            .oauth
+            .as_ref()
+            .filter(|o| given == Some(o.refresh.as_str()) && now < o.refresh_exp)
+        else {
+            return oauth_problem(StatusCode::UNAUTHORIZED, "Refresh token is invalid");
+        };
+        let domain = o.moved_to.clone().unwrap_or_else(|| self.own_authority());
+        let subdomain = domain.split('.').next().unwrap_or_default().to_string();
+        let tld = domain.rsplit('.').next().unwrap_or_default().to_string();
+        json_response(
+            StatusCode::OK,
+            "application/json",
+            &json!({
+                "id": self.shared.account_id,
+                "subdomain": subdomain,
+                "domain": domain,
+                "top_level_domain": tld,
+            }),
+        )
+    }
+
+    /// The simulator's `host:port` (its `api_domain` and, until a move, its account domain).
+    fn own_authority(&self) -> String {
+        let base = &self.shared.base_url;
+        base.split_once("://")
+            .map_or(base.as_str(), |(_, rest)| rest)
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+impl OAuthState {
+    /// Uses up an authorization code; a missing, unknown, used or expired one is refused (the
+    /// hint of Kommo's 400).
+    fn take_code(&mut self, code: Option<&str>, now: i64) -> Result<(), &'static str> {
+        let Some(code) = code.filter(|c| !c.is_empty()) else {
+            return Err("Check the `code` parameter");
+        };
+        if self.used_codes.contains(code) {
+            return Err("Authorization code has been revoked");
+        }
+        let Some(exp) = self.codes.remove(code) else {
+            return Err("Cannot decrypt the authorization code");
+        };
+        self.used_codes.insert(code.to_string());
+        if now >= exp {
+            return Err("Authorization code has expired");
+        }
+        Ok(())
+    }
+}
+
+/// The fields of an OAuth request body: JSON, or form-encoded.
+fn oauth_fields(body: &[u8]) -> HashMap<String, String> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => o
+            .into_iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, s)
+            })
+            .collect(),
+        _ => parse_query(std::str::from_utf8(body).unwrap_or(""))
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -1785,7 +1943,7 @@ impl KState {
             && let Some((access, exp)) = &o.access
             && access == tok
         {
-            return now < *exp;
+            return now < *exp && o.moved_to.is_none();
         }
         false
     }

@@ -111,7 +111,7 @@ pub enum StoreError {
     },
     /// The file is damaged, empty, or not a state db of this program; it is left as it is.
     #[error(
-        "state db {path} cannot be used: {detail}. It is left as it is: restore it from a backup, or move it aside to start over (the next cycle then bootstraps a new db; a Kommo OAuth pair kept in it is lost: put a fresh refresh token in refresh_token_file)"
+        "state db {path} cannot be used: {detail}. It is left as it is: restore it from a backup, or move it aside to start over (the next cycle then bootstraps a new db; a Kommo OAuth pair kept in it is lost: store a new one with `authorize --code`)"
     )]
     Corrupt {
         /// The db.

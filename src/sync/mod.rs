@@ -372,7 +372,7 @@ pub fn clients(
                 redirect_uri: o.redirect_uri.clone(),
             },
             tokens.clone(),
-            refresh_token_seed,
+            refresh_token_seed.as_ref(),
         )?,
         (KommoCredentials::OAuth { .. }, None) => {
             return Err(ApiError::Auth {
