@@ -175,6 +175,9 @@ fn check_online(path: &std::path::Path, loaded: &config::Loaded) -> Result<(), E
     for line in &report.ok {
         println!("{line}");
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     for p in &report.problems {
         eprintln!("config error in {}: {}: {}", path.display(), p.key, p.found);
     }
