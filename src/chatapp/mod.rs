@@ -267,6 +267,43 @@ pub struct CallbackUrl {
     pub url: Option<String>,
 }
 
+/// One message of a dialog (api/chatapp.md 4.2; TEZ's fixture of a real answer): only what the
+/// write probe reads, each field of any type (one of an unexpected type reads as absent).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Message {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default, rename = "type")]
+    kind: Option<serde_json::Value>,
+    #[serde(default)]
+    message: Option<serde_json::Value>,
+}
+
+impl Message {
+    /// Its id as text (a string in every source; a number is shown as one).
+    pub fn id(&self) -> Option<String> {
+        match self.id.as_ref()? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            v => Some(v.to_string()),
+        }
+    }
+
+    /// Whether it is a system message (`"type": "system"`).
+    pub fn is_system(&self) -> bool {
+        self.kind.as_ref().and_then(serde_json::Value::as_str) == Some("system")
+    }
+
+    /// Its text (`message.text`), empty when it has none.
+    pub fn text(&self) -> &str {
+        self.message
+            .as_ref()
+            .and_then(|m| m.get("text"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    }
+}
+
 /// The ChatApp client.
 pub struct ChatAppClient {
     /// Shared HTTP plumbing.
@@ -662,6 +699,35 @@ impl ChatAppClient {
         })
         .await?;
         Ok(())
+    }
+
+    /// The newest `limit` (1..=100) messages of a dialog, system messages included, newest first
+    /// (`GET .../chats/{chatId}/messages?limit=N&includeSystemMessages=1`, api/chatapp.md 4.2):
+    /// one page, for `check-config --probe-writes` to look for the assignment the write leaves.
+    pub async fn recent_messages(
+        &self,
+        key: &DialogKey,
+        limit: usize,
+    ) -> Result<Vec<Message>, ApiError> {
+        let endpoint =
+            "GET /v1/licenses/{licenseId}/messengers/{messengerType}/chats/{chatId}/messages";
+        let url = self.api.url(&format!(
+            "/v1/licenses/{}/messengers/{}/chats/{}/messages",
+            key.license_id,
+            urlencode(&key.messenger_type),
+            urlencode(&key.chat_id)
+        ));
+        let q = [
+            ("limit".to_string(), limit.clamp(1, 100).to_string()),
+            ("includeSystemMessages".to_string(), "1".to_string()),
+        ];
+        let r = self
+            .call(endpoint, |c, t| {
+                c.get(&url).header("Authorization", t).query(&q)
+            })
+            .await?;
+        let e: Envelope<Items<Message>> = self.api.decode(endpoint, &r.body)?;
+        Ok(e.data.items)
     }
 
     /// Sets a dialog's responsible through the configured call.

@@ -1,7 +1,9 @@
-//! Operator commands beside the daemon and the cycle: `status`, `check-config --online` and `demo`.
+//! Operator commands beside the daemon and the cycle: `status`, `check-config --online` (with
+//! `--probe-writes`) and `demo`.
 
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod online_check;
+pub mod probe_writes;
 pub mod status;
 pub mod status_shadow;

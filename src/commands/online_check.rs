@@ -5,7 +5,7 @@
 //! ChatApp employee) and each license id. With `[daemon] public_url` it also registers the webhook
 //! URLs ([`crate::service::webhooks::register`]: a hook Kommo disabled is registered again and
 //! said so; a refusal, such as a plan without the webhooks API, is a problem under
-//! `daemon.public_url`, not an abort).
+//! `daemon.public_url`, not an abort). With `--probe-writes` it also makes the write probe.
 //!
 //! Tokens: Kommo refresh tokens are single-use, so the check never spends one it cannot store. It
 //! uses the state db as its token store when it can open it for writing; when a daemon holds the
@@ -42,6 +42,8 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// What is wrong.
     pub problems: Vec<Problem>,
+    /// With `--probe-writes`: what the write probe did.
+    pub probe: Option<crate::commands::probe_writes::Probe>,
 }
 
 impl Report {
@@ -53,9 +55,10 @@ impl Report {
     }
 }
 
-/// Runs every check. `Err` only when an API cannot be reached at all (the check could not run);
-/// rejected credentials and wrong settings are problems in the report.
-pub async fn check(loaded: &Loaded) -> Result<Report, ApiError> {
+/// Runs every check, and with `probe_writes` the write probe
+/// ([`crate::commands::probe_writes`]). `Err` only when an API cannot be reached at all (the
+/// check could not run); rejected credentials and wrong settings are problems in the report.
+pub async fn check(loaded: &Loaded, probe_writes: bool) -> Result<Report, ApiError> {
     let mut report = Report::default();
     let (tokens, held) = token_store(loaded);
     let (kommo, chatapp) = crate::sync::clients(loaded, tokens.clone())?;
@@ -97,6 +100,11 @@ pub async fn check(loaded: &Loaded) -> Result<Report, ApiError> {
         for (key, found) in reg.problems {
             report.problem(key, found);
         }
+    }
+    if probe_writes {
+        report.probe = Some(
+            crate::commands::probe_writes::probe(&loaded.config, kommo.as_ref(), &chatapp).await,
+        );
     }
     Ok(report)
 }

@@ -1223,6 +1223,21 @@ impl KommoClient {
         })
     }
 
+    /// The first page of cards of a kind (`GET /api/v4/{kind}?page=1&limit=250`, Kommo's default
+    /// order): one request, for `check-config --probe-writes` to pick a card from. A 204 is none.
+    pub async fn first_cards(&self, kind: CardKind) -> Result<Vec<KommoCard>, ApiError> {
+        let path = format!("/api/v4/{}", kind.plural());
+        let q = vec![
+            ("page".to_string(), "1".to_string()),
+            ("limit".to_string(), PAGE_LIMIT.to_string()),
+        ];
+        let r = self.get(&path, &q).await?;
+        if r.status.as_u16() == 204 || r.body.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(self.decode_cards(kind, &path, &r.body)?.0)
+    }
+
     /// `PATCH /api/v4/{kind}` with `[{id, responsible_user_id, request_id}]` (one batch); returns
     /// the ids the response confirms.
     pub async fn patch_responsible(
