@@ -59,6 +59,10 @@ pub enum Command {
         /// Also check credentials and field ids against the APIs.
         #[arg(long, conflicts_with = "no_secrets")]
         online: bool,
+        /// With --online: also write one dialog's and one card per `chat_to_crm` kind's current
+        /// responsible again, read each back and print each call (exit 2 if any fails).
+        #[arg(long, requires = "online")]
+        probe_writes: bool,
         /// Validate the config without reading the secret files (for systemd's ExecReload=,
         /// which cannot read LoadCredential= secrets).
         #[arg(long)]
@@ -118,7 +122,11 @@ pub fn main() -> ExitCode {
     }
     match cli.command {
         Command::Demo => demo(),
-        Command::CheckConfig { online, no_secrets } => check_config(&path, online, no_secrets),
+        Command::CheckConfig {
+            online,
+            no_secrets,
+            probe_writes,
+        } => check_config(&path, online, no_secrets, probe_writes),
         Command::Status { dialog, card } => status(&path, dialog, card),
         Command::Once {
             full,
@@ -150,8 +158,13 @@ fn end_quietly_on_closed_pipe() {
     }
 }
 
-/// `check-config [--online] [--no-secrets]`.
-fn check_config(path: &std::path::Path, online: bool, no_secrets: bool) -> ExitCode {
+/// `check-config [--online [--probe-writes]] [--no-secrets]`.
+fn check_config(
+    path: &std::path::Path,
+    online: bool,
+    no_secrets: bool,
+    probe_writes: bool,
+) -> ExitCode {
     if no_secrets {
         let text = match read_config_text(path) {
             Ok(t) => t,
@@ -172,7 +185,7 @@ fn check_config(path: &std::path::Path, online: bool, no_secrets: bool) -> ExitC
     print_warnings(&loaded);
     if online {
         crate::logging::init(&loaded.config.daemon.log_level, false);
-        if let Err(code) = check_online(path, &loaded) {
+        if let Err(code) = check_online(path, &loaded, probe_writes) {
             return code;
         }
     }
@@ -180,11 +193,15 @@ fn check_config(path: &std::path::Path, online: bool, no_secrets: bool) -> ExitC
     ExitCode::SUCCESS
 }
 
-/// `check-config --online`: every problem printed, exit 2 when there is one, 1 when the check
-/// could not run.
-fn check_online(path: &std::path::Path, loaded: &config::Loaded) -> Result<(), ExitCode> {
+/// `check-config --online [--probe-writes]`: every problem and every probe call printed; exit 2
+/// when there is a problem or a probe call failed, 1 when the check could not run.
+fn check_online(
+    path: &std::path::Path,
+    loaded: &config::Loaded,
+    probe_writes: bool,
+) -> Result<(), ExitCode> {
     let report = runtime()
-        .block_on(crate::commands::online_check::check(loaded))
+        .block_on(crate::commands::online_check::check(loaded, probe_writes))
         .map_err(|e| {
             eprintln!("check-config --online: the check could not run: {e}");
             ExitCode::FAILURE
@@ -192,17 +209,45 @@ fn check_online(path: &std::path::Path, loaded: &config::Loaded) -> Result<(), E
     for line in &report.ok {
         println!("{line}");
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     for p in &report.problems {
         eprintln!("config error in {}: {}: {}", path.display(), p.key, p.found);
     }
-    if report.problems.is_empty() {
+    let probe_failed = report.probe.as_ref().is_some_and(print_probe);
+    if report.problems.is_empty() && !probe_failed {
         return Ok(());
     }
-    eprintln!(
-        "check-config --online: {} problem(s) found",
-        report.problems.len()
-    );
+    if !report.problems.is_empty() {
+        eprintln!(
+            "check-config --online: {} problem(s) found",
+            report.problems.len()
+        );
+    }
     Err(ExitCode::from(EXIT_CONFIG))
+}
+
+/// Prints the write probe's notes and calls; true when a call failed (each failed one is named).
+fn print_probe(probe: &crate::commands::probe_writes::Probe) -> bool {
+    for n in &probe.notes {
+        println!("{n}");
+    }
+    for c in &probe.calls {
+        println!("{c}");
+    }
+    let failed: Vec<String> = probe
+        .failures()
+        .map(|c| format!("{} on {} ({})", c.call, c.target, c.status))
+        .collect();
+    if !failed.is_empty() {
+        eprintln!(
+            "check-config --online --probe-writes: {} call(s) failed: {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    !failed.is_empty()
 }
 
 /// `status [--dialog CHAT] [--card KIND:ID]`: reads the state db (read-only when a daemon holds

@@ -191,20 +191,117 @@ impl Chat {
     }
 }
 
-/// A license of `GET /v1/licenses`.
-#[derive(Deserialize)]
+/// A license ("line") of `GET /v1/licenses` (ADI `License.json`, TEZ; fields the daemon does not
+/// use are ignored, and `active`/`status` of an unexpected type are read as absent).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct License {
-    license_id: u64,
+pub struct License {
+    /// The license id.
+    pub license_id: u64,
     #[serde(default)]
     messenger: Vec<Messenger>,
+    #[serde(default)]
+    active: Option<serde_json::Value>,
+    #[serde(default)]
+    status: Option<serde_json::Value>,
 }
 
 /// A messenger of a [`License`].
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Messenger {
     #[serde(rename = "type")]
     kind: String,
+}
+
+/// The only `status.code` any source shows on a working license (ADI `License.json`:
+/// `{"id": 4, "code": "paid"}`).
+pub const LICENSE_PAID: &str = "paid";
+
+impl License {
+    /// Its messenger types (`messenger[].type`).
+    pub fn messenger_types(&self) -> Vec<String> {
+        self.messenger.iter().map(|m| m.kind.clone()).collect()
+    }
+
+    /// Why the license is not active, or `None` when it is. The one place that decides:
+    /// - `active: false` is inactive: TEZ (checked live) keeps only licenses with `active` true;
+    /// - `active: true` is active whatever `status` says;
+    /// - without `active`, a `status.code` other than `paid` is inactive. ASSUMPTION: `paid` is the
+    ///   only code any source shows (ADI); other codes (an expired or trial line?) are not
+    ///   documented, so the reason names the code and the operator can judge;
+    /// - with neither, the license is taken as active (ADI's fixture has no `active`).
+    pub fn inactive_reason(&self) -> Option<String> {
+        match self.active.as_ref().and_then(serde_json::Value::as_bool) {
+            Some(true) => return None,
+            Some(false) => return Some("`active` is false".into()),
+            None => {}
+        }
+        let code = self
+            .status
+            .as_ref()
+            .and_then(|s| s.get("code"))
+            .and_then(serde_json::Value::as_str)?;
+        (code != LICENSE_PAID).then(|| {
+            format!(
+                "`status.code` is {:?}, not {LICENSE_PAID:?}",
+                crate::redact::excerpt(code, 40)
+            )
+        })
+    }
+}
+
+/// One line's callback as `GET /v1/callbackUrls` lists it (ADI `GetCallbackUrls.json`:
+/// `data[] {licenseId, messengerType, events, url}`, one per license and messenger).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackUrl {
+    /// The license.
+    pub license_id: u64,
+    /// The messenger type.
+    pub messenger_type: String,
+    /// The events sent to it.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The URL called; `None` (or empty) when the line has none.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// One message of a dialog (api/chatapp.md 4.2; TEZ's fixture of a real answer): only what the
+/// write probe reads, each field of any type (one of an unexpected type reads as absent).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Message {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default, rename = "type")]
+    kind: Option<serde_json::Value>,
+    #[serde(default)]
+    message: Option<serde_json::Value>,
+}
+
+impl Message {
+    /// Its id as text (a string in every source; a number is shown as one).
+    pub fn id(&self) -> Option<String> {
+        match self.id.as_ref()? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            v => Some(v.to_string()),
+        }
+    }
+
+    /// Whether it is a system message (`"type": "system"`).
+    pub fn is_system(&self) -> bool {
+        self.kind.as_ref().and_then(serde_json::Value::as_str) == Some("system")
+    }
+
+    /// Its text (`message.text`), empty when it has none.
+    pub fn text(&self) -> &str {
+        self.message
+            .as_ref()
+            .and_then(|m| m.get("text"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    }
 }
 
 /// The ChatApp client.
@@ -559,23 +656,27 @@ impl ChatAppClient {
         }
     }
 
-    /// Every license of the account with its messenger types (`GET /v1/licenses`).
-    pub async fn licenses(&self) -> Result<Vec<(u64, Vec<String>)>, ApiError> {
+    /// Every license of the account (`GET /v1/licenses`).
+    pub async fn licenses(&self) -> Result<Vec<License>, ApiError> {
         let endpoint = "GET /v1/licenses";
         let url = self.api.url("/v1/licenses");
         let r = self
             .call(endpoint, |c, t| c.get(&url).header("Authorization", t))
             .await?;
         let e: Envelope<Vec<License>> = self.api.decode(endpoint, &r.body)?;
-        Ok(e.data
-            .into_iter()
-            .map(|l| {
-                (
-                    l.license_id,
-                    l.messenger.into_iter().map(|m| m.kind).collect(),
-                )
-            })
-            .collect())
+        Ok(e.data)
+    }
+
+    /// The callback URL of every line of the account that has one (`GET /v1/callbackUrls`, ADI
+    /// `GetCallbackUrls.json`). `data` is a plain array there; no source shows it paged.
+    pub async fn callback_urls(&self) -> Result<Vec<CallbackUrl>, ApiError> {
+        let endpoint = "GET /v1/callbackUrls";
+        let url = self.api.url("/v1/callbackUrls");
+        let r = self
+            .call(endpoint, |c, t| c.get(&url).header("Authorization", t))
+            .await?;
+        let e: Envelope<Vec<CallbackUrl>> = self.api.decode(endpoint, &r.body)?;
+        Ok(e.data)
     }
 
     /// Points a license's messenger callback at `url` for `events`
@@ -598,6 +699,35 @@ impl ChatAppClient {
         })
         .await?;
         Ok(())
+    }
+
+    /// The newest `limit` (1..=100) messages of a dialog, system messages included, newest first
+    /// (`GET .../chats/{chatId}/messages?limit=N&includeSystemMessages=1`, api/chatapp.md 4.2):
+    /// one page, for `check-config --probe-writes` to look for the assignment the write leaves.
+    pub async fn recent_messages(
+        &self,
+        key: &DialogKey,
+        limit: usize,
+    ) -> Result<Vec<Message>, ApiError> {
+        let endpoint =
+            "GET /v1/licenses/{licenseId}/messengers/{messengerType}/chats/{chatId}/messages";
+        let url = self.api.url(&format!(
+            "/v1/licenses/{}/messengers/{}/chats/{}/messages",
+            key.license_id,
+            urlencode(&key.messenger_type),
+            urlencode(&key.chat_id)
+        ));
+        let q = [
+            ("limit".to_string(), limit.clamp(1, 100).to_string()),
+            ("includeSystemMessages".to_string(), "1".to_string()),
+        ];
+        let r = self
+            .call(endpoint, |c, t| {
+                c.get(&url).header("Authorization", t).query(&q)
+            })
+            .await?;
+        let e: Envelope<Items<Message>> = self.api.decode(endpoint, &r.body)?;
+        Ok(e.data.items)
     }
 
     /// Sets a dialog's responsible through the configured call.

@@ -3,7 +3,9 @@
 //! Messenger field (and the phone field) on contacts, each flag field on its kind and that it is a
 //! checkbox, each configured pipeline, each explicit user pair (an active Kommo user, an existing
 //! ChatApp employee) and each license id. With `[daemon] public_url` it also registers the webhook
-//! URLs.
+//! URLs ([`crate::service::webhooks::register`]: a hook Kommo disabled is registered again and
+//! said so; a refusal, such as a plan without the webhooks API, is a problem under
+//! `daemon.public_url`, not an abort). With `--probe-writes` it also makes the write probe.
 //!
 //! Tokens: Kommo refresh tokens are single-use, so the check never spends one it cannot store. It
 //! uses the state db as its token store when it can open it for writing; when a daemon holds the
@@ -35,8 +37,13 @@ pub struct Problem {
 pub struct Report {
     /// What is fine, one line each.
     pub ok: Vec<String>,
+    /// What the operator should know but is not wrong (a webhook registered again, a ChatApp
+    /// line left to another integration, an inactive license skipped).
+    pub warnings: Vec<String>,
     /// What is wrong.
     pub problems: Vec<Problem>,
+    /// With `--probe-writes`: what the write probe did.
+    pub probe: Option<crate::commands::probe_writes::Probe>,
 }
 
 impl Report {
@@ -48,9 +55,10 @@ impl Report {
     }
 }
 
-/// Runs every check. `Err` only when an API cannot be reached at all (the check could not run);
-/// rejected credentials and wrong settings are problems in the report.
-pub async fn check(loaded: &Loaded) -> Result<Report, ApiError> {
+/// Runs every check, and with `probe_writes` the write probe
+/// ([`crate::commands::probe_writes`]). `Err` only when an API cannot be reached at all (the
+/// check could not run); rejected credentials and wrong settings are problems in the report.
+pub async fn check(loaded: &Loaded, probe_writes: bool) -> Result<Report, ApiError> {
     let mut report = Report::default();
     let (tokens, held) = token_store(loaded);
     let (kommo, chatapp) = crate::sync::clients(loaded, tokens.clone())?;
@@ -68,16 +76,35 @@ pub async fn check(loaded: &Loaded) -> Result<Report, ApiError> {
         report.ok.push("kommo: not checked: a running daemon holds the OAuth pair and its access token has expired (the check never spends a refresh token)".into());
     }
     check_chatapp(&loaded.config, &chatapp, &mut report).await?;
-    if let (Some(base), Some(token), Some(kommo), true) = (
+    if let (Some(base), Some(token), true) = (
         &loaded.config.daemon.public_url,
         &loaded.secrets.webhook_token,
-        &kommo,
         report.problems.is_empty(),
     ) {
-        let lines =
-            crate::service::webhooks::register(kommo, &chatapp, &loaded.config, base, token)
-                .await?;
-        report.ok.extend(lines);
+        let reg = crate::service::webhooks::register(
+            kommo.as_ref(),
+            &chatapp,
+            &loaded.config,
+            base,
+            token,
+            true,
+        )
+        .await?;
+        for n in reg.notes {
+            if n.warn {
+                report.warnings.push(n.text);
+            } else {
+                report.ok.push(n.text);
+            }
+        }
+        for (key, found) in reg.problems {
+            report.problem(key, found);
+        }
+    }
+    if probe_writes {
+        report.probe = Some(
+            crate::commands::probe_writes::probe(&loaded.config, kommo.as_ref(), &chatapp).await,
+        );
     }
     Ok(report)
 }
@@ -344,13 +371,17 @@ async fn check_chatapp(
         Err(e) => return rejected(report, "chatapp.license_ids", e),
     };
     for id in &cfg.chatapp.license_ids {
-        match licenses.iter().find(|(l, _)| l == id) {
-            Some((_, types)) => report.ok.push(format!(
-                "chatapp: license {id} found ({})",
-                types.join(", ")
+        match licenses.iter().find(|l| l.license_id == *id) {
+            Some(l) => report.ok.push(format!(
+                "chatapp: license {id} found ({}){}",
+                l.messenger_types().join(", "),
+                l.inactive_reason()
+                    .map(|why| format!(", not active: {why}"))
+                    .unwrap_or_default()
             )),
             None => {
-                let known: Vec<String> = licenses.iter().map(|(l, _)| l.to_string()).collect();
+                let known: Vec<String> =
+                    licenses.iter().map(|l| l.license_id.to_string()).collect();
                 report.problem(
                     "chatapp.license_ids",
                     format!(

@@ -681,6 +681,54 @@ impl KommoCard {
     }
 }
 
+/// An account webhook as `GET`/`POST /api/v4/webhooks` show it (amoCRM `webhooks-api.md` L60-73;
+/// fields the daemon does not use are ignored).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Webhook {
+    /// The URL Kommo calls.
+    #[serde(default)]
+    pub destination: String,
+    /// The events it is subscribed to.
+    #[serde(default)]
+    pub settings: Vec<String>,
+    /// "Отключен ли вебхук" (L73): Kommo stopped calling it (after more than 100 invalid answers
+    /// in 2 hours, `webhooks-format.md` L505-509). A value that is not a boolean is read as
+    /// enabled (`true`/`1` disabled, anything else not).
+    #[serde(default, deserialize_with = "truthy")]
+    pub disabled: bool,
+}
+
+fn truthy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => b,
+        serde_json::Value::Number(n) => n.as_u64() == Some(1),
+        _ => false,
+    })
+}
+
+/// Whether two lists of webhook settings name the same events (order does not matter).
+fn same_settings(have: &[String], want: &[String]) -> bool {
+    let have: BTreeSet<&String> = have.iter().collect();
+    let want: BTreeSet<&String> = want.iter().collect();
+    have == want
+}
+
+/// What [`KommoClient::register_webhook`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// No hook was at the destination: one was created.
+    Created,
+    /// An enabled hook with the same settings was there: nothing was sent.
+    Present,
+    /// A hook at the destination had other settings: the POST updated it.
+    Updated,
+    /// The hook was disabled by Kommo: it was registered again and Kommo's answer shows it enabled.
+    Reenabled,
+    /// The hook was disabled by Kommo, registered again, and Kommo's answer still shows it
+    /// disabled (an account admin has to switch it on, `webhooks-format.md` L509).
+    StillDisabled,
+}
+
 /// The Kommo client.
 pub struct KommoClient {
     /// Shared HTTP plumbing (limiter, retries, counters).
@@ -1138,13 +1186,10 @@ impl KommoClient {
         Ok(out)
     }
 
-    /// Registers an account webhook for `settings` (e.g. `responsible_lead`) at `destination`,
-    /// unless one with the same settings is already there. Returns true when it registered one.
-    pub async fn register_webhook(
-        &self,
-        destination: &str,
-        settings: &[String],
-    ) -> Result<bool, ApiError> {
+    /// The account webhook at exactly `destination`, if there is one
+    /// (`GET /api/v4/webhooks?filter[destination]=URL`; amoCRM `webhooks-api.md` L45, admin rights
+    /// needed). A 204 or an empty body is none.
+    pub async fn webhook(&self, destination: &str) -> Result<Option<Webhook>, ApiError> {
         let path = "/api/v4/webhooks";
         let r = self
             .get(
@@ -1152,41 +1197,91 @@ impl KommoClient {
                 &[("filter[destination]".into(), destination.to_string())],
             )
             .await?;
-        if r.status.as_u16() != 204 && !r.body.is_empty() {
-            #[derive(Deserialize)]
-            struct Hooks {
-                #[serde(rename = "_embedded")]
-                embedded: HooksEmbedded,
-            }
-            #[derive(Deserialize)]
-            struct HooksEmbedded {
-                webhooks: Vec<Hook>,
-            }
-            #[derive(Deserialize)]
-            struct Hook {
-                destination: String,
-                #[serde(default)]
-                settings: Vec<String>,
-            }
-            let h: Hooks = self.api.decode(&endpoint_of(path), &r.body)?;
-            let mut want: Vec<&String> = settings.iter().collect();
-            want.sort();
-            if h.embedded.webhooks.iter().any(|x| {
-                let mut have: Vec<&String> = x.settings.iter().collect();
-                have.sort();
-                x.destination == destination && have == want
-            }) {
-                return Ok(false);
-            }
+        if r.status.as_u16() == 204 || r.body.is_empty() {
+            return Ok(None);
         }
+        #[derive(Deserialize)]
+        struct Hooks {
+            #[serde(rename = "_embedded")]
+            embedded: HooksEmbedded,
+        }
+        #[derive(Deserialize)]
+        struct HooksEmbedded {
+            webhooks: Vec<Webhook>,
+        }
+        let h: Hooks = self.api.decode(&endpoint_of(path), &r.body)?;
+        Ok(h.embedded
+            .webhooks
+            .into_iter()
+            .find(|x| x.destination == destination))
+    }
+
+    /// `POST /api/v4/webhooks` with `{destination, settings}`: creates the hook, or updates the one
+    /// already at `destination` ("Если в аккаунте уже есть вебхук с переданным адресом, то он будет
+    /// обновлен с переданными настройками": `webhooks-api.md` L135). Returns the hook as Kommo's
+    /// answer shows it (201 with the hook object, L177); an answer that does not show one is taken
+    /// as the hook asked for, enabled.
+    pub async fn post_webhook(
+        &self,
+        destination: &str,
+        settings: &[String],
+    ) -> Result<Webhook, ApiError> {
+        let path = "/api/v4/webhooks";
         let endpoint = format!("POST {path}");
         let url = self.api.url(path);
         let body = serde_json::json!({"destination": destination, "settings": settings});
-        self.send(&endpoint, |c, auth| {
-            c.post(&url).header("Authorization", auth).json(&body)
+        let r = self
+            .send(&endpoint, |c, auth| {
+                c.post(&url).header("Authorization", auth).json(&body)
+            })
+            .await?;
+        Ok(serde_json::from_slice::<Webhook>(&r.body)
+            .ok()
+            .filter(|h| h.destination == destination)
+            .unwrap_or_else(|| Webhook {
+                destination: destination.to_string(),
+                settings: settings.to_vec(),
+                disabled: false,
+            }))
+    }
+
+    /// Makes sure an enabled account webhook for `settings` (e.g. `responsible_lead`) is at
+    /// `destination`: one GET, and a POST only when the hook is missing, has other settings, or
+    /// was disabled by Kommo (`disabled`, `webhooks-api.md` L73; Kommo switches a hook off after
+    /// more than 100 invalid answers in 2 hours, `webhooks-format.md` L505-509).
+    pub async fn register_webhook(
+        &self,
+        destination: &str,
+        settings: &[String],
+    ) -> Result<WebhookOutcome, ApiError> {
+        let found = self.webhook(destination).await?;
+        let outcome = match &found {
+            None => WebhookOutcome::Created,
+            Some(h) if h.disabled => WebhookOutcome::Reenabled,
+            Some(h) if same_settings(&h.settings, settings) => return Ok(WebhookOutcome::Present),
+            Some(_) => WebhookOutcome::Updated,
+        };
+        let posted = self.post_webhook(destination, settings).await?;
+        Ok(if posted.disabled {
+            WebhookOutcome::StillDisabled
+        } else {
+            outcome
         })
-        .await?;
-        Ok(true)
+    }
+
+    /// The first page of cards of a kind (`GET /api/v4/{kind}?page=1&limit=250`, Kommo's default
+    /// order): one request, for `check-config --probe-writes` to pick a card from. A 204 is none.
+    pub async fn first_cards(&self, kind: CardKind) -> Result<Vec<KommoCard>, ApiError> {
+        let path = format!("/api/v4/{}", kind.plural());
+        let q = vec![
+            ("page".to_string(), "1".to_string()),
+            ("limit".to_string(), PAGE_LIMIT.to_string()),
+        ];
+        let r = self.get(&path, &q).await?;
+        if r.status.as_u16() == 204 || r.body.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(self.decode_cards(kind, &path, &r.body)?.0)
     }
 
     /// `PATCH /api/v4/{kind}` with `[{id, responsible_user_id, request_id}]` (one batch); returns

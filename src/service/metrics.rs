@@ -54,6 +54,8 @@ struct Inner {
     poll_interval: Duration,
     /// When each API's breaker lets calls through again (unix), as seen at the last cycle's end.
     blocked_until: BTreeMap<&'static str, i64>,
+    /// Webhook registrations the daemon sent again after a full cycle, per API.
+    webhooks_reregistered: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Default)]
@@ -275,8 +277,15 @@ impl Metrics {
         render_outcomes(&mut o, &m);
         render_api(&mut o, &m, now);
         render_tokens(&mut o, &m);
+        render_webhooks(&mut o, &m);
         render_duration(&mut o, &m);
         o
+    }
+
+    /// Counts `n` webhook registrations the daemon had to send again to `api` (`kommo` or
+    /// `chatapp`): `chatapp_kommo_sync_webhooks_reregistered_total{api}`.
+    pub fn webhooks_reregistered(&self, api: &'static str, n: u64) {
+        *self.lock().webhooks_reregistered.entry(api).or_default() += n;
     }
 
     /// Whether a rotated Kommo token lives only in memory (not ready while it does).
@@ -511,6 +520,21 @@ fn render_tokens(o: &mut String, m: &Inner) {
     let name = "chatapp_kommo_sync_logins_total";
     family(o, name, "counter", "ChatApp logins.");
     sample(o, name, &[], m.logins);
+}
+
+/// Webhook registrations sent again by the daemon's check after a full cycle.
+fn render_webhooks(o: &mut String, m: &Inner) {
+    let name = "chatapp_kommo_sync_webhooks_reregistered_total";
+    family(
+        o,
+        name,
+        "counter",
+        "Webhook registrations the daemon sent again after a full cycle (a hook Kommo disabled, a callback missing), by API.",
+    );
+    for api in APIS {
+        let n = m.webhooks_reregistered.get(api).copied().unwrap_or(0);
+        sample(o, name, &[("api", api)], n);
+    }
 }
 
 /// The cycle-duration histogram: cumulative buckets, `+Inf`, sum and count.

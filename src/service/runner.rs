@@ -140,6 +140,8 @@ struct State {
     stopping: bool,
     reload_after: bool,
     pinger: Option<tokio::task::JoinHandle<()>>,
+    /// The webhook registrations were checked since the start (see [`Runner::recheck_webhooks`]).
+    hooks_checked: bool,
 }
 
 /// The daemon's loop: a context it uses, a state it changes.
@@ -195,6 +197,7 @@ impl Runner {
             stopping: false,
             reload_after: false,
             pinger: watchdog.map(|period| pinger(hb, period)),
+            hooks_checked: false,
         };
         let runner = Runner { ctx, state };
         notify(&[
@@ -282,6 +285,7 @@ impl Runner {
             .cycle_ended(matches!(result, Some(Ok(_)) | None));
         self.state.hook_spacing.cycle_ended();
         let mut store_failed = false;
+        let good = matches!(result, Some(Ok(_)));
         if let Some(r) = result {
             self.ctx
                 .metrics
@@ -292,6 +296,9 @@ impl Runner {
         }
         if store_failed {
             self.reopen_store()?;
+        }
+        if good && !self.state.stopping && (kind == CycleKind::Full || !self.state.hooks_checked) {
+            self.recheck_webhooks(sig).await;
         }
         if self.state.stopping {
             return Ok(());
@@ -374,6 +381,30 @@ impl Runner {
                 None
             }
         }
+    }
+
+    /// With webhooks and `[daemon] public_url`, after a good full cycle and after the first good
+    /// cycle since the start (Kommo disables a hook whose deliveries failed while the daemon was
+    /// down): checks the webhook registrations again ([`crate::service::webhooks::recheck`]); a
+    /// stop signal ends it.
+    async fn recheck_webhooks(&mut self, sig: &mut Signals) {
+        let Runner { ctx, state } = self;
+        let (Some(hooks), Some(base)) = (&ctx.hooks, &ctx.config.daemon.public_url) else {
+            return;
+        };
+        let shadow = ctx.shadow || ctx.config.sync.mode == crate::config::SyncMode::Shadow;
+        // the watchdog counts the check as part of the cycle (it is bounded by its own budget)
+        ctx.hb.cycle_started();
+        tokio::select! {
+            r = crate::service::webhooks::recheck(&ctx.syncer, hooks, base, shadow, &ctx.metrics) => {
+                state.hooks_checked |= r.is_some();
+            }
+            s = stop_signal(&mut sig.term, &mut sig.int) => {
+                tracing::info!("{s} while checking the webhooks: stopping");
+                state.stopping = true;
+            }
+        }
+        ctx.hb.cycle_ended(true);
     }
 
     /// After a state db error: reopen the db. When that fails the daemon exits non-zero, unless

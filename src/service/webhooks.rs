@@ -74,6 +74,11 @@ impl Hooks {
         }
     }
 
+    /// The token of the webhook URLs (to register them again; never to print).
+    pub fn token(&self) -> &SecretString {
+        &self.token
+    }
+
     fn fire(&self) {
         self.triggered.fetch_add(1, Ordering::Relaxed);
         self.notify.notify_one();
@@ -209,55 +214,505 @@ pub fn routes(hooks: Arc<Hooks>) -> Router {
         .with_state(hooks)
 }
 
-/// Registers the webhook URLs with both APIs (idempotent); returns one line per registration,
-/// the token redacted.
+/// The events the daemon's ChatApp callback asks for.
+pub const CHATAPP_EVENTS: [&str; 2] = ["chatResponsible", "message"];
+
+/// One thing a registration pass found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// `kommo` or `chatapp`.
+    pub api: &'static str,
+    /// What, for the operator (the token shown as `<token>`).
+    pub text: String,
+    /// Worth a warning: a hook registered again, a line left to another integration, an
+    /// inactive license skipped, a registration shadow mode did not make.
+    pub warn: bool,
+    /// A registration was sent (POST or PUT).
+    pub wrote: bool,
+}
+
+/// What a registration pass ([`register`]) found and did.
+#[derive(Debug, Default)]
+pub struct Registration {
+    /// Every line, in order.
+    pub notes: Vec<Note>,
+    /// What is wrong: the config key and what was found.
+    pub problems: Vec<(String, String)>,
+}
+
+impl Registration {
+    fn note(&mut self, api: &'static str, text: String, warn: bool, wrote: bool) {
+        self.notes.push(Note {
+            api,
+            text,
+            warn,
+            wrote,
+        });
+    }
+
+    /// Registrations sent to `api`.
+    pub fn written(&self, api: &str) -> u64 {
+        self.notes
+            .iter()
+            .filter(|n| n.api == api && n.wrote)
+            .count() as u64
+    }
+}
+
+/// Registers the webhook URLs with both APIs, or with `write` false (shadow mode) only says what
+/// it would do. Kommo: one GET, and a POST only when the hook is missing, has other settings or
+/// was disabled by Kommo ([`crate::kommo::KommoClient::register_webhook`]). ChatApp: the licenses
+/// and the lines' callbacks are read first (two GETs); an active license's free lines and our
+/// own are set, a line whose callback calls another integration is left as it is and named
+/// (its host only), an inactive license is skipped with a warning. Without a Kommo client (the
+/// check has none) only ChatApp is done. `Err` only when an API cannot be reached; a refusal
+/// (a plan without the webhooks API, missing rights) is a problem under `daemon.public_url`.
 pub async fn register(
-    kommo: &crate::kommo::KommoClient,
+    kommo: Option<&crate::kommo::KommoClient>,
     chatapp: &crate::chatapp::ChatAppClient,
     cfg: &crate::config::Config,
     base: &str,
-    token: &secrecy::SecretString,
-) -> Result<Vec<String>, crate::http::ApiError> {
-    use secrecy::ExposeSecret;
-    let mut lines = vec![];
+    token: &SecretString,
+    write: bool,
+) -> Result<Registration, crate::http::ApiError> {
+    let mut reg = Registration::default();
     let base = base.trim_end_matches('/');
-    let kommo_url = format!("{base}/hooks/kommo/{}", token.expose_secret());
+    if let Some(kommo) = kommo {
+        kommo_hook(kommo, cfg, base, token, write, &mut reg).await?;
+    }
+    chatapp_callbacks(chatapp, cfg, base, token, write, &mut reg).await?;
+    Ok(reg)
+}
+
+/// A refusal becomes a problem under `key` (with `what` said first); other errors pass up.
+fn refused(
+    reg: &mut Registration,
+    key: &str,
+    what: String,
+    e: crate::http::ApiError,
+) -> Result<(), crate::http::ApiError> {
+    if crate::http::policy::is_wrong_setting(&e) {
+        reg.problems.push((key.to_string(), format!("{what}: {e}")));
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Kommo's account webhook for `responsible_<kind>` of the configured kinds.
+async fn kommo_hook(
+    kommo: &crate::kommo::KommoClient,
+    cfg: &crate::config::Config,
+    base: &str,
+    token: &SecretString,
+    write: bool,
+    reg: &mut Registration,
+) -> Result<(), crate::http::ApiError> {
+    use crate::kommo::WebhookOutcome as W;
+    let dest = format!("{base}/hooks/kommo/{}", token.expose_secret());
+    let shown = format!("{base}/hooks/kommo/<token>");
     let settings: Vec<String> = cfg
         .kinds()
         .iter()
         .map(|k| format!("responsible_{}", k.singular()))
         .collect();
-    let created = kommo.register_webhook(&kommo_url, &settings).await?;
-    lines.push(format!(
-        "kommo: webhook {base}/hooks/kommo/<token> for {} {}",
-        settings.join(", "),
-        if created {
-            "registered"
-        } else {
-            "already registered"
+    let events = settings.join(", ");
+    let outcome = if write {
+        kommo.register_webhook(&dest, &settings).await
+    } else {
+        kommo.webhook(&dest).await.map(|h| match h {
+            None => W::Created,
+            Some(h) if h.disabled => W::Reenabled,
+            Some(_) => W::Present,
+        })
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let what = format!(
+                "Kommo refused its webhooks API for {shown} (it needs an account on the Extended or Professional plan and an admin's token, amoCRM webhooks-format.md L7 and webhooks-api.md{}; the sync goes on by polling)",
+                cyrillic_hint(base)
+            );
+            return refused(reg, "daemon.public_url", what, e);
         }
-    ));
-    let chat_url = format!("{base}/hooks/chatapp/{}", token.expose_secret());
-    let licenses = chatapp.licenses().await?;
-    for (license, types) in licenses
-        .into_iter()
-        .filter(|(l, _)| cfg.chatapp.license_ids.contains(l))
+    };
+    let (text, warn) = match (outcome, write) {
+        (W::Present, _) => (
+            format!("webhook {shown} for {events} already registered"),
+            false,
+        ),
+        (W::Created, true) => (format!("webhook {shown} for {events} registered"), false),
+        (W::Updated, true) => (
+            format!("webhook {shown} registered again for {events} (it had other events)"),
+            false,
+        ),
+        (W::Reenabled, true) => (
+            format!(
+                "webhook {shown} was disabled by Kommo (after more than 100 failed deliveries in 2 hours), registered again for {events}"
+            ),
+            true,
+        ),
+        (W::StillDisabled, _) => {
+            reg.problems.push(("daemon.public_url".into(), format!(
+                "Kommo disabled the webhook {shown} (after more than 100 failed deliveries in 2 hours, amoCRM webhooks-format.md L505-509) and it stays disabled after registering it again: an account admin has to switch it on in Kommo; until then the sync goes on by polling")));
+            return Ok(());
+        }
+        (W::Reenabled, false) => (
+            format!("webhook {shown} was disabled by Kommo; shadow mode: not registered again"),
+            true,
+        ),
+        (_, false) => (
+            format!("webhook {shown} is not registered; shadow mode: not registered"),
+            true,
+        ),
+    };
+    let wrote = write && outcome != W::Present;
+    reg.note("kommo", format!("kommo: {text}"), warn, wrote);
+    Ok(())
+}
+
+/// A note for a `public_url` whose host Kommo may refuse: "Кириллические домены не
+/// поддерживаются" (webhooks-format.md L7). Whether a punycode (`xn--`) host counts is not said:
+/// ASSUMPTION that it does.
+fn cyrillic_hint(base: &str) -> &'static str {
+    let host = reqwest::Url::parse(base)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    if !base.is_ascii() || host.split('.').any(|l| l.starts_with("xn--")) {
+        "; Kommo refuses Cyrillic domains, and this one is"
+    } else {
+        ""
+    }
+}
+
+/// Whose a line's callback is.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    /// No callback.
+    Free,
+    /// Ours; `complete` when it is our current URL with every event we need.
+    Ours { complete: bool },
+    /// Another integration's, at this host (scrubbed).
+    Other(String),
+}
+
+/// Classifies a line's callback: ours is `ours` exactly, or an older URL of ours (another token
+/// under `{base}/hooks/chatapp/`); anything else is another integration's.
+fn owner(current: Option<&crate::chatapp::CallbackUrl>, ours: &str, base: &str) -> Owner {
+    let Some(c) = current else {
+        return Owner::Free;
+    };
+    let url = c.url.as_deref().unwrap_or("").trim();
+    if url.is_empty() {
+        return Owner::Free;
+    }
+    if url.trim_end_matches('/') == ours {
+        let complete = CHATAPP_EVENTS
+            .iter()
+            .all(|e| c.events.iter().any(|x| x == e));
+        return Owner::Ours { complete };
+    }
+    if url.starts_with(&format!("{base}/hooks/chatapp/")) {
+        return Owner::Ours { complete: false };
+    }
+    Owner::Other(host_only(url))
+}
+
+/// The host of a URL, scrubbed and shortened (never its path or query, which may hold a token).
+fn host_only(url: &str) -> String {
+    match reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
     {
-        for t in types {
-            chatapp
-                .set_callback(license, &t, &chat_url, &["chatResponsible", "message"])
-                .await?;
-            lines.push(format!(
-                "chatapp: callback {base}/hooks/chatapp/<token> set for license {license} {t} (chatResponsible, message)"
-            ));
+        Some(h) => crate::redact::excerpt(&h, 80),
+        None => "an unreadable URL".into(),
+    }
+}
+
+/// ChatApp's callback on every messenger line of the configured, active licenses.
+async fn chatapp_callbacks(
+    chatapp: &crate::chatapp::ChatAppClient,
+    cfg: &crate::config::Config,
+    base: &str,
+    token: &SecretString,
+    write: bool,
+    reg: &mut Registration,
+) -> Result<(), crate::http::ApiError> {
+    let ours = format!("{base}/hooks/chatapp/{}", token.expose_secret());
+    let shown = format!("{base}/hooks/chatapp/<token>");
+    let licenses = match chatapp.licenses().await {
+        Ok(l) => l,
+        Err(e) => {
+            let what = "ChatApp's licenses cannot be read (GET /v1/licenses)".to_string();
+            return refused(reg, "chatapp.license_ids", what, e);
+        }
+    };
+    let callbacks = match chatapp.callback_urls().await {
+        Ok(c) => c,
+        Err(e) => {
+            let what = format!(
+                "no ChatApp callback was set to {shown}: the lines' callbacks cannot be read (GET /v1/callbackUrls), and a line may carry another integration's"
+            );
+            return refused(reg, "daemon.public_url", what, e);
+        }
+    };
+    for lic in licenses
+        .iter()
+        .filter(|l| cfg.chatapp.license_ids.contains(&l.license_id))
+    {
+        let id = lic.license_id;
+        if let Some(why) = lic.inactive_reason() {
+            reg.note("chatapp", format!("chatapp: license {id} skipped: it is not active ({why}); its callbacks are not set"), true, false);
+            continue;
+        }
+        for mt in lic.messenger_types() {
+            let current = callbacks
+                .iter()
+                .find(|c| c.license_id == id && c.messenger_type == mt);
+            let line = format!("license {id} {mt}");
+            let again = match owner(current, &ours, base) {
+                Owner::Ours { complete: true } => {
+                    reg.note(
+                        "chatapp",
+                        format!("chatapp: callback {shown} already set for {line}"),
+                        false,
+                        false,
+                    );
+                    continue;
+                }
+                Owner::Other(host) => {
+                    reg.note("chatapp", format!("chatapp: callback of {line} left as it is: it calls another integration (host {host}); ChatApp keeps one callback per line, so this line's dialogs are seen by polling only"), true, false);
+                    continue;
+                }
+                Owner::Ours { complete: false } => true,
+                Owner::Free => false,
+            };
+            if !write {
+                reg.note(
+                    "chatapp",
+                    format!(
+                        "chatapp: callback {shown} is not set for {line}; shadow mode: not set"
+                    ),
+                    true,
+                    false,
+                );
+                continue;
+            }
+            if let Err(e) = chatapp.set_callback(id, &mt, &ours, &CHATAPP_EVENTS).await {
+                let what = format!("ChatApp refused the callback {shown} for {line}");
+                refused(reg, "daemon.public_url", what, e)?;
+                continue;
+            }
+            let verb = if again { "set again" } else { "set" };
+            reg.note(
+                "chatapp",
+                format!(
+                    "chatapp: callback {shown} {verb} for {line} ({})",
+                    CHATAPP_EVENTS.join(", ")
+                ),
+                false,
+                true,
+            );
         }
     }
-    Ok(lines)
+    Ok(())
+}
+
+/// How long the daemon's check of its registrations may take, retries included (or the cycle
+/// budget when that is shorter: the watchdog counts the check as part of the cycle).
+pub const RECHECK_BUDGET: Duration = Duration::from_secs(120);
+
+/// The daemon's check of its webhook registrations, after a good full cycle and after the first
+/// good cycle since the start (so once per `full_schedule` and per start: one GET to Kommo, two
+/// to ChatApp, a write only for what is missing or disabled): the same pass as
+/// `check-config --online` ([`register`]; in shadow mode it only says what it would do). Each
+/// registration sent again is logged at warn level and counted
+/// (`chatapp_kommo_sync_webhooks_reregistered_total{api}`); warnings and problems are logged at
+/// warn level; an API that cannot be reached is logged, `None` is returned and the next good
+/// cycle tries again.
+pub async fn recheck(
+    syncer: &crate::sync::LiveSyncer,
+    hooks: &Hooks,
+    base: &str,
+    shadow: bool,
+    metrics: &crate::service::metrics::Metrics,
+) -> Option<Registration> {
+    let deadline = Some(Instant::now() + RECHECK_BUDGET.min(syncer.config.daemon.cycle_budget));
+    syncer.kommo.api.set_deadline(deadline);
+    syncer.chatapp.api.set_deadline(deadline);
+    let reg = register(
+        Some(&syncer.kommo),
+        &syncer.chatapp,
+        &syncer.config,
+        base,
+        hooks.token(),
+        !shadow,
+    )
+    .await;
+    syncer.kommo.api.set_deadline(None);
+    syncer.chatapp.api.set_deadline(None);
+    let reg = match reg {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhooks: the registrations could not be checked; the next full cycle tries again");
+            return None;
+        }
+    };
+    for n in &reg.notes {
+        if n.wrote {
+            tracing::warn!(api = n.api, "webhooks: registered again: {}", n.text);
+        } else if n.warn {
+            tracing::warn!(api = n.api, "webhooks: {}", n.text);
+        } else {
+            tracing::debug!(api = n.api, "webhooks: {}", n.text);
+        }
+    }
+    for (key, found) in &reg.problems {
+        tracing::warn!(key = %key, "webhooks: {found}");
+    }
+    for api in ["kommo", "chatapp"] {
+        let n = reg.written(api);
+        if n > 0 {
+            metrics.webhooks_reregistered(api, n);
+        }
+    }
+    Some(reg)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chatapp::{CallbackUrl, License};
+    use crate::kommo::Webhook;
+
+    fn cb(url: Option<&str>, events: &[&str]) -> CallbackUrl {
+        CallbackUrl {
+            license_id: 1,
+            messenger_type: "grWhatsApp".into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            url: url.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_lines_callback_is_free_ours_or_another_integrations() {
+        let base = "https://sync.example.com";
+        let ours = "https://sync.example.com/hooks/chatapp/tok";
+        assert_eq!(owner(None, ours, base), Owner::Free);
+        assert_eq!(owner(Some(&cb(None, &[])), ours, base), Owner::Free);
+        assert_eq!(owner(Some(&cb(Some(" "), &[])), ours, base), Owner::Free);
+        let all = ["message", "chatResponsible", "messageStatus"];
+        assert_eq!(
+            owner(Some(&cb(Some(ours), &all)), ours, base),
+            Owner::Ours { complete: true }
+        );
+        assert_eq!(
+            owner(Some(&cb(Some(ours), &["message"])), ours, base),
+            Owner::Ours { complete: false },
+            "ours without an event we need is set again"
+        );
+        assert_eq!(
+            owner(
+                Some(&cb(
+                    Some("https://sync.example.com/hooks/chatapp/old"),
+                    &all
+                )),
+                ours,
+                base
+            ),
+            Owner::Ours { complete: false },
+            "an older token of ours"
+        );
+        // ADI's GetCallbackUrls.json: another integration, named by its host only
+        assert_eq!(
+            owner(
+                Some(&cb(
+                    Some("https://webhook.site/f411787a-1def-4ec7-85b0-bba061893d37?k=secret"),
+                    &["message", "messageStatus"]
+                )),
+                ours,
+                base
+            ),
+            Owner::Other("webhook.site".into())
+        );
+        assert_eq!(
+            owner(Some(&cb(Some("not a url"), &[])), ours, base),
+            Owner::Other("an unreadable URL".into())
+        );
+    }
+
+    #[test]
+    fn a_cyrillic_public_url_is_pointed_out() {
+        assert_eq!(cyrillic_hint("https://sync.example.com"), "");
+        assert!(!cyrillic_hint("https://синк.рф").is_empty());
+        assert!(!cyrillic_hint("https://xn--h1alffa9f.xn--p1ai").is_empty());
+    }
+
+    #[test]
+    fn the_documented_answers_decode() {
+        // amoCRM webhooks-api.md L79 (api/payloads/kommo_webhooks_list.json, shortened)
+        let list: Vec<Webhook> = serde_json::from_str(
+            r#"[{"id": 839656, "destination": "https://webhook-uri.com", "created_at": 1575539157,
+                 "sort": 1, "disabled": false, "settings": ["add_task"]},
+                {"id": 849193, "destination": "https://api.test.ru/amoWebHook", "sort": 2,
+                 "disabled": true, "settings": ["update_lead"]},
+                {"destination": "https://x.example", "disabled": "yes"}]"#,
+        )
+        .unwrap();
+        assert!(!list[0].disabled && list[1].disabled);
+        assert_eq!(list[1].settings, vec!["update_lead".to_string()]);
+        assert!(!list[2].disabled, "a flag of another type reads as enabled");
+        // L177: the POST answer is the hook
+        let posted: Webhook = serde_json::from_str(
+            r#"{"id": 1056949, "destination": "https://example.test", "created_at": 1589012268,
+                "account_id": 321321, "created_by": 3944275, "sort": 1, "disabled": false,
+                "settings": ["add_lead"]}"#,
+        )
+        .unwrap();
+        assert_eq!(posted.destination, "https://example.test");
+        // ADI License.json (api/payloads/chatapp_licenses_list.json, shortened); TEZ's `active`
+        let licenses: Vec<License> = serde_json::from_str(
+            r#"[{"licenseId": 37233, "licenseTo": 1692122395, "licenseName": null, "meOwner": true,
+                 "status": {"id": 4, "code": "paid"},
+                 "messenger": [{"type": "grWhatsApp", "name": "[WEB] WhatsApp"}], "access": []},
+                {"licenseId": 2, "active": false, "status": {"id": 4, "code": "paid"}},
+                {"licenseId": 3, "status": {"id": 2, "code": "expired"}},
+                {"licenseId": 4, "active": true, "status": {"code": "expired"}},
+                {"licenseId": 5, "active": "no", "status": "odd"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            licenses[0].messenger_types(),
+            vec!["grWhatsApp".to_string()]
+        );
+        assert_eq!(licenses[0].inactive_reason(), None);
+        assert_eq!(
+            licenses[1].inactive_reason().as_deref(),
+            Some("`active` is false")
+        );
+        assert!(
+            licenses[2]
+                .inactive_reason()
+                .unwrap()
+                .contains("\"expired\"")
+        );
+        assert_eq!(licenses[3].inactive_reason(), None, "`active: true` wins");
+        assert_eq!(
+            licenses[4].inactive_reason(),
+            None,
+            "odd types read as absent"
+        );
+        // ADI GetCallbackUrls.json
+        let callbacks: Vec<CallbackUrl> = serde_json::from_str(
+            r#"[{"licenseId": 37233, "messengerType": "grWhatsApp",
+                 "events": ["message", "messageStatus"],
+                 "url": "https://webhook.site/f411787a-1def-4ec7-85b0-bba061893d37"}]"#,
+        )
+        .unwrap();
+        assert_eq!(callbacks[0].license_id, 37233);
+        assert_eq!(callbacks[0].events.len(), 2);
+    }
 
     #[test]
     fn recognises_kommo_responsible_hooks() {

@@ -10,6 +10,8 @@
 //! | POST | `/v1/tokens` | JSON `{email, password, appId}` |
 //! | POST | `/v1/tokens/refresh` | header `Refresh: <refreshToken>`, no body |
 //! | GET | `/v1/tokens/check`, `/v1/me`, `/v1/companies`, `/v1/licenses` | |
+//! | GET | `/v1/callbackUrls` | `data[] {licenseId, messengerType, events, url}` (ADI `GetCallbackUrls.json`) |
+//! | PUT | `/v1/licenses/{l}/messengers/{m}/callbackUrl` | JSON `{"events": [..], "url"}`: one callback per line, replaced |
 //! | GET | `/v1/companies/{companyId}/employees[/{id}]` | |
 //! | GET | `/v1/chats` | `companyId`, `limit`, `filter[licenseIds]`, `nextPage` |
 //! | GET | `/v1/licenses/{l}/messengers/{m}/chats` | `limit`, `lastTime`, `nextPage` |
@@ -50,6 +52,9 @@
 //! - **Messages**: newest first, `limit` default 20 (max 100), system messages only with
 //!   `includeSystemMessages=1`; `nextPage` is always `null`.
 //! - Chat `status` is `"open"` or `"closed"`.
+//! - **Licenses and their callbacks** (issue 18, see `lines`): a license is `paid` and
+//!   `active: true` unless a test says otherwise; a test can list one more license and set a
+//!   line's callback as another integration would.
 //! - **Malformed chats** (hardening tests): [`ChatAppSim::set_chat_json_override`] merges keys
 //!   into (or replaces) one chat's JSON as served and [`ChatAppSim::remove_chat_json_keys`] drops
 //!   keys, until cleared; they apply to both list endpoints, the single chat, the answer of
@@ -65,6 +70,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
+mod lines;
 mod quirks;
 pub use quirks::WriteBehaviour;
 
@@ -201,6 +207,7 @@ struct CState {
     login_limit: Option<u32>,
     written: Vec<(u64, String, String, u64)>,
     callbacks: BTreeMap<(u64, String), (Vec<String>, String)>,
+    lines: lines::Lines,
     overrides: HashMap<ChatKey, JsonOverride>,
     seq: u64,
     rng: XorShift,
@@ -248,6 +255,7 @@ impl ChatAppSim {
                     login_limit: None,
                     written: Vec::new(),
                     callbacks: BTreeMap::new(),
+                    lines: lines::Lines::default(),
                     overrides: HashMap::new(),
                     seq: 0,
                     rng: XorShift::new(seed),
@@ -652,9 +660,9 @@ impl ChatAppSim {
                 }
             }
             ["licenses"] if get => ok(Value::Array(
-                cfg.license_ids
-                    .iter()
-                    .map(|l| license_json(&st, *l, cfg.company_id, now))
+                st.lines
+                    .listed(&cfg.license_ids)
+                    .map(|l| license_json(&st, l, cfg.company_id, now))
                     .collect(),
             )),
             ["chats"] if get => self.list_all(&st, &inc),
@@ -1100,7 +1108,7 @@ fn license_json(st: &CState, license: u64, company: u64, now: i64) -> Value {
         .into_iter()
         .map(|t| json!({"type": t, "name": t, "info": {"phone": null}}))
         .collect();
-    json!({
+    let mut v = json!({
         "licenseId": license,
         "licenseTo": now + 365 * 86_400,
         "licenseName": null,
@@ -1112,7 +1120,9 @@ fn license_json(st: &CState, license: u64, company: u64, now: i64) -> Value {
         "messenger": messengers,
         "app": [{"type": "amo", "name": "AmoCRM"}],
         "access": [],
-    })
+    });
+    st.lines.shape(license, &mut v);
+    v
 }
 
 fn ok(data: Value) -> Response {

@@ -17,6 +17,7 @@
 //! | POST | `/api/v4/leads/unsorted/{uid}/accept` | optional `{"status_id", "user_id"}` |
 //! | DELETE | `/api/v4/leads/unsorted/{uid}/decline` | optional `{"user_id"}` |
 //! | GET | `/api/v4/{kind}/custom_fields`, `/api/v4/{kind}/custom_fields/{id}` | `page`, `limit` (≤ 50 served) |
+//! | GET, POST | `/api/v4/webhooks` | `filter[destination]`; [`KommoSim::disable_webhook`] serves a hook `disabled: true`, [`KommoSim::refuse_webhooks`] refuses the API |
 //! | POST | `/oauth2/access_token` | `grant_type=refresh_token` or `authorization_code` |
 //! | GET | `/oauth2/account/current/subdomain` | header `X-Refresh-Token` |
 //!
@@ -132,7 +133,7 @@
 //! - [`KommoSim::push_raw_event`] serves one event exactly as given; it is filtered and ordered
 //!   by the values it carries.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
@@ -495,6 +496,12 @@ struct KState {
     refused_assignees: HashSet<u64>,
     page_cap: Option<u64>,
     webhooks: Vec<(String, Vec<String>)>,
+    /// Destinations of the hooks Kommo has switched off (served as `disabled: true`).
+    disabled_hooks: BTreeSet<String>,
+    /// When set, `GET`/`POST /api/v4/webhooks` answer this status (a plan or rights refusal).
+    webhooks_refused: Option<u16>,
+    /// A POST to a disabled hook leaves it disabled (else it switches it on again).
+    post_keeps_disabled: bool,
     patch_count: u64,
     written: [Vec<u64>; 4],
     rng: XorShift,
@@ -550,6 +557,9 @@ impl KommoSim {
             refused_assignees: HashSet::new(),
             page_cap: None,
             webhooks: Vec::new(),
+            disabled_hooks: BTreeSet::new(),
+            webhooks_refused: None,
+            post_keeps_disabled: false,
             patch_count: 0,
             written: Default::default(),
             rng: XorShift::new(0x4B4F_4D4D_4F00_0000 ^ u64::from(port) ^ (now as u64) << 16),
@@ -613,6 +623,30 @@ impl KommoSim {
     /// The webhooks registered (`POST /api/v4/webhooks`): `(destination, settings)`.
     pub fn webhooks(&self) -> Vec<(String, Vec<String>)> {
         self.lock().webhooks.clone()
+    }
+
+    /// Switches the hook at `destination` off, as Kommo does after more than 100 invalid answers
+    /// in 2 hours (`webhooks-format.md` L505-509): it is listed with `disabled: true`.
+    pub fn disable_webhook(&self, destination: &str) {
+        self.lock().disabled_hooks.insert(destination.to_string());
+    }
+
+    /// Whether the hook at `destination` is switched off.
+    pub fn webhook_disabled(&self, destination: &str) -> bool {
+        self.lock().disabled_hooks.contains(destination)
+    }
+
+    /// Makes `GET`/`POST /api/v4/webhooks` answer `status` (problem+json) until called with
+    /// `None`: an account whose plan lacks the webhooks API (`webhooks-format.md` L7), or a token
+    /// without admin rights. Which status real Kommo sends for the plan is not documented.
+    pub fn refuse_webhooks(&self, status: Option<u16>) {
+        self.lock().webhooks_refused = status;
+    }
+
+    /// With `true`, a POST to a disabled hook leaves it disabled (the docs do not say whether a
+    /// POST switches it on again; by default the simulator does).
+    pub fn keep_webhooks_disabled_on_post(&self, keep: bool) {
+        self.lock().post_keeps_disabled = keep;
     }
 
     /// Silently serves card-list pages of at most `cap` items whatever `limit` asks (Kommo once
@@ -1112,51 +1146,15 @@ impl KommoSim {
                 None => no_content(),
             },
             ["events"] if get => self.events_list(&st, &inc),
-            ["webhooks"] if get => {
-                let dest = param(&inc.params, "filter[destination]");
-                let items: Vec<Value> = st
-                    .webhooks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (d, _))| dest.is_none_or(|x| x == d))
-                    .map(|(i, (d, set))| json!({"id": i + 1, "destination": d, "settings": set, "disabled": false}))
-                    .collect();
-                if items.is_empty() {
-                    no_content()
-                } else {
-                    json_response(
-                        StatusCode::OK,
-                        HAL,
-                        &json!({"_total_items": items.len(), "_embedded": {"webhooks": items}}),
-                    )
+            ["webhooks"] if get || inc.method == Method::POST => {
+                if let Some(code) = st.webhooks_refused {
+                    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
+                    return kommo_problem(status, "Webhooks are not available for this account");
                 }
-            }
-            ["webhooks"] if inc.method == Method::POST => {
-                let body: Value = serde_json::from_slice(&inc.body).unwrap_or(Value::Null);
-                let dest = body
-                    .get("destination")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                let settings: Option<Vec<String>> =
-                    body.get("settings").and_then(Value::as_array).map(|a| {
-                        a.iter()
-                            .filter_map(|e| e.as_str().map(str::to_string))
-                            .collect()
-                    });
-                match (dest, settings) {
-                    (Some(d), Some(set)) if d.starts_with("http") && !set.is_empty() => {
-                        st.webhooks.retain(|(x, _)| *x != d);
-                        st.webhooks.push((d.clone(), set.clone()));
-                        json_response(
-                            StatusCode::CREATED,
-                            HAL,
-                            &json!({"id": st.webhooks.len(), "destination": d, "settings": set, "disabled": false}),
-                        )
-                    }
-                    _ => kommo_problem(
-                        StatusCode::BAD_REQUEST,
-                        "destination and settings are required",
-                    ),
+                if get {
+                    webhooks_list(&st, &inc)
+                } else {
+                    webhooks_post(&mut st, &inc)
                 }
             }
             ["events", id] if get => match st.events.iter().find(|e| e.id == *id) {
@@ -2076,6 +2074,65 @@ fn event_json(e: &EventRec, base: &str, account_id: u64) -> Value {
         "_links": {"self": {"href": format!("{base}/api/v4/events/{}", e.id)}},
         "_embedded": {"entity": {"id": entity_id, "_links": {"self": {"href":
             format!("{base}/api/v4/{path}/{entity_id}")}}}},
+    })
+}
+
+/// `GET /api/v4/webhooks[?filter[destination]=URL]` (`webhooks-api.md` L79): 204 when none.
+fn webhooks_list(st: &KState, inc: &Incoming) -> Response {
+    let dest = param(&inc.params, "filter[destination]");
+    let items: Vec<Value> = st
+        .webhooks
+        .iter()
+        .enumerate()
+        .filter(|(_, (d, _))| dest.is_none_or(|x| x == d))
+        .map(|(i, (d, set))| webhook_json(st, i, d, set))
+        .collect();
+    if items.is_empty() {
+        return no_content();
+    }
+    json_response(
+        StatusCode::OK,
+        HAL,
+        &json!({"_total_items": items.len(), "_embedded": {"webhooks": items}}),
+    )
+}
+
+/// `POST /api/v4/webhooks`: creates the hook, or updates the one at the same destination
+/// (`webhooks-api.md` L135); 201 with the hook. A disabled hook is switched on again unless
+/// [`KommoSim::keep_webhooks_disabled_on_post`] says otherwise.
+fn webhooks_post(st: &mut KState, inc: &Incoming) -> Response {
+    let body: Value = serde_json::from_slice(&inc.body).unwrap_or(Value::Null);
+    let dest = body
+        .get("destination")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let settings: Option<Vec<String>> = body.get("settings").and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect()
+    });
+    match (dest, settings) {
+        (Some(d), Some(set)) if d.starts_with("http") && !set.is_empty() => {
+            st.webhooks.retain(|(x, _)| *x != d);
+            st.webhooks.push((d.clone(), set.clone()));
+            if !st.post_keeps_disabled {
+                st.disabled_hooks.remove(&d);
+            }
+            let i = st.webhooks.len() - 1;
+            json_response(StatusCode::CREATED, HAL, &webhook_json(st, i, &d, &set))
+        }
+        _ => kommo_problem(
+            StatusCode::BAD_REQUEST,
+            "destination and settings are required",
+        ),
+    }
+}
+
+/// One hook as the webhooks API shows it.
+fn webhook_json(st: &KState, i: usize, dest: &str, settings: &[String]) -> Value {
+    json!({
+        "id": i + 1, "destination": dest, "settings": settings,
+        "disabled": st.disabled_hooks.contains(dest), "sort": i + 1,
     })
 }
 
