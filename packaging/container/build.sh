@@ -49,8 +49,10 @@ TAG=${CKS_IMAGE_TAG:-$VERSION}
 IMAGE="localhost/$NAME:$TAG"
 
 # org.opencontainers.image.source: $CKS_IMAGE_SOURCE, else Cargo.toml's `repository`, else git's
-# origin, else the project's placeholder domain (the .deb's maintainer address uses it too):
-# Cargo.toml has no `repository` yet, and a label that is always there is easier to rely on.
+# origin when it is an http(s) URL (without any user or token in it; a local path or an ssh
+# address is no place to get the source from), else the project's placeholder domain (the .deb's
+# maintainer address uses it too): Cargo.toml has no `repository` yet, and a label that is always
+# there is easier to rely on.
 PLACEHOLDER_SOURCE="https://chatapp-kommo-sync.invalid/source"
 if [ -n "${CKS_IMAGE_SOURCE:-}" ]; then
     SOURCE=$CKS_IMAGE_SOURCE
@@ -58,7 +60,10 @@ elif [ "$REPOSITORY" != "-" ]; then
     SOURCE=$REPOSITORY
 else
     SOURCE=$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null || true)
-    SOURCE=${SOURCE:-$PLACEHOLDER_SOURCE}
+    case "$SOURCE" in
+        http://*|https://*) SOURCE=$(printf '%s' "$SOURCE" | sed -E 's#^(https?://)[^/@]*@#\1#') ;;
+        *) SOURCE=$PLACEHOLDER_SOURCE ;;
+    esac
 fi
 
 REVISION=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
@@ -149,7 +154,7 @@ LABELS=(
     --label "org.opencontainers.image.source=$SOURCE"
 )
 if [ "$SOURCE" = "$PLACEHOLDER_SOURCE" ]; then
-    note "note: org.opencontainers.image.source is the placeholder $SOURCE (no CKS_IMAGE_SOURCE, no 'repository' in Cargo.toml, no git origin)"
+    note "note: org.opencontainers.image.source is the placeholder $SOURCE (no CKS_IMAGE_SOURCE, no 'repository' in Cargo.toml, no http(s) git origin)"
 fi
 podman build --quiet --pull=never --timestamp "$EPOCH" --format oci "${LABELS[@]}" \
     -t "$IMAGE" "$CTX" >/dev/null
