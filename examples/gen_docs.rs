@@ -750,7 +750,10 @@ fn config_page(text: &str, date: &str) -> Res<String> {
                 Default::AsWritten => format!("Default: {value}."),
                 Default::Other(v) => format!("Default: \\fB{}\\fR. {shown}", roff_lit(v)),
                 Default::Unset => format!("Not set by default. {shown}"),
-                Default::Required(reason) if reason.contains("missing field") => {
+                Default::Required(reason)
+                    if reason.contains("missing field")
+                        || reason.contains("required, but missing") =>
+                {
                     format!("Required. {shown}")
                 }
                 Default::Required(reason) => {

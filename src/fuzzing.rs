@@ -488,9 +488,7 @@ pub fn kommo_decode(which: KommoBody, body: &[u8]) -> Result<Outcome, ApiError> 
                     .as_ref()
                     .and_then(|e| e.leads.first())
                     .map(|l| l.id);
-                if let Some(r) = kommo::unsorted_dialog_ref(rec) {
-                    check_ref(&r);
-                }
+                let _contact = kommo::unsorted_contact(rec);
             }
             Ok(Outcome {
                 records: p.embedded.unsorted.len(),

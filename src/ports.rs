@@ -10,8 +10,7 @@
 use crate::chatapp::Chat;
 use crate::core::engine::Snapshot;
 use crate::core::model::{
-    CardKind, DialogKey, DialogRef, DialogState, Employee, EmployeeId, KommoUser, KommoUserId,
-    RecordId,
+    CardKind, DialogKey, DialogState, Employee, EmployeeId, KommoUser, KommoUserId, RecordId,
 };
 use crate::core::neighbourhood::{BaseLookup, Frame};
 use crate::http::{ApiError, BadRecord};
@@ -65,11 +64,11 @@ pub trait KommoApi: ApiMeter {
         kind: CardKind,
         ids: &[u64],
     ) -> impl Future<Output = Result<Vec<KommoCard>, ApiError>> + Send;
-    /// The dialogs of the unsorted chat records of the leads in `wanted`.
-    fn unsorted_chat_refs(
+    /// The contact of the unsorted chat record of each lead in `wanted` that has one.
+    fn unsorted_contacts(
         &self,
         wanted: &BTreeSet<u64>,
-    ) -> impl Future<Output = Result<BTreeMap<u64, DialogRef>, ApiError>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<u64, u64>, ApiError>> + Send;
     /// Sets the responsible of cards of `kind` (one batch); returns the ids confirmed and the
     /// ids Kommo refused, each with its reason (the others are still written).
     fn patch_responsible(

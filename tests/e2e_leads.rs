@@ -216,8 +216,11 @@ async fn only_leads_of_the_configured_pipelines_take_part() {
     );
 }
 
-/// A client writes for the first time: Kommo makes an unsorted chat record (lead 3001 in the
-/// incoming stage, contact 3002 not readable before acceptance), ChatApp a dialog.
+/// A returning client writes again: Kommo makes an unsorted chat record (lead 3001 in the
+/// incoming stage) holding the client's existing contact, Pavel (1004, whose Messenger field names
+/// dialog 4). `origin.chat_id` is amoCRM's own chat id (a UUID, AMO `unsorted-api.md` L1062): the
+/// lead links through its contact (issue 18 moved these tests off the assumption that it was
+/// ChatApp's chat id, a new client's dialog added for them).
 async fn incoming_world(crm_to_chat: &str, chat_to_crm: &str) -> Env {
     let env = Env::new("").await;
     env.edit_config(|t| {
@@ -233,7 +236,32 @@ async fn incoming_world(crm_to_chat: &str, chat_to_crm: &str) -> Env {
     });
     env.w
         .kommo
-        .add_unsorted_chat(UnsortedChat::new(3001, 3002, "79990000009@c.us", 504141));
+        .add_unsorted_chat(UnsortedChat::new(3001, 1004, AMO_CHAT_UUID, 504141));
+    env.w
+        .kommo
+        .set_field("leads", 3001, SimField::checkbox(LEAD_FLAG_FIELD, true));
+    env
+}
+
+/// An amoCRM chats-service id, as `metadata.origin.chat_id` holds it (`contacts-api.md` L757).
+const AMO_CHAT_UUID: &str = "6cbab3d5-c4c1-46ff-b710-ad59ad10805f";
+
+/// A client writes for the first time: the unsorted record's new contact cannot be read before
+/// acceptance and its `origin.chat_id` is amoCRM's, so nothing links the incoming lead to a
+/// dialog yet: nothing is written, and the unsorted list is not read (the lead lists its contact).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_clients_incoming_lead_links_nothing_before_acceptance() {
+    let env = Env::new("").await;
+    env.edit_config(|t| {
+        t.replace(
+            "crm_to_chat = [\"contact\"]",
+            "crm_to_chat = [\"incoming_lead\"]",
+        )
+        .replace("lead = 184994", "lead = 184994\nincoming_lead = 184994")
+    });
+    env.w
+        .kommo
+        .add_unsorted_chat(UnsortedChat::new(3001, 3002, AMO_CHAT_UUID, 504141));
     env.w
         .kommo
         .set_field("leads", 3001, SimField::checkbox(LEAD_FLAG_FIELD, true));
@@ -243,11 +271,25 @@ async fn incoming_world(crm_to_chat: &str, chat_to_crm: &str) -> Env {
         "New client",
         Some(85501),
     ));
-    env
+    env.once(&[]).await;
+    env.w.clock.advance(10);
+    env.w
+        .kommo
+        .set_responsible_as_human("leads", 3001, 504143, 504141);
+    let r = env.once(&[]).await;
+    assert_eq!(env.writes(), (0, 0), "{}", r.stdout);
+    assert!(
+        env.w
+            .kommo
+            .requests()
+            .iter()
+            .all(|q| q.path != "/api/v4/leads/unsorted"),
+        "the unsorted list is not paged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_incoming_lead_drives_the_dialog_through_its_unsorted_chat_and_accepting_it_writes_nothing()
+async fn a_returning_clients_incoming_lead_drives_the_dialog_through_its_contact_and_accepting_it_writes_nothing()
  {
     let env = incoming_world("[\"incoming_lead\"]", "[\"lead\"]").await;
     env.once(&[]).await;
@@ -257,7 +299,7 @@ async fn an_incoming_lead_drives_the_dialog_through_its_unsorted_chat_and_accept
         .set_responsible_as_human("leads", 3001, 504143, 504141);
     let r = env.once(&[]).await;
     assert_eq!(
-        env.w.chatapp.responsible_of(1, WA, "79990000009@c.us"),
+        env.w.chatapp.responsible_of(1, WA, &chat(4)),
         Some(85503),
         "{}",
         r.stdout
@@ -275,9 +317,7 @@ async fn an_incoming_lead_in_chat_to_crm_receives_the_dialog_and_a_lead_does_not
     let env = incoming_world("[\"contact\"]", "[\"incoming_lead\"]").await;
     env.once(&[]).await;
     env.w.clock.advance(10);
-    env.w
-        .chatapp
-        .assign_as_human(1, WA, "79990000009@c.us", Some(85502));
+    env.w.chatapp.assign_as_human(1, WA, &chat(4), Some(85502));
     env.w.chatapp.assign_as_human(1, WA, &chat(1), Some(85503));
     let r = env.once(&[]).await;
     assert_eq!(

@@ -323,7 +323,8 @@ async fn main() {
     let lead_writes: u64 = (0..a.leads).filter(|l| l % a.contacts.max(1) < k).count() as u64;
     let w_leads = lead_writes.div_ceil(100) + lead_writes.div_ceil(50);
     let min_k = 1 + users + pages(k, 100) + pages(k, 250) + 1 + w_leads;
-    let min_c = 1 + 1 + 2 * k;
+    // each dialog: read before the write, the write, read back (issue 18)
+    let min_c = 1 + 1 + 3 * k;
     ok &= report(
         &format!("incremental, {k} changes"),
         &m,

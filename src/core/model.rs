@@ -374,9 +374,8 @@ pub struct CardState {
     /// Leads, companies, customers: ids of linked contacts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contacts: Vec<u64>,
-    /// Contacts: dialogs referenced by the Messenger field. Incoming leads whose contact cannot
-    /// be read before acceptance: the chat of their unsorted record (see
-    /// `kommo::unsorted_dialog_ref`).
+    /// Contacts: dialogs referenced by the Messenger field (other kinds link through their
+    /// contacts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dialog_refs: Vec<DialogRef>,
     /// Contacts: phone numbers, digits only.

@@ -6,8 +6,8 @@ pub mod auth;
 use crate::config::{FieldRef, KommoConfig, LinksConfig};
 use crate::core::links::{parse_messenger_value, phone_digits};
 use crate::core::model::{
-    CardId, CardKind, CardObs, DialogRef, KommoUser, KommoUserId, LeadStage, STATUS_LOST,
-    STATUS_WON, StageKind, SyncKind,
+    CardId, CardKind, CardObs, KommoUser, KommoUserId, LeadStage, STATUS_LOST, STATUS_WON,
+    StageKind, SyncKind,
 };
 use crate::http::{ApiClient, ApiError, Limits, ListPage, Response};
 use serde::{Deserialize, Serialize};
@@ -573,20 +573,16 @@ pub(crate) struct UnsortedList {
     pub(crate) unsorted: Vec<Unsorted>,
 }
 
-/// The dialog an unsorted chat record stands for. UNCONFIRMED (the one place that assumes it):
-/// Kommo documents `metadata.origin.chat_id` as "the chat's id in the chats service"; the
-/// assumption is that ChatApp's integration puts its own chat id there (e.g. `79991234567@c.us`),
-/// so it is matched like a bare chat id (or phone) in a Messenger field. The contact of such a
-/// record is not readable before it is accepted (amoCRM `unsorted-api.md`), so this is the only
-/// link an incoming lead has until then.
-pub fn unsorted_dialog_ref(record: &Unsorted) -> Option<DialogRef> {
-    let chat = record
-        .metadata
-        .as_ref()?
-        .get("origin")?
-        .get("chat_id")?
-        .as_str()?;
-    parse_messenger_value(chat)
+/// The contact an unsorted record holds: `_embedded.contacts[0].id`.
+///
+/// Source: AMO `crm_platform/unsorted-api.md` L99-101 ("`_embedded[contacts]` ... В данный момент
+/// в массиве всегда 1 объект", with its `id`). The record's `metadata.origin.chat_id` is *not* a
+/// ChatApp chat id: it is the id in amoCRM's chats service (L1062; `chats/chat-api-reference.md`
+/// L381 shows UUIDs), so it links nothing here. A contact the record creates is not readable until
+/// the record is accepted (L28), so only a returning client's existing contact links an incoming
+/// lead before then; a new client's lead links once accepted, like any lead.
+pub fn unsorted_contact(record: &Unsorted) -> Option<u64> {
+    record.embedded.as_ref()?.contacts.first().map(|c| c.id)
 }
 
 impl KommoCard {
@@ -1140,18 +1136,20 @@ impl KommoClient {
         Ok(out)
     }
 
-    /// The dialogs of unsorted chat records (`GET /api/v4/leads/unsorted`, category `chats`) of
-    /// the leads in `wanted`, by lead id (see [`unsorted_dialog_ref`]). Pages until every wanted
-    /// lead is found or the list ends.
-    pub async fn unsorted_chat_refs(
+    /// The contacts of the unsorted chat records (`GET /api/v4/leads/unsorted`, category `chats`)
+    /// of the leads in `wanted`, by lead id (see [`unsorted_contact`]). Pages until every wanted
+    /// lead's record is found or the list ends (every record holds its contact, so the paging
+    /// stops as soon as the wanted leads are seen).
+    pub async fn unsorted_contacts(
         &self,
         wanted: &BTreeSet<u64>,
-    ) -> Result<BTreeMap<u64, DialogRef>, ApiError> {
+    ) -> Result<BTreeMap<u64, u64>, ApiError> {
         let path = "/api/v4/leads/unsorted";
         let mut out = BTreeMap::new();
+        let mut found = BTreeSet::new();
         let mut largest = 0;
         for page in 1.. {
-            if wanted.iter().all(|id| out.contains_key(id)) {
+            if wanted.iter().all(|id| found.contains(id)) {
                 break;
             }
             let q = vec![
@@ -1167,15 +1165,13 @@ impl KommoClient {
             let n = p.embedded.unsorted.len();
             let has_next = p.links.as_ref().is_some_and(|l| l.next.is_some());
             for rec in &p.embedded.unsorted {
-                let lead = rec
-                    .embedded
-                    .as_ref()
-                    .and_then(|e| e.leads.first())
-                    .map(|l| l.id);
-                if let (Some(lead), Some(r)) = (lead, unsorted_dialog_ref(rec))
-                    && wanted.contains(&lead)
-                {
-                    out.insert(lead, r);
+                let lead = rec.embedded.as_ref().and_then(|e| e.leads.first());
+                let Some(lead) = lead.map(|l| l.id).filter(|l| wanted.contains(l)) else {
+                    continue;
+                };
+                found.insert(lead);
+                if let Some(contact) = unsorted_contact(rec) {
+                    out.insert(lead, contact);
                 }
             }
             if page_ends_listing(n, PAGE_LIMIT, has_next, largest) {
@@ -1381,11 +1377,11 @@ impl crate::ports::KommoApi for KommoClient {
     async fn cards_by_id(&self, kind: CardKind, ids: &[u64]) -> Result<Vec<KommoCard>, ApiError> {
         KommoClient::cards_by_id(self, kind, ids).await
     }
-    async fn unsorted_chat_refs(
+    async fn unsorted_contacts(
         &self,
         wanted: &BTreeSet<u64>,
-    ) -> Result<BTreeMap<u64, DialogRef>, ApiError> {
-        KommoClient::unsorted_chat_refs(self, wanted).await
+    ) -> Result<BTreeMap<u64, u64>, ApiError> {
+        KommoClient::unsorted_contacts(self, wanted).await
     }
     async fn patch_responsible(
         &self,

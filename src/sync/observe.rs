@@ -495,37 +495,34 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         Ok(())
     }
 
-    /// Incoming leads whose contact cannot be read before acceptance (no linked contact known to
-    /// the daemon) are linked through their unsorted chat record (UNCONFIRMED:
-    /// `kommo::unsorted_dialog_ref`). Read only for such leads that have no such link yet.
+    /// Incoming leads that list no contact are given the contact their unsorted chat record
+    /// holds (see `kommo::unsorted_contact`): through it, a returning client's incoming lead links
+    /// to the client's dialog like any lead. A lead that lists a contact needs nothing more (the
+    /// record holds that same one contact), so the unsorted list is read only for leads without.
     async fn link_incoming_leads(&mut self) -> Result<(), CycleError> {
         let mut wanted = BTreeSet::new();
         for (id, o) in &self.obs.cards {
-            if awaits_unsorted_link(id, o.lead, &o.dialog_refs)
-                && !self.knows_a_contact(&o.contacts)?
-            {
+            if awaits_unsorted_link(id, o.lead, &o.contacts) {
                 wanted.insert(id.id);
             }
         }
         for row in self.staged.iter().flat_map(StagedCards::iter) {
             let (id, st) = row?;
-            if awaits_unsorted_link(&id, st.lead, &st.dialog_refs)
-                && !self.knows_a_contact(&st.contacts)?
-            {
+            if awaits_unsorted_link(&id, st.lead, &st.contacts) {
                 wanted.insert(id.id);
             }
         }
         if wanted.is_empty() {
             return Ok(());
         }
-        for (lead, r) in self.sy.kommo.unsorted_chat_refs(&wanted).await? {
+        for (lead, contact) in self.sy.kommo.unsorted_contacts(&wanted).await? {
             let id = CardId::new(CardKind::Lead, lead);
             if let Some(o) = self.obs.cards.get_mut(&id) {
-                o.dialog_refs = vec![r];
+                o.contacts = vec![contact];
             } else if let Some(staged) = &mut self.staged
                 && let Some(mut st) = staged.card(&id)?
             {
-                st.dialog_refs = vec![r];
+                st.contacts = vec![contact];
                 staged.push(id, &st);
             }
         }
@@ -556,17 +553,6 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         let mut all = self.sy.store.load_snapshot()?;
         all.bootstrapped = frame.bootstrapped; // shadow mode's own flag
         Ok((all, StagedCards::default()))
-    }
-
-    /// Whether any of these contacts was read this cycle or has a base.
-    fn knows_a_contact(&self, contacts: &[u64]) -> Result<bool, StoreError> {
-        for c in contacts {
-            let id = CardId::new(CardKind::Contact, *c);
-            if self.was_read(&id) || self.bases.card(&id)?.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Observes a chat unless it equals its base (after the first run).
@@ -633,8 +619,8 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
 }
 
 /// An incoming lead with no dialog link of its own (its unsorted chat may give it one).
-fn awaits_unsorted_link(id: &CardId, stage: LeadStage, refs: &[DialogRef]) -> bool {
-    id.kind == CardKind::Lead && stage.kind == StageKind::Incoming && refs.is_empty()
+fn awaits_unsorted_link(id: &CardId, stage: LeadStage, contacts: &[u64]) -> bool {
+    id.kind == CardKind::Lead && stage.kind == StageKind::Incoming && contacts.is_empty()
 }
 
 /// The card or dialog a bad record names, when it names one.

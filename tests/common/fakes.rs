@@ -25,8 +25,8 @@
 use chatapp_kommo_sync::chatapp::{Chat, Conversation, ResponsibleRef};
 use chatapp_kommo_sync::core::engine::Snapshot;
 use chatapp_kommo_sync::core::model::{
-    CardId, CardKind, CardState, DialogKey, DialogRef, DialogState, Employee, EmployeeId,
-    KommoUser, KommoUserId, RecordId,
+    CardId, CardKind, CardState, DialogKey, DialogState, Employee, EmployeeId, KommoUser,
+    KommoUserId, RecordId,
 };
 use chatapp_kommo_sync::core::neighbourhood::{BaseLookup, Frame, Term};
 use chatapp_kommo_sync::http::{ApiError, BadRecord};
@@ -209,8 +209,8 @@ pub struct KommoState {
     pub filters_enabled: bool,
     /// The server's clock (unix seconds): its answers' `Date`, and the time of its changes.
     pub now: i64,
-    /// Unsorted chat links of incoming leads.
-    pub unsorted: BTreeMap<u64, DialogRef>,
+    /// The contact of each incoming lead's unsorted chat record.
+    pub unsorted: BTreeMap<u64, u64>,
     /// Records the next reads skipped (handed out by `take_bad`).
     pub bad: Vec<BadRecord>,
 }
@@ -405,16 +405,16 @@ impl KommoApi for FakeKommo {
         })
     }
 
-    async fn unsorted_chat_refs(
+    async fn unsorted_contacts(
         &self,
         wanted: &BTreeSet<u64>,
-    ) -> Result<BTreeMap<u64, DialogRef>, ApiError> {
-        let line = format!("kommo.unsorted_chat_refs {}", ids(wanted.iter().copied()));
+    ) -> Result<BTreeMap<u64, u64>, ApiError> {
+        let line = format!("kommo.unsorted_contacts {}", ids(wanted.iter().copied()));
         self.0.call(line, |s| {
             s.unsorted
                 .iter()
                 .filter(|(l, _)| wanted.contains(l))
-                .map(|(l, r)| (*l, r.clone()))
+                .map(|(l, c)| (*l, *c))
                 .collect()
         })
     }
