@@ -1,9 +1,7 @@
-//! The in-process limits of one API client: its rate limiter (GCRA, burst 1, with a margin) and
+//! The in-process limits of one API client: its rate limiter (a sliding window, with a margin) and
 //! its retry settings. The limit shared by every instance on a machine is
 //! [`super::shared_limit`].
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 /// Limits, timeouts and retry settings of one API client.
@@ -49,29 +47,9 @@ pub const REPEATED_403: u32 = 3;
 /// cannot make the server see more than `requests_per_second` in any one-second window.
 pub const RATE_MARGIN: f64 = 1.05;
 
-/// Builds the limiter: burst 1 at `rps / RATE_MARGIN`. GCRA with burst `b` at rate `r` admits up
-/// to `r + b - 1` requests in a one-second window, so any burst would have to be paid for with a
-/// lower sustained rate to stay inside the bound; a poller gains nothing from bursts.
-pub fn limiter(rps: u32) -> DefaultDirectRateLimiter {
-    let period = Duration::from_secs_f64(RATE_MARGIN / f64::from(rps.max(1)));
-    let quota = Quota::with_period(period)
-        .expect("period > 0")
-        .allow_burst(NonZeroU32::MIN);
-    RateLimiter::direct(quota)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limiter_never_admits_more_than_rps_in_a_second() {
-        // with burst 1 and period 1.05/rps, the (rps+1)-th admission is more than 1 s after the first
-        let lim = limiter(7);
-        let mut n = 0;
-        while lim.check().is_ok() {
-            n += 1;
-        }
-        assert_eq!(n, 1, "burst is 1");
-    }
+/// Builds the limiter: at most `rps` requests in any window of `RATE_MARGIN` seconds (so network
+/// jitter cannot make the server see more than `rps` in any one second), a burst up to `rps` at
+/// once (see [`super::window`]).
+pub fn limiter(rps: u32) -> super::window::SlidingLimiter {
+    super::window::SlidingLimiter::new(rps.max(1), Duration::from_secs_f64(RATE_MARGIN))
 }

@@ -13,6 +13,7 @@ mod error;
 mod limit;
 pub mod policy;
 pub mod shared_limit;
+pub mod window;
 
 pub use decode::{BadRecord, ListPage, SubjectOf, decode, text_or_empty};
 pub use error::ApiError;
@@ -20,7 +21,6 @@ pub use limit::{Limits, RATE_MARGIN, REPEATED_403, limiter};
 pub use policy::{ErrorPolicy, error_policy};
 
 use backon::BackoffBuilder;
-use governor::{DefaultDirectRateLimiter, Jitter};
 use reqwest::StatusCode;
 use shared_limit::SharedLimiter;
 use std::collections::BTreeMap;
@@ -99,7 +99,7 @@ pub struct ApiClient {
     pub api: &'static str,
     base: String,
     http: reqwest::Client,
-    limiter: DefaultDirectRateLimiter,
+    limiter: window::SlidingLimiter,
     shared: Option<SharedLimiter>,
     limits: Limits,
     /// Counters.
@@ -270,9 +270,7 @@ impl ApiClient {
 
     /// Waits until this client's limiter, then the machine's shared one, admit a request.
     async fn wait_turn(&self) -> Result<(), Failure> {
-        self.limiter
-            .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(20)))
-            .await;
+        self.limiter.until_ready().await;
         let Some(shared) = &self.shared else {
             return Ok(());
         };
