@@ -1110,22 +1110,22 @@ async fn kommo_documented_event_values_are_read() {
 // ---------------------------------------------------------------------------------------------
 // Kommo: unsorted
 
-/// `kommo_leads_unsorted_list.json` through `KommoClient::unsorted_chat_refs` and as
-/// `kommo::Unsorted`: the documented record (category `sip`) decodes with its lead and contact;
-/// it has no `metadata.origin.chat_id`, so it links the lead to no dialog.
+/// `kommo_leads_unsorted_list.json` through `KommoClient::unsorted_contacts` and as
+/// `kommo::Unsorted`: the documented record (category `sip`) decodes with its lead and its one
+/// contact, which is what links an incoming lead (`unsorted-api.md` L99-101).
 #[tokio::test]
-async fn kommo_unsorted_answer_decodes_and_gives_no_chat_link() {
+async fn kommo_unsorted_answer_decodes_with_its_lead_and_contact() {
     let srv = Loopback::start(|r, _| match r.path.as_str() {
         "/api/v4/leads/unsorted" => ok(fixture("kommo_leads_unsorted_list.json")),
         _ => unexpected(r),
     })
     .await;
     let kommo = kommo_client(&srv);
-    let refs = kommo
-        .unsorted_chat_refs(&BTreeSet::from([7_002_787]))
+    let contacts = kommo
+        .unsorted_contacts(&BTreeSet::from([7_002_787]))
         .await
         .unwrap();
-    assert!(refs.is_empty(), "{refs:?}");
+    assert_eq!(contacts, BTreeMap::from([(7_002_787, 13_176_707)]));
     let sent = srv.calls("GET", "/api/v4/leads/unsorted");
     assert_eq!(sent.len(), 1, "a short page without next ends the listing");
     assert_eq!(sent[0].query_all("filter[category][]"), ["chats"]);
@@ -1149,7 +1149,7 @@ async fn kommo_unsorted_answer_decodes_and_gives_no_chat_link() {
         embedded.contacts.iter().map(|c| c.id).collect::<Vec<_>>(),
         [13_176_707]
     );
-    assert_eq!(kommo::unsorted_dialog_ref(&rec), None);
+    assert_eq!(kommo::unsorted_contact(&rec), Some(13_176_707));
 }
 
 // ---------------------------------------------------------------------------------------------
