@@ -9,7 +9,7 @@
 //!   newest messages are read (system messages included), its current responsible is written
 //!   again with the configured call, then the dialog and its messages are read again. A value
 //!   written again cannot show in the responsible, so the sign that the write took is the
-//!   assignment message ChatApp records in the dialog (see [`probe_dialog`]). A dialog without a
+//!   assignment message ChatApp records in the dialog (see `probe_dialog`). A dialog without a
 //!   responsible is never chosen: "nobody" cannot be written.
 //! - **One card per kind** of `chat_to_crm`, from the first page of its entity (one
 //!   `GET /api/v4/{entity}`): for `lead`, a lead in an open stage; for `incoming_lead`, a lead in an

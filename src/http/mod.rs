@@ -4,7 +4,7 @@
 //! `retry_after` / `Retry-After`, a per-cycle deadline, a breaker for Kommo's HTML 403 block,
 //! request counters, and JSON decoding whose errors name the endpoint and field.
 //!
-//! One attempt is [`ApiClient::attempt`]; [`ApiClient::execute_passing`] strings attempts
+//! One attempt is `ApiClient::attempt`; [`ApiClient::execute_passing`] strings attempts
 //! together: breaker, wait for our turn, attempt, and on a failure worth retrying, wait.
 
 pub mod account;
