@@ -749,7 +749,11 @@ fn config_page(text: &str, date: &str) -> Res<String> {
                 Default::AsWritten => format!("Default: {value}."),
                 Default::Other(v) => format!("Default: \\fB{}\\fR. {shown}", roff_lit(v)),
                 Default::Unset => format!("Not set by default. {shown}"),
-                Default::Required(reason) if reason.contains("missing field") => {
+                // serde's "missing field `x`", or the config's own "required, but missing from [t]"
+                Default::Required(reason)
+                    if reason.contains("missing field")
+                        || reason.starts_with("required, but missing") =>
+                {
                     format!("Required. {shown}")
                 }
                 Default::Required(reason) => {
