@@ -214,7 +214,7 @@ pub async fn probe(cfg: &Config, kommo: Option<&KommoClient>, chatapp: &ChatAppC
 
 /// The newest open dialog with a responsible, looked for over [`DIALOG_WINDOWS`].
 async fn pick_dialog(chatapp: &ChatAppClient) -> Result<Option<Chat>, ApiError> {
-    let now = crate::sync::now_unix();
+    let now = crate::clock::now_unix();
     for window in DIALOG_WINDOWS {
         let chats = chatapp.chats(window.map(|w| now - w)).await?;
         if let Some(c) = chats.into_iter().find(|c| {

@@ -121,13 +121,6 @@ struct Failure {
     retry_after: Option<Duration>,
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl ApiClient {
     /// Builds a client for `base` (no trailing slash needed).
     pub fn new(api: &'static str, base: &str, limits: Limits) -> Result<ApiClient, ApiError> {
@@ -370,7 +363,7 @@ impl ApiClient {
         if !forbidden || !(r.is_html() || in_a_row >= REPEATED_403) {
             return Ok(());
         }
-        let until_unix = unix_now() + cool.as_secs() as i64;
+        let until_unix = crate::clock::now_unix() + cool.as_secs() as i64;
         *self.blocked_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now() + cool, until_unix));
         tracing::error!(
