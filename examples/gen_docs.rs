@@ -19,7 +19,6 @@ use chatapp_kommo_sync::config::Config;
 use clap::{CommandFactory, Parser};
 use clap_complete::Shell;
 use clap_mangen::Man;
-use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -583,7 +582,7 @@ fn prose(s: &str) -> String {
     let mut out = String::new();
     for (i, part) in s.split('`').enumerate() {
         if i % 2 == 1 {
-            write!(out, "\\fB{}\\fR", roff_lit(part)).unwrap();
+            out.push_str(&format!("\\fB{}\\fR", roff_lit(part)));
         } else {
             out.push_str(&part.replace('\\', "\\e"));
         }
@@ -633,7 +632,7 @@ fn render_doc(lines: &[String], para: &str, out: &mut String) {
                 out.push_str(".RE\n");
                 if !line.trim().is_empty() {
                     // Back to the paragraph's indent.
-                    writeln!(out, "{para}").unwrap();
+                    out.push_str(&format!("{para}\n"));
                 }
                 state = State::Text;
             }
@@ -644,7 +643,7 @@ fn render_doc(lines: &[String], para: &str, out: &mut String) {
             _ => {}
         }
         if line.trim().is_empty() {
-            writeln!(out, "{para}").unwrap();
+            out.push_str(&format!("{para}\n"));
             state = State::Text;
         } else if let Some((ind, tag, text)) = item {
             match state {
@@ -653,14 +652,18 @@ fn render_doc(lines: &[String], para: &str, out: &mut String) {
                 State::Text => out.push_str(".RS\n"),
             }
             state = State::List(ind);
-            write!(out, ".TP\n\\fB{}\\fR\n{}\n", roff_lit(tag), prose(text)).unwrap();
+            out.push_str(&format!(
+                ".TP\n\\fB{}\\fR\n{}\n",
+                roff_lit(tag),
+                prose(text)
+            ));
         } else if indent > 0 && !matches!(state, State::List(_)) {
             // On a line of its own, indented by two fixed spaces; long lines still wrap.
             out.push_str(".br\n");
-            writeln!(out, "\\ \\ {}", prose(line.trim())).unwrap();
+            out.push_str(&format!("\\ \\ {}\n", prose(line.trim())));
             state = State::Kept;
         } else {
-            writeln!(out, "{}", prose(line.trim())).unwrap();
+            out.push_str(&format!("{}\n", prose(line.trim())));
         }
     }
     match state {
@@ -697,20 +700,16 @@ fn config_page(text: &str, date: &str) -> Res<String> {
     let doc = read_documented(text)?;
     let defaults = defaults(text, &doc)?;
     let mut out = String::new();
-    writeln!(
-        out,
-        ".TH {} 5 \"{date}\" \"{BIN} {VERSION}\" \"File Formats\"",
+    out.push_str(&format!(
+        ".TH {} 5 \"{date}\" \"{BIN} {VERSION}\" \"File Formats\"\n",
         roff_lit(&format!("{BIN}.toml").to_uppercase())
-    )
-    .unwrap();
+    ));
     out.push_str(LAYOUT);
-    writeln!(
-        out,
-        ".SH NAME\n{}.toml \\- configuration file of {}",
+    out.push_str(&format!(
+        ".SH NAME\n{}.toml \\- configuration file of {}\n",
         roff_lit(BIN),
         roff_lit(BIN)
-    )
-    .unwrap();
+    ));
     out.push_str(
         ".SH SYNOPSIS\n.I /etc/chatapp\\-kommo\\-sync/config.toml\n.br\n\
          .I /etc/chatapp\\-kommo\\-sync/ACCOUNT.toml\n",
@@ -724,7 +723,7 @@ fn config_page(text: &str, date: &str) -> Res<String> {
     );
     out.push_str(".SH \"TABLES AND KEYS\"\n");
     for (table, defaults) in doc.tables.iter().zip(&defaults) {
-        writeln!(out, ".SS \"[{}]\"", table.name).unwrap();
+        out.push_str(&format!(".SS \"[{}]\"\n", table.name));
         if table.commented {
             out.push_str("Optional (commented out in the shipped file).\n");
         }
@@ -735,7 +734,7 @@ fn config_page(text: &str, date: &str) -> Res<String> {
             render_doc(&table.doc, ".PP", &mut out);
         }
         for (e, d) in table.entries.iter().zip(defaults) {
-            writeln!(out, ".TP\n\\fB{}\\fR", roff_lit(&e.key)).unwrap();
+            out.push_str(&format!(".TP\n\\fB{}\\fR\n", roff_lit(&e.key)));
             if !e.doc.is_empty() {
                 render_doc(&e.doc, ".IP", &mut out);
                 out.push_str(".IP\n");
@@ -750,9 +749,10 @@ fn config_page(text: &str, date: &str) -> Res<String> {
                 Default::AsWritten => format!("Default: {value}."),
                 Default::Other(v) => format!("Default: \\fB{}\\fR. {shown}", roff_lit(v)),
                 Default::Unset => format!("Not set by default. {shown}"),
+                // serde's "missing field `x`", or the config's own "required, but missing from [t]"
                 Default::Required(reason)
                     if reason.contains("missing field")
-                        || reason.contains("required, but missing") =>
+                        || reason.starts_with("required, but missing") =>
                 {
                     format!("Required. {shown}")
                 }
@@ -768,7 +768,7 @@ fn config_page(text: &str, date: &str) -> Res<String> {
                 }
                 Default::Unknown => shown,
             };
-            writeln!(out, "{line}").unwrap();
+            out.push_str(&format!("{line}\n"));
         }
     }
     out.push_str(CONFIG_FILES);

@@ -312,7 +312,7 @@ fn once(path: &std::path::Path, opts: CycleOptions) -> ExitCode {
         match syncer.run_cycle(opts).await {
             Ok(r) => print_once(
                 &r,
-                &syncer.readable(&r.people, crate::sync::now_unix()),
+                &syncer.readable(&r.people, crate::clock::now_unix()),
                 opts.dry_run,
             ),
             Err(e) => {

@@ -1,6 +1,8 @@
 //! Issue 4: rate limits, retries, tokens, pagination quirks, bad answers, request budget. The real
 //! binary against the simulators, with the simulators' fault injection.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

@@ -2,6 +2,8 @@
 //! answers for several cycles; every other change is applied, the bad record is quarantined and
 //! shown by `status`, and no cycle fails because of it.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

@@ -1,6 +1,8 @@
 //! Issue 18 item 11, through the binary: every config problem is reported in one run (SPEC 6),
 //! wrong types and unknown enum values included, each naming its key and line; exit code 2.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

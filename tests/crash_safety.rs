@@ -1,6 +1,8 @@
 //! Issue 6 / SPEC rule 11: `once` killed with SIGKILL at many points of a cycle with many writes,
 //! then restarted: every change is applied and every target is written exactly once.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

@@ -3,6 +3,8 @@
 //! coalescing of triggers, schedules, the state db's lock and `status` beside a running daemon,
 //! and the `/metrics` endpoint. Every test is bounded in time; the child is killed on drop.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/proc.rs"]
 mod proc;
 

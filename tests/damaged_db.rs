@@ -2,6 +2,8 @@
 //! `once` and `status` alike: never an abort, a panic or a fresh bootstrap, and the file is left
 //! as it is. Also: the db is created 0600 whatever the umask (13.8).
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

@@ -1,6 +1,8 @@
 //! Issue 13.9: a bounded db. Tens of thousands of accelerated cycles (each with a confirmed write
 //! and its audit entry) through the real store: past the retention, the file size stays flat.
 
+#![allow(clippy::unwrap_used)]
+
 use chatapp_kommo_sync::core::engine::Rule;
 use chatapp_kommo_sync::core::model::{CardId, CardKind, CardState, DialogKey, RecordId};
 use chatapp_kommo_sync::store::{

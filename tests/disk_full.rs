@@ -2,6 +2,8 @@
 //! fills. The daemon never loses a rotated Kommo token, never goes silent, and either recovers or
 //! exits non-zero. Mounting needs root; without it the tests say so and pass without running.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/proc.rs"]
 mod proc;
 

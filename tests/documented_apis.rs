@@ -2,6 +2,8 @@
 //! real binary against simulators that serve them. Each test names the bullet of the issue's
 //! "Why" it covers and failed on the code before the fix.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

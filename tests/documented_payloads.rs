@@ -9,6 +9,8 @@
 //! documented record (the ChatApp list and one-chat envelopes, the event value fragments), it says
 //! so where it does it; such bodies are built from the fixtures at run time, never stored.
 
+#![allow(clippy::unwrap_used)]
+
 use chatapp_kommo_sync::chatapp::{CallbackUrl, ChatAppClient, TokenPair};
 use chatapp_kommo_sync::config::{Config, FieldRef};
 use chatapp_kommo_sync::core::model::{

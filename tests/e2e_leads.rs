@@ -2,6 +2,8 @@
 //! simulators, on the shape of a real Kommo account (won and lost leads, pipelines, incoming
 //! leads whose contact cannot be read before acceptance, field definitions).
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

@@ -1,6 +1,8 @@
 //! Issue 2's end-to-end scenarios: the real binary's `once` against the simulators.
 //! Each test prints the requests it made to each API (`cargo test -- --nocapture` shows them).
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

@@ -4,6 +4,8 @@
 //! 2001 (Ivan, checked), 2002 (Maria, checked), 2003 (Maria, unchecked). Kommo users 504141 Anna,
 //! 504142 Boris, 504143 Vera, 504144 Gleb; employees 85501 Anna, 85502 Boris, 85503 Vera, 85509 Dmitry.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

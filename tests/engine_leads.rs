@@ -1,6 +1,8 @@
 //! Lead stages in the pure engine (issue 9): closed leads left alone, pipelines, incoming leads as
 //! their own kind. Scenarios on small worlds, and a property over random ones.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/world.rs"]
 mod world;
 

@@ -1,6 +1,8 @@
 //! Property tests of the pure engine (SPEC section 3) on random worlds and random sequences of
 //! human changes. The world model lives in `common/gen.rs`.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/gen.rs"]
 mod worldgen;
 

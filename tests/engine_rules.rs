@@ -1,5 +1,7 @@
 //! One scenario per decision rule of SPEC section 3, on the pure engine.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/world.rs"]
 mod world;
 

@@ -3,6 +3,8 @@
 //! (`store::staged`, `core::neighbourhood::first_run`). Through the real binary against the
 //! simulators, with the state db read afterwards.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

@@ -4,6 +4,8 @@
 //! The seed corpus (`fuzz/seeds/`) is replayed the same way, so the entry points themselves are
 //! tested with every `cargo test`.
 
+#![allow(clippy::unwrap_used)]
+
 use chatapp_kommo_sync::core::model::CardKind;
 use chatapp_kommo_sync::fuzzing::{self, ChatAppBody, HookCall, KommoBody, Outcome};
 use chatapp_kommo_sync::http::ApiError;

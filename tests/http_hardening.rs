@@ -7,6 +7,8 @@
 //! cycles. Loopback only; every test is bounded in time and in connections. `-- --nocapture`
 //! prints the measured figures.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/proc.rs"]
 mod proc;
 

@@ -1,6 +1,8 @@
 //! Issue 4: Kommo OAuth with single-use refresh tokens, across processes. Issue 18: `authorize
 //! --code` (item 9) and the account's subdomain change (item 7).
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

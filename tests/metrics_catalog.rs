@@ -3,6 +3,8 @@
 //! real daemon's `/metrics` (fetched over loopback after one cycle), and `build_info` carries
 //! the package's version. Names are read out of the PromQL by a small tokenizer.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/proc.rs"]
 mod proc;
 

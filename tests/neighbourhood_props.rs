@@ -3,6 +3,8 @@
 //! full cycle keeps): checked on every cycle of random runs, with config changes, failing writes
 //! and people racing the writes. `src/core/neighbourhood.rs` says why this should hold.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/gen.rs"]
 mod worldgen;
 

@@ -4,6 +4,8 @@
 //! write refused inside a 200 answer (`"success": false`) or answered with success but without
 //! effect. No value changes in any case.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

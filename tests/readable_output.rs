@@ -2,6 +2,8 @@
 //! the real binary) name the people beside their ids, print times as local ISO-8601, and show no
 //! Rust Debug text (`Some(`, `None`) and no unix seconds; `demo | head -1` ends quietly.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

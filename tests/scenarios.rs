@@ -9,6 +9,8 @@
 //! and 7003. Everyone
 //! starts with Ann; the first (full, `adopt`) cycle has recorded that as the bases.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/fakes.rs"]
 mod fakes;
 #[path = "common/world.rs"]

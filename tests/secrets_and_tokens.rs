@@ -1,6 +1,8 @@
 //! Issue 13.4 and 13.7: a rotated Kommo token pair is never lost when it cannot be stored, and
 //! secrets an API echoes back never reach an output, a log or the state db.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

@@ -6,6 +6,8 @@
 //! the normal one made; switching it to normal mode then runs a first run with the configured
 //! bootstrap (README, "Moving from ChatApp's widget").
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

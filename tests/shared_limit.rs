@@ -5,6 +5,8 @@
 //! stall the others; garbage is reset; an unusable path gives an error naming it. Every test is
 //! bounded in time; child processes are killed on drop.
 
+#![allow(clippy::unwrap_used)]
+
 use chatapp_kommo_sync::http::shared_limit::{LOCK_TIMEOUT, SharedLimitError, SharedLimiter};
 use std::fs;
 use std::io::Write;

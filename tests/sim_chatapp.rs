@@ -1,5 +1,7 @@
 //! Tests of the ChatApp simulator over real HTTP.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 

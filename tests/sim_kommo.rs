@@ -1,5 +1,7 @@
 //! Tests of the Kommo simulator over real HTTP.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use chatapp_kommo_sync::sim::{

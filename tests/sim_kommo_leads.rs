@@ -1,6 +1,8 @@
 //! Tests of the Kommo simulator's pipelines, lead stages, incoming leads, custom field
 //! definitions and malformed-record switches, over real HTTP.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use chatapp_kommo_sync::sim::{

@@ -47,6 +47,8 @@
 //! the lead's value, although the contact's change (the source of rule 1 + 4) is later; with the
 //! dialog changed to anyone else the same lead follows the contact.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/e2e.rs"]
 mod e2e;
 

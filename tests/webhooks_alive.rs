@@ -5,6 +5,8 @@
 //! whose callback calls another integration is left as it is and named by its host; an inactive
 //! license is skipped with a warning.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/proc.rs"]
 mod proc;
 

@@ -2,6 +2,8 @@
 //! a 404 and no cycle; a valid call gives one cycle within the debounce. Also measures the
 //! change-to-correction latency with webhooks on and off (`-- --nocapture` prints the figures).
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/proc.rs"]
 mod proc;
 

@@ -154,10 +154,7 @@ fn stored_access_token(
     loaded: &Loaded,
     tokens: &dyn TokenStore,
 ) -> Result<Option<KommoClient>, ApiError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = crate::clock::now_unix();
     match tokens.kommo_pair().ok().flatten() {
         Some(p) if !p.access_token.is_empty() && p.expires_at > now => Ok(Some(KommoClient::new(
             &loaded.config.kommo,

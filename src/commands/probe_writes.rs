@@ -9,7 +9,7 @@
 //!   newest messages are read (system messages included), its current responsible is written
 //!   again with the configured call, then the dialog and its messages are read again. A value
 //!   written again cannot show in the responsible, so the sign that the write took is the
-//!   assignment message ChatApp records in the dialog (see [`probe_dialog`]). A dialog without a
+//!   assignment message ChatApp records in the dialog (see `probe_dialog`). A dialog without a
 //!   responsible is never chosen: "nobody" cannot be written.
 //! - **One card per kind** of `chat_to_crm`, from the first page of its entity (one
 //!   `GET /api/v4/{entity}`): for `lead`, a lead in an open stage; for `incoming_lead`, a lead in an
@@ -214,7 +214,7 @@ pub async fn probe(cfg: &Config, kommo: Option<&KommoClient>, chatapp: &ChatAppC
 
 /// The newest open dialog with a responsible, looked for over [`DIALOG_WINDOWS`].
 async fn pick_dialog(chatapp: &ChatAppClient) -> Result<Option<Chat>, ApiError> {
-    let now = crate::sync::now_unix();
+    let now = crate::clock::now_unix();
     for window in DIALOG_WINDOWS {
         let chats = chatapp.chats(window.map(|w| now - w)).await?;
         if let Some(c) = chats.into_iter().find(|c| {

@@ -27,7 +27,7 @@ pub fn render(
     q: &StatusQuery,
     cfg: &crate::config::Config,
 ) -> Result<String, StoreError> {
-    render_at(store, q, cfg, crate::sync::now_unix())
+    render_at(store, q, cfg, crate::clock::now_unix())
 }
 
 /// [`render`] with ages relative to `now` (unix seconds).

@@ -4,6 +4,7 @@
 //! Vocabulary: a record's *base* is in the snapshot; its *current* state is the observation of this
 //! cycle when it was read, else its base. A record has *changed* when current != base.
 
+use crate::core::hash::fnv1a64;
 use crate::core::links::{Links, resolve_links_with};
 use crate::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogState, EmployeeId,
@@ -486,12 +487,7 @@ pub fn fingerprint(policy: &Policy, users: &UserMap) -> u64 {
     for (k, e) in users.pairs() {
         text.push_str(&format!("{k}={e},"));
     }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    fnv1a64(text.as_bytes())
 }
 
 /// True when a dialog known before counts as *reopened* (rule 2). ChatApp's public material does not

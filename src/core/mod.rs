@@ -1,7 +1,9 @@
 //! The pure core: the domain model, links between dialogs and cards, the user map, the decision
-//! engine and cron schedules. No I/O, no clock: everything here is decided from its arguments.
+//! engine, cron schedules and the one stable hash. No I/O, no clock: everything here is decided
+//! from its arguments.
 
 pub mod engine;
+pub mod hash;
 pub mod links;
 pub mod model;
 pub mod neighbourhood;

@@ -20,6 +20,7 @@
 //! return too much (a hash collision), never too little.
 
 use crate::core::engine::{Observations, Parked, Snapshot, Trigger, card_change_time};
+use crate::core::hash::Fnv1a;
 use crate::core::links::phone_of_chat_id;
 use crate::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, DialogState, RecordId,
@@ -30,17 +31,13 @@ use std::collections::{BTreeMap, BTreeSet};
 pub type Term = u64;
 
 fn term(tag: u8, parts: &[&str]) -> Term {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: u8| {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
-    eat(tag);
+    let mut h = Fnv1a::default();
+    h.byte(tag);
     for p in parts {
-        p.bytes().for_each(&mut eat);
-        eat(0x1f);
+        h.bytes(p.as_bytes());
+        h.byte(0x1f);
     }
-    h
+    h.finish()
 }
 
 fn key_term(k: &DialogKey) -> Term {

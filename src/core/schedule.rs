@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use crate::core::hash::fnv1a64;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
@@ -90,13 +92,6 @@ pub fn spread_offset(instance: &str, interval: Duration) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_millis(fnv1a64(instance.as_bytes()) % millis)
-}
-
-/// 64-bit FNV-1a (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! `retry_after` / `Retry-After`, a per-cycle deadline, a breaker for Kommo's HTML 403 block,
 //! request counters, and JSON decoding whose errors name the endpoint and field.
 //!
-//! One attempt is [`ApiClient::attempt`]; [`ApiClient::execute_passing`] strings attempts
+//! One attempt is `ApiClient::attempt`; [`ApiClient::execute_passing`] strings attempts
 //! together: breaker, wait for our turn, attempt, and on a failure worth retrying, wait.
 
 pub mod account;
@@ -119,13 +119,6 @@ struct Failure {
     text: String,
     /// The server's `retry_after`, if it gave one.
     retry_after: Option<Duration>,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl ApiClient {
@@ -368,7 +361,7 @@ impl ApiClient {
         if !forbidden || !(r.is_html() || in_a_row >= REPEATED_403) {
             return Ok(());
         }
-        let until_unix = unix_now() + cool.as_secs() as i64;
+        let until_unix = crate::clock::now_unix() + cool.as_secs() as i64;
         *self.blocked_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now() + cool, until_unix));
         tracing::error!(

@@ -20,6 +20,7 @@
 
 pub mod domain;
 
+use crate::clock::now_unix;
 use crate::http::{ApiClient, ApiError, Response};
 pub use crate::tokens::OAuthPair;
 use crate::tokens::TokenStore;
@@ -162,13 +163,6 @@ pub enum KommoAuth {
         /// The pair in use could not be stored yet (it lives only in memory).
         unsaved: AtomicBool,
     },
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The `exp` claim of a JWT, read without verifying it.

@@ -886,7 +886,7 @@ impl KommoClient {
     }
 
     /// Lists cards of a kind. With `updated_since`, only cards updated since (see
-    /// [`changed_since_query`]): newest-updated first, stopping at the first older card, or for
+    /// `changed_since_query`): newest-updated first, stopping at the first older card, or for
     /// customers through the documented `updated_at` range filter; otherwise lists all. A 204 or a short page ends the listing (a `next`
     /// link is not trusted).
     pub async fn list_cards(

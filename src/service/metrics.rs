@@ -214,7 +214,7 @@ impl Metrics {
     /// Empty metrics, started now (`chatapp_kommo_sync_start_time_seconds`).
     pub fn new() -> Metrics {
         let m = Metrics::default();
-        m.lock().started_unix = crate::sync::now_unix();
+        m.lock().started_unix = crate::clock::now_unix();
         m
     }
 
@@ -268,7 +268,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4): every family, declared even when empty.
     pub fn render(&self) -> String {
         let ready = self.ready();
-        let now = crate::sync::now_unix();
+        let now = crate::clock::now_unix();
         let m = self.lock();
         let mut o = String::new();
         render_build_info(&mut o);

@@ -451,7 +451,7 @@ pub struct CycleCommit {
     pub retention: Retention,
     /// The cycle's record.
     pub cycle: CycleRecord,
-    /// The names of the users and employees read (see [`names`]).
+    /// The names of the users and employees read (see `store/names.rs`).
     pub people: crate::core::text::People,
     /// A shadow cycle's records ([`shadow`]); such a commit leaves the db unbootstrapped.
     pub shadow: Option<shadow::ShadowCommit>,
@@ -1041,7 +1041,7 @@ impl Store {
         tx.commit().map_err(db_err("commit cycle"))
     }
 
-    /// The names of Kommo users and ChatApp employees as last read (see [`names`]).
+    /// The names of Kommo users and ChatApp employees as last read (see `store/names.rs`).
     pub fn people(&self) -> Result<crate::core::text::People, StoreError> {
         names::read(&self.read()?)
     }
