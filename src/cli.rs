@@ -4,9 +4,10 @@
 use crate::commands::status::{StatusQuery, render};
 use crate::config::{self, ConfigErrors};
 use crate::core::model::CardId;
+use crate::service::wiring::LiveSyncer;
 use crate::store::Store;
 use crate::sync::describe::{describe_parked, describe_write};
-use crate::sync::{CycleOptions, LiveSyncer, WriteResult};
+use crate::sync::{CycleOptions, WriteResult};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -321,16 +322,16 @@ fn once(path: &std::path::Path, opts: CycleOptions) -> ExitCode {
             }
         }
     });
-    crate::sync::trace_memory("cycle reported");
+    crate::logging::trace_memory("cycle reported");
     drop(rt);
-    crate::sync::trace_memory("runtime dropped");
+    crate::logging::trace_memory("runtime dropped");
     if let Ok(s) = Arc::try_unwrap(store)
         && let Err(e) = s.close()
     {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
-    crate::sync::trace_memory("state db closed");
+    crate::logging::trace_memory("state db closed");
     code
 }
 

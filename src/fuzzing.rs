@@ -57,7 +57,7 @@ fn kommo_client() -> &'static KommoClient {
         };
         let auth =
             crate::kommo::auth::KommoAuth::long_lived(secrecy::SecretString::from("fuzz-token"));
-        KommoClient::new(&cfg, auth, None).expect("a client without network")
+        KommoClient::new(&cfg, FieldMap::default(), auth, None).expect("a client without network")
     })
 }
 

@@ -45,3 +45,25 @@ pub fn init(default_level: &str, with_target: bool) {
         .with(fmt)
         .try_init();
 }
+
+/// Logs the resident set size at a phase of the cycle (debug level; Linux only).
+pub fn trace_memory(phase: &str) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tracing::debug!(
+        phase,
+        rss_kb = field("VmRSS:"),
+        peak_kb = field("VmHWM:"),
+        "memory"
+    );
+}

@@ -412,7 +412,8 @@ async fn a_504_on_a_patch_batch_halves_it() {
 /// A block met by a running process stops its Kommo calls across cycles and `status` shows it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_block_holds_across_cycles_of_one_process_and_status_shows_it() {
-    use chatapp_kommo_sync::sync::{CycleOptions, LiveSyncer};
+    use chatapp_kommo_sync::service::wiring::LiveSyncer;
+    use chatapp_kommo_sync::sync::CycleOptions;
     let env = Env::new("").await;
     let loaded = chatapp_kommo_sync::config::load(&env.config).unwrap();
     let store = std::sync::Arc::new(

@@ -210,8 +210,9 @@ async fn customer_changes_are_found_without_an_undocumented_order() {
 /// allow-list and open no breaker; the cycle after them runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ip_allow_list_403_is_named_and_opens_no_breaker() {
+    use chatapp_kommo_sync::service::wiring::LiveSyncer;
     use chatapp_kommo_sync::sim::{Fault, FaultRule};
-    use chatapp_kommo_sync::sync::{CycleOptions, LiveSyncer};
+    use chatapp_kommo_sync::sync::CycleOptions;
     let env = Env::new("").await;
     let loaded = chatapp_kommo_sync::config::load(&env.config).unwrap();
     let store = std::sync::Arc::new(

@@ -228,7 +228,7 @@ messenger_field = "MESSENGER"
 
 fn kommo_client(srv: &Loopback) -> KommoClient {
     let auth = KommoAuth::long_lived(SecretString::from(KOMMO_TOKEN));
-    KommoClient::new(&config(&srv.base).kommo, auth, None).unwrap()
+    KommoClient::new(&config(&srv.base).kommo, fields(), auth, None).unwrap()
 }
 
 fn chatapp_client(srv: &Loopback, tokens: Arc<MemoryTokens>) -> ChatAppClient {
@@ -336,7 +336,7 @@ async fn kommo_refresh_answer_is_stored_and_used() {
         Some(&SecretString::from("xxxxx")),
     )
     .unwrap();
-    let kommo = KommoClient::new(&config(&srv.base).kommo, auth, None).unwrap();
+    let kommo = KommoClient::new(&config(&srv.base).kommo, fields(), auth, None).unwrap();
     let account = kommo.account().await.unwrap();
     assert_eq!(account.id, 1_231_414);
     let sent = srv.calls("POST", "/oauth2/access_token");

@@ -105,8 +105,11 @@ async fn a_rotated_pair_that_cannot_be_stored_is_kept_used_and_stored_later() {
     });
     let loaded = chatapp_kommo_sync::config::load(&env.config).unwrap();
     let tokens = Arc::new(MemoryTokens::new());
-    let (kommo, _chatapp) =
-        chatapp_kommo_sync::sync::clients(&loaded, tokens.clone() as Arc<dyn TokenStore>).unwrap();
+    let (kommo, _chatapp) = chatapp_kommo_sync::service::wiring::clients(
+        &loaded,
+        tokens.clone() as Arc<dyn TokenStore>,
+    )
+    .unwrap();
     let k = &env.w.kommo;
 
     // the disk is full: the first refresh's pair cannot be stored

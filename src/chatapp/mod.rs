@@ -7,6 +7,7 @@ use crate::config::{ChatAppConfig, SetResponsibleConfig};
 use crate::core::links::phone_digits;
 use crate::core::model::{DialogKey, DialogObs, Employee, EmployeeId};
 use crate::http::{ApiClient, ApiError, Limits, ListPage, Response};
+use crate::ports::ChatRead;
 pub use crate::tokens::TokenPair;
 use crate::tokens::TokenStore;
 use secrecy::{ExposeSecret, SecretString};
@@ -161,6 +162,14 @@ pub fn status_is_closed(status: Option<&str>) -> bool {
 }
 
 impl Chat {
+    /// The chat as the ChatApp port hands it to the cycle.
+    pub fn into_read(self) -> ChatRead {
+        ChatRead {
+            view: self.to_obs(),
+            key: self.key(),
+        }
+    }
+
     /// The dialog's key.
     pub fn key(&self) -> DialogKey {
         DialogKey::new(self.license_id, &self.messenger_type, &self.id)
@@ -819,11 +828,12 @@ impl crate::ports::ChatAppApi for ChatAppClient {
     async fn employees(&self) -> Result<Vec<Employee>, ApiError> {
         ChatAppClient::employees(self).await
     }
-    async fn chats(&self, since: Option<i64>) -> Result<Vec<Chat>, ApiError> {
-        ChatAppClient::chats(self, since).await
+    async fn chats(&self, since: Option<i64>) -> Result<Vec<ChatRead>, ApiError> {
+        let chats = ChatAppClient::chats(self, since).await?;
+        Ok(chats.into_iter().map(Chat::into_read).collect())
     }
-    async fn chat(&self, key: &DialogKey) -> Result<Option<Chat>, ApiError> {
-        ChatAppClient::chat(self, key).await
+    async fn chat(&self, key: &DialogKey) -> Result<Option<ChatRead>, ApiError> {
+        Ok(ChatAppClient::chat(self, key).await?.map(Chat::into_read))
     }
     async fn set_responsible(&self, key: &DialogKey, employee: EmployeeId) -> Result<(), ApiError> {
         ChatAppClient::set_responsible(self, key, employee).await

@@ -188,7 +188,7 @@ fn shared_limit(cfg: &Config) -> Option<crate::http::shared_limit::SharedLimiter
     if !cfg.shared_limit().is_some_and(|sl| sl.path.exists()) {
         return None;
     }
-    crate::sync::shared_limiter(cfg).unwrap_or_else(|e| {
+    crate::service::wiring::shared_limiter(cfg).unwrap_or_else(|e| {
         eprintln!("authorize: warning: {e}; sending the code without the shared limit");
         None
     })

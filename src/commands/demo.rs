@@ -4,6 +4,7 @@
 use crate::config;
 use crate::core::model::{EmployeeId, KommoUserId};
 use crate::core::text::Readable;
+use crate::service::wiring::LiveSyncer;
 use crate::sim::{
     ChatAppSim, ChatAppSimConfig, KommoSim, KommoSimConfig, SimCard, SimChat, SimClock, SimField,
 };
@@ -11,7 +12,7 @@ use crate::store::Store;
 use crate::sync::describe::{
     describe_conflict, describe_disagreement, describe_parked, describe_write,
 };
-use crate::sync::{CycleOptions, CycleReport, LiveSyncer, WriteResult};
+use crate::sync::{CycleOptions, CycleReport, WriteResult};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

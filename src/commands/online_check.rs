@@ -61,7 +61,7 @@ impl Report {
 pub async fn check(loaded: &Loaded, probe_writes: bool) -> Result<Report, ApiError> {
     let mut report = Report::default();
     let (tokens, held) = token_store(loaded);
-    let (kommo, chatapp) = crate::sync::clients(loaded, tokens.clone())?;
+    let (kommo, chatapp) = crate::service::wiring::clients(loaded, tokens.clone())?;
     let kommo = match held {
         Held::No => Some(kommo),
         Held::ByDaemon => stored_access_token(loaded, tokens.as_ref())?,
@@ -158,8 +158,9 @@ fn stored_access_token(
     match tokens.kommo_pair().ok().flatten() {
         Some(p) if !p.access_token.is_empty() && p.expires_at > now => Ok(Some(KommoClient::new(
             &loaded.config.kommo,
+            crate::kommo::FieldMap::new(&loaded.config.sync.flag_fields, &loaded.config.links),
             KommoAuth::long_lived(secrecy::SecretString::from(p.access_token)),
-            crate::sync::shared_limiter(&loaded.config)?,
+            crate::service::wiring::shared_limiter(&loaded.config)?,
         )?)),
         _ => Ok(None),
     }

@@ -3,6 +3,7 @@
 //! Everything here is plain data: no I/O, no clocks. Times are unix seconds as the APIs give them.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A Kommo user id (`responsible_user_id`); `0` means "nobody". Its own type: a Kommo user id and
@@ -187,7 +188,7 @@ pub const STATUS_WON: u64 = 142;
 /// See [`STATUS_WON`].
 pub const STATUS_LOST: u64 = 143;
 
-/// What a lead's status means to the sync (see `kommo::classify_status`, the one place that
+/// What a lead's status means to the sync (see [`classify_status`], the one place that
 /// classifies statuses).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
@@ -202,6 +203,46 @@ pub enum StageKind {
     Incoming,
     /// Won (142) or lost (143).
     Closed,
+}
+
+/// The statuses of every pipeline of the account (`GET /api/v4/leads/pipelines`), as the daemon
+/// needs them to classify a lead's stage. Kept in the state db; read again on full cycles and
+/// whenever a lead shows a status not in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pipelines {
+    /// Pipeline id -> name.
+    pub names: BTreeMap<u64, String>,
+    /// Status id -> its pipeline, name and `type` (1 = "Incoming leads"). 142 and 143 are not
+    /// listed: they close a lead in every pipeline.
+    pub statuses: BTreeMap<u64, StatusInfo>,
+}
+
+/// One status of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// Its pipeline.
+    pub pipeline: u64,
+    /// Its name.
+    pub name: String,
+    /// Kommo's `type`: 1 for the "Incoming leads" (unsorted) stage, 0 otherwise.
+    pub kind: u8,
+}
+
+/// What a lead's status means (the one place that interprets Kommo statuses; sources in
+/// `leads_pipelines.md` of the amoCRM docs): 142 (won) and 143 (lost) close a lead in every
+/// pipeline; a status of `type` 1 is the pipeline's "Incoming leads" stage; any other known
+/// status is open. `None` for a status the table does not know (read the pipelines again).
+pub fn classify_status(status: u64, pipelines: &Pipelines) -> Option<StageKind> {
+    if status == STATUS_WON || status == STATUS_LOST {
+        return Some(StageKind::Closed);
+    }
+    pipelines.statuses.get(&status).map(|s| {
+        if s.kind == 1 {
+            StageKind::Incoming
+        } else {
+            StageKind::Open
+        }
+    })
 }
 
 /// Where a lead stands: its pipeline, status and what the status means. Zero for other kinds.

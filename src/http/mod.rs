@@ -485,7 +485,20 @@ pub trait OnApiClient {
     fn api_client(&self) -> &ApiClient;
 }
 
-impl<T: OnApiClient + Send + Sync> crate::ports::ApiMeter for T {
+/// What every API port has besides its calls (the ports re-export it: the meter is the HTTP
+/// plumbing's, whichever API it serves).
+pub trait ApiMeter: Send + Sync {
+    /// The server's time (unix seconds) of its latest answer, if any.
+    fn server_time(&self) -> Option<i64>;
+    /// Requests sent so far (retries included).
+    fn request_count(&self) -> u64;
+    /// Sets (or clears) when retries give up (the cycle's budget).
+    fn set_deadline(&self, deadline: Option<Instant>);
+    /// The records skipped since the last call (they did not fit their page).
+    fn take_bad(&self) -> Vec<BadRecord>;
+}
+
+impl<T: OnApiClient + Send + Sync> ApiMeter for T {
     fn server_time(&self) -> Option<i64> {
         self.api_client().server_time()
     }

@@ -6,11 +6,11 @@ pub mod auth;
 use crate::config::{FieldRef, KommoConfig, LinksConfig};
 use crate::core::links::{parse_messenger_value, phone_digits};
 use crate::core::model::{
-    CardId, CardKind, CardObs, KommoUser, KommoUserId, LeadStage, STATUS_LOST, STATUS_WON,
-    StageKind, SyncKind,
+    CardId, CardKind, CardObs, DialogRef, KommoUser, KommoUserId, LeadStage, STATUS_LOST,
+    STATUS_WON, SyncKind,
 };
 use crate::http::{ApiClient, ApiError, Limits, ListPage, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 const API: &str = "kommo";
@@ -238,6 +238,17 @@ impl KommoEvent {
     pub fn card(&self) -> Option<CardId> {
         CardKind::parse(&self.entity_type).map(|k| CardId::new(k, self.entity_id))
     }
+
+    /// The event as the Kommo port hands it to the cycle.
+    pub fn read(&self) -> CardEvent {
+        CardEvent {
+            id: self.id.clone(),
+            card: self.card(),
+            at: self.created_at,
+            responsible: self.new_responsible(),
+            status: self.new_status(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -320,15 +331,6 @@ pub struct Account {
     pub is_api_filter_enabled: Option<bool>,
 }
 
-/// What a PATCH of cards' responsible did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PatchOutcome {
-    /// The ids the answer lists as changed.
-    pub confirmed: BTreeSet<u64>,
-    /// The ids Kommo refused, each with its codes and details (scrubbed).
-    pub refused: BTreeMap<u64, String>,
-}
-
 /// The items of `batch` a 400 answer names in `validation-errors`, by card id, with the
 /// errors' `code: detail (path)` joined; `None` when the answer names none of them (the whole
 /// request was refused).
@@ -399,6 +401,16 @@ pub struct FieldMap {
     pub phone: FieldRef,
 }
 
+impl Default for FieldMap {
+    /// The default config's: no flag fields, the Messenger and phone fields by their codes.
+    fn default() -> FieldMap {
+        FieldMap::new(
+            &crate::config::FlagFields::default(),
+            &LinksConfig::default(),
+        )
+    }
+}
+
 impl FieldMap {
     /// From the config.
     pub fn new(flags: &crate::config::FlagFields, links: &LinksConfig) -> FieldMap {
@@ -431,45 +443,8 @@ pub fn checkbox_checked(v: &serde_json::Value) -> bool {
     }
 }
 
-/// The statuses of every pipeline of the account (`GET /api/v4/leads/pipelines`), as the daemon
-/// needs them to classify a lead's stage. Kept in the state db; read again on full cycles and
-/// whenever a lead shows a status not in it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pipelines {
-    /// Pipeline id -> name.
-    pub names: BTreeMap<u64, String>,
-    /// Status id -> its pipeline, name and `type` (1 = "Incoming leads"). 142 and 143 are not
-    /// listed: they close a lead in every pipeline.
-    pub statuses: BTreeMap<u64, StatusInfo>,
-}
-
-/// One status of a pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusInfo {
-    /// Its pipeline.
-    pub pipeline: u64,
-    /// Its name.
-    pub name: String,
-    /// Kommo's `type`: 1 for the "Incoming leads" (unsorted) stage, 0 otherwise.
-    pub kind: u8,
-}
-
-/// What a lead's status means (the one place that interprets Kommo statuses; sources in
-/// `leads_pipelines.md` of the amoCRM docs): 142 (won) and 143 (lost) close a lead in every
-/// pipeline; a status of `type` 1 is the pipeline's "Incoming leads" stage; any other known
-/// status is open. `None` for a status the table does not know (read the pipelines again).
-pub fn classify_status(status: u64, pipelines: &Pipelines) -> Option<StageKind> {
-    if status == STATUS_WON || status == STATUS_LOST {
-        return Some(StageKind::Closed);
-    }
-    pipelines.statuses.get(&status).map(|s| {
-        if s.kind == 1 {
-            StageKind::Incoming
-        } else {
-            StageKind::Open
-        }
-    })
-}
+pub use crate::core::model::{Pipelines, StatusInfo, classify_status};
+pub use crate::ports::{CardEvent, CardRead, PatchOutcome};
 
 #[derive(Deserialize)]
 pub(crate) struct PipelinesPage {
@@ -586,72 +561,24 @@ pub fn unsorted_contact(record: &Unsorted) -> Option<u64> {
 }
 
 impl KommoCard {
-    /// A lead's stage by `pipelines`; `None` for a lead whose status the table does not know.
-    /// Other kinds have the default stage.
-    pub fn lead_stage(&self, kind: CardKind, pipelines: &Pipelines) -> Option<LeadStage> {
-        if kind != CardKind::Lead {
-            return Some(LeadStage::default());
-        }
-        let status = self.status_id.unwrap_or(0);
-        Some(LeadStage {
-            pipeline: self.pipeline_id.unwrap_or(0),
-            status,
-            kind: classify_status(status, pipelines)?,
-        })
-    }
-
-    /// The daemon's view of the card, at `stage` (see [`KommoCard::lead_stage`]).
-    pub fn to_obs(&self, kind: CardKind, fields: &FieldMap, stage: LeadStage) -> CardObs {
+    /// The card as the Kommo port hands it to the cycle: its custom fields read through `fields`
+    /// (the sync flag of its kind, and for a lead also of an incoming lead; a contact's Messenger
+    /// references and phones), its linked contacts, and a lead's raw status.
+    pub fn read(&self, kind: CardKind, fields: &FieldMap) -> CardRead {
         let cfs = self.custom_fields_values.as_deref().unwrap_or(&[]);
-        let values = |f: &CustomField| -> Vec<serde_json::Value> {
-            f.values
-                .as_deref()
-                .unwrap_or(&[])
-                .iter()
-                .map(|v| v.value.clone())
-                .collect()
-        };
-        let sync_kind = match (kind, stage.kind) {
-            (CardKind::Lead, StageKind::Incoming) => SyncKind::IncomingLead,
-            (k, _) => SyncKind::from(k),
-        };
-        let flag = match fields.flags.get(&sync_kind) {
+        let flag = |sync_kind: SyncKind| match fields.flags.get(&sync_kind) {
             None => true,
             Some(fid) => cfs
                 .iter()
                 .filter(|f| f.field_id == *fid)
-                .flat_map(values)
+                .flat_map(field_values)
                 .any(|v| checkbox_checked(&v)),
         };
-        let mut dialog_refs = vec![];
-        let mut phones = vec![];
-        if kind == CardKind::Contact {
-            for f in cfs {
-                if fields
-                    .messenger
-                    .matches(f.field_id, f.field_code.as_deref())
-                {
-                    for v in values(f) {
-                        if let Some(r) = value_text(&v).and_then(|t| parse_messenger_value(&t)) {
-                            dialog_refs.push(r);
-                        }
-                    }
-                } else if fields.phone.matches(f.field_id, f.field_code.as_deref()) {
-                    for v in values(f) {
-                        if let Some(p) = value_text(&v)
-                            .map(|t| phone_digits(&t))
-                            .filter(|p| !p.is_empty())
-                        {
-                            phones.push(p);
-                        }
-                    }
-                }
-            }
-            dialog_refs.sort();
-            dialog_refs.dedup();
-            phones.sort();
-            phones.dedup();
-        }
+        let (dialog_refs, phones) = if kind == CardKind::Contact {
+            contact_links(cfs, fields)
+        } else {
+            (vec![], vec![])
+        };
         let mut contacts: Vec<u64> = self
             .embedded
             .as_ref()
@@ -660,9 +587,9 @@ impl KommoCard {
             .unwrap_or_default();
         contacts.sort_unstable();
         contacts.dedup();
-        CardObs {
+        let view = CardObs {
             responsible: KommoUserId(self.responsible_user_id),
-            flag,
+            flag: flag(SyncKind::from(kind)),
             deleted: self.is_deleted,
             contacts: if kind == CardKind::Contact {
                 vec![]
@@ -671,10 +598,71 @@ impl KommoCard {
             },
             dialog_refs,
             phones,
-            lead: stage,
+            lead: LeadStage::default(),
             event_time: None,
+        };
+        CardRead {
+            kind,
+            id: self.id,
+            updated_at: self.updated_at,
+            status: self.status_id.unwrap_or(0),
+            pipeline: self.pipeline_id.unwrap_or(0),
+            incoming_flag: if kind == CardKind::Lead {
+                flag(SyncKind::IncomingLead)
+            } else {
+                view.flag
+            },
+            view,
         }
     }
+
+    /// A lead's stage by `pipelines` (see [`CardRead::lead_stage`]).
+    pub fn lead_stage(&self, kind: CardKind, pipelines: &Pipelines) -> Option<LeadStage> {
+        self.read(kind, &FieldMap::default()).lead_stage(pipelines)
+    }
+
+    /// The daemon's view of the card at `stage` (see [`KommoCard::read`]).
+    pub fn to_obs(&self, kind: CardKind, fields: &FieldMap, stage: LeadStage) -> CardObs {
+        self.read(kind, fields).into_obs(stage)
+    }
+}
+
+/// The values of one custom field.
+fn field_values(f: &CustomField) -> Vec<serde_json::Value> {
+    f.values
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .map(|v| v.value.clone())
+        .collect()
+}
+
+/// A contact's Messenger references and phones (digits), each sorted and deduplicated.
+fn contact_links(cfs: &[CustomField], fields: &FieldMap) -> (Vec<DialogRef>, Vec<String>) {
+    let mut dialog_refs = vec![];
+    let mut phones = vec![];
+    for f in cfs {
+        let code = f.field_code.as_deref();
+        if fields.messenger.matches(f.field_id, code) {
+            dialog_refs.extend(
+                field_values(f)
+                    .iter()
+                    .filter_map(|v| value_text(v).and_then(|t| parse_messenger_value(&t))),
+            );
+        } else if fields.phone.matches(f.field_id, code) {
+            phones.extend(
+                field_values(f)
+                    .iter()
+                    .filter_map(|v| value_text(v).map(|t| phone_digits(&t)))
+                    .filter(|p| !p.is_empty()),
+            );
+        }
+    }
+    dialog_refs.sort();
+    dialog_refs.dedup();
+    phones.sort();
+    phones.dedup();
+    (dialog_refs, phones)
 }
 
 /// An account webhook as `GET`/`POST /api/v4/webhooks` show it (amoCRM `webhooks-api.md` L60-73;
@@ -731,6 +719,8 @@ pub struct KommoClient {
     pub api: ApiClient,
     auth: crate::kommo::auth::KommoAuth,
     filters: std::sync::Mutex<Option<bool>>,
+    /// How the port reads custom fields into [`CardRead`]s.
+    fields: FieldMap,
 }
 
 fn endpoint_of(path: &str) -> String {
@@ -742,6 +732,7 @@ impl KommoClient {
     /// instances on this machine.
     pub fn new(
         cfg: &KommoConfig,
+        fields: FieldMap,
         auth: crate::kommo::auth::KommoAuth,
         shared: Option<crate::http::shared_limit::SharedLimiter>,
     ) -> Result<KommoClient, ApiError> {
@@ -754,6 +745,7 @@ impl KommoClient {
             api: ApiClient::new(API, &cfg.base_url, limits)?.with_shared_limit(shared),
             auth,
             filters: std::sync::Mutex::new(None),
+            fields,
         })
     }
 
@@ -1357,8 +1349,9 @@ impl crate::ports::KommoApi for KommoClient {
         kinds: &[CardKind],
         stages: bool,
         from: i64,
-    ) -> Result<Vec<KommoEvent>, ApiError> {
-        KommoClient::events(self, kinds, stages, from).await
+    ) -> Result<Vec<CardEvent>, ApiError> {
+        let events = KommoClient::events(self, kinds, stages, from).await?;
+        Ok(events.iter().map(KommoEvent::read).collect())
     }
     async fn pipelines(&self) -> Result<Pipelines, ApiError> {
         KommoClient::pipelines(self).await
@@ -1370,12 +1363,17 @@ impl crate::ports::KommoApi for KommoClient {
         &self,
         kind: CardKind,
         since: Option<i64>,
-        sink: &mut (dyn FnMut(KommoCard) + Send),
+        sink: &mut (dyn FnMut(CardRead) + Send),
     ) -> Result<usize, ApiError> {
-        KommoClient::each_card(self, kind, since, sink).await
+        let fields = &self.fields;
+        KommoClient::each_card(self, kind, since, &mut |c: KommoCard| {
+            sink(c.read(kind, fields))
+        })
+        .await
     }
-    async fn cards_by_id(&self, kind: CardKind, ids: &[u64]) -> Result<Vec<KommoCard>, ApiError> {
-        KommoClient::cards_by_id(self, kind, ids).await
+    async fn cards_by_id(&self, kind: CardKind, ids: &[u64]) -> Result<Vec<CardRead>, ApiError> {
+        let cards = KommoClient::cards_by_id(self, kind, ids).await?;
+        Ok(cards.iter().map(|c| c.read(kind, &self.fields)).collect())
     }
     async fn unsorted_contacts(
         &self,

@@ -4,7 +4,8 @@
 //! how these routes stay reachable under a flood are in [`crate::service::http_server`].
 
 use crate::config::Config;
-use crate::sync::{CycleError, CycleReport, LiveSyncer};
+use crate::service::wiring::LiveSyncer;
+use crate::sync::{CycleError, CycleReport};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;

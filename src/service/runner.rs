@@ -26,8 +26,9 @@ use crate::service::triggers::{
     Due, HookSpacing, MAX_SLEEP, Signals, Timers, sleep_until_opt, stop_signal, want,
 };
 use crate::service::webhooks::Hooks;
+use crate::service::wiring::LiveSyncer;
 use crate::store::{CycleKind, Store, StoreError};
-use crate::sync::{CycleError, CycleOptions, CycleReport, LiveSyncer};
+use crate::sync::{CycleError, CycleOptions, CycleReport};
 use chrono::Utc;
 use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};

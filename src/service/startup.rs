@@ -5,7 +5,7 @@
 use crate::http::ApiError;
 use crate::http::policy::is_wrong_setting;
 use crate::ports::ApiMeter;
-use crate::sync::LiveSyncer;
+use crate::service::wiring::LiveSyncer;
 use std::time::{Duration, Instant};
 
 /// How long the start-up check may take before the daemon starts anyway.

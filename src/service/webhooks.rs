@@ -532,7 +532,7 @@ pub const RECHECK_BUDGET: Duration = Duration::from_secs(120);
 /// warn level; an API that cannot be reached is logged, `None` is returned and the next good
 /// cycle tries again.
 pub async fn recheck(
-    syncer: &crate::sync::LiveSyncer,
+    syncer: &crate::service::wiring::LiveSyncer,
     hooks: &Hooks,
     base: &str,
     shadow: bool,

@@ -16,7 +16,12 @@ mod names;
 pub mod shadow;
 pub mod staged;
 
-use crate::core::engine::{Parked, Rule, Settlement, Snapshot};
+pub use crate::ports::{
+    CycleCommit, CycleKind, CycleRecord, KEEP_CYCLES, Outcome, Quarantined, Retention, StoreError,
+    Watermarks,
+};
+
+use crate::core::engine::{Parked, Rule, Snapshot};
 use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
 use crate::core::neighbourhood::Frame;
 use crate::tokens::{OAuthPair, TokenPair, TokenStoreError};
@@ -65,69 +70,6 @@ pub const META_KOMMO_OAUTH: &str = "kommo_oauth";
 pub const META_WATERMARKS: &str = "watermarks";
 /// Meta key: Kommo's pipelines and statuses (lead stages).
 pub const META_PIPELINES: &str = "kommo_pipelines";
-
-/// A state db problem.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Another process has the db open for writing (redb's file lock).
-    #[error(
-        "state db {0} is locked by another chatapp-kommo-sync process (redb file lock): one daemon per state db; stop the other one or use another state_path"
-    )]
-    Locked(PathBuf),
-    /// The db could not be opened (permissions, I/O).
-    #[error("state db {path}: cannot open it: {source}")]
-    Open {
-        /// The db.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: redb::Error,
-    },
-    /// The db was closed after an error and could not be opened again.
-    #[error("state db {0} is closed after an error; it could not be opened again")]
-    Closed(PathBuf),
-    /// A write through a handle opened read-only (a daemon holds the db).
-    #[error("state db {0} is open read-only here (another process writes it)")]
-    ReadOnly(PathBuf),
-    /// The db does not exist (read-only open).
-    #[error("state db {0} does not exist yet: run a cycle first")]
-    Missing(PathBuf),
-    /// The db was written by a newer schema.
-    #[error("state db {path} has schema version {found}; this build understands {SCHEMA_VERSION}")]
-    Schema {
-        /// The db.
-        path: PathBuf,
-        /// Its version.
-        found: u32,
-    },
-    /// A redb error, with what was being done.
-    #[error("state db: {context}: {source}")]
-    Db {
-        /// What was being done.
-        context: &'static str,
-        /// The error.
-        #[source]
-        source: redb::Error,
-    },
-    /// The file is damaged, empty, or not a state db of this program; it is left as it is.
-    #[error(
-        "state db {path} cannot be used: {detail}. It is left as it is: restore it from a backup, or move it aside to start over (the next cycle then bootstraps a new db; a Kommo OAuth pair kept in it is lost: store a new one with `authorize --code`)"
-    )]
-    Corrupt {
-        /// The db.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A stored value that does not decode.
-    #[error("state db: cannot decode {what}: {reason}")]
-    Decode {
-        /// Table and key.
-        what: String,
-        /// Why.
-        reason: String,
-    },
-}
 
 fn db_err<E: Into<redb::Error>>(context: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Db {
@@ -234,231 +176,8 @@ pub enum Base {
     Dialog(DialogState),
 }
 
-/// Which cycle: one that reads what changed, or one that reads everything.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum CycleKind {
-    /// Reads what changed since the watermarks.
-    #[default]
-    Incremental,
-    /// Reads everything (the first cycle, the full schedule, `--full`).
-    Full,
-}
-
-impl CycleKind {
-    /// `incremental` or `full` (stable: metric labels and stored records).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CycleKind::Incremental => "incremental",
-            CycleKind::Full => "full",
-        }
-    }
-}
-
-impl std::fmt::Display for CycleKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a cycle ended.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// It ran and committed.
-    #[default]
-    Ok,
-    /// `--dry-run`: planned, nothing written.
-    DryRun,
-    /// The safety brake stopped its writes.
-    Braked,
-    /// It failed; nothing but confirmed writes was recorded.
-    Failed,
-    /// The daemon stopped it between two writes.
-    Stopped,
-    /// Shadow mode: decided and committed, nothing written ([`shadow`]).
-    Shadow,
-}
-
-impl Outcome {
-    /// `ok`, `dry_run`, `braked`, `failed`, `stopped`, `shadow` (stable: metric labels and stored records).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::DryRun => "dry_run",
-            Outcome::Braked => "braked",
-            Outcome::Failed => "failed",
-            Outcome::Stopped => "stopped",
-            Outcome::Shadow => "shadow",
-        }
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What one cycle did, for `status` and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CycleRecord {
-    /// Cycle id.
-    pub id: u64,
-    /// Full or incremental.
-    pub kind: CycleKind,
-    /// Unix seconds.
-    pub started_at: i64,
-    /// Unix seconds.
-    pub finished_at: i64,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// The error of a failed cycle, or the brake's reason.
-    pub error: Option<String>,
-    /// Requests made to Kommo.
-    pub kommo_requests: u64,
-    /// Requests made to ChatApp.
-    pub chatapp_requests: u64,
-    /// Cards read.
-    pub cards_read: u64,
-    /// Dialogs read.
-    pub dialogs_read: u64,
-    /// Writes planned.
-    pub writes_planned: u64,
-    /// Writes confirmed.
-    pub writes_done: u64,
-    /// Writes failed or dropped by check-before-write.
-    pub writes_failed: u64,
-    /// Pairs parked in this cycle.
-    pub parked: u64,
-    /// Conflicts resolved.
-    pub conflicts: u64,
-    /// Records skipped because they did not fit their page (quarantined).
-    #[serde(default)]
-    pub quarantined: u64,
-    /// Wall time, milliseconds.
-    pub duration_ms: u64,
-}
-
-/// Watermarks of incremental reads (server times, unix seconds).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Watermarks {
-    /// Latest `created_at` of a Kommo event fully read.
-    pub kommo_events: i64,
-    /// Latest `updated_at` per card kind fully read.
-    pub kommo_updated: BTreeMap<CardKind, i64>,
-    /// Latest `lastTime` of a ChatApp chat fully read.
-    pub chats: i64,
-    /// Kommo's time (its `Date` header) when the last complete read began; 0 if unknown.
-    #[serde(default)]
-    pub kommo_read_at: i64,
-    /// ChatApp's time when the last complete read began; 0 if unknown.
-    #[serde(default)]
-    pub chats_read_at: i64,
-}
-
-impl Watermarks {
-    /// Where an incremental Kommo read starts: the last read's signpost (or, without one, the
-    /// latest `updated_at`/`created_at` seen), minus the overlap.
-    pub fn kommo_since(&self, latest_seen: i64, overlap: i64) -> i64 {
-        (if self.kommo_read_at > 0 {
-            self.kommo_read_at
-        } else {
-            latest_seen
-        }) - overlap
-    }
-
-    /// Where an incremental ChatApp read starts (see [`Watermarks::kommo_since`]).
-    pub fn chats_since(&self, overlap: i64) -> i64 {
-        (if self.chats_read_at > 0 {
-            self.chats_read_at
-        } else {
-            self.chats
-        }) - overlap
-    }
-}
-
-/// A record that did not fit its page, as kept until it reads fine again (or ages out).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Quarantined {
-    /// What was wrong with it.
-    pub record: crate::http::BadRecord,
-    /// First seen (unix seconds).
-    pub first_seen: i64,
-    /// Last seen (unix seconds).
-    pub last_seen: i64,
-    /// Cycles that saw it.
-    pub cycles: u64,
-}
-
-impl Quarantined {
-    /// Its key: the API and the record, or (unnamed) the endpoint and field path.
-    pub fn key_of(r: &crate::http::BadRecord) -> String {
-        match &r.subject {
-            Some(s) => format!("{} {s}", r.api),
-            None => format!("{} {} {}", r.api, r.endpoint, r.path),
-        }
-    }
-}
-
-/// How much history the db keeps: audit entries newer than `audit_before`, and the last
-/// `keep_cycles` cycle records. Pruned inside the normal commits, at most [`PRUNE_BATCH`] rows a
-/// commit, so the file size stays flat on a long run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Audit entries confirmed before this (unix seconds) are dropped.
-    pub audit_before: i64,
-    /// Cycle records kept (the newest).
-    pub keep_cycles: u64,
-}
-
-impl Default for Retention {
-    fn default() -> Retention {
-        Retention {
-            audit_before: i64::MIN,
-            keep_cycles: u64::MAX,
-        }
-    }
-}
-
-/// Cycle records kept by default: a week at the default 30-second poll.
-pub const KEEP_CYCLES: u64 = 20_160;
 /// The most rows one commit prunes (so a first prune of a big backlog does not stall a cycle).
 pub const PRUNE_BATCH: usize = 10_000;
-
-/// Everything a cycle commits at its end, in one transaction.
-#[derive(Debug, Default)]
-pub struct CycleCommit {
-    /// New bases and parked pairs.
-    pub settlement: Settlement,
-    /// Kommo's pipelines, when read anew.
-    pub pipelines: Option<crate::kommo::Pipelines>,
-    /// New watermarks.
-    pub watermarks: Watermarks,
-    /// Kommo event ids seen (with their `created_at`) for dedupe; older ones are pruned.
-    pub events_seen: Vec<(String, i64)>,
-    /// Event ids older than this are pruned.
-    pub prune_events_before: i64,
-    /// Records of this cycle that did not fit their page (quarantined, or seen again).
-    pub bad: Vec<crate::http::BadRecord>,
-    /// Quarantine keys whose records read fine this cycle (released).
-    pub released: Vec<String>,
-    /// History to keep.
-    pub retention: Retention,
-    /// The cycle's record.
-    pub cycle: CycleRecord,
-    /// The names of the users and employees read (see `store/names.rs`).
-    pub people: crate::core::text::People,
-    /// A shadow cycle's records ([`shadow`]); such a commit leaves the db unbootstrapped.
-    pub shadow: Option<shadow::ShadowCommit>,
-    /// A first run's cards that took part in no decision: their bases, as read
-    /// ([`staged`]; the settlement has the others).
-    pub staged: staged::StagedCards,
-}
 
 /// Writes the settled card bases and a first run's staged ones, merged in id order: keys
 /// inserted in order fill redb's pages densely (staged ones first, then the settled ones among
@@ -776,6 +495,7 @@ impl Store {
         match found {
             Some(v) if v == SCHEMA_VERSION || v == SCHEMA_JSON_BASES => Ok(Some(v)),
             Some(v) => Err(StoreError::Schema {
+                understood: SCHEMA_VERSION,
                 path: self.path.clone(),
                 found: v,
             }),
@@ -983,7 +703,7 @@ impl Store {
 
     /// Commits the end of a successful cycle in one durable transaction: new bases, parked
     /// pairs, records to recheck, watermarks, seen event ids, the bootstrap flag and the cycle record.
-    pub fn commit_cycle(&self, c: &CycleCommit) -> Result<(), StoreError> {
+    pub fn commit_cycle(&self, c: &CycleCommit<staged::StagedCards>) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
         {
             put_cards_in_order(&tx, &c.staged, &c.settlement.cards)?;
@@ -1178,7 +898,10 @@ fn prune(tx: &redb::WriteTransaction, r: &Retention) -> Result<(), StoreError> {
 
 /// Upserts the cycle's bad records, releases those that read fine, drops entries unseen for
 /// [`QUARANTINE_TTL_SECS`].
-fn write_quarantine(tx: &redb::WriteTransaction, c: &CycleCommit) -> Result<(), StoreError> {
+fn write_quarantine(
+    tx: &redb::WriteTransaction,
+    c: &CycleCommit<staged::StagedCards>,
+) -> Result<(), StoreError> {
     let mut q = tx
         .open_table(QUARANTINE)
         .map_err(db_err("open quarantine"))?;
@@ -1236,7 +959,7 @@ fn token_err(e: StoreError) -> TokenStoreError {
     TokenStoreError(e.to_string())
 }
 
-impl crate::ports::StateStore for Store {
+impl crate::ports::BaseReads for Store {
     type Bases<'a> = bases::BaseReader;
     fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
         Store::load_snapshot(self)
@@ -1256,7 +979,7 @@ impl crate::ports::StateStore for Store {
     fn watermarks(&self) -> Result<Watermarks, StoreError> {
         Ok(self.meta(META_WATERMARKS)?.unwrap_or_default())
     }
-    fn pipelines(&self) -> Result<Option<crate::kommo::Pipelines>, StoreError> {
+    fn pipelines(&self) -> Result<Option<crate::core::model::Pipelines>, StoreError> {
         self.meta(META_PIPELINES)
     }
     fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
@@ -1265,6 +988,12 @@ impl crate::ports::StateStore for Store {
     fn events_seen(&self) -> Result<BTreeSet<String>, StoreError> {
         Store::events_seen(self)
     }
+    fn shadow_bootstrapped(&self) -> Result<bool, StoreError> {
+        Store::shadow_bootstrapped(self)
+    }
+}
+
+impl crate::ports::WriteLog for Store {
     fn intents(&self) -> Result<Vec<Intent>, StoreError> {
         Store::intents(self)
     }
@@ -1287,7 +1016,11 @@ impl crate::ports::StateStore for Store {
     ) -> Result<(), StoreError> {
         Store::park_write(self, failure, audit)
     }
-    fn commit_cycle(&self, commit: &CycleCommit) -> Result<(), StoreError> {
+}
+
+impl crate::ports::CycleLog for Store {
+    type Staged = staged::StagedCards;
+    fn commit_cycle(&self, commit: &CycleCommit<staged::StagedCards>) -> Result<(), StoreError> {
         Store::commit_cycle(self, commit)
     }
     fn record_cycle(&self, record: &CycleRecord, retention: &Retention) -> Result<(), StoreError> {
@@ -1295,9 +1028,6 @@ impl crate::ports::StateStore for Store {
     }
     fn next_cycle_id(&self) -> Result<u64, StoreError> {
         Store::next_cycle_id(self)
-    }
-    fn shadow_bootstrapped(&self) -> Result<bool, StoreError> {
-        Store::shadow_bootstrapped(self)
     }
 }
 

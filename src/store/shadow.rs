@@ -10,6 +10,7 @@
 //!   after them is a first run with the configured `bootstrap`).
 
 use super::{Store, StoreError, db_err, decode, encode};
+pub use crate::ports::{ShadowCommit, ShadowExample, Side};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -22,26 +23,6 @@ const DAY_PREFIX: &str = "day:";
 pub const KEEP_DAYS: usize = 90;
 /// Would-be writes kept as examples (the newest).
 pub const KEEP_EXAMPLES: usize = 20;
-
-/// Which API a would-be write was for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    /// A ChatApp dialog's responsible.
-    Chat,
-    /// A Kommo card's responsible.
-    Kommo,
-}
-
-impl Side {
-    /// `chat` or `kommo` (stable: metric labels).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Chat => "chat",
-            Side::Kommo => "kommo",
-        }
-    }
-}
 
 /// One day of shadow cycles.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,38 +41,6 @@ pub struct ShadowDay {
     pub to_kommo: u64,
     /// Unix seconds of the day's last shadow cycle.
     pub last_cycle_at: i64,
-}
-
-/// One would-be write, as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShadowExample {
-    /// Unix seconds of the cycle.
-    pub at: i64,
-    /// The cycle.
-    pub cycle: u64,
-    /// The API it would have gone to.
-    pub side: Side,
-    /// The write, described as `once --dry-run` describes it.
-    pub text: String,
-}
-
-/// What a shadow cycle adds to the table (committed with the rest of the cycle).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ShadowCommit {
-    /// The cycle's day, `YYYY-MM-DD` in the configured timezone.
-    pub date: String,
-    /// Unix seconds of the cycle.
-    pub at: i64,
-    /// Linked pairs taking part after the cycle's reads.
-    pub pairs: u64,
-    /// Of those, the pairs that agreed.
-    pub agreed: u64,
-    /// Would-be dialog writes.
-    pub to_chat: u64,
-    /// Would-be card writes.
-    pub to_kommo: u64,
-    /// The would-be writes (the newest [`KEEP_EXAMPLES`] are kept).
-    pub examples: Vec<ShadowExample>,
 }
 
 fn day_key(date: &str) -> String {
@@ -201,7 +150,12 @@ mod tests {
     use super::*;
     use crate::store::CycleCommit;
 
-    fn shadow(date: &str, at: i64, to_chat: u64, to_kommo: u64) -> CycleCommit {
+    fn shadow(
+        date: &str,
+        at: i64,
+        to_chat: u64,
+        to_kommo: u64,
+    ) -> CycleCommit<crate::store::staged::StagedCards> {
         CycleCommit {
             cycle: crate::store::CycleRecord {
                 id: at as u64,

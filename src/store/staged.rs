@@ -182,6 +182,28 @@ impl BaseLookup for StagedCards {
     }
 }
 
+/// The store's staging area behind the state port ([`crate::ports::Staging`]).
+impl crate::ports::Staging for StagedCards {
+    fn push(&mut self, id: CardId, st: &CardState) {
+        StagedCards::push(self, id, st);
+    }
+    fn seal(&mut self) -> Result<(), StoreError> {
+        StagedCards::seal(self)
+    }
+    fn contains(&self, id: &CardId) -> bool {
+        StagedCards::contains(self, id)
+    }
+    fn len(&self) -> usize {
+        StagedCards::len(self)
+    }
+    fn each(&self) -> impl Iterator<Item = Result<(CardId, CardState), StoreError>> + '_ {
+        StagedCards::iter(self)
+    }
+    fn take(&mut self, id: &CardId) {
+        StagedCards::take(self, id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,12 +13,11 @@
 use super::describe::{describe_audit, holder};
 use super::{CycleError, CycleReport, Syncer, WriteResult};
 use crate::core::engine::{self, Plan, Target, Write};
-use crate::core::model::{
-    CardId, CardKind, EmployeeId, KommoUserId, LeadStage, RecordId, StageKind,
-};
+use crate::core::model::Pipelines;
+use crate::core::model::{CardId, CardKind, EmployeeId, KommoUserId, RecordId};
 use crate::core::text::{self, Readable};
 use crate::http::{ApiError, ErrorPolicy, error_policy};
-use crate::kommo::{KommoCard, Pipelines};
+use crate::ports::CardRead;
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
 use crate::store::failures::{FailureKind, WriteFailure};
 use crate::store::{AuditEntry, Base, Intent};
@@ -40,12 +39,12 @@ pub async fn recover<K: KommoApi, C: ChatAppApi, S: StateStore>(
                 .cards_by_id(c.kind, &[c.id])
                 .await?
                 .first()
-                .map(|k| k.responsible_user_id),
+                .map(|k| k.view.responsible.0),
             RecordId::Dialog(d) => sy
                 .chatapp
                 .chat(d)
                 .await?
-                .and_then(|c| c.responsible.and_then(|r| r.id)),
+                .and_then(|c| c.view.responsible.map(|e| e.0)),
         };
         if current == Some(i.to) {
             let mut audit = i.audit.clone();
@@ -163,9 +162,7 @@ async fn read_targets<'w, K: KommoApi, C: ChatAppApi, S: StateStore>(
             Target::Card { id, .. } => by_kind.entry(id.kind).or_default().push(id.id),
             Target::Dialog { key, .. } => {
                 let held = match sy.chatapp.chat(key).await? {
-                    Some(c) if !crate::chatapp::status_is_closed(c.status.as_deref()) => {
-                        Some(c.responsible.and_then(|r| r.id).filter(|e| *e != 0))
-                    }
+                    Some(c) if !c.view.closed => Some(c.view.responsible.map(|e| e.0)),
                     _ => None,
                 };
                 current.insert(w.target.record(), held);
@@ -174,8 +171,8 @@ async fn read_targets<'w, K: KommoApi, C: ChatAppApi, S: StateStore>(
     }
     for (kind, ids) in &by_kind {
         for c in sy.kommo.cards_by_id(*kind, ids).await? {
-            let held = (!c.is_deleted && still_receives(sy, *kind, &c, pipelines))
-                .then_some(Some(c.responsible_user_id).filter(|u| *u != 0));
+            let held = (!c.view.deleted && still_receives(sy, &c, pipelines))
+                .then_some(Some(c.view.responsible.0).filter(|u| *u != 0));
             current.insert(RecordId::Card(CardId::new(*kind, c.id)), held);
         }
     }
@@ -215,22 +212,12 @@ fn marked(record: &RecordId, v: Option<u64>) -> String {
 
 /// Whether a card read right before its write still takes part as a kind that receives (a lead
 /// may have closed, left the synced pipelines or changed kind meanwhile).
-fn still_receives<K, C, S>(
-    sy: &Syncer<K, C, S>,
-    kind: CardKind,
-    c: &KommoCard,
-    pipelines: &Pipelines,
-) -> bool {
-    if kind != CardKind::Lead {
+fn still_receives<K, C, S>(sy: &Syncer<K, C, S>, c: &CardRead, pipelines: &Pipelines) -> bool {
+    if c.kind != CardKind::Lead {
         return true;
     }
-    let lead = c.lead_stage(kind, pipelines).unwrap_or(LeadStage {
-        pipeline: c.pipeline_id.unwrap_or(0),
-        status: c.status_id.unwrap_or(0),
-        kind: StageKind::Open,
-    });
-    let st = c.to_obs(kind, &sy.fields, lead).into_state();
-    engine::sync_kind(&CardId::new(kind, c.id), &st, &sy.policy.leads)
+    let st = c.to_obs(c.lead_stage_or_open(pipelines)).into_state();
+    engine::sync_kind(&c.card_id(), &st, &sy.policy.leads)
         .is_some_and(|k| sy.policy.chat_to_crm.contains(&k))
 }
 
@@ -312,10 +299,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Writer<'_, K, C, S> {
         match self.sy.chatapp.set_responsible(d, to).await {
             Ok(()) => {
                 let back = self.sy.chatapp.chat(d).await?;
-                let now_holds = back
-                    .as_ref()
-                    .and_then(|c| c.responsible.as_ref())
-                    .and_then(|r| r.id);
+                let now_holds = back.as_ref().and_then(|c| c.view.responsible).map(|e| e.0);
                 if now_holds == Some(to.0) {
                     confirm(self.sy, it, self.now, self.at)?;
                     self.report.results[i] = WriteResult::Done;

@@ -6,18 +6,19 @@
 //! shadow records with the rest (see [`super::shadow`]).
 
 use super::observe::Observed;
-use super::{CycleError, CycleReport, Syncer, WriteResult, trace_memory};
+use super::{CycleError, CycleReport, Syncer, WriteResult};
 use crate::core::engine;
+use crate::logging::trace_memory;
+use crate::ports::CycleCommit;
+use crate::ports::ShadowCommit;
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
-use crate::store::CycleCommit;
-use crate::store::shadow::ShadowCommit;
 
 /// Settles and commits a cycle whose writes were applied (or, `shadow`, not made at all); fills
 /// the record's write counts.
 pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy: &Syncer<K, C, S>,
     now: i64,
-    seen: Observed,
+    seen: Observed<S::Staged>,
     report: &mut CycleReport,
     shadow: Option<ShadowCommit>,
 ) -> Result<(), CycleError> {

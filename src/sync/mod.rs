@@ -21,13 +21,12 @@ pub mod gate;
 pub mod observe;
 pub mod shadow;
 
-use crate::chatapp::ChatAppClient;
-use crate::config::{Config, KommoCredentials, Loaded};
+use crate::config::Config;
 use crate::core::engine::{self, Brake, Plan, Policy};
 use crate::http::{ApiError, BadRecord};
-use crate::kommo::{FieldMap, KommoClient};
+use crate::logging::trace_memory;
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
-use crate::store::{CycleKind, CycleRecord, Outcome, Retention, Store, StoreError};
+use crate::ports::{CycleKind, CycleRecord, Outcome, Retention, StoreError};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -122,14 +121,9 @@ pub struct Syncer<K, C, S> {
     pub store: Arc<S>,
     /// Cancelled when the daemon stops: the cycle ends before its next write.
     pub stop: tokio_util::sync::CancellationToken,
-    /// How custom fields are read.
-    pub fields: FieldMap,
     /// The engine's view of the config.
     pub policy: Policy,
 }
-
-/// The syncer of the daemon and `once`: the real clients and the redb store.
-pub type LiveSyncer = Syncer<KommoClient, ChatAppClient, Store>;
 
 /// Unix seconds now.
 pub fn now_unix() -> i64 {
@@ -139,19 +133,10 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-impl LiveSyncer {
-    /// The real syncer over an open store (which also keeps the clients' tokens).
-    pub fn live(loaded: &Loaded, store: Arc<Store>) -> Result<LiveSyncer, ApiError> {
-        let (kommo, chatapp) = clients(loaded, store.clone())?;
-        Ok(Syncer::new(loaded.config.clone(), kommo, chatapp, store))
-    }
-}
-
 impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
     /// A syncer over any ports (the scenario tests give it fakes).
     pub fn new(config: Config, kommo: K, chatapp: C, store: Arc<S>) -> Syncer<K, C, S> {
         Syncer {
-            fields: FieldMap::new(&config.sync.flag_fields, &config.links),
             policy: config.policy(),
             config,
             kommo,
@@ -180,13 +165,13 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         (self.kommo.request_count(), self.chatapp.request_count())
     }
 
-    /// The history the db keeps (`[daemon] audit_retention`, [`crate::store::KEEP_CYCLES`]).
+    /// The history the db keeps (`[daemon] audit_retention`, [`crate::ports::KEEP_CYCLES`]).
     pub fn retention(&self, now: i64) -> Retention {
         Retention {
             audit_before: now.saturating_sub(
                 i64::try_from(self.config.daemon.audit_retention.as_secs()).unwrap_or(i64::MAX),
             ),
-            keep_cycles: crate::store::KEEP_CYCLES,
+            keep_cycles: crate::ports::KEEP_CYCLES,
         }
     }
 
@@ -333,82 +318,4 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             }
         }
     }
-}
-
-/// The limit shared by the instances on this machine, when one is configured (or named by the
-/// template unit's environment), opened; a file that cannot be used stops the start.
-pub fn shared_limiter(
-    cfg: &Config,
-) -> Result<Option<crate::http::shared_limit::SharedLimiter>, ApiError> {
-    let Some(sl) = cfg.shared_limit() else {
-        return Ok(None);
-    };
-    crate::http::shared_limit::SharedLimiter::open(&sl.path, sl.requests_per_second)
-        .map(Some)
-        .map_err(|e| ApiError::Limiter {
-            api: "kommo",
-            reason: e.to_string(),
-        })
-}
-
-/// Both API clients of a config, keeping their tokens in `tokens`.
-pub fn clients(
-    loaded: &Loaded,
-    tokens: Arc<dyn crate::tokens::TokenStore>,
-) -> Result<(KommoClient, ChatAppClient), ApiError> {
-    let cfg = &loaded.config;
-    let auth = match (&loaded.secrets.kommo, &cfg.kommo.oauth) {
-        (KommoCredentials::LongLived(t), _) => crate::kommo::auth::KommoAuth::long_lived(t.clone()),
-        (
-            KommoCredentials::OAuth {
-                client_secret,
-                refresh_token_seed,
-            },
-            Some(o),
-        ) => crate::kommo::auth::KommoAuth::oauth(
-            crate::kommo::auth::OAuthSettings {
-                client_id: o.client_id.clone(),
-                client_secret: client_secret.clone(),
-                redirect_uri: o.redirect_uri.clone(),
-            },
-            tokens.clone(),
-            refresh_token_seed.as_ref(),
-        )?,
-        (KommoCredentials::OAuth { .. }, None) => {
-            return Err(ApiError::Auth {
-                api: "kommo",
-                reason: "OAuth secrets without a [kommo.oauth] table".into(),
-            });
-        }
-    };
-    let kommo = KommoClient::new(&cfg.kommo, auth, shared_limiter(cfg)?)?;
-    let chatapp = ChatAppClient::new(
-        &cfg.chatapp,
-        loaded.secrets.chatapp_password.clone(),
-        tokens,
-        cfg.chatapp.max_logins_per_day,
-    )?;
-    Ok((kommo, chatapp))
-}
-
-/// Logs the resident set size at a phase of the cycle (debug level; Linux only).
-pub fn trace_memory(phase: &str) {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        return;
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    tracing::debug!(
-        phase,
-        rss_kb = field("VmRSS:"),
-        peak_kb = field("VmHWM:"),
-        "memory"
-    );
 }

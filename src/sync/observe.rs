@@ -12,35 +12,33 @@
 //! with its base by a point lookup, and only those that differ become observations (a full cycle
 //! keeps the listing's pages, not the account); the engine then gets the neighbourhood of those
 //! observations ([`crate::core::neighbourhood`]). A first run (its bootstrap decides every
-//! dialog) stages every card it reads in the bases' compact encoding ([`StagedCards`]); only the
+//! dialog) stages every card it reads in the bases' compact encoding (the state port's [`Staging`]); only the
 //! cards that may link to a dialog become observations ([`first_run`]), and the commit stores the
 //! others as read. Shadow cycles load every base. The chats are read while the Kommo cards are
 //! listed.
 
 use super::{CycleError, Syncer};
-use crate::chatapp::Chat;
 use crate::core::engine::{Brake, Observations, Snapshot, empty_listing_brake};
 use crate::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogRef, KommoUserId, LeadStage, RecordId,
     StageKind,
 };
+use crate::core::model::{Pipelines, classify_status};
 use crate::core::neighbourhood::{
     BaseLookup, Frame, card_unchanged, dialog_unchanged, first_run, neighbourhood, staged_state,
 };
 use crate::core::text::People;
 use crate::core::usermap::UserMap;
 use crate::http::BadRecord;
-use crate::kommo::{FieldMap, KommoCard, KommoEvent, Pipelines, classify_status};
-use crate::ports::{ChatAppApi, KommoApi, StateStore};
-use crate::store::staged::StagedCards;
-use crate::store::{CycleKind, Quarantined, StoreError, Watermarks};
+use crate::ports::{CardEvent, CardRead, ChatAppApi, ChatRead, KommoApi, Staging, StateStore};
+use crate::ports::{CycleKind, Quarantined, StoreError, Watermarks};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Change times of card values from the events: `(card, new responsible)` -> latest event time.
 type EventTimes = BTreeMap<(CardId, KommoUserId), i64>;
 
 /// What a cycle read, ready for the engine and the commit.
-pub struct Observed {
+pub struct Observed<St> {
     /// The bases the engine needs: the neighbourhood of the observations (every base on a first
     /// run).
     pub snap: Snapshot,
@@ -69,10 +67,10 @@ pub struct Observed {
     /// A full listing came back empty where the snapshot holds many records (rule 13).
     pub listing_brake: Option<Brake>,
     /// A first run's cards that take part in no decision (stored as read at the commit).
-    pub staged: StagedCards,
+    pub staged: St,
 }
 
-impl Observed {
+impl<St> Observed<St> {
     /// Full or incremental.
     pub fn kind(&self) -> CycleKind {
         if self.full {
@@ -89,7 +87,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     now: i64,
     full_asked: bool,
     shadow: bool,
-) -> Result<Observed, CycleError> {
+) -> Result<Observed<S::Staged>, CycleError> {
     let mut frame = sy.store.frame()?;
     frame.match_phone = sy.config.links.match_phone;
     if shadow {
@@ -97,7 +95,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         frame.bootstrapped = sy.store.shadow_bootstrapped()?;
     }
     // a first run (not a shadow one: it plans from every base) stages the cards it reads
-    let staged = (!frame.bootstrapped && !shadow).then(StagedCards::default);
+    let staged = (!frame.bootstrapped && !shadow).then(S::Staged::default);
     let stored_pipelines = sy.store.pipelines()?;
     // A db whose lead stages were never read (new, or written before stages existed) gets a full
     // cycle: every lead is read with its stage before any lead decision.
@@ -133,7 +131,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     let (usermap, people) = r.read_people().await?;
     let (events, fresh_events) = r.read_events().await?;
     let chats = r.read_cards_and_chats(&events).await?;
-    super::trace_memory("listed");
+    crate::logging::trace_memory("listed");
     r.complete_cards(&events).await?;
     r.read_dialogs(chats).await?;
     r.bad.extend(sy.kommo.take_bad());
@@ -142,7 +140,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         tracing::error!(api = %b.api, endpoint = %b.endpoint, subject = b.subject.as_deref().unwrap_or("?"), path = %b.path, reason = %b.reason, "quarantined: a record that does not fit was skipped; the rest of the cycle goes on, and it is read again next cycle");
     }
     let released = r.released();
-    super::trace_memory("dialogs observed");
+    crate::logging::trace_memory("dialogs observed");
     let read = (r.cards_read() as u64, r.read_dialogs.len() as u64);
     let (snap, staged) = r.plan_input(shadow)?;
     Ok(Observed {
@@ -181,7 +179,7 @@ struct Reader<'a, K, C, S: StateStore + 'a> {
     /// The quarantine as the cycle found it (read once).
     quarantine: Vec<Quarantined>,
     /// A first run's cards, staged instead of observed (`None` on other cycles).
-    staged: Option<StagedCards>,
+    staged: Option<S::Staged>,
     /// Every card read this cycle (observed or equal to its base), except those a first run
     /// staged (see [`Reader::was_read`]).
     read_cards: BTreeSet<CardId>,
@@ -195,7 +193,7 @@ struct Reader<'a, K, C, S: StateStore + 'a> {
     pipelines: Pipelines,
     event_times: EventTimes,
     /// Leads whose status the pipelines table does not know: observed after reading it again.
-    unknown_status: Vec<(CardKind, KommoCard)>,
+    unknown_status: Vec<CardRead>,
     listing_brake: Option<Brake>,
     bad: Vec<BadRecord>,
 }
@@ -218,7 +216,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
 
     /// The events of the window (responsible changes give cards their change times), the fresh
     /// ones for dedupe, and (full cycles) the pipelines table.
-    async fn read_events(&mut self) -> Result<(Vec<KommoEvent>, Vec<(String, i64)>), CycleError> {
+    async fn read_events(&mut self) -> Result<(Vec<CardEvent>, Vec<(String, i64)>), CycleError> {
         let cfg = &self.sy.config;
         let overlap = cfg.kommo.events_overlap.as_secs() as i64;
         let from = if self.frame.bootstrapped {
@@ -236,40 +234,40 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         }
         self.new_wm.kommo_events = events
             .iter()
-            .map(|e| e.created_at)
+            .map(|e| e.at)
             .max()
             .unwrap_or(self.wm.kommo_events)
             .max(self.wm.kommo_events);
         for e in &events {
-            if let (Some(card), Some(to)) = (e.card(), e.new_responsible()) {
-                let t = self.event_times.entry((card, to)).or_insert(e.created_at);
-                *t = (*t).max(e.created_at);
+            if let (Some(card), Some(to)) = (e.card, e.responsible) {
+                let t = self.event_times.entry((card, to)).or_insert(e.at);
+                *t = (*t).max(e.at);
             }
         }
         self.seen = self.sy.store.events_seen()?;
         let fresh = events
             .iter()
             .filter(|e| !self.seen.contains(&e.id))
-            .map(|e| (e.id.clone(), e.created_at))
+            .map(|e| (e.id.clone(), e.at))
             .collect();
         Ok((events, fresh))
     }
 
     /// A card read this cycle: observed at its stage (later, if its status is unknown).
-    fn put(&mut self, kind: CardKind, c: KommoCard) {
-        let latest = self.new_wm.kommo_updated.entry(kind).or_insert(0);
+    fn put(&mut self, c: CardRead) {
+        let latest = self.new_wm.kommo_updated.entry(c.kind).or_insert(0);
         *latest = (*latest).max(c.updated_at);
-        let Some(stage) = c.lead_stage(kind, &self.pipelines) else {
-            self.unknown_status.push((kind, c));
+        let Some(stage) = c.lead_stage(&self.pipelines) else {
+            self.unknown_status.push(c);
             return;
         };
-        self.observe_card(kind, &c, stage);
+        self.observe_card(c, stage);
     }
 
     /// Observes a card unless it equals its base; a first run stages every card instead (it
     /// decides from every card). A failed lookup is kept for [`Reader::lookup_result`].
-    fn observe_card(&mut self, kind: CardKind, c: &KommoCard, stage: LeadStage) {
-        let id = CardId::new(kind, c.id);
+    fn observe_card(&mut self, c: CardRead, stage: LeadStage) {
+        let id = c.card_id();
         let base = match self.bases.card(&id) {
             Ok(b) => b,
             Err(e) => {
@@ -277,14 +275,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
                 return;
             }
         };
-        let o = card_obs(
-            c,
-            kind,
-            &self.sy.fields,
-            stage,
-            base.as_ref(),
-            &self.event_times,
-        );
+        let o = card_obs(c, stage, base.as_ref(), &self.event_times);
         if let Some(staged) = &mut self.staged {
             staged.push(id, &staged_state(base.as_ref(), o, self.now));
             return;
@@ -305,7 +296,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
 
     /// How many cards were read this cycle.
     fn cards_read(&self) -> usize {
-        self.read_cards.len() + self.staged.as_ref().map_or(0, StagedCards::len)
+        self.read_cards.len() + self.staged.as_ref().map_or(0, Staging::len)
     }
 
     /// How many bases the db holds (a scan of the card keys: made once a cycle).
@@ -325,8 +316,8 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     /// down to the watermark): each API under its own limit.
     async fn read_cards_and_chats(
         &mut self,
-        events: &[KommoEvent],
-    ) -> Result<Vec<Chat>, CycleError> {
+        events: &[CardEvent],
+    ) -> Result<Vec<ChatRead>, CycleError> {
         let overlap = self.sy.config.chatapp.chats_overlap.as_secs() as i64;
         let since = (!self.full).then(|| self.wm.chats_since(overlap));
         let chatapp = &self.sy.chatapp;
@@ -344,10 +335,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         let sy = self.sy;
         let in_db = self.base_counts()?.0;
         for kind in sy.config.kinds() {
-            let listed = sy
-                .kommo
-                .each_card(kind, None, &mut |c| self.put(kind, c))
-                .await?;
+            let listed = sy.kommo.each_card(kind, None, &mut |c| self.put(c)).await?;
             self.lookup_result()?;
             if self.listing_brake.is_none() {
                 let in_snap = in_db.get(&kind).copied().unwrap_or(0);
@@ -359,7 +347,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
 
     /// Incremental cycle: `updated_at` pages (when list filters work), then the cards named by
     /// fresh events, held by a failed write or quarantined, read by id.
-    async fn read_changed_cards(&mut self, events: &[KommoEvent]) -> Result<(), CycleError> {
+    async fn read_changed_cards(&mut self, events: &[CardEvent]) -> Result<(), CycleError> {
         let sy = self.sy;
         let kinds = sy.config.kinds();
         if sy.kommo.filters_enabled().await? {
@@ -368,7 +356,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
                 let latest = self.wm.kommo_updated.get(&kind).copied().unwrap_or(0);
                 let since = self.wm.kommo_since(latest, overlap);
                 sy.kommo
-                    .each_card(kind, Some(since), &mut |c| self.put(kind, c))
+                    .each_card(kind, Some(since), &mut |c| self.put(c))
                     .await?;
                 self.lookup_result()?;
             }
@@ -377,7 +365,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         let named_by_events = events
             .iter()
             .filter(|e| !self.seen.contains(&e.id))
-            .filter_map(KommoEvent::card);
+            .filter_map(|e| e.card);
         let rereads = self.rereads();
         let cards = named_by_events.chain(rereads.into_iter().filter_map(|r| match r {
             RecordId::Card(c) => Some(c),
@@ -400,7 +388,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         let unreadable = subjects(&bad_now);
         self.bad.extend(bad_now);
         for c in got {
-            self.put(kind, c);
+            self.put(c);
         }
         self.lookup_result()?;
         for id in ids {
@@ -422,7 +410,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
 
     /// After the listing: the leads whose status was unknown are classified, the staged cards
     /// (a first run) sealed, lead stages updated from the events, incoming leads linked.
-    async fn complete_cards(&mut self, events: &[KommoEvent]) -> Result<(), CycleError> {
+    async fn complete_cards(&mut self, events: &[CardEvent]) -> Result<(), CycleError> {
         self.classify_unknown_statuses().await?;
         if let Some(staged) = &mut self.staged {
             staged.seal()?; // by id from here on: lookups are binary searches
@@ -442,16 +430,12 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
             return Ok(());
         }
         self.pipelines = self.sy.kommo.pipelines().await?;
-        for (kind, c) in std::mem::take(&mut self.unknown_status) {
-            let stage = c.lead_stage(kind, &self.pipelines).unwrap_or_else(|| {
-                tracing::warn!(card = %CardId::new(kind, c.id), status = ?c.status_id, pipeline = ?c.pipeline_id, "a lead's status is in no pipeline Kommo lists; taken as an open stage");
-                LeadStage {
-                    pipeline: c.pipeline_id.unwrap_or(0),
-                    status: c.status_id.unwrap_or(0),
-                    kind: StageKind::Open,
-                }
-            });
-            self.observe_card(kind, &c, stage);
+        for c in std::mem::take(&mut self.unknown_status) {
+            let stage = c.lead_stage_or_open(&self.pipelines);
+            if c.lead_stage(&self.pipelines).is_none() {
+                tracing::warn!(card = %c.card_id(), status = c.status, pipeline = c.pipeline, "a lead's status is in no pipeline Kommo lists; taken as an open stage");
+            }
+            self.observe_card(c, stage);
         }
         self.lookup_result()
     }
@@ -459,10 +443,10 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     /// Keeps lead stages current from `lead_status_changed` events (no request per lead): a lead
     /// not read this cycle whose stage an event moved is observed at its base value in the new
     /// stage. A status the table does not know makes the pipelines be read again (once).
-    async fn stage_updates_from_events(&mut self, events: &[KommoEvent]) -> Result<(), CycleError> {
+    async fn stage_updates_from_events(&mut self, events: &[CardEvent]) -> Result<(), CycleError> {
         let mut latest: BTreeMap<CardId, (u64, u64)> = BTreeMap::new();
         for e in events {
-            if let (Some(card), Some(st)) = (e.card(), e.new_status()) {
+            if let (Some(card), Some(st)) = (e.card, e.status) {
                 latest.insert(card, st); // events are in time order: the last one wins
             }
         }
@@ -506,7 +490,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
                 wanted.insert(id.id);
             }
         }
-        for row in self.staged.iter().flat_map(StagedCards::iter) {
+        for row in self.staged.iter().flat_map(Staging::each) {
             let (id, st) = row?;
             if awaits_unsorted_link(&id, st.lead, &st.contacts) {
                 wanted.insert(id.id);
@@ -534,7 +518,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
 
     /// The bases the engine plans from, and (a first run) the staged cards that take no part
     /// in a decision.
-    fn plan_input(&mut self, shadow: bool) -> Result<(Snapshot, StagedCards), CycleError> {
+    fn plan_input(&mut self, shadow: bool) -> Result<(Snapshot, S::Staged), CycleError> {
         let frame = std::mem::take(&mut self.frame);
         if let Some(mut staged) = self.staged.take() {
             staged.seal()?;
@@ -547,18 +531,17 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         }
         if frame.bootstrapped && !shadow {
             let snap = neighbourhood(&self.bases, frame, &self.obs)?;
-            return Ok((snap, StagedCards::default()));
+            return Ok((snap, S::Staged::default()));
         }
         // shadow mode counts the agreeing pairs of the whole account: it plans from every base
         let mut all = self.sy.store.load_snapshot()?;
         all.bootstrapped = frame.bootstrapped; // shadow mode's own flag
-        Ok((all, StagedCards::default()))
+        Ok((all, S::Staged::default()))
     }
 
     /// Observes a chat unless it equals its base (after the first run).
-    fn observe_chat(&mut self, c: &Chat) -> Result<(), StoreError> {
-        let key = c.key();
-        let o = c.to_obs();
+    fn observe_chat(&mut self, c: ChatRead) -> Result<(), StoreError> {
+        let ChatRead { key, view: o } = c;
         let same = self
             .bases
             .dialog(&key)?
@@ -572,13 +555,13 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
 
     /// The chats read beside the cards, plus (incremental cycles) the held and quarantined
     /// dialogs one by one.
-    async fn read_dialogs(&mut self, chats: Vec<Chat>) -> Result<(), CycleError> {
+    async fn read_dialogs(&mut self, chats: Vec<ChatRead>) -> Result<(), CycleError> {
         if self.full && self.listing_brake.is_none() {
             let in_db = self.base_counts()?.1;
             self.listing_brake = empty_listing_brake("chats", in_db, chats.len());
         }
-        for c in &chats {
-            self.new_wm.chats = self.new_wm.chats.max(c.last_time);
+        for c in chats {
+            self.new_wm.chats = self.new_wm.chats.max(c.view.last_time);
             self.observe_chat(c)?;
         }
         if self.full {
@@ -589,7 +572,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
                 && !self.read_dialogs.contains(&d)
                 && let Some(c) = self.sy.chatapp.chat(&d).await?
             {
-                self.observe_chat(&c)?;
+                self.observe_chat(c)?;
             }
         }
         Ok(())
@@ -649,15 +632,13 @@ fn quarantined_records(q: &[Quarantined]) -> BTreeSet<RecordId> {
 /// from the events, and (an incoming lead still waiting for acceptance) the unsorted chat link
 /// its base holds.
 fn card_obs(
-    c: &KommoCard,
-    kind: CardKind,
-    fields: &FieldMap,
+    c: CardRead,
     stage: LeadStage,
     base: Option<&CardState>,
     event_times: &EventTimes,
 ) -> CardObs {
-    let mut o = c.to_obs(kind, fields, stage);
-    let id = CardId::new(kind, c.id);
+    let (id, kind) = (c.card_id(), c.kind);
+    let mut o = c.into_obs(stage);
     o.event_time = event_times.get(&(id, o.responsible)).copied();
     if kind == CardKind::Lead
         && stage.kind == StageKind::Incoming

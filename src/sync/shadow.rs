@@ -23,9 +23,9 @@ use super::{CycleError, CycleReport, Syncer, WriteResult, commit, describe_write
 use crate::core::engine::{Plan, Policy, Snapshot, Target, sync_kind};
 use crate::core::links::resolve_links_with;
 use crate::core::usermap::UserMap;
+use crate::ports::Outcome;
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
-use crate::store::Outcome;
-use crate::store::shadow::{ShadowCommit, ShadowExample, Side};
+use crate::ports::{ShadowCommit, ShadowExample, Side};
 
 /// The API a write goes to.
 pub fn side(t: &Target) -> Side {
@@ -39,7 +39,7 @@ pub fn side(t: &Target) -> Side {
 pub fn shadow<K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy: &Syncer<K, C, S>,
     now: i64,
-    seen: Observed,
+    seen: Observed<S::Staged>,
     report: &mut CycleReport,
 ) -> Result<(), CycleError> {
     report.record.outcome = Outcome::Shadow;

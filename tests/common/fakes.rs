@@ -31,12 +31,15 @@ use chatapp_kommo_sync::core::model::{
 use chatapp_kommo_sync::core::neighbourhood::{BaseLookup, Frame, Term};
 use chatapp_kommo_sync::http::{ApiError, BadRecord};
 use chatapp_kommo_sync::kommo::{
-    CardEmbedded, CustomField, EVENT_RESPONSIBLE, EventValue, FieldValue, KommoCard, KommoEvent,
-    Linked, PatchOutcome, Pipelines, UserRef,
+    CardEmbedded, CustomField, EVENT_RESPONSIBLE, EventValue, FieldMap, FieldValue, KommoCard,
+    KommoEvent, Linked, PatchOutcome, Pipelines, UserRef,
 };
-use chatapp_kommo_sync::ports::{ApiMeter, ChatAppApi, KommoApi, StateStore};
+use chatapp_kommo_sync::ports::{
+    ApiMeter, BaseReads, CardEvent, CardRead, ChatAppApi, ChatRead, CycleLog, KommoApi, WriteLog,
+};
 use chatapp_kommo_sync::store::bases::InMemory;
 use chatapp_kommo_sync::store::failures::WriteFailure;
+use chatapp_kommo_sync::store::staged::StagedCards;
 use chatapp_kommo_sync::store::{
     AuditEntry, CycleCommit, CycleRecord, Intent, Quarantined, Retention, StoreError, Watermarks,
 };
@@ -339,7 +342,7 @@ impl KommoApi for FakeKommo {
         kinds: &[CardKind],
         stages: bool,
         from: i64,
-    ) -> Result<Vec<KommoEvent>, ApiError> {
+    ) -> Result<Vec<CardEvent>, ApiError> {
         let names: Vec<&str> = kinds.iter().map(|k| k.singular()).collect();
         let line = format!(
             "kommo.events {} stages={stages} from={from}",
@@ -351,7 +354,7 @@ impl KommoApi for FakeKommo {
                 .filter(|e| e.created_at >= from)
                 .filter(|e| e.card().is_some_and(|c| kinds.contains(&c.kind)))
                 .filter(|e| e.kind == EVENT_RESPONSIBLE || stages)
-                .cloned()
+                .map(KommoEvent::read)
                 .collect()
         })
     }
@@ -370,7 +373,7 @@ impl KommoApi for FakeKommo {
         &self,
         kind: CardKind,
         since: Option<i64>,
-        sink: &mut (dyn FnMut(KommoCard) + Send),
+        sink: &mut (dyn FnMut(CardRead) + Send),
     ) -> Result<usize, ApiError> {
         let line = match since {
             Some(t) => format!("kommo.each_card {kind} since={t}"),
@@ -387,20 +390,19 @@ impl KommoApi for FakeKommo {
             cards.sort_by_key(|c| std::cmp::Reverse(c.updated_at));
         }
         let n = cards.len();
-        cards.into_iter().for_each(sink);
+        let fields = FieldMap::default();
+        cards.iter().for_each(|c| sink(c.read(kind, &fields)));
         Ok(n)
     }
 
-    async fn cards_by_id(
-        &self,
-        kind: CardKind,
-        wanted: &[u64],
-    ) -> Result<Vec<KommoCard>, ApiError> {
+    async fn cards_by_id(&self, kind: CardKind, wanted: &[u64]) -> Result<Vec<CardRead>, ApiError> {
         let line = format!("kommo.cards_by_id {kind} {}", ids(wanted.iter().copied()));
+        let fields = FieldMap::default();
         self.0.call(line, |s| {
             wanted
                 .iter()
-                .filter_map(|id| s.cards.get(&CardId::new(kind, *id)).cloned())
+                .filter_map(|id| s.cards.get(&CardId::new(kind, *id)))
+                .map(|c| c.read(kind, &fields))
                 .collect()
         })
     }
@@ -535,7 +537,7 @@ impl ChatAppApi for FakeChatApp {
             .call("chatapp.employees".into(), |s| s.employees.clone())
     }
 
-    async fn chats(&self, since: Option<i64>) -> Result<Vec<Chat>, ApiError> {
+    async fn chats(&self, since: Option<i64>) -> Result<Vec<ChatRead>, ApiError> {
         let line = match since {
             Some(t) => format!("chatapp.chats since={t}"),
             None => "chatapp.chats all".into(),
@@ -548,14 +550,14 @@ impl ChatAppApi for FakeChatApp {
                 .cloned()
                 .collect();
             v.sort_by_key(|c| std::cmp::Reverse(c.last_time));
-            v
+            v.into_iter().map(Chat::into_read).collect()
         })
     }
 
-    async fn chat(&self, key: &DialogKey) -> Result<Option<Chat>, ApiError> {
+    async fn chat(&self, key: &DialogKey) -> Result<Option<ChatRead>, ApiError> {
         self.0
             .call(format!("chatapp.chat {}", key.full_ref()), |s| {
-                s.chats.get(key).cloned()
+                s.chats.get(key).cloned().map(Chat::into_read)
             })
     }
 
@@ -701,7 +703,7 @@ impl BaseLookup for FakeBases {
     }
 }
 
-impl StateStore for FakeStore {
+impl BaseReads for FakeStore {
     type Bases<'a> = FakeBases;
     fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
         self.call("store.load_snapshot".into(), |s| s.snap.clone())
@@ -750,6 +752,9 @@ impl StateStore for FakeStore {
             s.events_seen.keys().cloned().collect()
         })
     }
+}
+
+impl WriteLog for FakeStore {
     fn intents(&self) -> Result<Vec<Intent>, StoreError> {
         self.call("store.intents".into(), |s| {
             s.intents.values().cloned().collect()
@@ -807,7 +812,12 @@ impl StateStore for FakeStore {
             s.intents.remove(&f.target);
         })
     }
-    fn commit_cycle(&self, c: &CycleCommit) -> Result<(), StoreError> {
+}
+
+/// The fake's first runs stage their cards as the store does (the staging is plain memory).
+impl CycleLog for FakeStore {
+    type Staged = StagedCards;
+    fn commit_cycle(&self, c: &CycleCommit<StagedCards>) -> Result<(), StoreError> {
         self.call(format!("store.commit_cycle {}", c.cycle.id), |s| {
             for (id, st) in c.staged.untaken().map(Result::unwrap) {
                 s.snap.cards.insert(id, st);

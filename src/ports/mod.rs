@@ -7,33 +7,26 @@
 //! incremental read signpost), the request count (the cycle record), the time budget, and the
 //! records a page held that did not fit (quarantine).
 
-use crate::chatapp::Chat;
 use crate::core::engine::Snapshot;
 use crate::core::model::{
-    CardKind, DialogKey, DialogState, Employee, EmployeeId, KommoUser, KommoUserId, RecordId,
+    CardKind, DialogKey, DialogState, Employee, EmployeeId, KommoUser, KommoUserId, Pipelines,
+    RecordId,
 };
 use crate::core::neighbourhood::{BaseLookup, Frame};
-use crate::http::{ApiError, BadRecord};
-use crate::kommo::{KommoCard, KommoEvent, PatchOutcome, Pipelines};
+mod records;
+mod state;
+
+use crate::http::ApiError;
+pub use crate::http::ApiMeter;
 use crate::store::failures::WriteFailure;
-use crate::store::{
-    AuditEntry, CycleCommit, CycleRecord, Intent, Quarantined, Retention, StoreError, Watermarks,
+use crate::store::{AuditEntry, Intent};
+pub use records::{CardEvent, CardRead, ChatRead, PatchOutcome};
+pub use state::{
+    CycleCommit, CycleKind, CycleRecord, KEEP_CYCLES, Outcome, Quarantined, Retention,
+    ShadowCommit, ShadowExample, Side, Staging, StoreError, Watermarks,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::time::Instant;
-
-/// What every API port has besides its calls.
-pub trait ApiMeter: Send + Sync {
-    /// The server's time (unix seconds) of its latest answer, if any.
-    fn server_time(&self) -> Option<i64>;
-    /// Requests sent so far (retries included).
-    fn request_count(&self) -> u64;
-    /// Sets (or clears) when retries give up (the cycle's budget).
-    fn set_deadline(&self, deadline: Option<Instant>);
-    /// The records skipped since the last call (they did not fit their page).
-    fn take_bad(&self) -> Vec<BadRecord>;
-}
 
 /// Kommo, as a cycle sees it.
 pub trait KommoApi: ApiMeter {
@@ -45,7 +38,7 @@ pub trait KommoApi: ApiMeter {
         kinds: &[CardKind],
         stages: bool,
         from: i64,
-    ) -> impl Future<Output = Result<Vec<KommoEvent>, ApiError>> + Send;
+    ) -> impl Future<Output = Result<Vec<CardEvent>, ApiError>> + Send;
     /// Every pipeline with its statuses.
     fn pipelines(&self) -> impl Future<Output = Result<Pipelines, ApiError>> + Send;
     /// Whether list filters and ordering work on the account.
@@ -56,14 +49,14 @@ pub trait KommoApi: ApiMeter {
         &self,
         kind: CardKind,
         since: Option<i64>,
-        sink: &mut (dyn FnMut(KommoCard) + Send),
+        sink: &mut (dyn FnMut(CardRead) + Send),
     ) -> impl Future<Output = Result<usize, ApiError>> + Send;
     /// Cards by id; missing ones are not returned.
     fn cards_by_id(
         &self,
         kind: CardKind,
         ids: &[u64],
-    ) -> impl Future<Output = Result<Vec<KommoCard>, ApiError>> + Send;
+    ) -> impl Future<Output = Result<Vec<CardRead>, ApiError>> + Send;
     /// The contact of the unsorted chat record of each lead in `wanted` that has one.
     fn unsorted_contacts(
         &self,
@@ -85,10 +78,15 @@ pub trait ChatAppApi: ApiMeter {
     /// The employees of the configured company.
     fn employees(&self) -> impl Future<Output = Result<Vec<Employee>, ApiError>> + Send;
     /// Chats of the configured licenses, newest first (down to `since`, else all).
-    fn chats(&self, since: Option<i64>)
-    -> impl Future<Output = Result<Vec<Chat>, ApiError>> + Send;
+    fn chats(
+        &self,
+        since: Option<i64>,
+    ) -> impl Future<Output = Result<Vec<ChatRead>, ApiError>> + Send;
     /// One chat; `None` when ChatApp does not know it.
-    fn chat(&self, key: &DialogKey) -> impl Future<Output = Result<Option<Chat>, ApiError>> + Send;
+    fn chat(
+        &self,
+        key: &DialogKey,
+    ) -> impl Future<Output = Result<Option<ChatRead>, ApiError>> + Send;
     /// Sets a dialog's responsible.
     fn set_responsible(
         &self,
@@ -97,8 +95,9 @@ pub trait ChatAppApi: ApiMeter {
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
 }
 
-/// The state db, as a cycle sees it. Writes are durable when they return `Ok`.
-pub trait StateStore: Send + Sync {
+/// The state db's reads: the bases and what the last cycles left. Writes are durable when they
+/// return `Ok` (here and in the other state traits).
+pub trait BaseReads: Send + Sync {
     /// A read view of the bases by key and by link term (one cycle's lookups).
     type Bases<'a>: BaseLookup<Error = StoreError> + Send
     where
@@ -123,6 +122,13 @@ pub trait StateStore: Send + Sync {
     fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
     /// Kommo event ids already seen.
     fn events_seen(&self) -> Result<BTreeSet<String>, StoreError>;
+    /// Whether a shadow cycle has committed (shadow cycles keep their own bootstrap flag).
+    fn shadow_bootstrapped(&self) -> Result<bool, StoreError>;
+}
+
+/// The state db's write log (SPEC rule 11): every write is recorded before it is made and
+/// settled after, with its audit entry.
+pub trait WriteLog: Send + Sync {
     /// Pending write intents (writes whose outcome is not recorded).
     fn intents(&self) -> Result<Vec<Intent>, StoreError>;
     /// Records intents before their writes.
@@ -135,12 +141,21 @@ pub trait StateStore: Send + Sync {
     fn write_failures(&self) -> Result<BTreeMap<RecordId, WriteFailure>, StoreError>;
     /// Parks a failed write: the failure, its audit entry and the intent's removal, together.
     fn park_write(&self, failure: &WriteFailure, audit: &AuditEntry) -> Result<(), StoreError>;
+}
+
+/// The state db's cycle log: cycle ids, records and the end-of-cycle commit.
+pub trait CycleLog: Send + Sync {
+    /// Where a first run keeps the cards it read until its commit.
+    type Staged: Staging;
     /// Commits the end of a cycle in one transaction.
-    fn commit_cycle(&self, commit: &CycleCommit) -> Result<(), StoreError>;
+    fn commit_cycle(&self, commit: &CycleCommit<Self::Staged>) -> Result<(), StoreError>;
     /// Records a cycle that did not commit.
     fn record_cycle(&self, record: &CycleRecord, retention: &Retention) -> Result<(), StoreError>;
     /// The next cycle's id.
     fn next_cycle_id(&self) -> Result<u64, StoreError>;
-    /// Whether a shadow cycle has committed (shadow cycles keep their own bootstrap flag).
-    fn shadow_bootstrapped(&self) -> Result<bool, StoreError>;
 }
+
+/// The state db, as a cycle sees it: its reads, its write log and its cycle log.
+pub trait StateStore: BaseReads + WriteLog + CycleLog {}
+
+impl<T: BaseReads + WriteLog + CycleLog> StateStore for T {}

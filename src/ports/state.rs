@@ -1,0 +1,376 @@
+//! The state db's port: the records that cross it, its error, and the traits a cycle uses, split
+//! by capability (lldap's handler traits are the model): the reads of the bases and of what the
+//! last cycles left ([`BaseReads`]), the write log that makes every write recorded before and
+//! settled after ([`WriteLog`]), and the cycle log and commit ([`CycleLog`]). The redb store
+//! (`crate::store::Store`) implements all three; the scenario tests fake them in memory.
+//!
+//! Its error is the redb store's: the `Open` and `Db` variants carry redb's own error as their
+//! source (the one adapter there is; a second would widen them).
+
+use crate::core::engine::Settlement;
+use crate::core::model::{CardId, CardKind, CardState, Pipelines};
+use crate::core::neighbourhood::BaseLookup;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A state db problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process has the db open for writing (redb's file lock).
+    #[error(
+        "state db {0} is locked by another chatapp-kommo-sync process (redb file lock): one daemon per state db; stop the other one or use another state_path"
+    )]
+    Locked(PathBuf),
+    /// The db could not be opened (permissions, I/O).
+    #[error("state db {path}: cannot open it: {source}")]
+    Open {
+        /// The db.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: redb::Error,
+    },
+    /// The db was closed after an error and could not be opened again.
+    #[error("state db {0} is closed after an error; it could not be opened again")]
+    Closed(PathBuf),
+    /// A write through a handle opened read-only (a daemon holds the db).
+    #[error("state db {0} is open read-only here (another process writes it)")]
+    ReadOnly(PathBuf),
+    /// The db does not exist (read-only open).
+    #[error("state db {0} does not exist yet: run a cycle first")]
+    Missing(PathBuf),
+    /// The db was written by a newer schema.
+    #[error("state db {path} has schema version {found}; this build understands {understood}")]
+    Schema {
+        /// The db.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+        /// The version this build writes and reads.
+        understood: u32,
+    },
+    /// A redb error, with what was being done.
+    #[error("state db: {context}: {source}")]
+    Db {
+        /// What was being done.
+        context: &'static str,
+        /// The error.
+        #[source]
+        source: redb::Error,
+    },
+    /// The file is damaged, empty, or not a state db of this program; it is left as it is.
+    #[error(
+        "state db {path} cannot be used: {detail}. It is left as it is: restore it from a backup, or move it aside to start over (the next cycle then bootstraps a new db; a Kommo OAuth pair kept in it is lost: store a new one with `authorize --code`)"
+    )]
+    Corrupt {
+        /// The db.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A stored value that does not decode.
+    #[error("state db: cannot decode {what}: {reason}")]
+    Decode {
+        /// Table and key.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Which cycle: one that reads what changed, or one that reads everything.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CycleKind {
+    /// Reads what changed since the watermarks.
+    #[default]
+    Incremental,
+    /// Reads everything (the first cycle, the full schedule, `--full`).
+    Full,
+}
+
+impl CycleKind {
+    /// `incremental` or `full` (stable: metric labels and stored records).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleKind::Incremental => "incremental",
+            CycleKind::Full => "full",
+        }
+    }
+}
+
+impl std::fmt::Display for CycleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a cycle ended.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It ran and committed.
+    #[default]
+    Ok,
+    /// `--dry-run`: planned, nothing written.
+    DryRun,
+    /// The safety brake stopped its writes.
+    Braked,
+    /// It failed; nothing but confirmed writes was recorded.
+    Failed,
+    /// The daemon stopped it between two writes.
+    Stopped,
+    /// Shadow mode: decided and committed, nothing written.
+    Shadow,
+}
+
+impl Outcome {
+    /// `ok`, `dry_run`, `braked`, `failed`, `stopped`, `shadow` (stable: metric labels and stored records).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::DryRun => "dry_run",
+            Outcome::Braked => "braked",
+            Outcome::Failed => "failed",
+            Outcome::Stopped => "stopped",
+            Outcome::Shadow => "shadow",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one cycle did, for `status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CycleRecord {
+    /// Cycle id.
+    pub id: u64,
+    /// Full or incremental.
+    pub kind: CycleKind,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds.
+    pub finished_at: i64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The error of a failed cycle, or the brake's reason.
+    pub error: Option<String>,
+    /// Requests made to Kommo.
+    pub kommo_requests: u64,
+    /// Requests made to ChatApp.
+    pub chatapp_requests: u64,
+    /// Cards read.
+    pub cards_read: u64,
+    /// Dialogs read.
+    pub dialogs_read: u64,
+    /// Writes planned.
+    pub writes_planned: u64,
+    /// Writes confirmed.
+    pub writes_done: u64,
+    /// Writes failed or dropped by check-before-write.
+    pub writes_failed: u64,
+    /// Pairs parked in this cycle.
+    pub parked: u64,
+    /// Conflicts resolved.
+    pub conflicts: u64,
+    /// Records skipped because they did not fit their page (quarantined).
+    #[serde(default)]
+    pub quarantined: u64,
+    /// Wall time, milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Watermarks of incremental reads (server times, unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermarks {
+    /// Latest `created_at` of a Kommo event fully read.
+    pub kommo_events: i64,
+    /// Latest `updated_at` per card kind fully read.
+    pub kommo_updated: BTreeMap<CardKind, i64>,
+    /// Latest `lastTime` of a ChatApp chat fully read.
+    pub chats: i64,
+    /// Kommo's time (its `Date` header) when the last complete read began; 0 if unknown.
+    #[serde(default)]
+    pub kommo_read_at: i64,
+    /// ChatApp's time when the last complete read began; 0 if unknown.
+    #[serde(default)]
+    pub chats_read_at: i64,
+}
+
+impl Watermarks {
+    /// Where an incremental Kommo read starts: the last read's signpost (or, without one, the
+    /// latest `updated_at`/`created_at` seen), minus the overlap.
+    pub fn kommo_since(&self, latest_seen: i64, overlap: i64) -> i64 {
+        (if self.kommo_read_at > 0 {
+            self.kommo_read_at
+        } else {
+            latest_seen
+        }) - overlap
+    }
+
+    /// Where an incremental ChatApp read starts (see [`Watermarks::kommo_since`]).
+    pub fn chats_since(&self, overlap: i64) -> i64 {
+        (if self.chats_read_at > 0 {
+            self.chats_read_at
+        } else {
+            self.chats
+        }) - overlap
+    }
+}
+
+/// A record that did not fit its page, as kept until it reads fine again (or ages out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// What was wrong with it.
+    pub record: crate::http::BadRecord,
+    /// First seen (unix seconds).
+    pub first_seen: i64,
+    /// Last seen (unix seconds).
+    pub last_seen: i64,
+    /// Cycles that saw it.
+    pub cycles: u64,
+}
+
+impl Quarantined {
+    /// Its key: the API and the record, or (unnamed) the endpoint and field path.
+    pub fn key_of(r: &crate::http::BadRecord) -> String {
+        match &r.subject {
+            Some(s) => format!("{} {s}", r.api),
+            None => format!("{} {} {}", r.api, r.endpoint, r.path),
+        }
+    }
+}
+
+/// How much history the db keeps: audit entries newer than `audit_before`, and the last
+/// `keep_cycles` cycle records. The store prunes inside its normal commits, a bounded number of
+/// rows a commit, so the file size stays flat on a long run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Audit entries confirmed before this (unix seconds) are dropped.
+    pub audit_before: i64,
+    /// Cycle records kept (the newest).
+    pub keep_cycles: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            audit_before: i64::MIN,
+            keep_cycles: u64::MAX,
+        }
+    }
+}
+
+/// Cycle records kept by default: a week at the default 30-second poll.
+pub const KEEP_CYCLES: u64 = 20_160;
+/// Which API a would-be write was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// A ChatApp dialog's responsible.
+    Chat,
+    /// A Kommo card's responsible.
+    Kommo,
+}
+
+impl Side {
+    /// `chat` or `kommo` (stable: metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Chat => "chat",
+            Side::Kommo => "kommo",
+        }
+    }
+}
+
+/// One would-be write, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowExample {
+    /// Unix seconds of the cycle.
+    pub at: i64,
+    /// The cycle.
+    pub cycle: u64,
+    /// The API it would have gone to.
+    pub side: Side,
+    /// The write, described as `once --dry-run` describes it.
+    pub text: String,
+}
+
+/// What a shadow cycle adds to the table (committed with the rest of the cycle).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShadowCommit {
+    /// The cycle's day, `YYYY-MM-DD` in the configured timezone.
+    pub date: String,
+    /// Unix seconds of the cycle.
+    pub at: i64,
+    /// Linked pairs taking part after the cycle's reads.
+    pub pairs: u64,
+    /// Of those, the pairs that agreed.
+    pub agreed: u64,
+    /// Would-be dialog writes.
+    pub to_chat: u64,
+    /// Would-be card writes.
+    pub to_kommo: u64,
+    /// The would-be writes (the store keeps the newest few).
+    pub examples: Vec<ShadowExample>,
+}
+
+/// A first run's staging area: every card it read, kept compactly until the commit stores them
+/// (see `crate::store::staged`). Lookups work once sealed.
+pub trait Staging: BaseLookup<Error = StoreError> + Default + Send {
+    /// Stages a card (again: the new value replaces the old one at the next seal).
+    fn push(&mut self, id: CardId, st: &CardState);
+    /// Sorts by id and builds the lookups.
+    fn seal(&mut self) -> Result<(), StoreError>;
+    /// Whether a card is staged.
+    fn contains(&self, id: &CardId) -> bool;
+    /// How many cards are staged.
+    fn len(&self) -> usize;
+    /// Whether none is.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Every staged card, decoded, in id order once sealed.
+    fn each(&self) -> impl Iterator<Item = Result<(CardId, CardState), StoreError>> + '_;
+    /// Marks a card as handed to the engine: the commit stores its settled value instead.
+    fn take(&mut self, id: &CardId);
+}
+
+/// Everything a cycle commits at its end, in one transaction.
+#[derive(Debug, Default)]
+pub struct CycleCommit<St> {
+    /// New bases and parked pairs.
+    pub settlement: Settlement,
+    /// Kommo's pipelines, when read anew.
+    pub pipelines: Option<Pipelines>,
+    /// New watermarks.
+    pub watermarks: Watermarks,
+    /// Kommo event ids seen (with their `created_at`) for dedupe; older ones are pruned.
+    pub events_seen: Vec<(String, i64)>,
+    /// Event ids older than this are pruned.
+    pub prune_events_before: i64,
+    /// Records of this cycle that did not fit their page (quarantined, or seen again).
+    pub bad: Vec<crate::http::BadRecord>,
+    /// Quarantine keys whose records read fine this cycle (released).
+    pub released: Vec<String>,
+    /// History to keep.
+    pub retention: Retention,
+    /// The cycle's record.
+    pub cycle: CycleRecord,
+    /// The names of the users and employees read (kept for `status`).
+    pub people: crate::core::text::People,
+    /// A shadow cycle's records; such a commit leaves the db unbootstrapped.
+    pub shadow: Option<ShadowCommit>,
+    /// A first run's cards that took part in no decision: their bases, as read (the
+    /// settlement has the others).
+    pub staged: St,
+}
