@@ -137,7 +137,11 @@ pub fn main() -> ExitCode {
         } => once(
             &path,
             CycleOptions {
-                full,
+                kind: if full {
+                    crate::store::CycleKind::Full
+                } else {
+                    crate::store::CycleKind::Incremental
+                },
                 dry_run,
                 force,
                 shadow,

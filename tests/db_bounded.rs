@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use chatapp_kommo_sync::core::engine::Rule;
-use chatapp_kommo_sync::core::model::{CardId, CardKind, CardState, DialogKey, RecordId};
+use chatapp_kommo_sync::core::model::{
+    CardId, CardKind, CardState, DialogKey, KommoUserId, RecordId, Value,
+};
 use chatapp_kommo_sync::store::{
     AuditEntry, Base, CycleCommit, CycleRecord, Intent, Retention, Store,
 };
@@ -49,8 +51,8 @@ fn twenty_thousand_cycles_keep_the_file_flat() {
             at: now,
             cycle: n,
             target: RecordId::Card(id),
-            from: Some(n % 5),
-            to: n % 5 + 1,
+            from: Some(Value::Card(KommoUserId(n % 5))),
+            to: Value::Card(KommoUserId(n % 5 + 1)),
             rule: Rule::DialogChanged,
             source: RecordId::Dialog(DialogKey::new(1, "telegram", "@a")),
             source_changed_at: now,
@@ -60,8 +62,8 @@ fn twenty_thousand_cycles_keep_the_file_flat() {
         let intent = Intent {
             cycle: n,
             target: RecordId::Card(id),
-            from: Some(n % 5),
-            to: n % 5 + 1,
+            from: Some(Value::Card(KommoUserId(n % 5))),
+            to: Value::Card(KommoUserId(n % 5 + 1)),
             audit: audit.clone(),
             base: Base::Card(card(n % 5 + 1)),
         };

@@ -13,7 +13,7 @@ use chatapp_kommo_sync::core::engine::{
 use chatapp_kommo_sync::core::links::{
     looks_like_phone, parse_messenger_value, phone_digits, phone_of_chat_id,
 };
-use chatapp_kommo_sync::core::model::{CardId, CardKind, DialogKey, DialogRef, RecordId};
+use chatapp_kommo_sync::core::model::{CardId, CardKind, DialogKey, DialogRef, RecordId, Value};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,8 +41,8 @@ fn show(p: &Plan) -> Vec<String> {
             format!(
                 "{} {:?} -> {} ({} from {})",
                 w.target.record(),
-                w.target.from_raw(),
-                w.target.to_raw(),
+                w.target.from_value().map(Value::raw),
+                w.target.to_value().raw(),
                 w.reason.rule,
                 w.reason.source
             )
@@ -68,15 +68,15 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
             ctx()
         );
         // never 0, never a no-op, `from` is what the target holds (rule 10 checks against it)
-        prop_assert!(w.target.to_raw() != 0, "to == 0: {}", ctx());
+        prop_assert!(w.target.to_value().raw() != 0, "to == 0: {}", ctx());
         prop_assert_eq!(
             m.current(&w.target.record()),
-            Some(w.target.from_raw()),
+            Some(w.target.from_value().map(Value::raw)),
             "from: {}",
             ctx()
         );
         prop_assert!(
-            w.target.from_raw() != Some(w.target.to_raw()),
+            w.target.from_value().map(Value::raw) != Some(w.target.to_value().raw()),
             "no-op write: {}",
             ctx()
         );
@@ -98,7 +98,7 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                     ctx()
                 );
                 prop_assert!(
-                    users.chat_of(w.target.to_raw()).is_some(),
+                    users.chat_of(w.target.to_value().raw()).is_some(),
                     "unmapped Kommo user written: {}",
                     ctx()
                 );
@@ -108,7 +108,7 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                 prop_assert!(dialog.born, "unknown dialog written: {}", ctx());
                 prop_assert!(!dialog.closed, "closed dialog written: {}", ctx());
                 prop_assert!(
-                    users.crm_of(w.target.to_raw()).is_some(),
+                    users.crm_of(w.target.to_value().raw()).is_some(),
                     "unmapped employee written: {}",
                     ctx()
                 );
@@ -138,7 +138,7 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                     RecordId::Dialog(d) => {
                         prop_assert_eq!(
                             users.chat_of(src.responsible),
-                            Some(w.target.to_raw()),
+                            Some(w.target.to_value().raw()),
                             "dialog value is not the source's: {}",
                             ctx()
                         );
@@ -151,7 +151,7 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                     RecordId::Card(c) => {
                         prop_assert_eq!(
                             src.responsible,
-                            w.target.to_raw(),
+                            w.target.to_value().raw(),
                             "cascade value: {}",
                             ctx()
                         );
@@ -174,7 +174,7 @@ fn check_plan(sim: &Sim, log: &CycleLog) -> Result<(), TestCaseError> {
                 prop_assert!(dialog.born, "{}", ctx());
                 prop_assert_eq!(
                     dialog.responsible.and_then(|e| users.crm_of(e)),
-                    Some(w.target.to_raw()),
+                    Some(w.target.to_value().raw()),
                     "card value is not the dialog's: {}",
                     ctx()
                 );
@@ -822,7 +822,7 @@ fn regression_stale_unknown_dialog_park_replays_a_card_change_forever() {
     sim.model.open(&d0, Some(104));
     let log = sim.cycle(); // the dialog appears: rule 2 gives it the contact's responsible
     assert_eq!(log.plan.writes.len(), 1);
-    assert_eq!(log.plan.writes[0].target.to_raw(), 102);
+    assert_eq!(log.plan.writes[0].target.to_value().raw(), 102);
     sim.map_user(3); // an unrelated config change: the fingerprint changes
     sim.cycle();
     sim.model.tick(10);

@@ -6,7 +6,7 @@
 mod world;
 
 use chatapp_kommo_sync::core::engine::{Bootstrap, Brake, ConflictPolicy, ParkReason, Rule};
-use chatapp_kommo_sync::core::model::{CardKind::*, EmployeeId, KommoUserId, RecordId};
+use chatapp_kommo_sync::core::model::{CardKind::*, EmployeeId, KommoUserId, RecordId, Value};
 use chatapp_kommo_sync::core::usermap::UserMap;
 use world::*;
 
@@ -43,7 +43,7 @@ fn rule1_contact_change_moves_the_dialog() {
     let p = w.plan();
     assert_eq!(writes(&p), vec![(d1(), 102)]);
     assert_eq!(p.writes[0].reason.rule, Rule::CrmChanged);
-    assert_eq!(p.writes[0].target.from_raw(), Some(101));
+    assert_eq!(p.writes[0].target.from_value().map(Value::raw), Some(101));
     assert_eq!(p.writes[0].reason.source, RecordId::Card(contact(10)));
 }
 

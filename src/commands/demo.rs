@@ -361,7 +361,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     w.clock.advance(30);
     let r4 = syncer
         .run_cycle(CycleOptions {
-            full: true,
+            kind: crate::store::CycleKind::Full,
             ..Default::default()
         })
         .await?;

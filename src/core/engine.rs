@@ -8,7 +8,7 @@ use crate::core::hash::fnv1a64;
 use crate::core::links::{Links, resolve_links_with};
 use crate::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogState, EmployeeId,
-    KommoUserId, RecordId, StageKind, SyncKind,
+    KommoUserId, RecordId, StageKind, SyncKind, Value,
 };
 use crate::core::text;
 use crate::core::usermap::UserMap;
@@ -184,19 +184,19 @@ impl Target {
         }
     }
 
-    /// The new value as stored in an intent or the audit log (its side says which id space).
-    pub fn to_raw(&self) -> u64 {
+    /// The value to write, typed by the target's side.
+    pub fn to_value(&self) -> Value {
         match self {
-            Target::Card { to, .. } => to.0,
-            Target::Dialog { to, .. } => to.0,
+            Target::Card { to, .. } => Value::Card(*to),
+            Target::Dialog { to, .. } => Value::Dialog(*to),
         }
     }
 
-    /// The old value as stored in an intent or the audit log.
-    pub fn from_raw(&self) -> Option<u64> {
+    /// The value the decision was based on (`None`: nobody), typed by the target's side.
+    pub fn from_value(&self) -> Option<Value> {
         match self {
-            Target::Card { from, .. } => from.map(|u| u.0),
-            Target::Dialog { from, .. } => from.map(|e| e.0),
+            Target::Card { from, .. } => from.map(Value::Card),
+            Target::Dialog { from, .. } => from.map(Value::Dialog),
         }
     }
 }

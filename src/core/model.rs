@@ -43,6 +43,36 @@ impl fmt::Display for EmployeeId {
     }
 }
 
+/// A responsible, typed by the side that holds it: a card holds a Kommo user, a dialog a
+/// ChatApp employee. Nobody is the absence of a value (`Option<Value>`). Intents, audit entries
+/// and parked writes keep it typed; only their stored rows carry the bare number
+/// ([`Value::raw`], [`Value::of`]), the record beside it naming the side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Value {
+    /// A card's responsible.
+    Card(KommoUserId),
+    /// A dialog's responsible.
+    Dialog(EmployeeId),
+}
+
+impl Value {
+    /// The id's number, as the APIs and the stored rows carry it (its side is not in it).
+    pub fn raw(self) -> u64 {
+        match self {
+            Value::Card(u) => u.0,
+            Value::Dialog(e) => e.0,
+        }
+    }
+
+    /// The value `raw` as `record` holds it: a Kommo user for a card, an employee for a dialog.
+    pub fn of(record: &RecordId, raw: u64) -> Value {
+        match record {
+            RecordId::Card(_) => Value::Card(KommoUserId(raw)),
+            RecordId::Dialog(_) => Value::Dialog(EmployeeId(raw)),
+        }
+    }
+}
+
 /// The four kinds of Kommo card the daemon can sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,7 +9,7 @@
 //! `2026-11-30T10:15:00+03:00, 3 min ago` when the text is shown. Pure: `now` is an argument.
 
 use crate::core::engine::ConflictPolicy;
-use crate::core::model::{Employee, EmployeeId, KommoUser, KommoUserId};
+use crate::core::model::{Employee, EmployeeId, KommoUser, KommoUserId, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +32,15 @@ pub fn employee(e: Option<EmployeeId>) -> String {
     match e {
         Some(e) if e.0 != 0 => format!("{{{EMPLOYEE} {}}}", e.0),
         _ => "nobody".into(),
+    }
+}
+
+/// The mark of a responsible, by its side ([`user`] or [`employee`]); `nobody` for none or 0.
+pub fn value(v: Option<Value>) -> String {
+    match v {
+        Some(Value::Card(u)) => user(u),
+        Some(Value::Dialog(e)) => employee(Some(e)),
+        None => "nobody".into(),
     }
 }
 
@@ -140,6 +149,16 @@ impl<'a> Readable<'a> {
                 None => format!("ChatApp employee {e}"),
             },
             _ => "nobody".into(),
+        }
+    }
+
+    /// A responsible, by its side ([`Readable::user`] or [`Readable::employee`]); `nobody` for
+    /// none or 0.
+    pub fn value(&self, v: Option<Value>) -> String {
+        match v {
+            Some(Value::Card(u)) => self.user(u),
+            Some(Value::Dialog(e)) => self.employee(Some(e)),
+            None => "nobody".into(),
         }
     }
 

@@ -100,6 +100,11 @@ impl CycleKind {
             CycleKind::Full => "full",
         }
     }
+
+    /// True for a cycle that reads everything.
+    pub fn is_full(self) -> bool {
+        self == CycleKind::Full
+    }
 }
 
 impl std::fmt::Display for CycleKind {

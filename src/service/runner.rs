@@ -321,7 +321,7 @@ impl Runner {
     ) -> Option<Result<CycleReport, CycleError>> {
         let Runner { ctx, state } = self;
         let cycle = ctx.syncer.run_cycle(CycleOptions {
-            full: kind == CycleKind::Full,
+            kind,
             shadow: ctx.shadow,
             ..Default::default()
         });

@@ -10,7 +10,7 @@
 //! it is a new decision.
 
 use super::{AuditEntry, Intent, Store, StoreError, db_err, decode, encode, record_key};
-use crate::core::model::RecordId;
+use crate::core::model::{RecordId, Value};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -51,15 +51,16 @@ impl FailureKind {
     }
 }
 
-/// A parked write: what was tried, how it failed, and when it may be tried again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A parked write: what was tried, how it failed, and when it may be tried again. Stored as
+/// JSON with bare id numbers (`wire.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteFailure {
     /// The target.
     pub target: RecordId,
-    /// The value found before the write.
-    pub from: Option<u64>,
-    /// The value written.
-    pub to: u64,
+    /// The value found before the write (`None`: nobody), of `target`'s side.
+    pub from: Option<Value>,
+    /// The value written, of `target`'s side.
+    pub to: Value,
     /// How it failed.
     pub kind: FailureKind,
     /// The API's code and detail, or the endpoint and its answer (scrubbed, shortened).
@@ -101,12 +102,12 @@ impl WriteFailure {
     }
 
     /// Whether a write of `target` from `from` to `to` is the write that failed.
-    pub fn same_write(&self, target: &RecordId, from: Option<u64>, to: u64) -> bool {
+    pub fn same_write(&self, target: &RecordId, from: Option<Value>, to: Value) -> bool {
         &self.target == target && self.from == from && self.to == to
     }
 
     /// Whether that same write is still held back at `now`.
-    pub fn holds_back(&self, target: &RecordId, from: Option<u64>, to: u64, now: i64) -> bool {
+    pub fn holds_back(&self, target: &RecordId, from: Option<Value>, to: Value, now: i64) -> bool {
         self.same_write(target, from, to) && now < self.retry_at
     }
 }

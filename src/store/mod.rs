@@ -15,6 +15,7 @@ pub mod failures;
 mod names;
 pub mod shadow;
 pub mod staged;
+mod wire;
 
 pub use crate::ports::{
     CycleCommit, CycleKind, CycleRecord, KEEP_CYCLES, Outcome, Quarantined, Retention, StoreError,
@@ -22,7 +23,7 @@ pub use crate::ports::{
 };
 
 use crate::core::engine::{Parked, Rule, Snapshot};
-use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
+use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId, Value};
 use crate::core::neighbourhood::Frame;
 use crate::tokens::{OAuthPair, TokenPair, TokenStoreError};
 use redb::{
@@ -123,8 +124,8 @@ fn record_key(r: &RecordId) -> String {
     serde_json::to_string(r).expect("plain data")
 }
 
-/// One audit-log line: a confirmed write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One audit-log line: a confirmed write. Stored as JSON with bare id numbers (`wire.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     /// Unix seconds of the confirmation.
     pub at: i64,
@@ -132,10 +133,10 @@ pub struct AuditEntry {
     pub cycle: u64,
     /// What was written.
     pub target: RecordId,
-    /// Its value before.
-    pub from: Option<u64>,
-    /// Its value after.
-    pub to: u64,
+    /// Its value before (`None`: nobody), of `target`'s side.
+    pub from: Option<Value>,
+    /// Its value after, of `target`'s side.
+    pub to: Value,
     /// The rule.
     pub rule: Rule,
     /// Where the value came from.
@@ -149,17 +150,18 @@ pub struct AuditEntry {
     pub how: String,
 }
 
-/// A write about to be made, recorded before the call (SPEC rule 11).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A write about to be made, recorded before the call (SPEC rule 11). Stored as JSON with bare
+/// id numbers (`wire.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intent {
     /// Cycle id.
     pub cycle: u64,
     /// The target.
     pub target: RecordId,
-    /// The value the decision was based on.
-    pub from: Option<u64>,
-    /// The value being written.
-    pub to: u64,
+    /// The value the decision was based on (`None`: nobody), of `target`'s side.
+    pub from: Option<Value>,
+    /// The value being written, of `target`'s side.
+    pub to: Value,
     /// The audit entry to record when confirmed.
     pub audit: AuditEntry,
     /// The base to record when confirmed.
@@ -1034,7 +1036,7 @@ impl crate::ports::CycleLog for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::{CardId, DialogKey};
+    use crate::core::model::{CardId, DialogKey, KommoUserId};
     use crate::core::neighbourhood::{BaseLookup, card_terms, dialog_index_terms, dialog_terms};
 
     /// A schema 1 db as the previous release wrote it: JSON bases, no indexes, a token pair.
@@ -1194,8 +1196,8 @@ mod tests {
                 at: 5,
                 cycle: 2,
                 target: RecordId::Card(id),
-                from: Some(1),
-                to: 3,
+                from: Some(Value::Card(KommoUserId(1))),
+                to: Value::Card(KommoUserId(3)),
                 rule: Rule::DialogChanged,
                 source: RecordId::Dialog(DialogKey::new(1, "telegram", "@a")),
                 source_changed_at: 4,
@@ -1205,8 +1207,8 @@ mod tests {
             let intent = Intent {
                 cycle: 2,
                 target: RecordId::Card(id),
-                from: Some(1),
-                to: 3,
+                from: Some(Value::Card(KommoUserId(1))),
+                to: Value::Card(KommoUserId(3)),
                 audit: audit.clone(),
                 base: Base::Card(card(3)),
             };

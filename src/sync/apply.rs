@@ -10,11 +10,10 @@
 //! and the same write waits for its back-off; any other failure fails the cycle. [`recover`] settles
 //! the intents a crash left by reading their targets.
 
-use super::describe::{describe_audit, holder};
+use super::describe::describe_audit;
 use super::{CycleError, CycleReport, Syncer, WriteResult};
 use crate::core::engine::{self, Plan, Target, Write};
-use crate::core::model::Pipelines;
-use crate::core::model::{CardId, CardKind, EmployeeId, KommoUserId, RecordId};
+use crate::core::model::{CardId, CardKind, EmployeeId, KommoUserId, Pipelines, RecordId, Value};
 use crate::core::text::{self, Readable};
 use crate::http::{ApiError, ErrorPolicy, error_policy};
 use crate::ports::CardRead;
@@ -33,18 +32,18 @@ pub async fn recover<K: KommoApi, C: ChatAppApi, S: StateStore>(
     // before this cycle's read: no names yet
     let at = Readable::without_names(&sy.config.daemon.timezone, now);
     for i in &intents {
-        let current: Option<u64> = match &i.target {
+        let current: Option<Value> = match &i.target {
             RecordId::Card(c) => sy
                 .kommo
                 .cards_by_id(c.kind, &[c.id])
                 .await?
                 .first()
-                .map(|k| k.view.responsible.0),
+                .map(|k| Value::Card(k.view.responsible)),
             RecordId::Dialog(d) => sy
                 .chatapp
                 .chat(d)
                 .await?
-                .and_then(|c| c.view.responsible.map(|e| e.0)),
+                .and_then(|c| c.view.responsible.map(Value::Dialog)),
         };
         if current == Some(i.to) {
             let mut audit = i.audit.clone();
@@ -59,7 +58,7 @@ pub async fn recover<K: KommoApi, C: ChatAppApi, S: StateStore>(
             tracing::warn!(
                 "a write of an interrupted cycle had not landed (it is decided again): {} -> {}",
                 i.target,
-                holder(&at, &i.target, Some(i.to))
+                at.value(Some(i.to))
             );
             sy.store.drop_intent(&i.target)?;
         }
@@ -67,9 +66,14 @@ pub async fn recover<K: KommoApi, C: ChatAppApi, S: StateStore>(
     Ok(intents.len())
 }
 
-/// What a target holds right before its write: its responsible as a raw id, or `None` when it
-/// is gone, closed, or no longer takes part.
-type Current = BTreeMap<RecordId, Option<Option<u64>>>;
+/// What a target holds right before its write. A target the read did not return is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Current {
+    /// Gone, closed, or no longer takes part.
+    Gone,
+    /// There, with this responsible (`None`: nobody).
+    Holds(Option<Value>),
+}
 
 /// Check-before-write, intents, writes, confirmations (see the module docs).
 pub async fn apply<K: KommoApi, C: ChatAppApi, S: StateStore>(
@@ -139,7 +143,7 @@ fn held_back(w: &Write, failures: &BTreeMap<RecordId, WriteFailure>, now: i64) -
     let target = w.target.record();
     let f = failures
         .get(&target)
-        .filter(|f| f.holds_back(&target, w.target.from_raw(), w.target.to_raw(), now))?;
+        .filter(|f| f.holds_back(&target, w.target.from_value(), w.target.to_value(), now))?;
     Some(format!(
         "{} {} time(s) ({}); the same write is tried again after {}",
         f.kind.as_str(),
@@ -154,16 +158,18 @@ async fn read_targets<'w, K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy: &Syncer<K, C, S>,
     writes: impl Iterator<Item = &'w Write>,
     pipelines: &Pipelines,
-) -> Result<Current, CycleError> {
-    let mut current = Current::new();
+) -> Result<BTreeMap<RecordId, Current>, CycleError> {
+    let mut current = BTreeMap::new();
     let mut by_kind: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
     for w in writes {
         match &w.target {
             Target::Card { id, .. } => by_kind.entry(id.kind).or_default().push(id.id),
             Target::Dialog { key, .. } => {
                 let held = match sy.chatapp.chat(key).await? {
-                    Some(c) if !c.view.closed => Some(c.view.responsible.map(|e| e.0)),
-                    _ => None,
+                    Some(c) if !c.view.closed => {
+                        Current::Holds(c.view.responsible.map(Value::Dialog))
+                    }
+                    _ => Current::Gone,
                 };
                 current.insert(w.target.record(), held);
             }
@@ -171,8 +177,15 @@ async fn read_targets<'w, K: KommoApi, C: ChatAppApi, S: StateStore>(
     }
     for (kind, ids) in &by_kind {
         for c in sy.kommo.cards_by_id(*kind, ids).await? {
-            let held = (!c.view.deleted && still_receives(sy, &c, pipelines))
-                .then_some(Some(c.view.responsible.0).filter(|u| *u != 0));
+            let held = if !c.view.deleted && still_receives(sy, &c, pipelines) {
+                Current::Holds(
+                    Some(c.view.responsible)
+                        .filter(|u| u.0 != 0)
+                        .map(Value::Card),
+                )
+            } else {
+                Current::Gone
+            };
             current.insert(RecordId::Card(CardId::new(*kind, c.id)), held);
         }
     }
@@ -181,17 +194,17 @@ async fn read_targets<'w, K: KommoApi, C: ChatAppApi, S: StateStore>(
 
 /// Whether a write may go: its target is there and still holds what the decision was based on.
 /// The reason it may not is a marked text (see [`crate::core::text`]).
-fn check(w: &Write, current: &Current, at: &Readable) -> Result<(), String> {
-    let Some(Some(now_value)) = current.get(&w.target.record()) else {
+fn check(w: &Write, current: &BTreeMap<RecordId, Current>, at: &Readable) -> Result<(), String> {
+    let Some(Current::Holds(now_value)) = current.get(&w.target.record()) else {
         return Err("the target is gone, closed, or no longer takes part".into());
     };
-    let expected = w.target.from_raw();
+    let expected = w.target.from_value();
     if *now_value != expected {
         let record = w.target.record();
         let why = format!(
             "the target changed meanwhile ({} instead of {}); decided again next cycle",
-            marked(&record, *now_value),
-            marked(&record, expected)
+            text::value(*now_value),
+            text::value(expected)
         );
         tracing::warn!(
             "check before write: {record}: write dropped: {}",
@@ -200,14 +213,6 @@ fn check(w: &Write, current: &Current, at: &Readable) -> Result<(), String> {
         return Err(why);
     }
     Ok(())
-}
-
-/// The mark of a record's raw value, by its side.
-fn marked(record: &RecordId, v: Option<u64>) -> String {
-    match record {
-        RecordId::Card(_) => text::user(KommoUserId(v.unwrap_or(0))),
-        RecordId::Dialog(_) => text::employee(v.map(EmployeeId)),
-    }
 }
 
 /// Whether a card read right before its write still takes part as a kind that receives (a lead
@@ -245,9 +250,9 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Writer<'_, K, C, S> {
         self.sy.store.record_intents(&intents)?;
         let body: Vec<(u64, KommoUserId)> = chunk
             .iter()
-            .filter_map(|(_, it)| match &it.target {
-                RecordId::Card(c) => Some((c.id, KommoUserId(it.to))),
-                RecordId::Dialog(_) => None,
+            .filter_map(|(_, it)| match (&it.target, it.to) {
+                (RecordId::Card(c), Value::Card(to)) => Some((c.id, to)),
+                _ => None,
             })
             .collect();
         match self.sy.kommo.patch_responsible(kind, &body).await {
@@ -299,8 +304,8 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Writer<'_, K, C, S> {
         match self.sy.chatapp.set_responsible(d, to).await {
             Ok(()) => {
                 let back = self.sy.chatapp.chat(d).await?;
-                let now_holds = back.as_ref().and_then(|c| c.view.responsible).map(|e| e.0);
-                if now_holds == Some(to.0) {
+                let now_holds = back.as_ref().and_then(|c| c.view.responsible);
+                if now_holds == Some(to) {
                     confirm(self.sy, it, self.now, self.at)?;
                     self.report.results[i] = WriteResult::Done;
                 } else {
@@ -309,7 +314,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Writer<'_, K, C, S> {
                         "{} {} answered success; read back, the dialog holds {}",
                         endpoint.method.to_ascii_uppercase(),
                         endpoint.path,
-                        text::employee(now_holds.map(EmployeeId))
+                        text::employee(now_holds)
                     );
                     self.park(i, it, FailureKind::NotApplied, &why)?;
                 }
@@ -379,7 +384,11 @@ fn intent(cycle: u64, now: i64, w: &Write, plan: &Plan) -> Intent {
             Base::Dialog(st)
         }
     };
-    let (target, from, to) = (w.target.record(), w.target.from_raw(), w.target.to_raw());
+    let (target, from, to) = (
+        w.target.record(),
+        w.target.from_value(),
+        w.target.to_value(),
+    );
     Intent {
         cycle,
         target: target.clone(),

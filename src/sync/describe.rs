@@ -5,17 +5,8 @@
 //! `2026-11-30T10:15:00+03:00, 3 min ago` (see [`crate::core::text`]).
 
 use crate::core::engine::{Conflict, Disagreement, Parked, Plan, Target, Write};
-use crate::core::model::{EmployeeId, KommoUserId, RecordId};
 use crate::core::text::Readable;
 use crate::store::AuditEntry;
-
-/// The value a record holds, named by its side: a card holds a Kommo user, a dialog an employee.
-pub fn holder(r: &Readable, record: &RecordId, value: Option<u64>) -> String {
-    match record {
-        RecordId::Card(_) => r.user(KommoUserId(value.unwrap_or(0))),
-        RecordId::Dialog(_) => r.employee(value.map(EmployeeId)),
-    }
-}
 
 /// One line describing a planned write.
 pub fn describe_write(r: &Readable, w: &Write) -> String {
@@ -77,8 +68,8 @@ pub fn describe_audit(r: &Readable, e: &AuditEntry) -> String {
         r.time_ago(e.at),
         e.cycle,
         e.target,
-        holder(r, &e.target, e.from),
-        holder(r, &e.target, Some(e.to)),
+        r.value(e.from),
+        r.value(Some(e.to)),
         e.rule,
         e.source,
         r.text(&e.detail),

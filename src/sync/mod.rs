@@ -61,8 +61,10 @@ impl CycleError {
 /// How to run a cycle.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CycleOptions {
-    /// Read everything (otherwise only what changed since the watermarks).
-    pub full: bool,
+    /// `Full` reads everything; `Incremental` (the default) only what changed since the
+    /// watermarks. A cycle may still read everything when asked for an incremental one (see
+    /// [`observe::observe`]).
+    pub kind: CycleKind,
     /// Plan only: write nothing to either API or to the base.
     pub dry_run: bool,
     /// Apply even if the safety brake trips (rule 13).
@@ -230,11 +232,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         }
         let rec = CycleRecord {
             id,
-            kind: if opts.full {
-                CycleKind::Full
-            } else {
-                CycleKind::Incremental
-            },
+            kind: opts.kind,
             started_at,
             finished_at: now_unix(),
             outcome: if stopped {
@@ -267,7 +265,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         };
         trace_memory("start");
         let shadow = self.is_shadow(opts);
-        let mut seen = observe::observe(self, now, opts.full, shadow).await?;
+        let mut seen = observe::observe(self, now, opts.kind, shadow).await?;
         trace_memory("read");
         let obs = std::mem::take(&mut seen.obs);
         let (cards_read, dialogs_read) = seen.read;
@@ -276,7 +274,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         let mut report = CycleReport {
             record: CycleRecord {
                 id,
-                kind: seen.kind(),
+                kind: seen.kind,
                 started_at: now,
                 outcome: Outcome::Ok,
                 cards_read,

@@ -50,8 +50,8 @@ pub struct Observed<St> {
     pub usermap: UserMap,
     /// The names of the users and employees read (stored at the commit, for `status`).
     pub people: People,
-    /// Whether everything was read.
-    pub full: bool,
+    /// `Full` when everything was read: asked for, or a first run, or lead stages never read.
+    pub kind: CycleKind,
     /// The watermarks the commit stores.
     pub watermarks: Watermarks,
     /// Kommo events read for the first time (id, time), for dedupe.
@@ -70,22 +70,11 @@ pub struct Observed<St> {
     pub staged: St,
 }
 
-impl<St> Observed<St> {
-    /// Full or incremental.
-    pub fn kind(&self) -> CycleKind {
-        if self.full {
-            CycleKind::Full
-        } else {
-            CycleKind::Incremental
-        }
-    }
-}
-
 /// Reads everything a cycle needs (see the module docs).
 pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy: &Syncer<K, C, S>,
     now: i64,
-    full_asked: bool,
+    asked: CycleKind,
     shadow: bool,
 ) -> Result<Observed<S::Staged>, CycleError> {
     let mut frame = sy.store.frame()?;
@@ -99,13 +88,18 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     let stored_pipelines = sy.store.pipelines()?;
     // A db whose lead stages were never read (new, or written before stages existed) gets a full
     // cycle: every lead is read with its stage before any lead decision.
-    let full = full_asked
+    let kind = if asked.is_full()
         || !frame.bootstrapped
-        || (sy.config.syncs_leads() && stored_pipelines.is_none());
+        || (sy.config.syncs_leads() && stored_pipelines.is_none())
+    {
+        CycleKind::Full
+    } else {
+        CycleKind::Incremental
+    };
     let mut r = Reader {
         sy,
         now,
-        full,
+        kind,
         wm: sy.store.watermarks()?,
         new_wm: Watermarks::default(),
         bases: sy.store.bases()?,
@@ -149,7 +143,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         obs: r.obs,
         usermap,
         people,
-        full,
+        kind,
         watermarks: r.new_wm,
         fresh_events,
         bad: r.bad,
@@ -165,7 +159,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
 struct Reader<'a, K, C, S: StateStore + 'a> {
     sy: &'a Syncer<K, C, S>,
     now: i64,
-    full: bool,
+    kind: CycleKind,
     wm: Watermarks,
     new_wm: Watermarks,
     /// The bases, by point lookup.
@@ -229,7 +223,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
             .kommo
             .events(&cfg.kinds(), cfg.syncs_leads(), from)
             .await?;
-        if cfg.syncs_leads() && self.full {
+        if cfg.syncs_leads() && self.kind.is_full() {
             self.pipelines = self.sy.kommo.pipelines().await?;
         }
         self.new_wm.kommo_events = events
@@ -319,9 +313,9 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         events: &[CardEvent],
     ) -> Result<Vec<ChatRead>, CycleError> {
         let overlap = self.sy.config.chatapp.chats_overlap.as_secs() as i64;
-        let since = (!self.full).then(|| self.wm.chats_since(overlap));
+        let since = (!self.kind.is_full()).then(|| self.wm.chats_since(overlap));
         let chatapp = &self.sy.chatapp;
-        let (cards, chats) = if self.full {
+        let (cards, chats) = if self.kind.is_full() {
             tokio::join!(self.read_all_cards(), chatapp.chats(since))
         } else {
             tokio::join!(self.read_changed_cards(events), chatapp.chats(since))
@@ -556,7 +550,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     /// The chats read beside the cards, plus (incremental cycles) the held and quarantined
     /// dialogs one by one.
     async fn read_dialogs(&mut self, chats: Vec<ChatRead>) -> Result<(), CycleError> {
-        if self.full && self.listing_brake.is_none() {
+        if self.kind.is_full() && self.listing_brake.is_none() {
             let in_db = self.base_counts()?.1;
             self.listing_brake = empty_listing_brake("chats", in_db, chats.len());
         }
@@ -564,7 +558,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
             self.new_wm.chats = self.new_wm.chats.max(c.view.last_time);
             self.observe_chat(c)?;
         }
-        if self.full {
+        if self.kind.is_full() {
             return Ok(());
         }
         for r in self.rereads() {

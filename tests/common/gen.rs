@@ -18,6 +18,7 @@ use chatapp_kommo_sync::core::engine::{
 };
 use chatapp_kommo_sync::core::model::{
     CardId, CardKind, CardObs, DialogKey, DialogObs, DialogRef, EmployeeId, KommoUserId, RecordId,
+    Value,
 };
 use chatapp_kommo_sync::core::usermap::UserMap;
 use proptest::prelude::*;
@@ -788,11 +789,11 @@ impl Model {
         }
     }
 
-    /// Performs a write at time `t` after checking the target still holds `w.target.from_raw()` (rule 10).
+    /// Performs a write at time `t` after checking the target still holds `w.target.from_value()` (rule 10).
     /// Returns whether it was confirmed. A written card gets a Kommo event dated `t`; a written
     /// dialog's `lastTime` moves to `t` (the system message of the assignment).
     pub fn apply_write(&mut self, w: &Write, t: i64) -> bool {
-        if self.current(&w.target.record()) != Some(w.target.from_raw()) {
+        if self.current(&w.target.record()) != Some(w.target.from_value().map(Value::raw)) {
             return false;
         }
         match &w.target.record() {
@@ -801,12 +802,12 @@ impl Model {
                 if c.deleted {
                     return false;
                 }
-                c.responsible = w.target.to_raw();
+                c.responsible = w.target.to_value().raw();
                 c.event_time = Some(t);
             }
             RecordId::Dialog(d) => {
                 let d = self.dialogs.get_mut(d).unwrap();
-                d.responsible = Some(w.target.to_raw());
+                d.responsible = Some(w.target.to_value().raw());
                 d.last_time = t;
             }
         }

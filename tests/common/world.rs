@@ -269,7 +269,7 @@ pub fn writes(p: &Plan) -> Vec<(String, u64)> {
                 RecordId::Card(c) => c.code_text(),
                 RecordId::Dialog(d) => format!("dialog:{}", d.chat_id),
             };
-            (t, w.target.to_raw())
+            (t, w.target.to_value().raw())
         })
         .collect()
 }
