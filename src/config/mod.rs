@@ -19,6 +19,8 @@ pub const CONFIG_ENV: &str = "CHATAPP_KOMMO_SYNC_CONFIG";
 /// The state db when `[daemon] state_path` is left out (SPEC 5): the package's and the image's
 /// state directory.
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/chatapp-kommo-sync/state.redb";
+/// The default of `[daemon] max_connections`: connections the HTTP endpoint serves at a time.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// The longest duration a config may give (a year): longer ones would overflow the clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
@@ -450,7 +452,7 @@ fn default_webhook_min_interval() -> Duration {
     Duration::from_secs(30)
 }
 fn default_max_connections() -> usize {
-    crate::service::http_server::DEFAULT_MAX_CONNECTIONS
+    DEFAULT_MAX_CONNECTIONS
 }
 fn default_kommo_rps() -> u32 {
     6
