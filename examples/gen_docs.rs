@@ -10,12 +10,13 @@
 //!   clap definitions (`Cli::command()`);
 //! - `man/chatapp-kommo-sync.toml.5`, from `config.example.toml`: every table and key with its
 //!   comment text. Each key's default is the program's own: the file is parsed with and without
-//!   the key (`config::Config::parse`), so the page cannot claim a default the code does not have;
+//!   the key (`config::ConfigFile::parse`), so the page cannot claim a default the code does not
+//!   have;
 //! - `completions/chatapp-kommo-sync.bash`, `completions/_chatapp-kommo-sync` (zsh) and
 //!   `completions/chatapp-kommo-sync.fish`.
 
 use chatapp_kommo_sync::cli::Cli;
-use chatapp_kommo_sync::config::Config;
+use chatapp_kommo_sync::config::ConfigFile;
 use clap::{CommandFactory, Parser};
 use clap_complete::Shell;
 use clap_mangen::Man;
@@ -436,7 +437,7 @@ fn read_documented(text: &str) -> Res<Documented> {
 /// filled in; `Err((key, reason))` if the program rejects it.
 fn effective(lines: &[String]) -> Result<toml::Value, (String, String)> {
     let text = lines.join("\n");
-    let cfg = Config::parse(&text, "config.example.toml")
+    let cfg = ConfigFile::parse(&text, "config.example.toml")
         .map_err(|e| (e.first().key.clone(), e.first().reason.clone()))?;
     toml::Value::try_from(&cfg).map_err(|e| (String::new(), format!("cannot serialize: {e}")))
 }

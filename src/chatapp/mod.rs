@@ -750,17 +750,9 @@ impl ChatAppClient {
             path,
             body_field,
         } = &self.cfg.set_responsible;
-        let endpoint = format!("{} {}", method.to_ascii_uppercase(), path);
+        let endpoint = format!("{method} {path}");
         let url = self.api.url(&set_responsible_path(path, key));
-        let method =
-            reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                ApiError::Status {
-                    api: API,
-                    endpoint: endpoint.clone(),
-                    status: 0,
-                    body: "invalid method".into(),
-                }
-            })?;
+        let method = method.http();
         let body = serde_json::json!({ body_field.as_str(): employee });
         self.call(&endpoint, |c, t| {
             c.request(method.clone(), &url)

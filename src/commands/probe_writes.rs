@@ -275,7 +275,7 @@ const CHAT_CALL: &str = "GET /v1/licenses/{licenseId}/messengers/{messengerType}
 /// how to tell (change a dialog's responsible by hand through the daemon, then run the probe).
 async fn probe_dialog(cfg: &Config, chatapp: &ChatAppClient, p: &mut Probe) {
     let set = &cfg.chatapp.set_responsible;
-    let write_call = format!("{} {}", set.method.to_ascii_uppercase(), set.path);
+    let write_call = format!("{} {}", set.method, set.path);
     let chat = match pick_dialog(chatapp).await {
         Ok(Some(c)) => c,
         Ok(None) => {

@@ -14,16 +14,12 @@ pub const DAYS: usize = 14;
 /// Would-be writes shown.
 pub const EXAMPLES: usize = 10;
 
-/// A unix time as local time in the configured timezone (UTC when it does not parse).
-fn local_time(unix: i64, timezone: &str) -> String {
+/// A unix time as local time in the configured timezone.
+fn local_time(unix: i64, timezone: &chrono_tz::Tz) -> String {
     let t = chrono::DateTime::from_timestamp(unix, 0).unwrap_or_default();
-    match timezone.parse::<chrono_tz::Tz>() {
-        Ok(tz) => t
-            .with_timezone(&tz)
-            .format("%Y-%m-%d %H:%M:%S %Z")
-            .to_string(),
-        Err(_) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-    }
+    t.with_timezone(timezone)
+        .format("%Y-%m-%d %H:%M:%S %Z")
+        .to_string()
 }
 
 /// What the first normal cycle does after shadow cycles.
@@ -48,7 +44,7 @@ pub fn render(store: &Store, cfg: &Config, out: &mut String) -> Result<(), Store
     if days.is_empty() && !configured {
         return Ok(());
     }
-    let tz = cfg.daemon.timezone.as_str();
+    let tz = &cfg.daemon.timezone;
     let _ = writeln!(
         out,
         "\nShadow mode (decided and recorded, nothing written to Kommo or ChatApp): {}",

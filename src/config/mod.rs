@@ -3,10 +3,13 @@
 
 use crate::core::engine::{Bootstrap, ConflictPolicy, LeadsPolicy, Policy};
 use crate::core::model::{CardKind, EmployeeId, KommoUserId, SyncKind};
+use crate::core::schedule::Schedule;
+use chrono_tz::Tz;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +22,8 @@ pub const CONFIG_ENV: &str = "CHATAPP_KOMMO_SYNC_CONFIG";
 /// The state db when `[daemon] state_path` is left out (SPEC 5): the package's and the image's
 /// state directory.
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/chatapp-kommo-sync/state.redb";
+/// The default of `[daemon] max_connections`: connections the HTTP endpoint serves at a time.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// The longest duration a config may give (a year): longer ones would overflow the clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
@@ -34,16 +39,19 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// The whole config file.
+/// The whole config file as TOML reads it: the values that are text in the file (time zone,
+/// schedules, `listen`, log level, write method) are still text here. [`Config`] is what the
+/// daemon uses: the same sections with those values parsed, made by [`Config::parse`] and
+/// [`load`] once the file has passed its checks.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct ConfigFile {
     /// `[daemon]`
-    pub daemon: DaemonConfig,
+    pub daemon: DaemonFile,
     /// `[kommo]`
     pub kommo: KommoConfig,
     /// `[chatapp]`
-    pub chatapp: ChatAppConfig,
+    pub chatapp: ChatAppFile,
     /// `[sync]`
     pub sync: SyncConfig,
     /// `[links]`
@@ -54,10 +62,11 @@ pub struct Config {
     pub users: UsersConfig,
 }
 
-/// `[daemon]`: state, schedules, logging, HTTP endpoint.
+/// `[daemon]` as the file gives it: state, schedules, logging, HTTP endpoint ([`DaemonConfig`]
+/// holds the parsed values).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct DaemonConfig {
+pub struct DaemonFile {
     /// The redb state file; [`DEFAULT_STATE_PATH`] when the config leaves it out (SPEC 5).
     #[serde(default = "default_state_path")]
     pub state_path: PathBuf,
@@ -170,10 +179,10 @@ pub struct KommoOAuthConfig {
     pub refresh_token_file: Option<PathBuf>,
 }
 
-/// `[chatapp]`
+/// `[chatapp]` as the file gives it ([`ChatAppConfig`] holds the parsed values).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct ChatAppConfig {
+pub struct ChatAppFile {
     /// `https://api.chatapp.online`.
     pub base_url: String,
     /// Login e-mail.
@@ -200,14 +209,14 @@ pub struct ChatAppConfig {
     pub max_logins_per_day: usize,
     /// The call that sets a dialog's responsible (UNCONFIRMED in ChatApp's public material).
     #[serde(default)]
-    pub set_responsible: SetResponsibleConfig,
+    pub set_responsible: SetResponsibleFile,
 }
 
-/// `[chatapp.set_responsible]`: the method, path template and body field of the call that sets a
-/// dialog's responsible. `{licenseId}`, `{messengerType}` and `{chatId}` are substituted.
+/// `[chatapp.set_responsible]` as the file gives it ([`SetResponsibleConfig`] holds the parsed
+/// values).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct SetResponsibleConfig {
+pub struct SetResponsibleFile {
     /// HTTP method: PUT, POST or PATCH.
     #[serde(default = "default_set_method")]
     pub method: String,
@@ -219,12 +228,219 @@ pub struct SetResponsibleConfig {
     pub body_field: String,
 }
 
-impl Default for SetResponsibleConfig {
+impl Default for SetResponsibleFile {
     fn default() -> Self {
-        SetResponsibleConfig {
+        SetResponsibleFile {
             method: default_set_method(),
             path: default_set_path(),
             body_field: default_set_field(),
+        }
+    }
+}
+
+/// The config the daemon uses: the file's sections with its text values parsed (time zone,
+/// schedules, `listen`, log level, write method), and what the environment adds read once. Made
+/// only by [`Config::parse`] and [`load`], when every check has passed ([`ConfigFile`] is the
+/// file as TOML reads it).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[daemon]`
+    pub daemon: DaemonConfig,
+    /// `[kommo]`
+    pub kommo: KommoConfig,
+    /// `[chatapp]`
+    pub chatapp: ChatAppConfig,
+    /// `[sync]`
+    pub sync: SyncConfig,
+    /// `[links]`
+    pub links: LinksConfig,
+    /// `[users]`
+    pub users: UsersConfig,
+    /// The shared Kommo limit in force (see [`Config::shared_limit`]).
+    shared_limit: Option<SharedLimitConfig>,
+    /// The name that spreads the schedules (see [`Config::instance_name`]).
+    instance_name: Option<String>,
+}
+
+/// `[daemon]`: state, schedules, logging, HTTP endpoint.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The redb state file; [`DEFAULT_STATE_PATH`] when the config leaves it out (SPEC 5).
+    pub state_path: PathBuf,
+    /// The schedule of incremental cycles (cron, 5 or 6 fields, in `timezone`).
+    pub poll_schedule: Schedule,
+    /// The schedule of full reconcile cycles (cron, in `timezone`).
+    pub full_schedule: Schedule,
+    /// The time zone of the schedules and of the times shown to people.
+    pub timezone: Tz,
+    /// The address of the metrics/health endpoint, if any.
+    pub listen: Option<SocketAddr>,
+    /// Log level filter (`RUST_LOG` overrides it).
+    pub log_level: LogFilter,
+    /// How long one cycle may spend in total, retries included, before it fails.
+    pub cycle_budget: Duration,
+    /// A file holding the secret token of the webhook URLs; no webhooks without it.
+    pub webhook_token_file: Option<PathBuf>,
+    /// The public `https://` address at which `listen` is reachable (through a TLS proxy).
+    pub public_url: Option<String>,
+    /// A webhook call triggers an incremental cycle this long after it.
+    pub webhook_debounce: Duration,
+    /// Webhook-triggered cycles start at least this long after the end of the previous cycle.
+    pub webhook_min_interval: Duration,
+    /// How long audit entries (the corrections log) are kept.
+    pub audit_retention: Duration,
+    /// Connections the HTTP endpoint (`listen`) serves at a time.
+    pub max_connections: usize,
+}
+
+/// A log filter that passed the config's check: comma-separated levels or `target=level`
+/// directives (see `check_log_level`). Reads as the text the file gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    /// The filter as written in the file.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for LogFilter {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LogFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `[chatapp]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatAppConfig {
+    /// `https://api.chatapp.online`.
+    pub base_url: String,
+    /// Login e-mail.
+    pub email: String,
+    /// A file holding the password.
+    pub password_file: PathBuf,
+    /// `app_<n>_<n>` from the ChatApp account.
+    pub app_id: String,
+    /// The company whose employees are the responsible persons.
+    pub company_id: u64,
+    /// The licenses ("lines") whose dialogs are synced.
+    pub license_ids: Vec<u64>,
+    /// Request rate limit.
+    pub requests_per_second: u32,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// How far before the chats watermark an incremental cycle reads again.
+    pub chats_overlap: Duration,
+    /// The most logins (`POST /v1/tokens`) in any 24 h.
+    pub max_logins_per_day: usize,
+    /// The call that sets a dialog's responsible (UNCONFIRMED in ChatApp's public material).
+    pub set_responsible: SetResponsibleConfig,
+}
+
+/// `[chatapp.set_responsible]`: the method, path template and body field of the call that sets a
+/// dialog's responsible. `{licenseId}`, `{messengerType}` and `{chatId}` are substituted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetResponsibleConfig {
+    /// HTTP method.
+    pub method: WriteMethod,
+    /// Path template.
+    pub path: String,
+    /// JSON body field that carries the employee id.
+    pub body_field: String,
+}
+
+impl Default for SetResponsibleConfig {
+    fn default() -> Self {
+        SetResponsibleConfig {
+            method: WriteMethod::Put,
+            path: default_set_path(),
+            body_field: default_set_field(),
+        }
+    }
+}
+
+/// The HTTP method of the call that sets a dialog's responsible.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteMethod {
+    /// `PUT` (the default).
+    #[default]
+    Put,
+    /// `POST`.
+    Post,
+    /// `PATCH`.
+    Patch,
+}
+
+impl WriteMethod {
+    /// `PUT`, `POST` or `PATCH`, in any case; `None` for any other word.
+    pub fn parse(text: &str) -> Option<WriteMethod> {
+        match text.to_ascii_uppercase().as_str() {
+            "PUT" => Some(WriteMethod::Put),
+            "POST" => Some(WriteMethod::Post),
+            "PATCH" => Some(WriteMethod::Patch),
+            _ => None,
+        }
+    }
+
+    /// `PUT`, `POST` or `PATCH`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMethod::Put => "PUT",
+            WriteMethod::Post => "POST",
+            WriteMethod::Patch => "PATCH",
+        }
+    }
+
+    /// The method as the HTTP client names it.
+    pub fn http(self) -> reqwest::Method {
+        match self {
+            WriteMethod::Put => reqwest::Method::PUT,
+            WriteMethod::Post => reqwest::Method::POST,
+            WriteMethod::Patch => reqwest::Method::PATCH,
+        }
+    }
+}
+
+impl fmt::Display for WriteMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The values the file gives as text, parsed by its checks.
+struct Parsed {
+    timezone: Tz,
+    poll_schedule: Schedule,
+    full_schedule: Schedule,
+    listen: Option<SocketAddr>,
+    log_level: LogFilter,
+    method: WriteMethod,
+}
+
+/// What the environment adds to a config ([`SHARED_LIMIT_ENV`], [`INSTANCE_ENV`]), read once
+/// when the config is parsed.
+struct Env {
+    /// `$CHATAPP_KOMMO_SYNC_SHARED_LIMIT`, unless unset or empty.
+    shared_limit: Option<PathBuf>,
+    /// `$CHATAPP_KOMMO_SYNC_INSTANCE`, unless unset, empty or not UTF-8.
+    instance: Option<String>,
+}
+
+impl Env {
+    fn read() -> Env {
+        Env {
+            shared_limit: std::env::var_os(SHARED_LIMIT_ENV)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            instance: std::env::var(INSTANCE_ENV).ok().filter(|s| !s.is_empty()),
         }
     }
 }
@@ -450,7 +666,7 @@ fn default_webhook_min_interval() -> Duration {
     Duration::from_secs(30)
 }
 fn default_max_connections() -> usize {
-    crate::service::http_server::DEFAULT_MAX_CONNECTIONS
+    DEFAULT_MAX_CONNECTIONS
 }
 fn default_kommo_rps() -> u32 {
     6
@@ -530,7 +746,7 @@ pub struct Secrets {
     pub webhook_token: Option<SecretString>,
 }
 
-/// A validated config with its secrets.
+/// A checked config, its values parsed, with its secrets.
 #[derive(Debug)]
 pub struct Loaded {
     /// The config file.
@@ -607,18 +823,21 @@ impl Problems<'_> {
         }
     }
 
+    /// `r`'s value; its error, if any, is added under `key`.
+    fn parsed<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(reason) => {
+                self.add(key, reason);
+                None
+            }
+        }
+    }
+
     /// Adds `reason` under `key` unless `ok`.
     fn ensure(&mut self, ok: bool, key: &str, reason: impl FnOnce() -> String) {
         if !ok {
             self.add(key, reason());
-        }
-    }
-
-    fn into_result(self) -> Result<(), ConfigErrors> {
-        if self.list.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(self.list))
         }
     }
 }
@@ -627,7 +846,9 @@ impl Problems<'_> {
 struct Checked {
     /// The config, unless the text is not TOML or its problems could not all be got past; where
     /// a key had a problem of shape, a default or a placeholder stands in for it.
-    config: Option<Config>,
+    config: Option<ConfigFile>,
+    /// Its text values parsed, when its checks found no problem.
+    parsed: Option<Parsed>,
     /// Every problem: those of shape in the order of the file, then the semantic ones.
     problems: Vec<ConfigError>,
     /// The keys with a wrong value or left out: `config` does not hold the file's value there.
@@ -665,6 +886,7 @@ fn check(text: &str, file: &str) -> Checked {
                 .unwrap_or_default();
             return Checked {
                 config: None,
+                parsed: None,
                 problems: vec![ConfigError {
                     file: file.into(),
                     key,
@@ -699,25 +921,177 @@ fn check(text: &str, file: &str) -> Checked {
             _ => None,
         })
         .collect();
-    if let Some(Err(e)) = read.config.as_ref().map(|c| c.validate(file)) {
-        problems.extend(e.0.into_iter().filter(|p| {
-            let section = p.key.split(['.', '[']).next().unwrap_or("");
-            !broken.contains(section)
-        }));
-    }
+    let parsed = match read.config.as_ref().map(|c| c.checks(file)) {
+        Some(Ok(parsed)) => Some(parsed),
+        Some(Err(e)) => {
+            problems.extend(e.0.into_iter().filter(|p| {
+                let section = p.key.split(['.', '[']).next().unwrap_or("");
+                !broken.contains(section)
+            }));
+            None
+        }
+        None => None,
+    };
     Checked {
         shaky: shaky_found().map(|f| parse::dotted(&f.key)).collect(),
         config: read.config,
+        parsed,
         problems,
     }
 }
 
 impl Config {
-    /// Parses and validates a config text (no secrets read). `file` names it in errors. Every
+    /// Parses and checks a config text (no secrets read). `file` names it in errors. Every
     /// problem is reported in one run, each naming its key: wrong types, unknown enum values,
     /// unknown and missing keys (with their lines), and the semantic checks of the sections
     /// without such a problem. Only a text that is not TOML at all stops at its first error.
+    /// The environment variables [`SHARED_LIMIT_ENV`] and [`INSTANCE_ENV`] are read here, once.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+        let checked = check(text, file);
+        match (checked.config, checked.parsed) {
+            (Some(c), Some(parsed)) if checked.problems.is_empty() => {
+                Ok(Config::new(c, parsed, Env::read()))
+            }
+            _ => Err(ConfigErrors(checked.problems)),
+        }
+    }
+
+    /// The config of a checked file, its parsed values and the environment.
+    fn new(file: ConfigFile, parsed: Parsed, env: Env) -> Config {
+        let ConfigFile {
+            daemon: d,
+            kommo,
+            chatapp: c,
+            sync,
+            links,
+            users,
+        } = file;
+        let shared_limit = kommo.shared_limit.clone().or_else(|| {
+            env.shared_limit.map(|path| SharedLimitConfig {
+                path,
+                requests_per_second: default_shared_rps(),
+            })
+        });
+        let instance_name = env.instance.or_else(|| {
+            shared_limit
+                .as_ref()
+                .map(|_| d.state_path.display().to_string())
+        });
+        Config {
+            daemon: DaemonConfig {
+                state_path: d.state_path,
+                poll_schedule: parsed.poll_schedule,
+                full_schedule: parsed.full_schedule,
+                timezone: parsed.timezone,
+                listen: parsed.listen,
+                log_level: parsed.log_level,
+                cycle_budget: d.cycle_budget,
+                webhook_token_file: d.webhook_token_file,
+                public_url: d.public_url,
+                webhook_debounce: d.webhook_debounce,
+                webhook_min_interval: d.webhook_min_interval,
+                audit_retention: d.audit_retention,
+                max_connections: d.max_connections,
+            },
+            kommo,
+            chatapp: ChatAppConfig {
+                base_url: c.base_url,
+                email: c.email,
+                password_file: c.password_file,
+                app_id: c.app_id,
+                company_id: c.company_id,
+                license_ids: c.license_ids,
+                requests_per_second: c.requests_per_second,
+                timeout: c.timeout,
+                chats_overlap: c.chats_overlap,
+                max_logins_per_day: c.max_logins_per_day,
+                set_responsible: SetResponsibleConfig {
+                    method: parsed.method,
+                    path: c.set_responsible.path,
+                    body_field: c.set_responsible.body_field,
+                },
+            },
+            sync,
+            links,
+            users,
+            shared_limit,
+            instance_name,
+        }
+    }
+
+    /// The engine's view of the config.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            crm_to_chat: self.sync.crm_to_chat.iter().copied().collect(),
+            chat_to_crm: self.sync.chat_to_crm.iter().copied().collect(),
+            leads: LeadsPolicy {
+                include_closed: self.sync.leads.include_closed,
+                pipelines: self.sync.leads.pipelines.iter().copied().collect(),
+            },
+            conflict: self.sync.conflict,
+            clock_skew_secs: self.sync.clock_skew.as_secs() as i64,
+            bootstrap: self.sync.bootstrap,
+            max_writes_per_cycle: self.sync.max_writes_per_cycle,
+            match_phone: self.links.match_phone,
+        }
+    }
+
+    /// The Kommo entities the daemon reads: those of both directions, plus contacts (they carry
+    /// the links).
+    pub fn kinds(&self) -> Vec<CardKind> {
+        let set: BTreeSet<CardKind> = self
+            .sync
+            .crm_to_chat
+            .iter()
+            .chain(&self.sync.chat_to_crm)
+            .map(|k| k.entity())
+            .chain([CardKind::Contact])
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// True when any lead kind (`lead`, `incoming_lead`) is synced: lead stages matter.
+    pub fn syncs_leads(&self) -> bool {
+        self.kinds().contains(&CardKind::Lead)
+    }
+
+    /// True when `incoming_lead` is named in either direction.
+    pub fn syncs_incoming_leads(&self) -> bool {
+        self.sync
+            .crm_to_chat
+            .iter()
+            .chain(&self.sync.chat_to_crm)
+            .any(|k| *k == SyncKind::IncomingLead)
+    }
+
+    /// The shared Kommo limit in force: `[kommo.shared_limit]`, else the file named by
+    /// `$CHATAPP_KOMMO_SYNC_SHARED_LIMIT` at 7 requests a second, else none. The variable is read
+    /// when the config is parsed, not here.
+    pub fn shared_limit(&self) -> Option<SharedLimitConfig> {
+        self.shared_limit.clone()
+    }
+
+    /// The name that spreads this instance's schedules: `$CHATAPP_KOMMO_SYNC_INSTANCE`, else
+    /// (with a shared limit, i.e. several instances) its state db path; `None`: not spread. The
+    /// variable is read when the config is parsed, not here.
+    pub fn instance_name(&self) -> Option<String> {
+        self.instance_name.clone()
+    }
+
+    /// The explicit user pairs.
+    pub fn user_pairs(&self) -> Vec<(KommoUserId, EmployeeId)> {
+        self.users
+            .map
+            .iter()
+            .map(|p| (p.kommo, p.chatapp))
+            .collect()
+    }
+}
+
+impl ConfigFile {
+    /// Reads and checks a config text as [`Config::parse`] does, and keeps its values as the file
+    /// gives them (e.g. to write them out again).
+    pub fn parse(text: &str, file: &str) -> Result<ConfigFile, ConfigErrors> {
         let checked = check(text, file);
         match checked.config {
             Some(c) if checked.problems.is_empty() => Ok(c),
@@ -725,17 +1099,33 @@ impl Config {
         }
     }
 
-    /// The semantic checks TOML types cannot express; every problem at once.
-    pub fn validate(&self, file: &str) -> Result<(), ConfigErrors> {
+    /// The semantic checks TOML types cannot express, every problem at once; the text values
+    /// parsed when there is none.
+    fn checks(&self, file: &str) -> Result<Parsed, ConfigErrors> {
         let mut p = Problems { file, list: vec![] };
-        self.validate_daemon(&mut p);
+        let daemon = self.validate_daemon(&mut p);
         self.validate_webhooks(&mut p);
         self.validate_kommo(&mut p);
-        self.validate_chatapp(&mut p);
+        let method = self.validate_chatapp(&mut p);
         self.validate_sync(&mut p);
         self.validate_users(&mut p);
         self.validate_durations(&mut p);
-        p.into_result()
+        match (daemon, method) {
+            (Some((timezone, poll_schedule, full_schedule, listen, log_level)), Some(method))
+                if p.list.is_empty() =>
+            {
+                Ok(Parsed {
+                    timezone,
+                    poll_schedule,
+                    full_schedule,
+                    listen,
+                    log_level,
+                    method,
+                })
+            }
+            // a value that did not parse added its problem
+            _ => Err(ConfigErrors(p.list)),
+        }
     }
 
     /// The daemon adds durations to the clock (a cycle's deadline, the breaker's cool-off): one
@@ -754,40 +1144,43 @@ impl Config {
         }
     }
 
-    fn validate_daemon(&self, p: &mut Problems) {
+    /// `[daemon]`'s checks; its time zone, schedules, `listen` and log level when they parse.
+    #[allow(clippy::type_complexity)]
+    fn validate_daemon(
+        &self,
+        p: &mut Problems,
+    ) -> Option<(Tz, Schedule, Schedule, Option<SocketAddr>, LogFilter)> {
         let d = &self.daemon;
-        p.ensure(
-            d.timezone.parse::<chrono_tz::Tz>().is_ok(),
+        let timezone = p.parsed(
             "daemon.timezone",
-            || {
+            d.timezone.parse::<Tz>().map_err(|_| {
                 format!(
                     "unknown time zone {:?} (an IANA name, e.g. Europe/Berlin)",
                     d.timezone
                 )
-            },
+            }),
         );
-        for (key, expr) in [
-            ("daemon.poll_schedule", &d.poll_schedule),
-            ("daemon.full_schedule", &d.full_schedule),
-        ] {
-            let tz = if d.timezone.parse::<chrono_tz::Tz>().is_ok() {
-                d.timezone.as_str()
-            } else {
-                "UTC"
-            };
-            p.check(
-                key,
-                crate::core::schedule::Schedule::parse(expr, tz).map(|_| ()),
-            );
-        }
-        if let Some(l) = &d.listen {
-            p.ensure(
-                l.parse::<std::net::SocketAddr>().is_ok(),
-                "daemon.listen",
-                || format!("{l:?} is not host:port (e.g. 127.0.0.1:9187)"),
-            );
-        }
-        p.check("daemon.log_level", check_log_level(&d.log_level));
+        // an unknown time zone is reported above: the schedules are still checked (in UTC)
+        let tz = timezone.unwrap_or(Tz::UTC);
+        let poll = p.parsed(
+            "daemon.poll_schedule",
+            Schedule::parse(&d.poll_schedule, tz),
+        );
+        let full = p.parsed(
+            "daemon.full_schedule",
+            Schedule::parse(&d.full_schedule, tz),
+        );
+        let listen = match &d.listen {
+            None => Some(None),
+            Some(l) => p
+                .parsed(
+                    "daemon.listen",
+                    l.parse::<SocketAddr>()
+                        .map_err(|_| format!("{l:?} is not host:port (e.g. 127.0.0.1:9187)")),
+                )
+                .map(Some),
+        };
+        let log_level = p.parsed("daemon.log_level", check_log_level(&d.log_level));
         p.ensure(
             d.cycle_budget >= Duration::from_secs(10),
             "daemon.cycle_budget",
@@ -799,6 +1192,7 @@ impl Config {
             "daemon.audit_retention",
             || "must be between 1 day and 100 years (e.g. \"180d\")".into(),
         );
+        Some((timezone?, poll?, full?, listen?, log_level?))
     }
 
     fn validate_webhooks(&self, p: &mut Problems) {
@@ -889,7 +1283,8 @@ impl Config {
         }
     }
 
-    fn validate_chatapp(&self, p: &mut Problems) {
+    /// `[chatapp]`'s checks; its write method when it parses.
+    fn validate_chatapp(&self, p: &mut Problems) -> Option<WriteMethod> {
         let c = &self.chatapp;
         p.check("chatapp.base_url", check_base_url(&c.base_url));
         p.ensure(
@@ -927,10 +1322,10 @@ impl Config {
             || "must list at least one license id (> 0)".into(),
         );
         let sr = &c.set_responsible;
-        p.ensure(
-            ["PUT", "POST", "PATCH"].contains(&sr.method.to_ascii_uppercase().as_str()),
+        let method = p.parsed(
             "chatapp.set_responsible.method",
-            || format!("{:?} is not one of PUT, POST, PATCH", sr.method),
+            WriteMethod::parse(&sr.method)
+                .ok_or_else(|| format!("{:?} is not one of PUT, POST, PATCH", sr.method)),
         );
         p.ensure(
             sr.path.starts_with('/') && sr.path.contains("{chatId}"),
@@ -942,6 +1337,7 @@ impl Config {
             "chatapp.set_responsible.body_field",
             || "must not be empty".into(),
         );
+        method
     }
 
     fn validate_sync(&self, p: &mut Problems) {
@@ -993,91 +1389,12 @@ impl Config {
             );
         }
     }
-
-    /// The engine's view of the config.
-    pub fn policy(&self) -> Policy {
-        Policy {
-            crm_to_chat: self.sync.crm_to_chat.iter().copied().collect(),
-            chat_to_crm: self.sync.chat_to_crm.iter().copied().collect(),
-            leads: LeadsPolicy {
-                include_closed: self.sync.leads.include_closed,
-                pipelines: self.sync.leads.pipelines.iter().copied().collect(),
-            },
-            conflict: self.sync.conflict,
-            clock_skew_secs: self.sync.clock_skew.as_secs() as i64,
-            bootstrap: self.sync.bootstrap,
-            max_writes_per_cycle: self.sync.max_writes_per_cycle,
-            match_phone: self.links.match_phone,
-        }
-    }
-
-    /// The Kommo entities the daemon reads: those of both directions, plus contacts (they carry
-    /// the links).
-    pub fn kinds(&self) -> Vec<CardKind> {
-        let set: BTreeSet<CardKind> = self
-            .sync
-            .crm_to_chat
-            .iter()
-            .chain(&self.sync.chat_to_crm)
-            .map(|k| k.entity())
-            .chain([CardKind::Contact])
-            .collect();
-        set.into_iter().collect()
-    }
-
-    /// True when any lead kind (`lead`, `incoming_lead`) is synced: lead stages matter.
-    pub fn syncs_leads(&self) -> bool {
-        self.kinds().contains(&CardKind::Lead)
-    }
-
-    /// True when `incoming_lead` is named in either direction.
-    pub fn syncs_incoming_leads(&self) -> bool {
-        self.sync
-            .crm_to_chat
-            .iter()
-            .chain(&self.sync.chat_to_crm)
-            .any(|k| *k == SyncKind::IncomingLead)
-    }
-
-    /// The shared Kommo limit in force: `[kommo.shared_limit]`, else the file named by
-    /// `$CHATAPP_KOMMO_SYNC_SHARED_LIMIT` at 7 requests a second, else none.
-    pub fn shared_limit(&self) -> Option<SharedLimitConfig> {
-        self.kommo.shared_limit.clone().or_else(|| {
-            std::env::var_os(SHARED_LIMIT_ENV)
-                .filter(|p| !p.is_empty())
-                .map(|p| SharedLimitConfig {
-                    path: PathBuf::from(p),
-                    requests_per_second: default_shared_rps(),
-                })
-        })
-    }
-
-    /// The name that spreads this instance's schedules: `$CHATAPP_KOMMO_SYNC_INSTANCE`, else
-    /// (with a shared limit, i.e. several instances) its state db path; `None`: not spread.
-    pub fn instance_name(&self) -> Option<String> {
-        std::env::var(INSTANCE_ENV)
-            .ok()
-            .filter(|s| !s.is_empty())
-            .or_else(|| {
-                self.shared_limit()
-                    .map(|_| self.daemon.state_path.display().to_string())
-            })
-    }
-
-    /// The explicit user pairs.
-    pub fn user_pairs(&self) -> Vec<(KommoUserId, EmployeeId)> {
-        self.users
-            .map
-            .iter()
-            .map(|p| (p.kommo, p.chatapp))
-            .collect()
-    }
 }
 
 /// A log filter: comma-separated directives, each a level (`trace`, `debug`, `info`, `warn`,
 /// `error`, `off`) or `target=level`. A bare word that is not a level is refused (tracing would
 /// take it for a target name and log nothing else, errors included).
-fn check_log_level(filter: &str) -> Result<(), String> {
+fn check_log_level(filter: &str) -> Result<LogFilter, String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
@@ -1088,7 +1405,7 @@ fn check_log_level(filter: &str) -> Result<(), String> {
         }
     }
     tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("{filter:?}: {e}"))?;
-    Ok(())
+    Ok(LogFilter(filter.to_string()))
 }
 
 /// `https://` anywhere, `http://` only for loopback hosts.
@@ -1242,7 +1559,8 @@ pub fn resolve_secret_path(path: &Path, config_file: &Path) -> PathBuf {
         .unwrap_or_else(|| path.to_path_buf())
 }
 
-/// Loads, validates and reads the secrets of the config at `path`: every problem at once.
+/// Loads, checks and parses the config at `path` and reads its secrets: every problem at once.
+/// The environment variables [`SHARED_LIMIT_ENV`] and [`INSTANCE_ENV`] are read here, once.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -1255,6 +1573,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let Some(config) = checked.config.take() else {
         return Err(ConfigErrors(problems));
     };
+    let parsed = checked.parsed.take();
     let mut warnings = vec![];
     let mut secret = |key: &str, f: &Path| {
         if !checked.trusted(key) {
@@ -1302,17 +1621,19 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
                     .into(),
         });
     }
-    match (kommo, chatapp_password, webhook_token) {
-        (Some(kommo), Some(chatapp_password), hook) if problems.is_empty() => Ok(Loaded {
-            path: path.to_path_buf(),
-            config,
-            secrets: Secrets {
-                kommo,
-                chatapp_password,
-                webhook_token: hook.flatten(),
-            },
-            warnings,
-        }),
+    match (kommo, chatapp_password, webhook_token, parsed) {
+        (Some(kommo), Some(chatapp_password), hook, Some(parsed)) if problems.is_empty() => {
+            Ok(Loaded {
+                path: path.to_path_buf(),
+                config: Config::new(config, parsed, Env::read()),
+                secrets: Secrets {
+                    kommo,
+                    chatapp_password,
+                    webhook_token: hook.flatten(),
+                },
+                warnings,
+            })
+        }
         _ => Err(ConfigErrors(problems)),
     }
 }

@@ -1,4 +1,4 @@
-//! Reading a config text into [`Config`] so that one run reports every problem of its shape:
+//! Reading a config text into [`ConfigFile`] so that one run reports every problem of its shape:
 //! wrong types, unknown enum values, unknown keys and missing keys, each with its key path and
 //! line (serde alone stops at the first).
 //!
@@ -13,7 +13,7 @@
 //! printed otherwise): only its kind, its line and, for enum keys, the word that is not one of
 //! theirs.
 
-use super::Config;
+use super::ConfigFile;
 use std::collections::HashMap;
 use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
@@ -83,12 +83,12 @@ pub(super) struct Found {
 pub(super) struct Read {
     /// The config, with defaults and placeholders standing in for the problems' keys; `None`
     /// when the problems could not all be got past.
-    pub config: Option<Config>,
+    pub config: Option<ConfigFile>,
     /// The problems, in the order they were met.
     pub found: Vec<Found>,
 }
 
-/// Reads a TOML text into a [`Config`], recording every problem of its shape. A text that is not
+/// Reads a TOML text into a [`ConfigFile`], recording every problem of its shape. A text that is not
 /// TOML at all is the parser's error (it has no key structure to go on).
 pub(super) fn read(text: &str) -> Result<Read, toml::de::Error> {
     let mut doc = DeTable::parse(text)?;
@@ -182,7 +182,7 @@ fn give_up(found: &mut Vec<Found>, key: Vec<Step>, message: &str, at: Option<usi
 /// One deserialization of the whole document.
 fn attempt(
     doc: &Spanned<DeTable<'_>>,
-) -> Result<Config, serde_path_to_error::Error<toml::de::Error>> {
+) -> Result<ConfigFile, serde_path_to_error::Error<toml::de::Error>> {
     serde_path_to_error::deserialize(toml::de::Deserializer::from(doc.clone()))
 }
 

@@ -10,6 +10,7 @@
 
 use crate::core::engine::ConflictPolicy;
 use crate::core::model::{Employee, EmployeeId, KommoUser, KommoUserId, Value};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -110,21 +111,20 @@ pub struct Readable<'a> {
 }
 
 impl<'a> Readable<'a> {
-    /// A renderer; `timezone` is the config's `[daemon] timezone` (UTC when it does not parse:
-    /// the config check has already reported it).
-    pub fn new(people: &'a People, timezone: &str, now: i64) -> Readable<'a> {
+    /// A renderer; `timezone` is the config's `[daemon] timezone`.
+    pub fn new(people: &'a People, timezone: &Tz, now: i64) -> Readable<'a> {
         Readable {
             people: std::borrow::Cow::Borrowed(people),
-            tz: timezone.parse().unwrap_or(chrono_tz::UTC),
+            tz: *timezone,
             now,
         }
     }
 
     /// A renderer that knows no names (ids only).
-    pub fn without_names(timezone: &str, now: i64) -> Readable<'static> {
+    pub fn without_names(timezone: &Tz, now: i64) -> Readable<'static> {
         Readable {
             people: std::borrow::Cow::Owned(People::default()),
-            tz: timezone.parse().unwrap_or(chrono_tz::UTC),
+            tz: *timezone,
             now,
         }
     }
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn marks_render_with_names_and_local_times() {
         let p = people();
-        let r = Readable::new(&p, "Europe/Moscow", 1_796_023_080);
+        let r = Readable::new(&p, &chrono_tz::Europe::Moscow, 1_796_023_080);
         let text = format!(
             "{} then {} at {}; {} and {}",
             user(KommoUserId(504141)),
@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn text_without_marks_is_kept() {
         let p = People::default();
-        let r = Readable::new(&p, "UTC", 0);
+        let r = Readable::new(&p, &Tz::UTC, 0);
         for s in [
             "",
             "{",

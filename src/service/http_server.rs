@@ -34,6 +34,7 @@
 //! A webhook flood that passes the token only wakes the runner; the runner spaces the cycles it
 //! triggers by `[daemon] webhook_min_interval` (see [`crate::service::runner`]).
 
+use crate::config::DEFAULT_MAX_CONNECTIONS;
 use axum::Router;
 use axum::extract::Request;
 use hyper::body::Incoming;
@@ -60,8 +61,6 @@ pub const MAX_BUF: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 64;
 /// File descriptors kept out of the connection cap for everything else the process opens.
 pub const FD_RESERVE: usize = 64;
-/// The default of `[daemon] max_connections`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// The bounds of one server.
 #[derive(Debug, Clone, Copy)]

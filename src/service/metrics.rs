@@ -558,8 +558,7 @@ fn render_duration(o: &mut String, m: &Inner) {
 
 /// The interval between two poll cycles now (for `/readyz`).
 fn poll_interval(cfg: &Config) -> Duration {
-    let s = crate::core::schedule::Schedule::parse(&cfg.daemon.poll_schedule, &cfg.daemon.timezone)
-        .expect("validated");
+    let s = &cfg.daemon.poll_schedule;
     let now = chrono::Utc::now();
     match s
         .next_after(now)
@@ -573,7 +572,7 @@ fn poll_interval(cfg: &Config) -> Duration {
 /// Serves the endpoint on `addr` (`/readyz`'s window and the connection cap are taken from
 /// `cfg`) within the bounds of [`crate::service::http_server`]; the metrics routes read no body.
 pub async fn serve(
-    addr: &str,
+    addr: std::net::SocketAddr,
     metrics: Metrics,
     cfg: &Config,
     extra: Option<Router>,

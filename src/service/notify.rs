@@ -146,11 +146,9 @@ impl Heartbeat {
     }
 }
 
-/// A time for STATUS= and logs: local ISO-8601 in the configured time zone (UTC if it does not
-/// parse, which validation prevents).
-pub fn fmt_time(t: DateTime<Utc>, timezone: &str) -> String {
-    let tz: chrono_tz::Tz = timezone.parse().unwrap_or(chrono_tz::UTC);
-    t.with_timezone(&tz)
+/// A time for STATUS= and logs: local ISO-8601 in the configured time zone.
+pub fn fmt_time(t: DateTime<Utc>, timezone: &chrono_tz::Tz) -> String {
+    t.with_timezone(timezone)
         .format("%Y-%m-%dT%H:%M:%S%:z")
         .to_string()
 }
@@ -173,7 +171,7 @@ pub fn one_line(s: &str) -> String {
 pub fn outcome_text(
     kind: CycleKind,
     r: &Result<CycleReport, CycleError>,
-    timezone: &str,
+    timezone: &chrono_tz::Tz,
 ) -> String {
     let at = fmt_time(Utc::now(), timezone);
     match r {

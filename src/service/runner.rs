@@ -105,7 +105,7 @@ async fn serve(
     metrics: &Metrics,
     hooks: &Option<Arc<Hooks>>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, RunError> {
-    let Some(addr) = &cfg.daemon.listen else {
+    let Some(addr) = cfg.daemon.listen else {
         return Ok(None);
     };
     let routes = hooks.clone().map(crate::service::webhooks::routes);
@@ -113,7 +113,7 @@ async fn serve(
         .await
         .map(Some)
         .map_err(|source| RunError::Listen {
-            addr: addr.clone(),
+            addr: addr.to_string(),
             source,
         })
 }

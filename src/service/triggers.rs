@@ -34,20 +34,16 @@ pub struct Timers {
     next_poll: Option<DateTime<Utc>>,
     next_full: Option<DateTime<Utc>>,
     /// The schedules' time zone (times in STATUS= are shown in it).
-    timezone: String,
+    timezone: chrono_tz::Tz,
 }
 
 impl Timers {
     /// The config's schedules, spread by `instance` (see [`spread_offset`]) when it is given: many
     /// instances on one machine then do not poll in the same second.
     pub fn new(cfg: &Config, instance: Option<&str>) -> Timers {
-        let parse = |expr: &str| {
-            Schedule::parse(expr, &cfg.daemon.timezone)
-                .unwrap_or_else(|_| Schedule::parse("0 0 0 1 1 *", "UTC").expect("a valid cron"))
-        };
         let (mut poll, mut full) = (
-            parse(&cfg.daemon.poll_schedule),
-            parse(&cfg.daemon.full_schedule),
+            cfg.daemon.poll_schedule.clone(),
+            cfg.daemon.full_schedule.clone(),
         );
         let now = Utc::now();
         if let Some(name) = instance {
@@ -68,7 +64,7 @@ impl Timers {
             next_full: full.next_after(now),
             poll,
             full,
-            timezone: cfg.daemon.timezone.clone(),
+            timezone: cfg.daemon.timezone,
         }
     }
 
@@ -220,6 +216,7 @@ mod tests {
     }
 
     fn timers(poll: &str, full: &str, tz: &str, now: DateTime<Utc>) -> Timers {
+        let tz: chrono_tz::Tz = tz.parse().unwrap();
         let poll = Schedule::parse(poll, tz).unwrap();
         let full = Schedule::parse(full, tz).unwrap();
         Timers {
@@ -227,7 +224,7 @@ mod tests {
             next_full: full.next_after(now),
             poll,
             full,
-            timezone: tz.to_string(),
+            timezone: tz,
         }
     }
 

@@ -312,7 +312,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Writer<'_, K, C, S> {
                     let endpoint = &self.sy.config.chatapp.set_responsible;
                     let why = format!(
                         "{} {} answered success; read back, the dialog holds {}",
-                        endpoint.method.to_ascii_uppercase(),
+                        endpoint.method,
                         endpoint.path,
                         text::employee(now_holds)
                     );
