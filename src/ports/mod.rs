@@ -18,12 +18,11 @@ mod state;
 
 use crate::http::ApiError;
 pub use crate::http::ApiMeter;
-use crate::store::failures::WriteFailure;
-use crate::store::{AuditEntry, Intent};
 pub use records::{CardEvent, CardRead, ChatRead, PatchOutcome};
 pub use state::{
-    CycleCommit, CycleKind, CycleRecord, KEEP_CYCLES, Outcome, Quarantined, Retention,
-    ShadowCommit, ShadowExample, Side, Staging, StoreError, Watermarks,
+    AuditEntry, Base, CycleCommit, CycleKind, CycleRecord, FIRST_BACKOFF_SECS, FailureKind, Intent,
+    KEEP_CYCLES, MAX_BACKOFF_SECS, Outcome, Quarantined, Retention, ShadowCommit, ShadowExample,
+    Side, Staging, StoreError, Watermarks, WriteFailure,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

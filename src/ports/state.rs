@@ -7,8 +7,8 @@
 //! Its error is the redb store's: the `Open` and `Db` variants carry redb's own error as their
 //! source (the one adapter there is; a second would widen them).
 
-use crate::core::engine::Settlement;
-use crate::core::model::{CardId, CardKind, CardState, Pipelines};
+use crate::core::engine::{Rule, Settlement};
+use crate::core::model::{CardId, CardKind, CardState, DialogState, Pipelines, RecordId, Value};
 use crate::core::neighbourhood::BaseLookup;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -378,4 +378,155 @@ pub struct CycleCommit<St> {
     /// A first run's cards that took part in no decision: their bases, as read (the
     /// settlement has the others).
     pub staged: St,
+}
+
+/// One audit-log line: a confirmed write. The store keeps it as JSON with bare id numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Unix seconds of the confirmation.
+    pub at: i64,
+    /// Cycle id.
+    pub cycle: u64,
+    /// What was written.
+    pub target: RecordId,
+    /// Its value before (`None`: nobody), of `target`'s side.
+    pub from: Option<Value>,
+    /// Its value after, of `target`'s side.
+    pub to: Value,
+    /// The rule.
+    pub rule: Rule,
+    /// Where the value came from.
+    pub source: RecordId,
+    /// The source's change time.
+    pub source_changed_at: i64,
+    /// The explanation.
+    pub detail: String,
+    /// `write` for a write of this daemon, `recovered` for an intent settled after a crash,
+    /// `rejected` or `write not applied` for a write that failed (parked; `to` was not written).
+    pub how: String,
+}
+
+/// A write about to be made, recorded before the call (SPEC rule 11). The store keeps it as JSON with
+/// bare id numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    /// Cycle id.
+    pub cycle: u64,
+    /// The target.
+    pub target: RecordId,
+    /// The value the decision was based on (`None`: nobody), of `target`'s side.
+    pub from: Option<Value>,
+    /// The value being written, of `target`'s side.
+    pub to: Value,
+    /// The audit entry to record when confirmed.
+    pub audit: AuditEntry,
+    /// The base to record when confirmed.
+    pub base: Base,
+}
+
+/// A base of either kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Base {
+    /// A card's.
+    Card(CardState),
+    /// A dialog's.
+    Dialog(DialogState),
+}
+
+/// Back-off of a failed write (issue 18; a decision, no source asks for one): 15 min after the
+/// first failure, doubling after each further one, at most 24 h. A write whose inputs changed is
+/// a new decision and is not held back.
+/// The first back-off after a failed write.
+pub const FIRST_BACKOFF_SECS: i64 = 15 * 60;
+/// The longest back-off.
+pub const MAX_BACKOFF_SECS: i64 = 24 * 3600;
+
+/// How a write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The API refused it (Kommo `validation-errors`, a 4xx, ChatApp `success: false`).
+    Rejected,
+    /// The API answered success, and reading the target back showed the old value.
+    NotApplied,
+}
+
+impl FailureKind {
+    /// `rejected` or `write not applied` (as `status` and the audit log say it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Rejected => "rejected",
+            FailureKind::NotApplied => "write not applied",
+        }
+    }
+
+    /// `rejected` or `not_applied` (metric labels).
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Rejected => "rejected",
+            FailureKind::NotApplied => "not_applied",
+        }
+    }
+}
+
+/// A parked write: what was tried, how it failed, and when it may be tried again. The store keeps it
+/// as JSON with bare id numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailure {
+    /// The target.
+    pub target: RecordId,
+    /// The value found before the write (`None`: nobody), of `target`'s side.
+    pub from: Option<Value>,
+    /// The value written, of `target`'s side.
+    pub to: Value,
+    /// How it failed.
+    pub kind: FailureKind,
+    /// The API's code and detail, or the endpoint and its answer (scrubbed, shortened).
+    pub detail: String,
+    /// Failed attempts of this same write in a row.
+    pub attempts: u32,
+    /// Unix seconds of the last attempt.
+    pub last_at: i64,
+    /// Unix seconds before which the same write is not sent again.
+    pub retry_at: i64,
+}
+
+impl WriteFailure {
+    /// The failure of `intent` at `now`, following `earlier` (the same write's previous failure,
+    /// if any): the back-off doubles with each attempt.
+    pub fn next(
+        intent: &Intent,
+        kind: FailureKind,
+        detail: &str,
+        now: i64,
+        earlier: Option<&WriteFailure>,
+    ) -> WriteFailure {
+        let attempts = earlier
+            .filter(|e| e.same_write(&intent.target, intent.from, intent.to))
+            .map_or(1, |e| e.attempts.saturating_add(1));
+        let backoff = FIRST_BACKOFF_SECS
+            .saturating_mul(1i64 << (attempts - 1).min(20))
+            .min(MAX_BACKOFF_SECS);
+        WriteFailure {
+            target: intent.target.clone(),
+            from: intent.from,
+            to: intent.to,
+            kind,
+            detail: crate::redact::excerpt(detail, 300),
+            attempts,
+            last_at: now,
+            retry_at: now.saturating_add(backoff),
+        }
+    }
+
+    /// Whether a write of `target` from `from` to `to` is the write that failed.
+    pub fn same_write(&self, target: &RecordId, from: Option<Value>, to: Value) -> bool {
+        &self.target == target && self.from == from && self.to == to
+    }
+
+    /// Whether that same write is still held back at `now`.
+    pub fn holds_back(&self, target: &RecordId, from: Option<Value>, to: Value, now: i64) -> bool {
+        self.same_write(target, from, to) && now < self.retry_at
+    }
 }

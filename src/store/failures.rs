@@ -9,108 +9,14 @@
 //! inputs changed (another value to write, or another value found before it) is not held back:
 //! it is a new decision.
 
-use super::{AuditEntry, Intent, Store, StoreError, db_err, decode, encode, record_key};
-use crate::core::model::{RecordId, Value};
+use super::{AuditEntry, Store, StoreError, db_err, decode, encode, record_key};
+use crate::core::model::RecordId;
+pub use crate::ports::{FIRST_BACKOFF_SECS, FailureKind, MAX_BACKOFF_SECS, WriteFailure};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub(super) const WRITE_FAILURES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("write_failures");
-
-/// The first back-off after a failed write.
-pub const FIRST_BACKOFF_SECS: i64 = 15 * 60;
-/// The longest back-off.
-pub const MAX_BACKOFF_SECS: i64 = 24 * 3600;
-
-/// How a write failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    /// The API refused it (Kommo `validation-errors`, a 4xx, ChatApp `success: false`).
-    Rejected,
-    /// The API answered success, and reading the target back showed the old value.
-    NotApplied,
-}
-
-impl FailureKind {
-    /// `rejected` or `write not applied` (as `status` and the audit log say it).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Rejected => "rejected",
-            FailureKind::NotApplied => "write not applied",
-        }
-    }
-
-    /// `rejected` or `not_applied` (metric labels).
-    pub fn label(self) -> &'static str {
-        match self {
-            FailureKind::Rejected => "rejected",
-            FailureKind::NotApplied => "not_applied",
-        }
-    }
-}
-
-/// A parked write: what was tried, how it failed, and when it may be tried again. Stored as
-/// JSON with bare id numbers (`wire.rs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteFailure {
-    /// The target.
-    pub target: RecordId,
-    /// The value found before the write (`None`: nobody), of `target`'s side.
-    pub from: Option<Value>,
-    /// The value written, of `target`'s side.
-    pub to: Value,
-    /// How it failed.
-    pub kind: FailureKind,
-    /// The API's code and detail, or the endpoint and its answer (scrubbed, shortened).
-    pub detail: String,
-    /// Failed attempts of this same write in a row.
-    pub attempts: u32,
-    /// Unix seconds of the last attempt.
-    pub last_at: i64,
-    /// Unix seconds before which the same write is not sent again.
-    pub retry_at: i64,
-}
-
-impl WriteFailure {
-    /// The failure of `intent` at `now`, following `earlier` (the same write's previous failure,
-    /// if any): the back-off doubles with each attempt.
-    pub fn next(
-        intent: &Intent,
-        kind: FailureKind,
-        detail: &str,
-        now: i64,
-        earlier: Option<&WriteFailure>,
-    ) -> WriteFailure {
-        let attempts = earlier
-            .filter(|e| e.same_write(&intent.target, intent.from, intent.to))
-            .map_or(1, |e| e.attempts.saturating_add(1));
-        let backoff = FIRST_BACKOFF_SECS
-            .saturating_mul(1i64 << (attempts - 1).min(20))
-            .min(MAX_BACKOFF_SECS);
-        WriteFailure {
-            target: intent.target.clone(),
-            from: intent.from,
-            to: intent.to,
-            kind,
-            detail: crate::redact::excerpt(detail, 300),
-            attempts,
-            last_at: now,
-            retry_at: now.saturating_add(backoff),
-        }
-    }
-
-    /// Whether a write of `target` from `from` to `to` is the write that failed.
-    pub fn same_write(&self, target: &RecordId, from: Option<Value>, to: Value) -> bool {
-        &self.target == target && self.from == from && self.to == to
-    }
-
-    /// Whether that same write is still held back at `now`.
-    pub fn holds_back(&self, target: &RecordId, from: Option<Value>, to: Value, now: i64) -> bool {
-        self.same_write(target, from, to) && now < self.retry_at
-    }
-}
 
 /// Removes a target's failure (its write was confirmed).
 pub(super) fn clear(tx: &WriteTransaction, target: &RecordId) -> Result<(), StoreError> {

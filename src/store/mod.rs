@@ -18,20 +18,20 @@ pub mod staged;
 mod wire;
 
 pub use crate::ports::{
-    CycleCommit, CycleKind, CycleRecord, KEEP_CYCLES, Outcome, Quarantined, Retention, StoreError,
-    Watermarks,
+    AuditEntry, Base, CycleCommit, CycleKind, CycleRecord, Intent, KEEP_CYCLES, Outcome,
+    Quarantined, Retention, StoreError, Watermarks,
 };
 
-use crate::core::engine::{Parked, Rule, Snapshot};
-use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId, Value};
+use crate::core::engine::{Parked, Snapshot};
+use crate::core::model::{CardId, CardKind, CardState, DialogKey, DialogState, RecordId};
 use crate::core::neighbourhood::Frame;
 use crate::tokens::{OAuthPair, TokenPair, TokenStoreError};
 use redb::{
     ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition,
 };
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -122,60 +122,6 @@ fn append_audit(tx: &redb::WriteTransaction, audit: &AuditEntry) -> Result<(), S
 
 fn record_key(r: &RecordId) -> String {
     serde_json::to_string(r).expect("plain data")
-}
-
-/// One audit-log line: a confirmed write. Stored as JSON with bare id numbers (`wire.rs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    /// Unix seconds of the confirmation.
-    pub at: i64,
-    /// Cycle id.
-    pub cycle: u64,
-    /// What was written.
-    pub target: RecordId,
-    /// Its value before (`None`: nobody), of `target`'s side.
-    pub from: Option<Value>,
-    /// Its value after, of `target`'s side.
-    pub to: Value,
-    /// The rule.
-    pub rule: Rule,
-    /// Where the value came from.
-    pub source: RecordId,
-    /// The source's change time.
-    pub source_changed_at: i64,
-    /// The explanation.
-    pub detail: String,
-    /// `write` for a write of this daemon, `recovered` for an intent settled after a crash,
-    /// `rejected` or `write not applied` for a write that failed (parked; `to` was not written).
-    pub how: String,
-}
-
-/// A write about to be made, recorded before the call (SPEC rule 11). Stored as JSON with bare
-/// id numbers (`wire.rs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Intent {
-    /// Cycle id.
-    pub cycle: u64,
-    /// The target.
-    pub target: RecordId,
-    /// The value the decision was based on (`None`: nobody), of `target`'s side.
-    pub from: Option<Value>,
-    /// The value being written, of `target`'s side.
-    pub to: Value,
-    /// The audit entry to record when confirmed.
-    pub audit: AuditEntry,
-    /// The base to record when confirmed.
-    pub base: Base,
-}
-
-/// A base of either kind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Base {
-    /// A card's.
-    Card(CardState),
-    /// A dialog's.
-    Dialog(DialogState),
 }
 
 /// The most rows one commit prunes (so a first prune of a big backlog does not stall a cycle).
@@ -1036,7 +982,8 @@ impl crate::ports::CycleLog for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::{CardId, DialogKey, KommoUserId};
+    use crate::core::engine::Rule;
+    use crate::core::model::{CardId, DialogKey, KommoUserId, Value};
     use crate::core::neighbourhood::{BaseLookup, card_terms, dialog_index_terms, dialog_terms};
 
     /// A schema 1 db as the previous release wrote it: JSON bases, no indexes, a token pair.

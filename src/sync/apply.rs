@@ -17,9 +17,8 @@ use crate::core::model::{CardId, CardKind, EmployeeId, KommoUserId, Pipelines, R
 use crate::core::text::{self, Readable};
 use crate::http::{ApiError, ErrorPolicy, error_policy};
 use crate::ports::CardRead;
+use crate::ports::{AuditEntry, Base, FailureKind, Intent, WriteFailure};
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
-use crate::store::failures::{FailureKind, WriteFailure};
-use crate::store::{AuditEntry, Base, Intent};
 use std::collections::BTreeMap;
 
 /// Rule 11: pending intents are settled by reading their targets (written: recorded as the new

@@ -6,7 +6,7 @@
 
 use crate::core::engine::{Conflict, Disagreement, Parked, Plan, Target, Write};
 use crate::core::text::Readable;
-use crate::store::AuditEntry;
+use crate::ports::AuditEntry;
 
 /// One line describing a planned write.
 pub fn describe_write(r: &Readable, w: &Write) -> String {
