@@ -2,6 +2,7 @@
 //! Exit codes: 0 ok, 2 config error, 3 safety brake (nothing written), 1 any other failure.
 
 use crate::commands::status::{StatusQuery, render};
+use crate::commands::{EXIT_BRAKE, EXIT_CONFIG, runtime};
 use crate::config::{self, ConfigErrors};
 use crate::core::model::CardId;
 use crate::store::Store;
@@ -11,11 +12,6 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-/// Exit code of a config error.
-pub const EXIT_CONFIG: u8 = 2;
-/// Exit code of a cycle stopped by the safety brake.
-pub const EXIT_BRAKE: u8 = 3;
 
 /// Keeps the responsible person of ChatApp Dialog chats and Kommo cards in agreement.
 #[derive(Debug, Parser)]
@@ -437,12 +433,4 @@ fn read_config_text(path: &std::path::Path) -> Result<String, ExitCode> {
         );
         ExitCode::from(EXIT_CONFIG)
     })
-}
-
-/// The multi-threaded tokio runtime every command uses.
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
