@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod commit;
 pub mod describe;
+pub mod failure;
 pub mod gate;
 pub mod observe;
 pub mod shadow;
