@@ -600,6 +600,17 @@ impl KommoCard {
         })
     }
 
+    /// [`KommoCard::lead_stage`], with a lead whose status the table does not know taken as an
+    /// open stage of its pipeline (the one fallback of the observation and the check before a
+    /// write).
+    pub fn lead_stage_or_open(&self, kind: CardKind, pipelines: &Pipelines) -> LeadStage {
+        self.lead_stage(kind, pipelines).unwrap_or(LeadStage {
+            pipeline: self.pipeline_id.unwrap_or(0),
+            status: self.status_id.unwrap_or(0),
+            kind: StageKind::Open,
+        })
+    }
+
     /// The daemon's view of the card, at `stage` (see [`KommoCard::lead_stage`]).
     pub fn to_obs(&self, kind: CardKind, fields: &FieldMap, stage: LeadStage) -> CardObs {
         let cfs = self.custom_fields_values.as_deref().unwrap_or(&[]);

@@ -13,9 +13,7 @@
 use super::describe::{describe_audit, holder};
 use super::{CycleError, CycleReport, Syncer, WriteResult};
 use crate::core::engine::{self, Plan, Target, Write};
-use crate::core::model::{
-    CardId, CardKind, EmployeeId, KommoUserId, LeadStage, RecordId, StageKind,
-};
+use crate::core::model::{CardId, CardKind, EmployeeId, KommoUserId, RecordId};
 use crate::core::text::{self, Readable};
 use crate::http::{ApiError, ErrorPolicy, error_policy};
 use crate::kommo::{KommoCard, Pipelines};
@@ -224,11 +222,7 @@ fn still_receives<K, C, S>(
     if kind != CardKind::Lead {
         return true;
     }
-    let lead = c.lead_stage(kind, pipelines).unwrap_or(LeadStage {
-        pipeline: c.pipeline_id.unwrap_or(0),
-        status: c.status_id.unwrap_or(0),
-        kind: StageKind::Open,
-    });
+    let lead = c.lead_stage_or_open(kind, pipelines);
     let st = c.to_obs(kind, &sy.fields, lead).into_state();
     engine::sync_kind(&CardId::new(kind, c.id), &st, &sy.policy.leads)
         .is_some_and(|k| sy.policy.chat_to_crm.contains(&k))

@@ -132,14 +132,6 @@ pub struct Syncer<K, C, S> {
 /// The syncer of the daemon and `once`: the real clients and the redb store.
 pub type LiveSyncer = Syncer<KommoClient, ChatAppClient, Store>;
 
-/// Unix seconds now.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl LiveSyncer {
     /// The real syncer over an open store (which also keeps the clients' tokens).
     pub fn live(loaded: &Loaded, store: Arc<Store>) -> Result<LiveSyncer, ApiError> {
@@ -194,7 +186,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
     /// Runs one cycle. A failed cycle is recorded (except in a dry run) and returned as `Err`.
     pub async fn run_cycle(&self, opts: CycleOptions) -> Result<CycleReport, CycleError> {
         let t0 = Instant::now();
-        let started_at = now_unix();
+        let started_at = crate::clock::now_unix();
         self.kommo.retry_unsaved_token().await;
         let (k0, c0) = self.requests();
         let deadline = Some(t0 + self.config.daemon.cycle_budget);
@@ -210,11 +202,11 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
                 report.record.kommo_requests = k1 - k0;
                 report.record.chatapp_requests = c1 - c0;
                 report.record.duration_ms = took_ms;
-                report.record.finished_at = now_unix();
+                report.record.finished_at = crate::clock::now_unix();
                 if !opts.dry_run {
                     // with its request counts and wall time (a commit recorded it without them)
                     self.store
-                        .record_cycle(&report.record, &self.retention(now_unix()))?;
+                        .record_cycle(&report.record, &self.retention(crate::clock::now_unix()))?;
                 }
                 Ok(report)
             }
@@ -252,7 +244,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
                 CycleKind::Incremental
             },
             started_at,
-            finished_at: now_unix(),
+            finished_at: crate::clock::now_unix(),
             outcome: if stopped {
                 Outcome::Stopped
             } else {
@@ -264,7 +256,10 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             duration_ms,
             ..CycleRecord::default()
         };
-        if let Err(se) = self.store.record_cycle(&rec, &self.retention(now_unix())) {
+        if let Err(se) = self
+            .store
+            .record_cycle(&rec, &self.retention(crate::clock::now_unix()))
+        {
             tracing::error!(error = %se, class = "store", "cannot record the failed cycle in the state db");
         }
     }

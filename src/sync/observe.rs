@@ -443,14 +443,10 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         }
         self.pipelines = self.sy.kommo.pipelines().await?;
         for (kind, c) in std::mem::take(&mut self.unknown_status) {
-            let stage = c.lead_stage(kind, &self.pipelines).unwrap_or_else(|| {
+            if c.lead_stage(kind, &self.pipelines).is_none() {
                 tracing::warn!(card = %CardId::new(kind, c.id), status = ?c.status_id, pipeline = ?c.pipeline_id, "a lead's status is in no pipeline Kommo lists; taken as an open stage");
-                LeadStage {
-                    pipeline: c.pipeline_id.unwrap_or(0),
-                    status: c.status_id.unwrap_or(0),
-                    kind: StageKind::Open,
-                }
-            });
+            }
+            let stage = c.lead_stage_or_open(kind, &self.pipelines);
             self.observe_card(kind, &c, stage);
         }
         self.lookup_result()
