@@ -2,21 +2,14 @@
 //! Exit codes: 0 ok, 2 config error, 3 safety brake (nothing written), 1 any other failure.
 
 use crate::commands::status::{StatusQuery, render};
-use crate::config::{self, ConfigErrors};
+use crate::commands::{EXIT_CONFIG, config_error, load_with_logging, runtime};
+use crate::config;
 use crate::core::model::CardId;
-use crate::service::wiring::LiveSyncer;
 use crate::store::Store;
-use crate::sync::describe::{describe_parked, describe_write};
-use crate::sync::{CycleOptions, WriteResult};
+use crate::sync::CycleOptions;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-
-/// Exit code of a config error.
-pub const EXIT_CONFIG: u8 = 2;
-/// Exit code of a cycle stopped by the safety brake.
-pub const EXIT_BRAKE: u8 = 3;
 
 /// Keeps the responsible person of ChatApp Dialog chats and Kommo cards in agreement.
 #[derive(Debug, Parser)]
@@ -98,14 +91,6 @@ pub enum Command {
     },
 }
 
-fn config_error(e: &ConfigErrors) -> ExitCode {
-    eprintln!("{e}");
-    if e.0.len() > 1 {
-        eprintln!("{} problems in the config", e.0.len());
-    }
-    ExitCode::from(EXIT_CONFIG)
-}
-
 /// Prints the config's warnings (things worth fixing that do not stop anything).
 fn print_warnings(loaded: &config::Loaded) {
     for w in &loaded.warnings {
@@ -134,7 +119,7 @@ pub fn main() -> ExitCode {
             dry_run,
             force,
             shadow,
-        } => once(
+        } => crate::commands::once::main(
             &path,
             CycleOptions {
                 kind: if full {
@@ -288,120 +273,13 @@ fn status(path: &std::path::Path, dialog: Option<String>, card: Option<String>) 
     }
 }
 
-/// `once [--full] [--dry-run] [--force] [--shadow]`: one cycle, then exit (0 ok, 2 config, 3 brake, 1 else).
-fn once(path: &std::path::Path, opts: CycleOptions) -> ExitCode {
-    let loaded = match config::load(path) {
-        Ok(l) => l,
-        Err(e) => return config_error(&e),
-    };
-    crate::logging::init(&loaded.config.daemon.log_level, true);
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
-    let store = match Store::open(&loaded.config.daemon.state_path) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let rt = runtime();
-    let code = rt.block_on(async {
-        let syncer = match LiveSyncer::live(&loaded, store.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        match syncer.run_cycle(opts).await {
-            Ok(r) => print_once(
-                &r,
-                &syncer.readable(&r.people, crate::clock::now_unix()),
-                opts.dry_run,
-            ),
-            Err(e) => {
-                eprintln!("cycle failed: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    });
-    crate::logging::trace_memory("cycle reported");
-    drop(rt);
-    crate::logging::trace_memory("runtime dropped");
-    if let Ok(s) = Arc::try_unwrap(store)
-        && let Err(e) = s.close()
-    {
-        eprintln!("{e}");
-        return ExitCode::FAILURE;
-    }
-    crate::logging::trace_memory("state db closed");
-    code
-}
-
-/// What `once` prints: each write with its result, each parked pair, a summary line; the exit
-/// code (3 when the brake stopped the writes, not in a dry run).
-fn print_once(
-    r: &crate::sync::CycleReport,
-    at: &crate::core::text::Readable,
-    dry_run: bool,
-) -> ExitCode {
-    let verb = if dry_run { "would write" } else { "wrote" };
-    for (w, res) in r.plan.writes.iter().zip(&r.results) {
-        let tag = match res {
-            WriteResult::Done => "wrote".to_string(),
-            WriteResult::Skipped => verb.to_string(),
-            WriteResult::Shadowed => "would write (shadow mode)".to_string(),
-            WriteResult::Dropped(why) => format!("dropped ({})", at.text(why)),
-            WriteResult::Rejected(why) => format!("rejected ({})", at.text(why)),
-            WriteResult::NotApplied(why) => format!("write not applied ({})", at.text(why)),
-            WriteResult::Waiting(why) => format!("held back ({})", at.text(why)),
-        };
-        println!("{tag}: {}", describe_write(at, w));
-    }
-    for p in &r.plan.parked {
-        println!("parked: {}", describe_parked(at, p));
-    }
-    println!(
-        "cycle {} ({}): {} planned, {} written, {} parked, {} disagreements; {} Kommo and {} ChatApp requests",
-        r.record.id,
-        r.record.kind,
-        r.plan.writes.len(),
-        r.record.writes_done,
-        r.plan.parked.len(),
-        r.plan.disagreements.len(),
-        r.record.kommo_requests,
-        r.record.chatapp_requests
-    );
-    if r.record.outcome == crate::store::Outcome::Shadow {
-        println!(
-            "shadow mode: nothing was written to Kommo or ChatApp; `status` shows what would have been, per day"
-        );
-    }
-    match &r.brake {
-        Some(b) if !dry_run => {
-            eprintln!("{b}");
-            ExitCode::from(EXIT_BRAKE)
-        }
-        Some(b) => {
-            println!("note: {b}");
-            ExitCode::SUCCESS
-        }
-        None => ExitCode::SUCCESS,
-    }
-}
-
 /// `run [--shadow]`: the daemon. Exit 0 after a stop signal, 2 for a config error, 1 for anything
 /// else.
 fn run(path: &std::path::Path, shadow: bool) -> ExitCode {
-    let loaded = match config::load(path) {
+    let loaded = match load_with_logging(path) {
         Ok(l) => l,
-        Err(e) => return config_error(&e),
+        Err(code) => return code,
     };
-    crate::logging::init(&loaded.config.daemon.log_level, true);
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
     match runtime().block_on(crate::service::runner::run(path, loaded, shadow)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -442,12 +320,4 @@ fn read_config_text(path: &std::path::Path) -> Result<String, ExitCode> {
         );
         ExitCode::from(EXIT_CONFIG)
     })
-}
-
-/// The multi-threaded tokio runtime every command uses.
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }

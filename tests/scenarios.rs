@@ -21,9 +21,7 @@ use chatapp_kommo_sync::core::model::{Employee, EmployeeId, KommoUser, KommoUser
 use chatapp_kommo_sync::http::{ErrorPolicy, error_policy};
 use chatapp_kommo_sync::kommo::{Pipelines, StatusInfo};
 use chatapp_kommo_sync::store::Outcome;
-use chatapp_kommo_sync::sync::{
-    CycleError, CycleOptions, CycleReport, Syncer, WriteResult, now_unix,
-};
+use chatapp_kommo_sync::sync::{CycleError, CycleOptions, CycleReport, Syncer, WriteResult};
 use fakes::{
     CallLog, ChatAppState, FakeChatApp, FakeKommo, FakeStore, KommoState, StoreFault, StoreState,
     card, chat, http_status, lead_card,
@@ -148,7 +146,7 @@ impl Scenario {
     /// The world after its first cycle (full, bootstrap `adopt`: bases recorded, nothing
     /// written), with an empty call log and both clocks moved on by a minute.
     async fn bootstrapped() -> Scenario {
-        let t0 = now_unix();
+        let t0 = chatapp_kommo_sync::clock::now_unix();
         let log = CallLog::default();
         let kommo = FakeKommo::new(kommo_world(t0), &log);
         let chatapp = FakeChatApp::new(chatapp_world(t0), &log);

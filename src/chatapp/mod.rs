@@ -328,13 +328,6 @@ pub struct ChatAppClient {
     pub refreshes: std::sync::atomic::AtomicU64,
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// The error code a refusing answer carries: `success: false` (whatever the HTTP status), or a
 /// non-2xx status with an `error` object. `None` for a success.
 fn refusal_code(r: &Response) -> Option<String> {
@@ -399,7 +392,7 @@ impl ChatAppClient {
     }
 
     async fn login(&self) -> Result<TokenPair, ApiError> {
-        let now = now_unix();
+        let now = crate::clock::now_unix();
         let mut log: Vec<i64> = self.store.chatapp_logins().unwrap_or_default();
         log.retain(|t| *t > now - 86_400);
         if log.len() >= self.max_logins_per_day {

@@ -14,7 +14,7 @@
 //! `[kommo.oauth]`, an unreadable client secret, an empty code). Neither the code nor a token is
 //! ever printed: both are registered with [`crate::redact`] before anything can echo them.
 
-use crate::cli::{EXIT_CONFIG, runtime};
+use super::{EXIT_CONFIG, runtime};
 use crate::config::{self, Config, ConfigError};
 use crate::http::{ApiClient, Limits};
 use crate::kommo::auth::{self, CodeError, OAuthPair, OAuthSettings};

@@ -556,3 +556,67 @@ pub struct Employee {
     /// E-mail (may be empty).
     pub email: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant name of `T`, in declaration order, as the serde derive knows them (its
+    /// "unknown variant" error lists them all); independent of the `ALL` lists.
+    fn variants<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let Err(e) = serde_json::from_str::<T>("\"-\"") else {
+            panic!("`-` is no variant");
+        };
+        let text = e.to_string();
+        let (_, expected) = text
+            .split_once("expected")
+            .expect("serde lists the variants");
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The serde names of `all`.
+    fn names<T: Serialize>(all: &[T]) -> Vec<String> {
+        all.iter()
+            .map(|k| match serde_json::to_value(k) {
+                Ok(serde_json::Value::String(name)) => name,
+                other => panic!("a unit variant serializes as its name, not {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn card_kind_all_lists_every_variant_once_in_order() {
+        // A new variant does not compile here: give it the next position and add it to `ALL`.
+        let position = |k: CardKind| match k {
+            CardKind::Lead => 0,
+            CardKind::Contact => 1,
+            CardKind::Company => 2,
+            CardKind::Customer => 3,
+        };
+        for (i, k) in CardKind::ALL.into_iter().enumerate() {
+            assert_eq!(position(k), i, "{k:?}");
+        }
+        assert_eq!(names(&CardKind::ALL), variants::<CardKind>());
+    }
+
+    #[test]
+    fn sync_kind_all_lists_every_variant_once_in_order() {
+        // A new variant does not compile here: give it the next position and add it to `ALL`.
+        let position = |k: SyncKind| match k {
+            SyncKind::IncomingLead => 0,
+            SyncKind::Lead => 1,
+            SyncKind::Contact => 2,
+            SyncKind::Company => 3,
+            SyncKind::Customer => 4,
+        };
+        for (i, k) in SyncKind::ALL.into_iter().enumerate() {
+            assert_eq!(position(k), i, "{k:?}");
+        }
+        assert_eq!(names(&SyncKind::ALL), variants::<SyncKind>());
+    }
+}

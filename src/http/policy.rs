@@ -1,6 +1,8 @@
 //! What an API error means, decided in one place for every call site: the HTTP layer (retry or
 //! answer), the writes of a cycle (reject one write, or fail the cycle), the start-up check and
 //! `check-config --online` (a wrong setting, or an API that cannot be reached now).
+//! What the daemon does after a cycle failed is decided beside the cycle, in
+//! [`crate::sync::failure`].
 
 use super::ApiError;
 

@@ -28,6 +28,7 @@ use crate::service::triggers::{
 use crate::service::webhooks::Hooks;
 use crate::service::wiring::LiveSyncer;
 use crate::store::{CycleKind, Store, StoreError};
+use crate::sync::failure::{AfterFailure, Failed, after_failed_cycle};
 use crate::sync::{CycleError, CycleOptions, CycleReport};
 use chrono::Utc;
 use sd_notify::NotifyState;
@@ -285,7 +286,7 @@ impl Runner {
             .hb
             .cycle_ended(matches!(result, Some(Ok(_)) | None));
         self.state.hook_spacing.cycle_ended();
-        let mut store_failed = false;
+        let mut after = AfterFailure::Continue;
         let good = matches!(result, Some(Ok(_)));
         if let Some(r) = result {
             self.ctx
@@ -293,9 +294,11 @@ impl Runner {
                 .observe_cycle(kind, t0.elapsed(), &r, &self.ctx.syncer);
             log_cycle(&r);
             self.state.last = Some(outcome_text(kind, &r, &self.ctx.config.daemon.timezone));
-            store_failed = matches!(r, Err(CycleError::Store(_)));
+            if let Err(e) = &r {
+                after = after_failed_cycle(Failed::Cycle(e), self.token_unsaved());
+            }
         }
-        if store_failed {
+        if after == AfterFailure::ReopenStore {
             self.reopen_store()?;
         }
         if good && !self.state.stopping && (kind == CycleKind::Full || !self.state.hooks_checked) {
@@ -410,7 +413,7 @@ impl Runner {
 
     /// After a state db error: reopen the db. When that fails the daemon exits non-zero, unless
     /// a rotated Kommo token lives only in memory (exiting would lose it): then it goes on and
-    /// reports.
+    /// reports ([`after_failed_cycle`] decides).
     fn reopen_store(&mut self) -> Result<(), RunError> {
         tracing::error!(class = "store", "state db error: reopening the state db");
         match self.ctx.syncer.store.reopen() {
@@ -420,15 +423,22 @@ impl Runner {
                 );
                 Ok(())
             }
-            Err(e) if self.ctx.syncer.kommo.auth().unsaved() => {
-                tracing::error!(error = %e, "the state db cannot be reopened, and the rotated Kommo token lives only in memory: the daemon keeps running (exiting would lose the token); it retries every cycle");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the state db cannot be reopened: exiting (systemd restarts the daemon)");
-                Err(RunError::Store(e))
-            }
+            Err(e) => match after_failed_cycle(Failed::Reopen, self.token_unsaved()) {
+                AfterFailure::Exit => {
+                    tracing::error!(error = %e, "the state db cannot be reopened: exiting (systemd restarts the daemon)");
+                    Err(RunError::Store(e))
+                }
+                AfterFailure::Continue | AfterFailure::ReopenStore => {
+                    tracing::error!(error = %e, "the state db cannot be reopened, and the rotated Kommo token lives only in memory: the daemon keeps running (exiting would lose the token); it retries every cycle");
+                    Ok(())
+                }
+            },
         }
+    }
+
+    /// A rotated Kommo token lives only in memory (its store failed).
+    fn token_unsaved(&self) -> bool {
+        self.ctx.syncer.kommo.auth().unsaved()
     }
 
     /// Reloads and validates the config; on success the syncer is rebuilt on it (a rotated

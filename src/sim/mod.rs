@@ -18,6 +18,12 @@
 //! so their timestamps agree), fault injection ([`FaultRule`], [`Fault`]), an rps limit, and a
 //! request log with a strict sliding-window meter.
 //!
+//! The simulators share no model with the clients on purpose: the Kommo simulator has its own
+//! [`kommo::CardKind`] beside [`crate::core::model::CardKind`], and its own won and lost status
+//! ids ([`kommo::STATUS_WON`], [`kommo::STATUS_LOST`]) beside the core's. They are written from
+//! the API documents, not from the client's code: a simulator that reused the client's model
+//! would mirror its bugs, and the tests would pass with them.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use chatapp_kommo_sync::sim::*;

@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod commit;
 pub mod describe;
+pub mod failure;
 pub mod gate;
 pub mod observe;
 pub mod shadow;
@@ -180,7 +181,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
     /// Runs one cycle. A failed cycle is recorded (except in a dry run) and returned as `Err`.
     pub async fn run_cycle(&self, opts: CycleOptions) -> Result<CycleReport, CycleError> {
         let t0 = Instant::now();
-        let started_at = now_unix();
+        let started_at = crate::clock::now_unix();
         self.kommo.retry_unsaved_token().await;
         let (k0, c0) = self.requests();
         let deadline = Some(t0 + self.config.daemon.cycle_budget);
@@ -196,11 +197,11 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
                 report.record.kommo_requests = k1 - k0;
                 report.record.chatapp_requests = c1 - c0;
                 report.record.duration_ms = took_ms;
-                report.record.finished_at = now_unix();
+                report.record.finished_at = crate::clock::now_unix();
                 if !opts.dry_run {
                     // with its request counts and wall time (a commit recorded it without them)
                     self.store
-                        .record_cycle(&report.record, &self.retention(now_unix()))?;
+                        .record_cycle(&report.record, &self.retention(crate::clock::now_unix()))?;
                 }
                 Ok(report)
             }
@@ -234,7 +235,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             id,
             kind: opts.kind,
             started_at,
-            finished_at: now_unix(),
+            finished_at: crate::clock::now_unix(),
             outcome: if stopped {
                 Outcome::Stopped
             } else {
@@ -246,7 +247,10 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             duration_ms,
             ..CycleRecord::default()
         };
-        if let Err(se) = self.store.record_cycle(&rec, &self.retention(now_unix())) {
+        if let Err(se) = self
+            .store
+            .record_cycle(&rec, &self.retention(crate::clock::now_unix()))
+        {
             tracing::error!(error = %se, class = "store", "cannot record the failed cycle in the state db");
         }
     }
