@@ -61,6 +61,15 @@ fn kommo_client() -> &'static KommoClient {
     })
 }
 
+/// One decode at a time through the shared clients: each decode takes the records its client
+/// skipped, so two at once (the regression tests run in parallel) would take each other's. A
+/// decode that panicked (a failing test) leaves the turn usable.
+fn decode_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn chatapp_api() -> &'static ApiClient {
     static C: OnceLock<ApiClient> = OnceLock::new();
     C.get_or_init(|| ApiClient::new("chatapp", NOWHERE, limits()).expect("a client"))
@@ -433,6 +442,7 @@ fn check_events(mut events: Vec<KommoEvent>) {
 /// Reads `body` as the Kommo answer `which`, the way the client does, and checks the result.
 // Long on purpose: one fuzz entry point feeding the same bytes to every Kommo decoder in turn.
 pub fn kommo_decode(which: KommoBody, body: &[u8]) -> Result<Outcome, ApiError> {
+    let _one_at_a_time = decode_turn();
     let k = kommo_client();
     let api = &k.api;
     let get = |path: &str| format!("GET {path}");
@@ -566,6 +576,7 @@ fn check_chat(c: &Chat) {
 /// Reads `body` as the ChatApp answer `which`, the way the client does, and checks the result.
 pub fn chatapp_decode(which: ChatAppBody, body: &[u8]) -> Result<Outcome, ApiError> {
     use chatapp::{Envelope, Items};
+    let _one_at_a_time = decode_turn();
     let api = chatapp_api();
     match which {
         ChatAppBody::Chats => {

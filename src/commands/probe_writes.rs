@@ -360,21 +360,32 @@ async fn probe_dialog(cfg: &Config, chatapp: &ChatAppClient, p: &mut Probe) {
             )),
         );
     }
-    p.calls[at].verdict = match (read_back, after.is_some(), new) {
-        (Err(v), _, _) => v,
-        (Ok(()), false, _) => Verdict::Failed(
-            "answered success; whether it took could not be told (the messages cannot be read again)"
-                .into(),
-        ),
-        (Ok(()), true, 0) => Verdict::NoEffect(format!(
-            "answered success, but ChatApp recorded no assignment of employee {} in the dialog: the call may not be this account's (see [chatapp.set_responsible]); if a real change made through it shows in ChatApp, ChatApp only leaves out a same-value assignment",
-            employee.0
-        )),
-        (Ok(()), true, _) => Verdict::Ok(format!(
-            "worked: responsible {} written again (its current value), ChatApp recorded the assignment",
-            employee.0
-        )),
-    };
+    p.calls[at].verdict = dialog_write_verdict(read_back, after.is_some(), new, employee);
+}
+
+/// What the dialog write did: the read-back's verdict, else whether the messages could be read
+/// again, and how many new assignment messages name `employee`.
+fn dialog_write_verdict(
+    read_back: Result<(), Verdict>,
+    messages_read: bool,
+    new: usize,
+    employee: EmployeeId,
+) -> Verdict {
+    match (read_back, messages_read, new) {
+    (Err(v), _, _) => v,
+    (Ok(()), false, _) => Verdict::Failed(
+        "answered success; whether it took could not be told (the messages cannot be read again)"
+            .into(),
+    ),
+    (Ok(()), true, 0) => Verdict::NoEffect(format!(
+        "answered success, but ChatApp recorded no assignment of employee {} in the dialog: the call may not be this account's (see [chatapp.set_responsible]); if a real change made through it shows in ChatApp, ChatApp only leaves out a same-value assignment",
+        employee.0
+    )),
+    (Ok(()), true, _) => Verdict::Ok(format!(
+        "worked: responsible {} written again (its current value), ChatApp recorded the assignment",
+        employee.0
+    )),
+}
 }
 
 /// Reads the dialog again and compares its responsible with the one read before the write; the
