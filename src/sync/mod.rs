@@ -128,14 +128,6 @@ pub struct Syncer<K, C, S> {
     pub policy: Policy,
 }
 
-/// Unix seconds now.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
     /// A syncer over any ports (the scenario tests give it fakes).
     pub fn new(config: Config, kommo: K, chatapp: C, store: Arc<S>) -> Syncer<K, C, S> {
