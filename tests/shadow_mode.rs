@@ -270,3 +270,223 @@ async fn run_with_shadow_counts_would_be_writes_in_metrics() {
     })
     .await;
 }
+
+/// A full count of the linked pairs and of those that agree, over every base the state db holds
+/// (what shadow cycles computed each cycle before they kept the count up to date, issue 21):
+/// the user map built from what the simulators hold now, as a cycle builds it.
+fn full_count(env: &Env) -> (u64, u64) {
+    use chatapp_kommo_sync::core::engine::Plan;
+    use chatapp_kommo_sync::core::model::{Employee, EmployeeId, KommoUser, KommoUserId};
+    use chatapp_kommo_sync::core::usermap::UserMap;
+    let cfg = chatapp_kommo_sync::config::load(&env.config)
+        .unwrap()
+        .config;
+    let users: Vec<KommoUser> = env
+        .w
+        .kommo
+        .users()
+        .into_iter()
+        .map(|u| KommoUser {
+            id: KommoUserId(u.id),
+            name: u.name,
+            email: u.email,
+            active: u.active,
+        })
+        .collect();
+    let employees: Vec<Employee> = env
+        .w
+        .chatapp
+        .employees()
+        .into_iter()
+        .map(|e| Employee {
+            id: EmployeeId(e.id),
+            name: e.full_name,
+            email: e.email,
+        })
+        .collect();
+    let map = UserMap::build(
+        &cfg.user_pairs(),
+        cfg.users.match_by_email,
+        &users,
+        &employees,
+    );
+    let snap = Store::open_read_only(&env.dir.path().join("state.redb"))
+        .unwrap()
+        .load_snapshot()
+        .unwrap();
+    chatapp_kommo_sync::sync::shadow::agreement(&snap, &Plan::default(), &cfg.policy(), &map)
+}
+
+/// The newest day's "pairs agreed" as the store keeps them, (pairs, agreed), and what the kept
+/// count was counted under (the next shadow cycle updates it when that is unchanged).
+fn day_count(env: &Env) -> ((u64, u64), u64) {
+    let s = Store::open_read_only(&env.dir.path().join("state.redb")).unwrap();
+    let d = s.shadow_days(1).unwrap().remove(0);
+    let tally = s
+        .shadow_tally()
+        .unwrap()
+        .expect("a shadow cycle keeps its count");
+    assert_eq!((tally.pairs, tally.agreed), (d.pairs, d.agreed));
+    ((d.pairs, d.agreed), tally.under)
+}
+
+/// Issue 21, item 3: after every shadow cycle of a series with changes of every kind that moves
+/// a pair (responsibles on both sides, links made and broken, dialogs opened and closed, new
+/// dialogs and cards, deleted and restored cards, a lead's flag, the user map, a normal cycle in
+/// between), the day's "pairs agreed" equal a full count over the bases the cycle committed
+/// (written first, against the full count every shadow cycle made before issue 21).
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_agreement_equals_a_full_count_after_every_cycle() {
+    use chatapp_kommo_sync::commands::demo::LEAD_FLAG_FIELD;
+    use chatapp_kommo_sync::sim::{SimCard, SimChat, SimField};
+    let env = Env::new("").await;
+    let (k, c) = (&env.w.kommo, &env.w.chatapp);
+    let users = [504141, 504142, 504143, 504144];
+    let employees = [85501, 85502, 85503, 85509];
+    let phone = |i: u64| format!("7998{i:07}");
+    const CONTACTS: u64 = 24;
+    const CHATS: u64 = 18;
+    const LEADS: u64 = 30;
+    for i in 0..CONTACTS {
+        k.add_card(
+            "contacts",
+            SimCard::new(3000 + i, "c", users[(i % 4) as usize])
+                .with_field(SimField::phones(&[&phone(i)])),
+        );
+    }
+    for i in 0..LEADS {
+        k.add_card(
+            "leads",
+            SimCard::new(6000 + i, "l", users[(i * 3 % 4) as usize])
+                .with_field(SimField::checkbox(LEAD_FLAG_FIELD, i % 7 != 0))
+                .with_contacts(&[3000 + i % CONTACTS]),
+        );
+    }
+    for i in 0..CHATS {
+        let emp = (i % 5 != 4).then(|| employees[(i % 4) as usize]);
+        c.add_chat(SimChat::whatsapp(1, &phone(i), "c", emp));
+    }
+    let mut chats = CHATS; // chats 0..chats exist
+    let mut extra_contacts = 0;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut unders = std::collections::BTreeSet::new();
+    for step in 0..24 {
+        env.w.clock.advance(10);
+        for _ in 0..3 {
+            match rnd(11) {
+                0 => k.set_responsible_as_human(
+                    "contacts",
+                    3000 + rnd(CONTACTS),
+                    users[rnd(4) as usize],
+                    504141,
+                ),
+                1 => {
+                    let i = rnd(chats);
+                    c.assign_as_human(
+                        1,
+                        "grWhatsApp",
+                        &format!("{}@c.us", phone(i)),
+                        Some(employees[rnd(4) as usize]),
+                    );
+                }
+                2 => c.close_chat(1, "grWhatsApp", &format!("{}@c.us", phone(rnd(chats)))),
+                3 => c.reopen_chat(1, "grWhatsApp", &format!("{}@c.us", phone(rnd(chats)))),
+                4 if chats < CONTACTS => {
+                    c.add_chat(SimChat::whatsapp(
+                        1,
+                        &phone(chats),
+                        "c",
+                        Some(employees[rnd(4) as usize]),
+                    ));
+                    chats += 1;
+                }
+                5 => k.set_field(
+                    "contacts",
+                    3000 + rnd(CONTACTS),
+                    SimField::phones(&[&phone(rnd(CONTACTS))]),
+                ),
+                6 => {
+                    let lead = 6000 + rnd(LEADS);
+                    if rnd(2) == 0 {
+                        k.link_contact("leads", lead, 3000 + rnd(CONTACTS));
+                    } else {
+                        k.unlink_contact("leads", lead, 3000 + lead % CONTACTS);
+                    }
+                }
+                7 => {
+                    let (kind, id) = if rnd(2) == 0 {
+                        ("leads", 6000 + rnd(LEADS))
+                    } else {
+                        ("contacts", 3000 + rnd(CONTACTS))
+                    };
+                    if rnd(2) == 0 {
+                        k.delete_card(kind, id);
+                    } else {
+                        k.restore_card(kind, id);
+                    }
+                }
+                8 => k.set_field(
+                    "leads",
+                    6000 + rnd(LEADS),
+                    SimField::checkbox(LEAD_FLAG_FIELD, rnd(2) == 0),
+                ),
+                9 => k.set_responsible_as_human(
+                    "leads",
+                    6000 + rnd(LEADS),
+                    users[rnd(4) as usize],
+                    504141,
+                ),
+                _ => {
+                    k.add_card(
+                        "contacts",
+                        SimCard::new(4000 + extra_contacts, "new", users[rnd(4) as usize])
+                            .with_field(SimField::phones(&[&phone(rnd(chats))])),
+                    );
+                    extra_contacts += 1;
+                }
+            }
+        }
+        if step == 6 {
+            // the user map changes alone: Gleb gets his ChatApp account (same e-mail)
+            c.add_employee(85504, "Gleb", "gleb@demo.example");
+        }
+        if step == 10 {
+            // a normal cycle in between (a first run, bootstrap = adopt: nothing written)
+            env.once(&[]).await;
+            env.w.clock.advance(10);
+            k.set_responsible_as_human("contacts", 3001, 504144, 504141);
+        }
+        let full = if step % 5 == 4 {
+            &["--shadow", "--full"][..]
+        } else {
+            &["--shadow"][..]
+        };
+        let r = env.once(full).await;
+        let (day, under) = day_count(&env);
+        unders.insert(under);
+        assert_eq!(
+            day,
+            full_count(&env),
+            "step {step}: the day's (pairs, agreed) against a full count\n{}",
+            r.stdout
+        );
+        seen.insert(day);
+    }
+    assert_eq!(sim_writes(&env), (0, 0));
+    assert!(seen.len() > 3, "the counts moved: {seen:?}");
+    // counted under one user map before Gleb's account and another after: every other shadow
+    // cycle updated the count it found (none but the first, the one after Gleb's account and the
+    // one after the normal cycle counted from every base)
+    assert_eq!(unders.len(), 2, "{unders:?}");
+    assert!(
+        seen.iter().all(|(p, a)| *p > 20 && a < p && *a > 0),
+        "pairs that agree and pairs that do not: {seen:?}"
+    );
+}

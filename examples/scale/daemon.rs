@@ -1,5 +1,6 @@
 //! The service, not only `once`: a `run` daemon on the state the earlier phases left, driven by
-//! SIGUSR1 through idle cycles. Figures: the daemon's CPU per idle cycle (from `/proc/PID/stat`,
+//! SIGUSR1 through idle cycles (normal mode, then `run --shadow`: its warm-up cycle is the shadow
+//! first run, the idle ones are shadow cycles). Figures: the daemon's CPU per idle cycle (from `/proc/PID/stat`,
 //! its own utime + stime), its resident size between cycles (`VmRSS`), and the requests each
 //! idle cycle made.
 
@@ -92,11 +93,13 @@ fn wait_cycles(port: u16, n: u64, limit: Duration) -> bool {
     false
 }
 
-/// Runs `run` on `config` (rewritten to listen on loopback and to poll only on demand), one
-/// warm-up cycle, then `idle` idle cycles. `requests()` gives the simulators' counts.
+/// Runs `run` (with `args` after it, e.g. `--shadow`) on `config` (rewritten to listen on
+/// loopback and to poll only on demand), one warm-up cycle, then `idle` idle cycles.
+/// `requests()` gives the simulators' counts.
 pub fn measure(
     bin: &Path,
     config: &Path,
+    args: &[&str],
     idle: usize,
     requests: impl Fn() -> (usize, usize),
 ) -> DaemonFigures {
@@ -112,6 +115,7 @@ pub fn measure(
         .arg("--config")
         .arg(&daemon_config)
         .arg("run")
+        .args(args)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -3,8 +3,8 @@
 //! incremental cycle with K changes: requests to each API against the minimum the cycle needs,
 //! wall time, the daemon's CPU time, its peak RSS, and the state file's size (after each phase);
 //! then a `run` daemon through several idle cycles (CPU per cycle, resident size between cycles,
-//! [`daemon`]) and N instances sharing one Kommo limit (the most requests in any second,
-//! [`instances`]).
+//! [`daemon`]), the same with `run --shadow` (shadow mode's first run, then idle shadow cycles),
+//! and N instances sharing one Kommo limit (the most requests in any second, [`instances`]).
 //!
 //! ```sh
 //! cargo build --release && cargo run --release --example scale -- --contacts 100000 --leads 150000 --dialogs 30000 --changes 100 --instances 20
@@ -356,22 +356,24 @@ async fn main() {
 
     // 5. the service: a `run` daemon through idle cycles on demand
     clock.advance(60);
-    let f = daemon::measure(&a.bin, &config, a.idle_cycles, || {
+    let f = daemon::measure(&a.bin, &config, &[], a.idle_cycles, || {
         (kommo.request_count(), chatapp.request_count())
     });
-    let mut cpu = f.cpu_per_cycle.clone();
-    cpu.sort_by(f64::total_cmp);
-    println!(
-        "run daemon, {} idle cycles: cpu per cycle median {:.3} s (max {:.3} s); rss between cycles {:.1}-{:.1} MB; requests per cycle {:?}",
-        cpu.len(),
-        cpu.get(cpu.len() / 2).copied().unwrap_or(0.0),
-        cpu.last().copied().unwrap_or(0.0),
-        f.rss_mb.iter().copied().fold(f64::MAX, f64::min),
-        f.rss_mb.iter().copied().fold(0.0, f64::max),
-        f.requests
-    );
+    print_daemon("run daemon", &f);
     println!(
         "state file after the daemon's idle cycles: {:.1} MB",
+        size() as f64 / 1e6
+    );
+
+    // 5b. shadow mode as an integrator runs it beside ChatApp's widget: `run --shadow` on the same
+    // state (its warm-up cycle is the shadow first run, a full read), then idle shadow cycles
+    clock.advance(60);
+    let f = daemon::measure(&a.bin, &config, &["--shadow"], a.idle_cycles, || {
+        (kommo.request_count(), chatapp.request_count())
+    });
+    print_daemon("run --shadow daemon", &f);
+    println!(
+        "state file after the shadow daemon's idle cycles: {:.1} MB",
         size() as f64 / 1e6
     );
 
@@ -397,6 +399,21 @@ async fn main() {
         eprintln!("a cycle cost more requests than its formula allows");
         std::process::exit(1);
     }
+}
+
+/// The daemon's figures: CPU per idle cycle (median, max), RSS between cycles, requests.
+fn print_daemon(name: &str, f: &daemon::DaemonFigures) {
+    let mut cpu = f.cpu_per_cycle.clone();
+    cpu.sort_by(f64::total_cmp);
+    println!(
+        "{name}, {} idle cycles: cpu per cycle median {:.3} s (max {:.3} s); rss between cycles {:.1}-{:.1} MB; requests per cycle {:?}",
+        cpu.len(),
+        cpu.get(cpu.len() / 2).copied().unwrap_or(0.0),
+        cpu.last().copied().unwrap_or(0.0),
+        f.rss_mb.iter().copied().fold(f64::MAX, f64::min),
+        f.rss_mb.iter().copied().fold(0.0, f64::max),
+        f.requests
+    );
 }
 
 /// A small account for the instances phase (each instance's first run lists it all).

@@ -226,6 +226,53 @@ where
     Ok((snap, taken))
 }
 
+/// For shadow mode's count of linked pairs (`crate::sync::shadow`): the dialogs the observed
+/// cards' bases link to (through their contacts' bases for the other kinds) that `snap` (the
+/// cycle's neighbourhood) does not hold, with their bases and the bases of every card that may
+/// link to them after `obs`. The neighbourhood holds the dialogs a card links to *now*; a dialog
+/// a change took a pair from (a lead unlinked from its contact, a contact whose phone changed)
+/// is not decided, so it is not there, but its count changed. Each dialog returned holds, with
+/// `snap`, every card linked to it, like a focus dialog. Empty when no observed card lost a link.
+pub fn unlinked_around<L: BaseLookup>(
+    store: &L,
+    match_phone: bool,
+    obs: &Observations,
+    snap: &Snapshot,
+) -> Result<Snapshot, L::Error> {
+    let mut n = Walk {
+        store,
+        obs,
+        obs_ix: ObsIndex::new(obs, match_phone),
+        match_phone,
+        cards: BTreeMap::new(),
+    };
+    let mut lost = BTreeSet::new();
+    for id in obs.cards.keys() {
+        lost.extend(n.dialogs_of_base(id)?);
+    }
+    lost.retain(|d| !snap.dialogs.contains_key(d) && !obs.dialogs.contains_key(d));
+    let mut linked = BTreeSet::new();
+    for d in &lost {
+        linked.extend(n.cards_of_dialog(d)?);
+    }
+    let mut out = Snapshot::default();
+    for c in linked.into_iter().filter(|c| !snap.cards.contains_key(c)) {
+        let base = match n.cards.remove(&c) {
+            Some(known) => known,
+            None => store.card(&c)?,
+        };
+        if let Some(st) = base {
+            out.cards.insert(c, st);
+        }
+    }
+    for d in lost {
+        if let Some(st) = store.dialog(&d)? {
+            out.dialogs.insert(d, st);
+        }
+    }
+    Ok(out)
+}
+
 /// A snapshot of no base, with the frame's parked pairs, held records and flag.
 fn empty(frame: Frame) -> Snapshot {
     Snapshot {
@@ -433,6 +480,30 @@ impl<L: BaseLookup> Walk<'_, L> {
                 let contact = CardId::new(CardKind::Contact, c);
                 let (refs, phones, _) = self.card_now(&contact)?;
                 out.extend(self.dialogs_of_refs(&refs, &phones, self.match_phone)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The dialogs a card's base links to (through its contacts' bases for the other kinds).
+    fn dialogs_of_base(&mut self, id: &CardId) -> Result<BTreeSet<DialogKey>, L::Error> {
+        let Some((refs, phones, contacts)) = self
+            .load_card(id)?
+            .map(|b| (b.dialog_refs.clone(), b.phones.clone(), b.contacts.clone()))
+        else {
+            return Ok(BTreeSet::new());
+        };
+        let with_phones = self.match_phone && id.kind == CardKind::Contact;
+        let mut out = self.dialogs_of_refs(&refs, &phones, with_phones)?;
+        if id.kind != CardKind::Contact {
+            for c in contacts {
+                let contact = CardId::new(CardKind::Contact, c);
+                if let Some((refs, phones)) = self
+                    .load_card(&contact)?
+                    .map(|b| (b.dialog_refs.clone(), b.phones.clone()))
+                {
+                    out.extend(self.dialogs_of_refs(&refs, &phones, self.match_phone)?);
+                }
             }
         }
         Ok(out)

@@ -21,8 +21,8 @@ pub use crate::http::ApiMeter;
 pub use records::{CardEvent, CardRead, ChatRead, PatchOutcome};
 pub use state::{
     AuditEntry, Base, CycleCommit, CycleKind, CycleRecord, FIRST_BACKOFF_SECS, FailureKind, Intent,
-    KEEP_CYCLES, MAX_BACKOFF_SECS, Outcome, Quarantined, Retention, ShadowCommit, ShadowExample,
-    Side, Staging, StoreError, Watermarks, WriteFailure,
+    KEEP_CYCLES, MAX_BACKOFF_SECS, Outcome, PairCount, PairCounts, Quarantined, Retention,
+    ShadowCommit, ShadowExample, ShadowTally, Side, Staging, StoreError, Watermarks, WriteFailure,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -101,8 +101,9 @@ pub trait BaseReads: Send + Sync {
     type Bases<'a>: BaseLookup<Error = StoreError> + Send
     where
         Self: 'a;
-    /// Every base, parked pair and held record, and whether the first cycle ran (shadow cycles
-    /// plan from all of them; other cycles load only what they need).
+    /// Every base, parked pair and held record, and whether the first cycle ran (a shadow cycle
+    /// that counts its pairs afresh plans from all of them; other cycles load only what they
+    /// need).
     fn load_snapshot(&self) -> Result<Snapshot, StoreError>;
     /// Parked pairs, held records and whether the first cycle ran.
     fn frame(&self) -> Result<Frame, StoreError>;
@@ -123,6 +124,15 @@ pub trait BaseReads: Send + Sync {
     fn events_seen(&self) -> Result<BTreeSet<String>, StoreError>;
     /// Whether a shadow cycle has committed (shadow cycles keep their own bootstrap flag).
     fn shadow_bootstrapped(&self) -> Result<bool, StoreError>;
+    /// Shadow mode's count of linked pairs as the last shadow cycle committed it (`None`: not
+    /// kept: no shadow cycle since the bases last changed otherwise, or a db from before the
+    /// count was kept).
+    fn shadow_tally(&self) -> Result<Option<ShadowTally>, StoreError>;
+    /// The kept count of each of `dialogs` (absent: none).
+    fn shadow_pair_counts<'k>(
+        &self,
+        dialogs: impl Iterator<Item = &'k DialogKey>,
+    ) -> Result<BTreeMap<DialogKey, PairCount>, StoreError>;
 }
 
 /// The state db's write log (SPEC rule 11): every write is recorded before it is made and

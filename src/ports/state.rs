@@ -8,7 +8,9 @@
 //! source (the one adapter there is; a second would widen them).
 
 use crate::core::engine::{Rule, Settlement};
-use crate::core::model::{CardId, CardKind, CardState, DialogState, Pipelines, RecordId, Value};
+use crate::core::model::{
+    CardId, CardKind, CardState, DialogKey, DialogState, Pipelines, RecordId, Value,
+};
 use crate::core::neighbourhood::BaseLookup;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -327,6 +329,53 @@ pub struct ShadowCommit {
     pub to_kommo: u64,
     /// The would-be writes (the store keeps the newest few).
     pub examples: Vec<ShadowExample>,
+    /// How the kept count of linked pairs changes (see [`PairCounts`]).
+    pub counts: PairCounts,
+    /// What `pairs` and `agreed` were counted under ([`ShadowTally::under`]).
+    pub under: u64,
+}
+
+/// One dialog's linked pairs that take part in shadow mode's count, and how many of them agree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PairCount {
+    /// Linked pairs of the dialog that take part.
+    pub pairs: u64,
+    /// Of those, the pairs that agree.
+    pub agreed: u64,
+}
+
+/// How a shadow cycle's commit changes the kept count of linked pairs, per dialog. A dialog's
+/// pairs depend only on its own base and the bases of the cards linked to it, so a cycle that
+/// planned from the neighbourhood of its observations recounts the dialogs of that neighbourhood
+/// (every other dialog's pairs did not change); one that loaded every base recounts them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairCounts {
+    /// Every dialog's count (the ones not listed have none): the kept counts are replaced.
+    Recount(BTreeMap<DialogKey, PairCount>),
+    /// The recounted dialogs' counts (a zero count removes the dialog's); the others are kept.
+    Update(BTreeMap<DialogKey, PairCount>),
+}
+
+impl Default for PairCounts {
+    fn default() -> Self {
+        PairCounts::Update(BTreeMap::new())
+    }
+}
+
+/// Shadow mode's count of linked pairs as the last shadow cycle committed it: the totals over
+/// every dialog, and what they were counted under. The store drops it whenever the bases change
+/// otherwise (a normal cycle's commit, a confirmed write), so a kept tally always describes the
+/// bases as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShadowTally {
+    /// Linked pairs that take part.
+    pub pairs: u64,
+    /// Of those, the pairs that agree.
+    pub agreed: u64,
+    /// A hash of what decides a pair's part and agreement besides the bases: the user map and
+    /// the policy's kinds, leads and phone matching (`crate::sync::shadow::counted_under`). A
+    /// tally counted under another one is counted again from every base.
+    pub under: u64,
 }
 
 /// A first run's staging area: every card it read, kept compactly until the commit stores them

@@ -596,6 +596,7 @@ impl Store {
             }
             append_audit(&tx, audit)?;
             failures::clear(&tx, &intent.target)?;
+            shadow::forget_counts(&tx)?; // a base changed: shadow mode counts again
             let mut i = tx.open_table(INTENTS).map_err(db_err("open intents"))?;
             i.remove(record_key(&intent.target).as_str())
                 .map_err(db_err("remove intent"))?;
@@ -702,8 +703,10 @@ impl Store {
                 .insert(c.cycle.id, encode(&c.cycle).as_slice())
                 .map_err(db_err("write cycle"))?;
         }
-        if let Some(s) = &c.shadow {
-            shadow::write(&tx, s)?;
+        match &c.shadow {
+            Some(s) => shadow::write(&tx, s)?,
+            // the bases changed outside shadow mode: its kept count no longer describes them
+            None => shadow::forget_counts(&tx)?,
         }
         prune(&tx, &c.retention)?;
         tx.commit().map_err(db_err("commit cycle"))
@@ -938,6 +941,15 @@ impl crate::ports::BaseReads for Store {
     }
     fn shadow_bootstrapped(&self) -> Result<bool, StoreError> {
         Store::shadow_bootstrapped(self)
+    }
+    fn shadow_tally(&self) -> Result<Option<crate::ports::ShadowTally>, StoreError> {
+        Store::shadow_tally(self)
+    }
+    fn shadow_pair_counts<'k>(
+        &self,
+        dialogs: impl Iterator<Item = &'k DialogKey>,
+    ) -> Result<BTreeMap<DialogKey, crate::ports::PairCount>, StoreError> {
+        Store::shadow_pair_counts(self, dialogs)
     }
 }
 
@@ -1178,6 +1190,101 @@ mod tests {
             42
         );
         assert_eq!(s.next_cycle_id().unwrap(), 2);
+    }
+
+    /// Shadow mode's kept count of linked pairs: replaced by a recount, updated per dialog, and
+    /// dropped by every other change of a base (a normal commit, a confirmed write), so that the
+    /// next shadow cycle counts again from every base; a db with shadow rows but no count (one
+    /// written before the count was kept) has none.
+    #[test]
+    fn shadow_pair_counts_are_kept_by_shadow_commits_only() {
+        use crate::ports::{PairCount, PairCounts, ShadowCommit, ShadowTally};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        let d = |i: u64| DialogKey::new(1, "telegram", &format!("@{i}"));
+        let n = |pairs, agreed| PairCount { pairs, agreed };
+        let shadow = |counts, pairs, agreed| CycleCommit::<staged::StagedCards> {
+            shadow: Some(ShadowCommit {
+                date: "2025-03-01".into(),
+                pairs,
+                agreed,
+                counts,
+                under: 9,
+                ..ShadowCommit::default()
+            }),
+            ..CycleCommit::default()
+        };
+        let all = [d(1), d(2), d(3)];
+        s.commit_cycle(&CycleCommit::default()).unwrap();
+        assert_eq!(s.shadow_tally().unwrap(), None);
+        let recount =
+            PairCounts::Recount([(d(1), n(2, 1)), (d(2), n(1, 0)), (d(3), n(0, 0))].into());
+        s.commit_cycle(&shadow(recount, 3, 1)).unwrap();
+        let tally = |pairs, agreed| {
+            Some(ShadowTally {
+                pairs,
+                agreed,
+                under: 9,
+            })
+        };
+        assert_eq!(s.shadow_tally().unwrap(), tally(3, 1));
+        assert_eq!(
+            s.shadow_pair_counts(all.iter()).unwrap(),
+            [(d(1), n(2, 1)), (d(2), n(1, 0))].into()
+        );
+        let update = PairCounts::Update([(d(1), n(0, 0)), (d(3), n(1, 1))].into());
+        s.commit_cycle(&shadow(update, 2, 1)).unwrap();
+        assert_eq!(s.shadow_tally().unwrap(), tally(2, 1));
+        assert_eq!(
+            s.shadow_pair_counts(all.iter()).unwrap(),
+            [(d(2), n(1, 0)), (d(3), n(1, 1))].into()
+        );
+        // a recount replaces every dialog's count
+        let recount = PairCounts::Recount([(d(1), n(1, 0))].into());
+        s.commit_cycle(&shadow(recount, 1, 0)).unwrap();
+        assert_eq!(
+            s.shadow_pair_counts(all.iter()).unwrap(),
+            [(d(1), n(1, 0))].into()
+        );
+        // a normal cycle's commit drops the count, not the days
+        s.commit_cycle(&CycleCommit::default()).unwrap();
+        assert_eq!(s.shadow_tally().unwrap(), None);
+        assert!(s.shadow_pair_counts(all.iter()).unwrap().is_empty());
+        assert_eq!(s.shadow_days(1).unwrap()[0].pairs, 1);
+        // so does a confirmed write
+        s.commit_cycle(&shadow(PairCounts::Recount([(d(1), n(1, 0))].into()), 1, 0))
+            .unwrap();
+        assert!(s.shadow_tally().unwrap().is_some());
+        let audit = AuditEntry {
+            at: 5,
+            cycle: 2,
+            target: RecordId::Dialog(d(1)),
+            from: None,
+            to: Value::Dialog(crate::core::model::EmployeeId(3)),
+            rule: Rule::CrmChanged,
+            source: RecordId::Card(CardId::new(CardKind::Contact, 2)),
+            source_changed_at: 4,
+            detail: "d".into(),
+            how: "write".into(),
+        };
+        let intent = Intent {
+            cycle: 2,
+            target: RecordId::Dialog(d(1)),
+            from: None,
+            to: Value::Dialog(crate::core::model::EmployeeId(3)),
+            audit: audit.clone(),
+            base: Base::Dialog(DialogState {
+                responsible: Some(crate::core::model::EmployeeId(3)),
+                changed_at: 5,
+                last_time: 5,
+                session: 5,
+                closed: false,
+                phone: None,
+            }),
+        };
+        s.record_intents(std::slice::from_ref(&intent)).unwrap();
+        s.confirm_write(&intent, &audit).unwrap();
+        assert_eq!(s.shadow_tally().unwrap(), None);
     }
 
     #[test]

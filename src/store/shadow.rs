@@ -8,16 +8,36 @@
 //! - whether a shadow cycle has run its first-run bootstrap (shadow cycles keep their own flag:
 //!   the db's `bootstrapped` flag is left false by every shadow cycle, so the first normal cycle
 //!   after them is a first run with the configured `bootstrap`).
+//!
+//! Beside it, the table `shadow_pairs` keeps the count of linked pairs the day rows show, so that
+//! a shadow cycle need not load every base to count them (see `crate::sync::shadow`): per dialog
+//! (by its base's key, [`super::bases::dialog_key`]) the pairs that take part and agree, and under
+//! the empty key the totals with what they were counted under ([`ShadowTally`]). It describes the
+//! bases only as shadow cycles left them: every other change of a base (a normal cycle's commit,
+//! a confirmed write) deletes the table (`forget_counts`), and the next shadow cycle counts
+//! again from every base, as it does when the table is missing (a db from before it existed).
 
+use super::bases::dialog_key;
 use super::{Store, StoreError, db_err, decode, encode};
-pub use crate::ports::{ShadowCommit, ShadowExample, Side};
+use crate::core::model::DialogKey;
+pub use crate::ports::{PairCount, PairCounts, ShadowCommit, ShadowExample, ShadowTally, Side};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 const SHADOW: TableDefinition<&str, &[u8]> = TableDefinition::new("shadow");
 const KEY_BOOTSTRAPPED: &str = "bootstrapped";
 const KEY_EXAMPLES: &str = "examples";
 const DAY_PREFIX: &str = "day:";
+/// The kept count of linked pairs: per dialog, and the totals under [`KEY_TALLY`].
+const PAIRS: TableDefinition<&str, &[u8]> = TableDefinition::new("shadow_pairs");
+/// The totals' key (no dialog key is empty).
+const KEY_TALLY: &str = "";
+
+/// A dialog's count as stored: (pairs, agreed).
+type StoredCount = (u64, u64);
+/// The totals as stored: (pairs, agreed, under).
+type StoredTally = (u64, u64, u64);
 
 /// Days kept (the newest).
 pub const KEEP_DAYS: usize = 90;
@@ -81,6 +101,7 @@ pub(super) fn write(tx: &redb::WriteTransaction, c: &ShadowCommit) -> Result<(),
     }
     t.insert(KEY_BOOTSTRAPPED, encode(&true).as_slice())
         .map_err(db_err("write shadow bootstrapped"))?;
+    write_counts(tx, c)?;
     let days: Vec<String> = t
         .range(DAY_PREFIX..)
         .map_err(db_err("scan shadow"))?
@@ -93,7 +114,83 @@ pub(super) fn write(tx: &redb::WriteTransaction, c: &ShadowCommit) -> Result<(),
     Ok(())
 }
 
+/// The kept count of linked pairs after a shadow cycle: its dialogs' counts, then the totals.
+fn write_counts(tx: &redb::WriteTransaction, c: &ShadowCommit) -> Result<(), StoreError> {
+    let counts = match &c.counts {
+        PairCounts::Recount(all) => {
+            forget_counts(tx)?;
+            all
+        }
+        PairCounts::Update(some) => some,
+    };
+    let mut t = tx.open_table(PAIRS).map_err(db_err("open shadow_pairs"))?;
+    for (d, n) in counts {
+        let key = dialog_key(d);
+        if n.pairs == 0 {
+            t.remove(key.as_str())
+                .map_err(db_err("remove shadow pairs"))?;
+        } else {
+            let v: StoredCount = (n.pairs, n.agreed);
+            t.insert(key.as_str(), encode(&v).as_slice())
+                .map_err(db_err("write shadow pairs"))?;
+        }
+    }
+    let tally: StoredTally = (c.pairs, c.agreed, c.under);
+    t.insert(KEY_TALLY, encode(&tally).as_slice())
+        .map_err(db_err("write shadow tally"))?;
+    Ok(())
+}
+
+/// Drops the kept count of linked pairs: a base changed other than by a shadow cycle's commit.
+pub(super) fn forget_counts(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tx.delete_table(PAIRS)
+        .map_err(db_err("delete shadow_pairs"))?;
+    Ok(())
+}
+
 impl Store {
+    /// Shadow mode's kept count of linked pairs (`None`: not kept, see the module docs).
+    pub fn shadow_tally(&self) -> Result<Option<ShadowTally>, StoreError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(PAIRS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err("open shadow_pairs")(e)),
+        };
+        let Some(v) = t.get(KEY_TALLY).map_err(db_err("read shadow tally"))? else {
+            return Ok(None);
+        };
+        let (pairs, agreed, under): StoredTally = decode(|| "shadow tally".into(), v.value())?;
+        Ok(Some(ShadowTally {
+            pairs,
+            agreed,
+            under,
+        }))
+    }
+
+    /// The kept count of each of `dialogs` (absent: none).
+    pub fn shadow_pair_counts<'k>(
+        &self,
+        dialogs: impl Iterator<Item = &'k DialogKey>,
+    ) -> Result<BTreeMap<DialogKey, PairCount>, StoreError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(PAIRS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(db_err("open shadow_pairs")(e)),
+        };
+        let mut out = BTreeMap::new();
+        for d in dialogs {
+            let key = dialog_key(d);
+            if let Some(v) = t.get(key.as_str()).map_err(db_err("read shadow pairs"))? {
+                let (pairs, agreed): StoredCount =
+                    decode(|| format!("shadow pairs {key}"), v.value())?;
+                out.insert(d.clone(), PairCount { pairs, agreed });
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads one value of the shadow table (`None`: absent, or no shadow cycle ever ran).
     fn shadow_value<T: serde::de::DeserializeOwned>(
         &self,
@@ -176,6 +273,7 @@ mod tests {
                         text: format!("dialog {i}"),
                     })
                     .collect(),
+                ..ShadowCommit::default()
             }),
             ..CycleCommit::default()
         }

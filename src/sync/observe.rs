@@ -14,8 +14,10 @@
 //! observations ([`crate::core::neighbourhood`]). A first run (its bootstrap decides every
 //! dialog) stages every card it reads in the bases' compact encoding (the state port's [`Staging`]); only the
 //! cards that may link to a dialog become observations ([`first_run`]), and the commit stores the
-//! others as read. Shadow cycles load every base. The chats are read while the Kommo cards are
-//! listed.
+//! others as read. A shadow cycle plans from the neighbourhood too, unless it counts its linked
+//! pairs afresh (a shadow first run, no kept count, or one made under another user map or
+//! policy: see [`super::shadow`]); then it loads every base. The chats are read while the Kommo
+//! cards are listed.
 
 use super::{CycleError, Syncer};
 use crate::core::engine::{Brake, Observations, Snapshot, empty_listing_brake};
@@ -26,12 +28,13 @@ use crate::core::model::{
 use crate::core::model::{Pipelines, classify_status};
 use crate::core::neighbourhood::{
     BaseLookup, Frame, card_unchanged, dialog_unchanged, first_run, neighbourhood, staged_state,
+    unlinked_around,
 };
 use crate::core::text::People;
 use crate::core::usermap::UserMap;
 use crate::http::BadRecord;
 use crate::ports::{CardEvent, CardRead, ChatAppApi, ChatRead, KommoApi, Staging, StateStore};
-use crate::ports::{CycleKind, Quarantined, StoreError, Watermarks};
+use crate::ports::{CycleKind, Quarantined, ShadowTally, StoreError, Watermarks};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Change times of card values from the events: `(card, new responsible)` -> latest event time.
@@ -68,6 +71,14 @@ pub struct Observed<St> {
     pub listing_brake: Option<Brake>,
     /// A first run's cards that take part in no decision (stored as read at the commit).
     pub staged: St,
+    /// A shadow cycle's kept count of linked pairs, when it plans from the neighbourhood and
+    /// updates the count (`None`: a normal cycle, or a shadow one whose snapshot holds every base
+    /// and that counts afresh).
+    pub shadow_tally: Option<ShadowTally>,
+    /// With a kept count: the dialogs an observed card no longer links to, outside the
+    /// neighbourhood, with the cards linked to them (their counts changed; see
+    /// [`unlinked_around`]). Empty otherwise.
+    pub shadow_unlinked: Snapshot,
 }
 
 /// Reads everything a cycle needs (see the module docs).
@@ -136,7 +147,18 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     let released = r.released();
     crate::logging::trace_memory("dialogs observed");
     let read = (r.cards_read() as u64, r.read_dialogs.len() as u64);
-    let (snap, staged) = r.plan_input(shadow)?;
+    // a shadow cycle with a count it can update plans from the neighbourhood, like a normal one
+    let shadow_tally = if shadow && r.frame.bootstrapped {
+        let under = super::shadow::counted_under(&sy.policy, &usermap);
+        sy.store.shadow_tally()?.filter(|t| t.under == under)
+    } else {
+        None
+    };
+    let (snap, staged) = r.plan_input(shadow && shadow_tally.is_none())?;
+    let shadow_unlinked = match shadow_tally {
+        Some(_) => unlinked_around(&r.bases, sy.config.links.match_phone, &r.obs, &snap)?,
+        None => Snapshot::default(),
+    };
     Ok(Observed {
         snap,
         read,
@@ -152,6 +174,8 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         stored_pipelines,
         listing_brake: r.listing_brake,
         staged,
+        shadow_tally,
+        shadow_unlinked,
     })
 }
 
@@ -511,8 +535,8 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     }
 
     /// The bases the engine plans from, and (a first run) the staged cards that take no part
-    /// in a decision.
-    fn plan_input(&mut self, shadow: bool) -> Result<(Snapshot, S::Staged), CycleError> {
+    /// in a decision. `every_base`: a shadow cycle that counts its linked pairs afresh.
+    fn plan_input(&mut self, every_base: bool) -> Result<(Snapshot, S::Staged), CycleError> {
         let frame = std::mem::take(&mut self.frame);
         if let Some(mut staged) = self.staged.take() {
             staged.seal()?;
@@ -523,11 +547,11 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
             }
             return Ok((snap, staged));
         }
-        if frame.bootstrapped && !shadow {
+        if frame.bootstrapped && !every_base {
             let snap = neighbourhood(&self.bases, frame, &self.obs)?;
             return Ok((snap, S::Staged::default()));
         }
-        // shadow mode counts the agreeing pairs of the whole account: it plans from every base
+        // a shadow cycle that counts the pairs of the whole account afresh plans from every base
         let mut all = self.sy.store.load_snapshot()?;
         all.bootstrapped = frame.bootstrapped; // shadow mode's own flag
         Ok((all, S::Staged::default()))

@@ -734,6 +734,16 @@ impl BaseReads for FakeStore {
     fn shadow_bootstrapped(&self) -> Result<bool, StoreError> {
         self.call("store.shadow_bootstrapped".into(), |_| false)
     }
+    // no shadow cycle is ever bootstrapped here, so none keeps a count of linked pairs
+    fn shadow_tally(&self) -> Result<Option<chatapp_kommo_sync::ports::ShadowTally>, StoreError> {
+        self.call("store.shadow_tally".into(), |_| None)
+    }
+    fn shadow_pair_counts<'k>(
+        &self,
+        _dialogs: impl Iterator<Item = &'k DialogKey>,
+    ) -> Result<BTreeMap<DialogKey, chatapp_kommo_sync::ports::PairCount>, StoreError> {
+        self.call("store.shadow_pair_counts".into(), |_| BTreeMap::new())
+    }
     fn watermarks(&self) -> Result<Watermarks, StoreError> {
         self.call("store.watermarks".into(), |s| s.watermarks.clone())
     }
