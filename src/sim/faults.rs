@@ -350,6 +350,20 @@ pub(crate) struct Incoming {
     pub body: Bytes,
 }
 
+/// Runs a synchronous handler. On a multi-threaded runtime it runs in place of the worker
+/// ([`tokio::task::block_in_place`]), so that a slow handler (a page of 250 cards takes tens of
+/// ms in a debug build) does not keep the runtime from taking in and timestamping the requests
+/// that arrive meanwhile: a request's logged arrival stays its arrival, not the end of the
+/// simulator's own queue. A current-thread runtime (the tests') runs it directly.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Runs one request through block / rps limit / fault queue, the handler, and the log.
 pub(crate) async fn process<F>(
     faults: &Faults,
@@ -384,17 +398,19 @@ where
         Admission::Fault(Fault::HtmlForbidden) => html_forbidden(),
         Admission::Fault(Fault::IpNotAllowed) => ip_not_allowed(),
         Admission::Fault(Fault::LatencyAfter(d)) => {
-            let r = handler(incoming);
+            let r = off_worker(|| handler(incoming));
             tokio::time::sleep(d).await;
             r
         }
         Admission::Fault(Fault::Latency(d)) => {
             tokio::time::sleep(d).await;
-            handler(incoming)
+            off_worker(|| handler(incoming))
         }
-        Admission::Fault(Fault::Truncated) => truncate(flavor, handler(incoming)).await,
+        Admission::Fault(Fault::Truncated) => {
+            truncate(flavor, off_worker(|| handler(incoming))).await
+        }
         Admission::Fault(Fault::EchoCredentials(code)) => echo_credentials(code, &incoming),
-        Admission::Normal => handler(incoming),
+        Admission::Normal => off_worker(|| handler(incoming)),
     };
     let mut resp = resp;
     // the server's own time, from the simulator's clock (clients use it as the read signpost)
