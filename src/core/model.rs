@@ -275,6 +275,16 @@ pub fn classify_status(status: u64, pipelines: &Pipelines) -> Option<StageKind> 
     })
 }
 
+/// A lead's stage at `(pipeline, status)` by `pipelines`, or (a status the table does not know,
+/// after it was read again) an open stage: the one fallback for unknown statuses.
+pub fn stage_or_open(pipeline: u64, status: u64, pipelines: &Pipelines) -> LeadStage {
+    LeadStage {
+        pipeline,
+        status,
+        kind: classify_status(status, pipelines).unwrap_or(StageKind::Open),
+    }
+}
+
 /// Where a lead stands: its pipeline, status and what the status means. Zero for other kinds.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,

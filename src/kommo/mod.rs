@@ -618,7 +618,15 @@ impl KommoCard {
 
     /// A lead's stage by `pipelines` (see [`CardRead::lead_stage`]).
     pub fn lead_stage(&self, kind: CardKind, pipelines: &Pipelines) -> Option<LeadStage> {
-        self.read(kind, &FieldMap::default()).lead_stage(pipelines)
+        if kind != CardKind::Lead {
+            return Some(LeadStage::default());
+        }
+        let status = self.status_id.unwrap_or(0);
+        Some(LeadStage {
+            pipeline: self.pipeline_id.unwrap_or(0),
+            status,
+            kind: classify_status(status, pipelines)?,
+        })
     }
 
     /// The daemon's view of the card at `stage` (see [`KommoCard::read`]).

@@ -4,7 +4,7 @@
 
 use crate::core::model::{
     CardId, CardKind, CardObs, DialogKey, DialogObs, KommoUserId, LeadStage, Pipelines, StageKind,
-    classify_status,
+    classify_status, stage_or_open,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -48,11 +48,10 @@ impl CardRead {
     /// A lead's stage by `pipelines`, or (a status the table does not know, after it was read
     /// again) an open stage: the one fallback for unknown statuses.
     pub fn lead_stage_or_open(&self, pipelines: &Pipelines) -> LeadStage {
-        self.lead_stage(pipelines).unwrap_or(LeadStage {
-            pipeline: self.pipeline,
-            status: self.status,
-            kind: StageKind::Open,
-        })
+        if self.kind != CardKind::Lead {
+            return LeadStage::default();
+        }
+        stage_or_open(self.pipeline, self.status, pipelines)
     }
 
     /// Its id with its kind.

@@ -25,7 +25,7 @@ use crate::core::model::{
     CardId, CardKind, CardObs, CardState, DialogKey, DialogRef, KommoUserId, LeadStage, RecordId,
     StageKind,
 };
-use crate::core::model::{Pipelines, classify_status};
+use crate::core::model::{Pipelines, classify_status, stage_or_open};
 use crate::core::neighbourhood::{
     BaseLookup, Frame, card_unchanged, dialog_unchanged, first_run, neighbourhood, staged_state,
     unlinked_around,
@@ -449,10 +449,10 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         }
         self.pipelines = self.sy.kommo.pipelines().await?;
         for c in std::mem::take(&mut self.unknown_status) {
-            let stage = c.lead_stage_or_open(&self.pipelines);
-            if c.lead_stage(&self.pipelines).is_none() {
+            let stage = c.lead_stage(&self.pipelines).unwrap_or_else(|| {
                 tracing::warn!(card = %c.card_id(), status = c.status, pipeline = c.pipeline, "a lead's status is in no pipeline Kommo lists; taken as an open stage");
-            }
+                c.lead_stage_or_open(&self.pipelines)
+            });
             self.observe_card(c, stage);
         }
         self.lookup_result()
@@ -484,12 +484,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         }
         for (id, (pipeline, status)) in latest {
             let base = &bases[&id];
-            let kind = classify_status(status, &self.pipelines).unwrap_or(StageKind::Open);
-            let stage = LeadStage {
-                pipeline,
-                status,
-                kind,
-            };
+            let stage = stage_or_open(pipeline, status, &self.pipelines);
             if stage != base.lead {
                 self.obs.cards.insert(id, obs_from_base(base, stage));
             }
