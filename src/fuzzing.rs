@@ -646,14 +646,20 @@ pub fn chatapp_decode(which: ChatAppBody, body: &[u8]) -> Result<Outcome, ApiErr
             };
             let invalid = chatapp::is_invalid_token(&r);
             // a 401, or the code `ApiInvalidTokenError` in the body whatever the status (CA-HELP
-            // documents the code, not the status; the documented envelope at HTTP 200 is one)
-            let names_code = serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| {
-                    let code = v.get("error")?.get("code")?.as_str()?;
-                    Some(code == "ApiInvalidTokenError")
-                })
-                .unwrap_or(false);
+            // documents the code, not the status; the documented envelope at HTTP 200 is one).
+            // Read with typed structs, as the client reads it: serde skips the fields it does
+            // not keep without checking their UTF-8, so a body whose other strings are not UTF-8
+            // still names its code (a `Value` would refuse the whole body).
+            #[derive(serde::Deserialize)]
+            struct Named {
+                error: Code,
+            }
+            #[derive(serde::Deserialize)]
+            struct Code {
+                code: String,
+            }
+            let names_code = serde_json::from_slice::<Named>(body)
+                .is_ok_and(|n| n.error.code == "ApiInvalidTokenError");
             assert!(!invalid || status.as_u16() == 401 || names_code, "{status}");
             let text = chatapp::error_text(&r);
             assert!(text.chars().count() <= 203, "{text}");

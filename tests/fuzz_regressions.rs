@@ -252,3 +252,20 @@ fn chats_whose_ids_cannot_be_a_path_segment_are_quarantined() {
     assert_eq!(o.records, 1, "{o:?}");
     assert_eq!(o.skipped, 2, "{o:?}");
 }
+
+/// Found by the `chatapp_decode` target: an error body at HTTP 449 that names
+/// `ApiInvalidTokenError` while another of its strings is not UTF-8. The client reads only the
+/// fields it keeps, so it sees the code (and refreshes the token); the target's own check read the
+/// whole body as a `serde_json::Value`, which refuses it, and called the client wrong. The check
+/// now reads the code as the client does; the input must pass it.
+#[test]
+fn an_invalid_token_code_beside_a_non_utf8_string_is_still_the_code() {
+    let mut data = vec![5u8, 0x2d, 0x09];
+    data.extend_from_slice(
+        br#"{"success": false, "error": {"code": "ApiInvalidTokenError", "messawe": "I"#,
+    );
+    data.extend_from_slice(&[0x92, 0x89, 0x9e, 0x93, 0x96, 0x9b, 0xdf, 0x87]);
+    data.extend_from_slice(br#"oken"}}"#);
+    let o = fuzzing::chatapp_decode_bytes(&data).expect("an error answer decodes to nothing");
+    assert_eq!(o, Outcome::default());
+}
