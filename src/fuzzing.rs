@@ -18,6 +18,7 @@ use crate::core::model::{
 };
 use crate::http::{ApiClient, ApiError, BadRecord, Limits, Response, decode};
 use crate::kommo::{self, FieldMap, KommoCard, KommoClient, KommoEvent, Pipelines, StatusInfo};
+use crate::service::hint_parse::{self, MAX_NAMED, Named};
 use crate::service::webhooks::{self, Hooks, MAX_BODY};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -295,17 +296,44 @@ pub fn webhook_route(call: &HookCall) -> HookAnswer {
     answer
 }
 
-/// The Kommo webhook target: the whole input as a body to [`webhook_kommo`], then as a call to
-/// the Kommo route ([`hook_call_of`]).
+/// Checks what a body names ([`hint_parse`]): at most [`MAX_NAMED`] records, every card id above
+/// 0, every dialog's chat id and messenger type non-empty; a Kommo body names no dialog and a
+/// ChatApp body no card.
+fn check_named(named: &Named, chatapp: bool, body: &[u8]) {
+    assert!(named.len() <= MAX_NAMED, "{named:?} from {body:?}");
+    assert!(
+        named.cards.iter().all(|c| c.id > 0),
+        "{named:?} from {body:?}"
+    );
+    assert!(
+        named
+            .dialogs
+            .iter()
+            .all(|d| !d.chat_id.is_empty() && !d.messenger_type.is_empty()),
+        "{named:?} from {body:?}"
+    );
+    if chatapp {
+        assert!(named.cards.is_empty(), "{named:?} from {body:?}");
+    } else {
+        assert!(named.dialogs.is_empty(), "{named:?} from {body:?}");
+    }
+}
+
+/// The Kommo webhook target: the whole input as a body to [`webhook_kommo`] and to
+/// [`hint_parse::kommo_named`] (`check_named`), then as a call to the Kommo route
+/// ([`hook_call_of`]).
 pub fn webhook_kommo_bytes(data: &[u8]) -> HookAnswer {
     let _ = webhook_kommo(data);
+    check_named(&hint_parse::kommo_named(data), false, data);
     webhook_route(&hook_call_of(false, data))
 }
 
-/// The ChatApp webhook target: the whole input as a body to [`webhook_chatapp`], then as a call
-/// to the ChatApp route ([`hook_call_of`]).
+/// The ChatApp webhook target: the whole input as a body to [`webhook_chatapp`] and to
+/// [`hint_parse::chatapp_named`] (`check_named`), then as a call to the ChatApp route
+/// ([`hook_call_of`]).
 pub fn webhook_chatapp_bytes(data: &[u8]) -> HookAnswer {
     let _ = webhook_chatapp(data);
+    check_named(&hint_parse::chatapp_named(data), true, data);
     webhook_route(&hook_call_of(true, data))
 }
 

@@ -142,12 +142,20 @@ fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error>
     Ok(Option::<i64>::deserialize(d)?.unwrap_or(0))
 }
 
-/// A chat id or messenger type, which the daemon puts into URL paths as one segment: empty, `.`
-/// and `..` are refused (URL parsers drop or climb such a segment, even percent-encoded, so a
-/// write would go to another path); such a chat is quarantined like any record that does not fit.
+/// True when a chat id or messenger type can be one URL path segment, as the daemon puts it into
+/// URL paths: empty, `.` and `..` cannot (URL parsers drop or climb such a segment, even
+/// percent-encoded, so a write would go to another path). The one test: [`path_segment`] decodes
+/// with it, and the webhook hints (`crate::service::hint_parse`) name a chat only when it holds.
+pub(crate) fn is_path_segment(s: &str) -> bool {
+    !(s.is_empty() || s == "." || s == "..")
+}
+
+/// A chat id or messenger type, which the daemon puts into URL paths as one segment: what
+/// [`is_path_segment`] refuses is refused; such a chat is quarantined like any record that does
+/// not fit.
 fn path_segment<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
-    if s.is_empty() || s == "." || s == ".." {
+    if !is_path_segment(&s) {
         return Err(serde::de::Error::custom(format!(
             "{s:?} cannot be a URL path segment"
         )));

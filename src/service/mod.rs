@@ -2,6 +2,7 @@
 //! systemd notify and watchdog), the HTTP endpoint with metrics, health and webhook triggers,
 //! and the composition root ([`wiring`]) that builds the real adapters.
 
+pub mod hint_parse;
 pub mod http_server;
 pub mod metrics;
 pub mod notify;
