@@ -20,8 +20,9 @@ use chatapp_kommo_sync::config::Config;
 use chatapp_kommo_sync::core::model::{Employee, EmployeeId, KommoUser, KommoUserId};
 use chatapp_kommo_sync::http::{ErrorPolicy, error_policy};
 use chatapp_kommo_sync::kommo::{Pipelines, StatusInfo};
-use chatapp_kommo_sync::store::Outcome;
-use chatapp_kommo_sync::sync::{CycleError, CycleOptions, CycleReport, Syncer, WriteResult};
+use chatapp_kommo_sync::ports::ApiMeter;
+use chatapp_kommo_sync::store::{CycleKind, Outcome};
+use chatapp_kommo_sync::sync::{CycleError, CycleOptions, CycleReport, Hint, Syncer, WriteResult};
 use fakes::{
     CallLog, ChatAppState, FakeChatApp, FakeKommo, FakeStore, KommoState, StoreFault, StoreState,
     card, chat, http_status, lead_card,
@@ -602,4 +603,166 @@ async fn a_crash_between_write_and_confirm_is_recovered_without_a_second_write()
     assert!(st.intents.is_empty());
     let hows: Vec<&str> = st.audit.iter().map(|a| a.how.as_str()).collect();
     assert_eq!(hows, ["recovered"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hint cycles (SPEC 6.2): only the records webhook calls named
+
+fn hint(cards: &[chatapp_kommo_sync::core::model::CardId], dialogs: &[u64]) -> Hint {
+    Hint {
+        cards: cards.iter().copied().collect(),
+        dialogs: dialogs.iter().map(|n| dkey(*n)).collect(),
+    }
+}
+
+/// The reads every hint cycle starts with: its frame and the stored state, no API call.
+const HINT_START: [&str; 5] = [
+    "store.frame",
+    "store.pipelines",
+    "store.watermarks",
+    "store.bases",
+    "store.quarantined",
+];
+
+#[tokio::test]
+async fn a_message_callback_on_an_assigned_linked_dialog_costs_no_kommo_request() {
+    let s = Scenario::bootstrapped().await;
+    let k0 = s.kommo.request_count();
+    let r = s
+        .syncer
+        .run_hint(&hint(&[], &[1, 2]))
+        .await
+        .expect("the hint");
+    assert_eq!(r.record.kind, CycleKind::Hint);
+    assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            strings(&HINT_START),
+            strings(&[
+                &format!("chatapp.chat {D1}"),
+                "chatapp.chat 1:grWhatsApp:79990000002@c.us",
+                "store.commit_cycle 2",
+                "store.record_cycle 2 ok",
+            ]),
+        ])
+    );
+    assert_eq!(s.kommo.request_count(), k0, "no Kommo request");
+    assert_eq!(r.record.kommo_requests, 0);
+    assert_eq!(r.record.chatapp_requests, 2);
+}
+
+#[tokio::test]
+async fn a_dialog_hint_writes_the_linked_lead_as_an_incremental_cycle_would() {
+    let s = Scenario::bootstrapped().await;
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    let r = s.syncer.run_hint(&hint(&[], &[2])).await.expect("the hint");
+    assert_eq!(r.results, vec![WriteResult::Done]);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            strings(&HINT_START),
+            strings(&[
+                "chatapp.chat 1:grWhatsApp:79990000002@c.us",
+                "store.write_failures",
+                "kommo.cards_by_id lead [2001]",
+                "store.record_intents [lead:2001]",
+                &format!("kommo.patch lead [2001->{BOB}]"),
+                "store.confirm_write lead:2001 (write)",
+                "store.commit_cycle 2",
+                "store.record_cycle 2 ok",
+            ]),
+        ])
+    );
+    assert_eq!(s.kommo.state().responsible(lead(2001)), BOB);
+    // the next polled cycle reads its window as before (the hint moved no watermark) and finds
+    // nothing to do: the hint's records equal their new bases
+    s.tick(60);
+    let r = s.cycle().await.expect("the next cycle");
+    assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
+    assert_eq!(
+        s.calls(),
+        cycle_calls(&[
+            reads(s.t0, &[]),
+            strings(&["store.commit_cycle 3", "store.record_cycle 3 ok"])
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_card_hint_reads_the_card_and_the_events_and_decides_as_an_incremental_cycle() {
+    let (a, b) = (
+        Scenario::bootstrapped().await,
+        Scenario::bootstrapped().await,
+    );
+    for s in [&a, &b] {
+        s.kommo.state().set_responsible(contact(3001), BOB, ANN);
+    }
+    let by_hint = a
+        .syncer
+        .run_hint(&hint(&[contact(3001)], &[]))
+        .await
+        .expect("the hint");
+    let by_poll = b.cycle().await.expect("the incremental cycle");
+    let targets = |r: &CycleReport| -> Vec<String> {
+        r.plan
+            .writes
+            .iter()
+            .map(|w| format!("{:?}", w.target))
+            .collect()
+    };
+    assert_eq!(targets(&by_hint), targets(&by_poll));
+    assert_eq!(by_hint.results, vec![WriteResult::Done]);
+    let from = a.t0 - OVERLAP;
+    assert_eq!(
+        a.calls(),
+        cycle_calls(&[
+            strings(&HINT_START),
+            strings(&[
+                &format!("kommo.events lead,contact stages=true from={from}"),
+                "store.events_seen",
+                "kommo.cards_by_id contact [3001]",
+                "store.write_failures",
+                &format!("chatapp.chat {D1}"),
+                &format!("store.record_intents [dialog:{D1}]"),
+                &format!("chatapp.set_responsible {D1} -> {BOB_E}"),
+                &format!("chatapp.chat {D1}"),
+                &format!("store.confirm_write dialog:{D1} (write)"),
+                "store.commit_cycle 2",
+                "store.record_cycle 2 ok",
+            ]),
+        ])
+    );
+    assert_eq!(by_hint.record.kommo_requests, 2, "events and the card");
+    // the polled cycle reads the same window as if the hint had not run (its card comes with
+    // the `updated_at` page) and finds the card equal to its new base
+    a.tick(60);
+    let r = a.cycle().await.expect("the next cycle");
+    assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
+    assert_eq!(
+        a.calls(),
+        cycle_calls(&[
+            reads(a.t0, &[]),
+            strings(&["store.commit_cycle 3", "store.record_cycle 3 ok"])
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_hint_before_any_polled_cycle_of_this_syncer_runs_an_incremental_cycle() {
+    let s = Scenario::bootstrapped().await;
+    let config = Config::parse(CONFIG, "scenarios.toml").expect("the config parses");
+    // a syncer just built (a start, a reload) remembers no user map: the hint cannot decide
+    let fresh = Syncer::new(
+        config,
+        s.kommo.clone(),
+        s.chatapp.clone(),
+        Arc::new(s.store.clone()),
+    );
+    let r = fresh.run_hint(&hint(&[], &[1])).await.expect("the cycle");
+    assert_eq!(r.record.kind, CycleKind::Incremental);
+    assert!(s.calls().contains(&"kommo.users".to_string()));
+    // now it remembers one: the next hint is a hint
+    let r = fresh.run_hint(&hint(&[], &[1])).await.expect("the hint");
+    assert_eq!(r.record.kind, CycleKind::Hint);
 }

@@ -81,7 +81,8 @@ pub enum StoreError {
     },
 }
 
-/// Which cycle: one that reads what changed, or one that reads everything.
+/// Which cycle: one that reads what changed, one that reads everything, or one that reads only
+/// what webhooks named.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -92,6 +93,8 @@ pub enum CycleKind {
     Incremental,
     /// Reads everything (the first cycle, the full schedule, `--full`).
     Full,
+    /// Reads only the records webhook calls named (SPEC 6.2; see `crate::sync::Hint`).
+    Hint,
 }
 
 impl CycleKind {
@@ -100,12 +103,23 @@ impl CycleKind {
         match self {
             CycleKind::Incremental => "incremental",
             CycleKind::Full => "full",
+            CycleKind::Hint => "hint",
         }
     }
 
     /// True for a cycle that reads everything.
     pub fn is_full(self) -> bool {
         self == CycleKind::Full
+    }
+
+    /// How much a cycle reads: a hint reads least, a full cycle most. Of two triggers due at
+    /// once, the one that reads more runs (it covers the other; see `service::triggers::want`).
+    pub fn reach(self) -> u8 {
+        match self {
+            CycleKind::Hint => 0,
+            CycleKind::Incremental => 1,
+            CycleKind::Full => 2,
+        }
     }
 }
 

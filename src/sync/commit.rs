@@ -48,6 +48,8 @@ pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
     } else {
         engine::settle_owned(&seen.snap, &mut report.plan, &confirmed, now)
     };
+    let mut settlement = settlement;
+    settlement.held.extend(seen.carried_held);
     let overlap = sy.config.kommo.events_overlap.as_secs() as i64;
     let pipelines_read =
         sy.config.syncs_leads() && seen.stored_pipelines.as_ref() != Some(&seen.pipelines);

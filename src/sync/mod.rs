@@ -24,11 +24,15 @@ pub mod shadow;
 
 use crate::config::Config;
 use crate::core::engine::{self, Brake, Plan, Policy};
+use crate::core::model::{CardId, DialogKey};
+use crate::core::text::People;
+use crate::core::usermap::UserMap;
 use crate::http::{ApiError, BadRecord};
 use crate::logging::trace_memory;
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
 use crate::ports::{CycleKind, CycleRecord, Outcome, Retention, StoreError};
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -56,6 +60,23 @@ impl CycleError {
             CycleError::Store(_) => "store",
             CycleError::Stopped => "stopped",
         }
+    }
+}
+
+/// What webhook calls named (SPEC 6.2): the cards and dialogs a hint cycle reads. A hint is a
+/// trigger, never data: only ids are kept, and what is decided comes from the APIs' answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hint {
+    /// Kommo cards named by Kommo webhooks.
+    pub cards: BTreeSet<CardId>,
+    /// Dialogs named by ChatApp callbacks.
+    pub dialogs: BTreeSet<DialogKey>,
+}
+
+impl Hint {
+    /// Names nothing.
+    pub fn is_empty(&self) -> bool {
+        self.cards.is_empty() && self.dialogs.is_empty()
     }
 }
 
@@ -126,6 +147,8 @@ pub struct Syncer<K, C, S> {
     pub stop: tokio_util::sync::CancellationToken,
     /// The engine's view of the config.
     pub policy: Policy,
+    /// The user map and names the last polled cycle read (hint cycles decide with them).
+    people: Mutex<Option<(UserMap, People)>>,
 }
 
 impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
@@ -138,7 +161,22 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             chatapp,
             store,
             stop: tokio_util::sync::CancellationToken::new(),
+            people: Mutex::new(None),
         }
+    }
+
+    /// Keeps the user map and names a polled cycle read, for the hint cycles after it.
+    pub fn remember_people(&self, usermap: &UserMap, people: &People) {
+        let mut kept = self.people.lock().unwrap_or_else(|p| p.into_inner());
+        *kept = Some((usermap.clone(), people.clone()));
+    }
+
+    /// The user map and names the last polled cycle read, if one ran since the syncer was built.
+    pub fn remembered_people(&self) -> Option<(UserMap, People)> {
+        self.people
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Renders people, times and marked texts with `people`, in the configured timezone, with
@@ -172,6 +210,25 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
 
     /// Runs one cycle. A failed cycle is recorded (except in a dry run) and returned as `Err`.
     pub async fn run_cycle(&self, opts: CycleOptions) -> Result<CycleReport, CycleError> {
+        self.run(opts, None).await
+    }
+
+    /// Runs a hint cycle: reads what `hint` names, decides, writes (see [`observe::observe_hint`]).
+    /// When a hint cannot run (no polled cycle yet since the start, shadow mode, a first run)
+    /// an incremental cycle runs instead; the record says which ran.
+    pub async fn run_hint(&self, hint: &Hint) -> Result<CycleReport, CycleError> {
+        let opts = CycleOptions {
+            kind: CycleKind::Hint,
+            ..CycleOptions::default()
+        };
+        self.run(opts, Some(hint)).await
+    }
+
+    async fn run(
+        &self,
+        opts: CycleOptions,
+        hint: Option<&Hint>,
+    ) -> Result<CycleReport, CycleError> {
         let t0 = Instant::now();
         let started_at = crate::clock::now_unix();
         self.kommo.retry_unsaved_token().await;
@@ -181,7 +238,10 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         self.chatapp.set_deadline(deadline);
         let id = self.store.next_cycle_id()?;
         let span = tracing::info_span!("cycle", cycle = id);
-        let result = self.cycle(id, started_at, opts).instrument(span).await;
+        let result = self
+            .cycle(id, started_at, opts, hint)
+            .instrument(span)
+            .await;
         let (k1, c1) = self.requests();
         let took_ms = t0.elapsed().as_millis() as u64;
         match result {
@@ -253,6 +313,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         id: u64,
         now: i64,
         opts: CycleOptions,
+        hint: Option<&Hint>,
     ) -> Result<CycleReport, CycleError> {
         let recovered = if opts.dry_run {
             0
@@ -261,7 +322,14 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         };
         trace_memory("start");
         let shadow = self.is_shadow(opts);
-        let mut seen = observe::observe(self, now, opts.kind, shadow).await?;
+        let hinted = match hint {
+            Some(h) if !shadow => observe::observe_hint(self, now, h).await?,
+            _ => None,
+        };
+        let mut seen = match hinted {
+            Some(seen) => seen,
+            None => observe::observe(self, now, opts.kind, shadow).await?,
+        };
         trace_memory("read");
         let obs = std::mem::take(&mut seen.obs);
         let (cards_read, dialogs_read) = seen.read;

@@ -19,6 +19,9 @@
 //! policy: see [`super::shadow`]); then it loads every base. The chats are read while the Kommo
 //! cards are listed.
 
+mod hint;
+pub use hint::observe_hint;
+
 use super::{CycleError, Syncer};
 use crate::core::engine::{Brake, Observations, Snapshot, empty_listing_brake};
 use crate::core::model::{
@@ -79,6 +82,9 @@ pub struct Observed<St> {
     /// neighbourhood, with the cards linked to them (their counts changed; see
     /// [`unlinked_around`]). Empty otherwise.
     pub shadow_unlinked: Snapshot,
+    /// A hint cycle's held records that it did not read: not decided, still held after the
+    /// commit (see [`observe_hint`]). Empty on other cycles.
+    pub carried_held: BTreeSet<RecordId>,
 }
 
 /// Reads everything a cycle needs (see the module docs).
@@ -107,43 +113,15 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
     } else {
         CycleKind::Incremental
     };
-    let mut r = Reader {
-        sy,
-        now,
-        kind,
-        wm: sy.store.watermarks()?,
-        new_wm: Watermarks::default(),
-        bases: sy.store.bases()?,
-        frame,
-        obs: Observations {
-            now,
-            ..Default::default()
-        },
-        staged,
-        seen: BTreeSet::new(),
-        quarantine: sy.store.quarantined()?,
-        read_cards: BTreeSet::new(),
-        read_dialogs: BTreeSet::new(),
-        lookup_error: None,
-        counts: None,
-        pipelines: stored_pipelines.clone().unwrap_or_default(),
-        event_times: EventTimes::new(),
-        unknown_status: vec![],
-        listing_brake: None,
-        bad: vec![],
-    };
-    r.new_wm = r.wm.clone();
+    let mut r = Reader::new(sy, now, kind, frame, staged, &stored_pipelines)?;
     let (usermap, people) = r.read_people().await?;
+    sy.remember_people(&usermap, &people);
     let (events, fresh_events) = r.read_events().await?;
     let chats = r.read_cards_and_chats(&events).await?;
     crate::logging::trace_memory("listed");
     r.complete_cards(&events).await?;
     r.read_dialogs(chats).await?;
-    r.bad.extend(sy.kommo.take_bad());
-    r.bad.extend(sy.chatapp.take_bad());
-    for b in &r.bad {
-        tracing::error!(api = %b.api, endpoint = %b.endpoint, subject = b.subject.as_deref().unwrap_or("?"), path = %b.path, reason = %b.reason, "quarantined: a record that does not fit was skipped; the rest of the cycle goes on, and it is read again next cycle");
-    }
+    r.collect_bad();
     let released = r.released();
     crate::logging::trace_memory("dialogs observed");
     let read = (r.cards_read() as u64, r.read_dialogs.len() as u64);
@@ -176,6 +154,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         staged,
         shadow_tally,
         shadow_unlinked,
+        carried_held: BTreeSet::new(),
     })
 }
 
@@ -217,6 +196,52 @@ struct Reader<'a, K, C, S: StateStore + 'a> {
 }
 
 impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
+    /// A read of `kind` from the stored watermarks, bases and quarantine (`staged`: a first run).
+    fn new(
+        sy: &'a Syncer<K, C, S>,
+        now: i64,
+        kind: CycleKind,
+        frame: Frame,
+        staged: Option<S::Staged>,
+        stored_pipelines: &Option<Pipelines>,
+    ) -> Result<Self, StoreError> {
+        let wm = sy.store.watermarks()?;
+        Ok(Reader {
+            sy,
+            now,
+            kind,
+            new_wm: wm.clone(),
+            wm,
+            bases: sy.store.bases()?,
+            frame,
+            obs: Observations {
+                now,
+                ..Default::default()
+            },
+            staged,
+            seen: BTreeSet::new(),
+            quarantine: sy.store.quarantined()?,
+            read_cards: BTreeSet::new(),
+            read_dialogs: BTreeSet::new(),
+            lookup_error: None,
+            counts: None,
+            pipelines: stored_pipelines.clone().unwrap_or_default(),
+            event_times: EventTimes::new(),
+            unknown_status: vec![],
+            listing_brake: None,
+            bad: vec![],
+        })
+    }
+
+    /// Takes the records the clients skipped this cycle, each logged (they are quarantined).
+    fn collect_bad(&mut self) {
+        self.bad.extend(self.sy.kommo.take_bad());
+        self.bad.extend(self.sy.chatapp.take_bad());
+        for b in &self.bad {
+            tracing::error!(api = %b.api, endpoint = %b.endpoint, subject = b.subject.as_deref().unwrap_or("?"), path = %b.path, reason = %b.reason, "quarantined: a record that does not fit was skipped; the rest of the cycle goes on, and it is read again next cycle");
+        }
+    }
+
     /// Users and employees (read every cycle: the user map can change), and each server's time.
     async fn read_people(&mut self) -> Result<(UserMap, People), CycleError> {
         let users = self.sy.kommo.users().await?;

@@ -1,0 +1,104 @@
+//! A hint cycle's read (SPEC 6.2): only the records webhook calls named, sized to them.
+//!
+//! - Named cards are read by id (one request per kind), with the events of the window (one page
+//!   on a quiet account): the events date the cards' values exactly as an incremental cycle
+//!   does, so the engine decides the same from the same records. Lead stages moved by those
+//!   events are kept current as on an incremental cycle.
+//! - Named dialogs are read one by one from ChatApp. A hint that names only dialogs makes no
+//!   Kommo request before its writes: their linked cards are decided from the bases, and each
+//!   target is read again right before it is written (rule 10), so a card that changed meanwhile
+//!   is not overwritten.
+//! - Nothing else is read, and no watermark moves and no event is marked handled: the next
+//!   polled cycle reads its window as if the hint had not run (the hint's records then equal
+//!   their new bases). Polling stays the safety net.
+//! - Records held by a failed write that the hint did not read are not decided from their
+//!   bases: they stay held for the next polled cycle, which reads them again.
+//! - The user map is the one the last polled cycle read ([`Syncer::remembered_people`]): users
+//!   change rarely, and a user added since is mapped at the next poll.
+//!
+//! A hint cannot run before the first cycle, in shadow mode, without a remembered user map, or
+//! while lead stages were never read: the caller then runs an incremental cycle instead.
+
+use super::{Observed, Reader};
+use crate::core::engine::Snapshot;
+use crate::core::model::{CardKind, RecordId};
+use crate::ports::CycleKind;
+use crate::ports::{ChatAppApi, KommoApi, StateStore};
+use crate::sync::{CycleError, Hint, Syncer};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Reads what `hint` names (see the module docs); `None` when a hint cycle cannot run now.
+pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    sy: &Syncer<K, C, S>,
+    now: i64,
+    hint: &Hint,
+) -> Result<Option<Observed<S::Staged>>, CycleError> {
+    let Some((usermap, people)) = sy.remembered_people() else {
+        return Ok(None);
+    };
+    let mut frame = sy.store.frame()?;
+    let stored_pipelines = sy.store.pipelines()?;
+    if !frame.bootstrapped || (sy.config.syncs_leads() && stored_pipelines.is_none()) {
+        return Ok(None);
+    }
+    frame.match_phone = sy.config.links.match_phone;
+    let held = std::mem::take(&mut frame.held);
+    let mut r = Reader::new(sy, now, CycleKind::Hint, frame, None, &stored_pipelines)?;
+    let kinds = sy.config.kinds();
+    let mut cards: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
+    for c in hint.cards.iter().filter(|c| kinds.contains(&c.kind)) {
+        cards.entry(c.kind).or_default().push(c.id);
+    }
+    let events = if cards.is_empty() {
+        vec![]
+    } else {
+        r.read_events().await?.0
+    };
+    for (kind, ids) in cards {
+        r.read_by_id(kind, ids).await?;
+    }
+    r.complete_cards(&events).await?;
+    for key in &hint.dialogs {
+        if let Some(c) = sy.chatapp.chat(key).await? {
+            r.observe_chat(c)?;
+        }
+    }
+    r.collect_bad();
+    let released = r.released();
+    let (read_held, carried_held) = split_held(held, &r);
+    r.frame.held = read_held;
+    let read = (r.cards_read() as u64, r.read_dialogs.len() as u64);
+    let (snap, staged) = r.plan_input(false)?;
+    Ok(Some(Observed {
+        snap,
+        read,
+        obs: r.obs,
+        usermap,
+        people,
+        kind: CycleKind::Hint,
+        // nothing moves: the next polled cycle reads its whole window
+        watermarks: r.wm,
+        fresh_events: vec![],
+        bad: r.bad,
+        released,
+        pipelines: r.pipelines,
+        stored_pipelines,
+        listing_brake: None,
+        staged,
+        shadow_tally: None,
+        shadow_unlinked: Snapshot::default(),
+        carried_held,
+    }))
+}
+
+/// Held records the hint read (decided again, as on a polled cycle) and those it did not (kept
+/// held, undecided, for the next polled cycle).
+fn split_held<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    held: BTreeSet<RecordId>,
+    r: &Reader<'_, K, C, S>,
+) -> (BTreeSet<RecordId>, BTreeSet<RecordId>) {
+    held.into_iter().partition(|h| match h {
+        RecordId::Card(c) => r.was_read(c),
+        RecordId::Dialog(d) => r.read_dialogs.contains(d),
+    })
+}
