@@ -96,13 +96,17 @@ pub struct DaemonFile {
     /// `check-config --online` registers the webhook URLs under it.
     #[serde(default)]
     pub public_url: Option<String>,
-    /// A webhook call triggers an incremental cycle this long after it (calls meanwhile fold in).
+    /// A webhook call triggers a cycle this long after it (calls meanwhile fold in).
     #[serde(default = "default_webhook_debounce", with = "humantime_serde")]
     pub webhook_debounce: Duration,
-    /// Webhook-triggered cycles start at least this long after the end of the previous cycle;
-    /// calls meanwhile are coalesced into one cycle when it has passed. `0s` turns spacing off.
+    /// The least pause after a webhook-triggered cycle, whatever its cost (the budget below paces
+    /// them otherwise). `0s` (the default): only the budget.
     #[serde(default = "default_webhook_min_interval", with = "humantime_serde")]
     pub webhook_min_interval: Duration,
+    /// The share (percent) of each API's `requests_per_second` that webhook-triggered cycles may
+    /// use: after one that made n requests, the next waits n / (share x rate) seconds.
+    #[serde(default = "default_webhook_budget_percent")]
+    pub webhook_budget_percent: u8,
     /// How long audit entries (the corrections log) are kept.
     #[serde(default = "default_audit_retention", with = "humantime_serde")]
     pub audit_retention: Duration,
@@ -283,10 +287,12 @@ pub struct DaemonConfig {
     pub webhook_token_file: Option<PathBuf>,
     /// The public `https://` address at which `listen` is reachable (through a TLS proxy).
     pub public_url: Option<String>,
-    /// A webhook call triggers an incremental cycle this long after it.
+    /// A webhook call triggers a cycle this long after it.
     pub webhook_debounce: Duration,
-    /// Webhook-triggered cycles start at least this long after the end of the previous cycle.
+    /// The least pause after a webhook-triggered cycle.
     pub webhook_min_interval: Duration,
+    /// The share (percent, 1..=100) of each API's rate that webhook-triggered cycles may use.
+    pub webhook_budget_percent: u8,
     /// How long audit entries (the corrections log) are kept.
     pub audit_retention: Duration,
     /// Connections the HTTP endpoint (`listen`) serves at a time.
@@ -654,7 +660,13 @@ fn default_cycle_budget() -> Duration {
     Duration::from_secs(15 * 60)
 }
 fn default_webhook_debounce() -> Duration {
-    Duration::from_millis(500)
+    Duration::from_millis(100)
+}
+/// A quarter of the rate: at Kommo's default 6 a second, a flood of webhook calls costs at most
+/// 1.5 Kommo requests a second, leaving the rest to polled and full cycles and to the account's
+/// other integrations (Kommo's limit is per account, shared with them).
+fn default_webhook_budget_percent() -> u8 {
+    25
 }
 fn default_shared_rps() -> u32 {
     7
@@ -663,7 +675,7 @@ fn default_audit_retention() -> Duration {
     Duration::from_secs(180 * 86_400)
 }
 fn default_webhook_min_interval() -> Duration {
-    Duration::from_secs(30)
+    Duration::ZERO
 }
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS
@@ -990,6 +1002,7 @@ impl Config {
                 public_url: d.public_url,
                 webhook_debounce: d.webhook_debounce,
                 webhook_min_interval: d.webhook_min_interval,
+                webhook_budget_percent: d.webhook_budget_percent,
                 audit_retention: d.audit_retention,
                 max_connections: d.max_connections,
             },
@@ -1217,6 +1230,16 @@ impl ConfigFile {
             d.webhook_min_interval <= Duration::from_secs(3600),
             "daemon.webhook_min_interval",
             || "must be at most 1h (polling covers longer gaps)".into(),
+        );
+        p.ensure(
+            (1..=100).contains(&d.webhook_budget_percent),
+            "daemon.webhook_budget_percent",
+            || {
+                format!(
+                    "{} is out of range 1..=100 (the percent of each API's requests_per_second webhook work may use)",
+                    d.webhook_budget_percent
+                )
+            },
         );
         p.ensure(
             (8..=16384).contains(&d.max_connections),
@@ -1670,7 +1693,9 @@ chat_to_crm = ["lead"]
         assert_eq!(c.sync.clock_skew, Duration::from_secs(5));
         assert_eq!(c.links.messenger_field, FieldRef::Code("MESSENGER".into()));
         assert_eq!(c.kinds(), vec![CardKind::Lead, CardKind::Contact]);
-        assert_eq!(c.daemon.webhook_min_interval, Duration::from_secs(30));
+        assert_eq!(c.daemon.webhook_min_interval, Duration::ZERO);
+        assert_eq!(c.daemon.webhook_debounce, Duration::from_millis(100));
+        assert_eq!(c.daemon.webhook_budget_percent, 25);
         assert_eq!(c.daemon.max_connections, 256);
     }
 
@@ -1839,6 +1864,16 @@ chat_to_crm = ["lead"]
         assert_eq!(e.first().key, "chatapp.company_id");
         assert!(e.first().reason.contains("expected an integer"), "{e}");
         assert!(!e.first().reason.contains("u64"), "{e}");
+        // the webhook budget is a percent of the rate
+        for bad in ["0", "101"] {
+            let text = MINIMAL.replace(
+                "[daemon]\n",
+                &format!("[daemon]\nwebhook_budget_percent = {bad}\n"),
+            );
+            let e = Config::parse(&text, "t.toml").unwrap_err();
+            assert_eq!(e.first().key, "daemon.webhook_budget_percent", "{e}");
+            assert!(e.first().reason.contains("out of range 1..=100"), "{e}");
+        }
         // levels and target=level directives pass
         assert!(check_log_level("info").is_ok());
         assert!(check_log_level("warn,chatapp_kommo_sync::sync=debug").is_ok());

@@ -31,8 +31,9 @@
 //! Worst case memory: `max_connections` × (64 KiB body + [`MAX_BUF`] head buffer + hyper's
 //! per-connection state), about 25 MB at the default cap.
 //!
-//! A webhook flood that passes the token only wakes the runner; the runner spaces the cycles it
-//! triggers by `[daemon] webhook_min_interval` (see [`crate::service::runner`]).
+//! A webhook flood that passes the token only grows a bounded set of named ids and wakes the
+//! runner; the runner paces the cycles it triggers by the webhook budget (see
+//! [`crate::service::triggers::HookBudget`]).
 
 use crate::config::DEFAULT_MAX_CONNECTIONS;
 use axum::Router;

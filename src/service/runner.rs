@@ -20,16 +20,17 @@
 
 use crate::config::{self, Config, Loaded};
 use crate::http::ApiError;
+use crate::ports::ApiMeter;
 use crate::service::metrics::Metrics;
 use crate::service::notify::{Heartbeat, notify, one_line, outcome_text, reloading};
 use crate::service::triggers::{
-    Due, HookSpacing, MAX_SLEEP, Signals, Timers, sleep_until_opt, stop_signal, want,
+    Due, HookBudget, HookSpacing, MAX_SLEEP, Signals, Timers, sleep_until_opt, stop_signal, want,
 };
 use crate::service::webhooks::Hooks;
 use crate::service::wiring::LiveSyncer;
 use crate::store::{CycleKind, Store, StoreError};
 use crate::sync::failure::{AfterFailure, Failed, after_failed_cycle};
-use crate::sync::{CycleError, CycleOptions, CycleReport};
+use crate::sync::{CycleError, CycleOptions, CycleReport, Hint};
 use chrono::Utc;
 use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};
@@ -133,11 +134,13 @@ struct Context {
     shadow: bool,
 }
 
-/// What the runner changes: schedules, what is due, webhook spacing, the last outcome.
+/// What the runner changes: schedules, what is due, webhook pacing, the last outcome.
 struct State {
     timers: Timers,
     due: Due,
     hook_spacing: HookSpacing,
+    /// The share of each API's rate webhook-triggered cycles may use (from the config).
+    hook_budget: HookBudget,
     last: Option<String>,
     stopping: bool,
     reload_after: bool,
@@ -195,6 +198,7 @@ impl Runner {
             timers: Timers::new(&ctx.config, ctx.config.instance_name().as_deref()),
             due: None,
             hook_spacing: HookSpacing::default(),
+            hook_budget: HookBudget::new(&ctx.config),
             last: None,
             stopping: false,
             reload_after: false,
@@ -240,17 +244,14 @@ impl Runner {
     /// Waits for the next trigger (or the next tick of the idle loop's heartbeat).
     async fn idle(&mut self, sig: &mut Signals) {
         let d = &self.ctx.config.daemon;
-        let hook_due = self
-            .state
-            .hook_spacing
-            .due(d.webhook_debounce, d.webhook_min_interval);
+        let hook_due = self.state.hook_spacing.due(d.webhook_debounce);
         tokio::select! {
             _ = tokio::time::sleep(self.state.timers.wait().min(self.ctx.tick)) => {}
             _ = wait_hook(&self.ctx.hooks) => self.state.hook_spacing.called(),
             _ = sleep_until_opt(hook_due) => {
-                tracing::info!("webhook: cycle now");
+                tracing::debug!("webhook: cycle now");
                 self.state.hook_spacing.start();
-                want(&mut self.state.due, CycleKind::Incremental);
+                want(&mut self.state.due, CycleKind::Hint);
             }
             _ = sig.usr1.recv() => {
                 tracing::info!("SIGUSR1: cycle now");
@@ -268,9 +269,50 @@ impl Runner {
         }
     }
 
+    /// What the webhook calls named, for a hint cycle; `None` when they named nothing readable
+    /// by id or too much (then an incremental cycle runs).
+    fn take_hint(&self) -> Option<Hint> {
+        let pending = self.ctx.hooks.as_ref()?.take_pending();
+        if pending.unnamed || pending.hint.is_empty() {
+            tracing::info!(
+                "webhook: the calls named nothing readable by id, or too much: an incremental cycle"
+            );
+            return None;
+        }
+        Some(pending.hint)
+    }
+
+    /// The requests made so far to Kommo and ChatApp.
+    fn requests(&self) -> (u64, u64) {
+        let s = &self.ctx.syncer;
+        (s.kommo.request_count(), s.chatapp.request_count())
+    }
+
+    /// After a cycle: a webhook-triggered one is charged its requests (the budget), and calls
+    /// still waiting (they came during it, or it was not their hint) get their cycle.
+    fn pace_hooks(&mut self, (k0, c0): (u64, u64)) {
+        let (k1, c1) = self.requests();
+        let State {
+            hook_spacing,
+            hook_budget,
+            ..
+        } = &mut self.state;
+        hook_spacing.cycle_ended(hook_budget, k1.saturating_sub(k0), c1.saturating_sub(c0));
+        if self.ctx.hooks.as_ref().is_some_and(|h| h.has_pending()) {
+            self.state.hook_spacing.called();
+        }
+    }
+
     /// One cycle, then what follows it: metrics, STATUS=, a reload asked for meanwhile, and a
     /// reopen of the state db after a db error.
     async fn cycle(&mut self, kind: CycleKind, sig: &mut Signals) -> Result<(), RunError> {
+        let hint = (kind == CycleKind::Hint)
+            .then(|| self.take_hint())
+            .flatten();
+        let kind = match (kind, &hint) {
+            (CycleKind::Hint, None) => CycleKind::Incremental,
+            _ => kind,
+        };
         self.ctx.hb.cycle_started();
         self.ctx.metrics.cycle_started();
         notify(&[NotifyState::Status(&one_line(&format!(
@@ -281,11 +323,12 @@ impl Runner {
                 .unwrap_or("the first since the start")
         )))]);
         let t0 = Instant::now();
-        let result = self.drive(kind, sig).await;
+        let before = self.requests();
+        let result = self.drive(kind, hint, sig).await;
         self.ctx
             .hb
             .cycle_ended(matches!(result, Some(Ok(_)) | None));
-        self.state.hook_spacing.cycle_ended();
+        self.pace_hooks(before);
         let mut after = AfterFailure::Continue;
         let good = matches!(result, Some(Ok(_)));
         if let Some(r) = result {
@@ -320,14 +363,22 @@ impl Runner {
     async fn drive(
         &mut self,
         kind: CycleKind,
+        hint: Option<Hint>,
         sig: &mut Signals,
     ) -> Option<Result<CycleReport, CycleError>> {
         let Runner { ctx, state } = self;
-        let cycle = ctx.syncer.run_cycle(CycleOptions {
+        let syncer = &ctx.syncer;
+        let opts = CycleOptions {
             kind,
             shadow: ctx.shadow,
             ..Default::default()
-        });
+        };
+        let cycle = async move {
+            match &hint {
+                Some(h) => syncer.run_hint(h).await,
+                None => syncer.run_cycle(opts).await,
+            }
+        };
         tokio::pin!(cycle);
         let stop = loop {
             tokio::select! {
@@ -343,7 +394,7 @@ impl Runner {
                     want(&mut state.due, CycleKind::Incremental);
                 }
                 _ = wait_hook(&ctx.hooks) => {
-                    tracing::debug!("webhook during a cycle: one webhook cycle after it, spaced by webhook_min_interval");
+                    tracing::debug!("webhook during a cycle: one webhook cycle after it, paced by the webhook budget");
                     state.hook_spacing.called();
                 }
                 _ = sig.hup.recv() => {
@@ -450,6 +501,7 @@ impl Runner {
                 let cfg = &self.ctx.config;
                 self.state.timers = Timers::new(cfg, cfg.instance_name().as_deref());
                 self.ctx.metrics.configure(cfg);
+                self.state.hook_budget = HookBudget::new(cfg);
                 self.ctx.metrics.syncer_replaced();
                 self.ctx.hb.set_budget(cfg.daemon.cycle_budget);
                 tracing::info!(config = %self.ctx.path.display(), "config reloaded");

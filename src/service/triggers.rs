@@ -1,5 +1,5 @@
 //! What makes a cycle due: the poll and full cron schedules (croner, DST-correct in the configured
-//! time zone, spread per instance), SIGUSR1, and webhook calls (debounced and spaced). Triggers
+//! time zone, spread per instance), SIGUSR1, and webhook calls (debounced, paced by a budget). Triggers
 //! are coalesced: at most one cycle is due at a time, and a due full cycle wins over an
 //! incremental one.
 
@@ -19,11 +19,13 @@ pub const MAX_FULL_SPREAD: Duration = Duration::from_secs(600);
 /// The cycle that is due, if any.
 pub type Due = Option<CycleKind>;
 
-/// Adds a trigger to what is due: a full cycle wins over an incremental one.
+/// Adds a trigger to what is due: the cycle that reads more wins (a full cycle over an
+/// incremental one, an incremental one over a hint; the hint's records are then read by their own
+/// hint cycle after it: see `Runner::cycle`).
 pub fn want(due: &mut Due, kind: CycleKind) {
-    *due = Some(match (*due, kind) {
-        (Some(CycleKind::Full), _) | (_, CycleKind::Full) => CycleKind::Full,
-        _ => CycleKind::Incremental,
+    *due = Some(match *due {
+        Some(d) if d.reach() >= kind.reach() => d,
+        _ => kind,
     });
 }
 
@@ -108,18 +110,25 @@ impl Timers {
     }
 }
 
-/// Webhook calls become cycles debounced and spaced: a cycle `debounce` after the first waiting
-/// call (calls meanwhile fold in), and no sooner than `min_interval` after the end of the previous
-/// webhook-triggered cycle, so a flood of valid calls gives at most one cycle per `min_interval`
-/// plus the cycle's own time. A call during a cycle is not lost: it waits for its own cycle.
+/// Webhook calls become cycles debounced and paced by a budget (SPEC 6.2): a cycle `debounce`
+/// after the first waiting call (calls meanwhile fold in), and no sooner than the budget allows.
+/// The budget is a virtual clock (GCRA, the algorithm of `governor`): each webhook-triggered
+/// cycle moves it on by the time its requests take at the budget's rate
+/// ([`HookBudget::cost`]), counted from the cycle's start; the next may start once the clock is
+/// at most [`HookBudget::burst`] ahead of now. So a change after a quiet spell is answered at
+/// once, and a flood of valid calls costs at most the budget's share of each API's rate (over any
+/// span T: rate x (T + burst), plus one cycle's own requests). A call during a cycle is not lost:
+/// it waits for its own cycle.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HookSpacing {
     /// The first call not yet answered by a webhook-triggered cycle.
     since: Option<Instant>,
-    /// The end of the last webhook-triggered cycle.
-    last_end: Option<Instant>,
-    /// The cycle about to run (or running) is a webhook-triggered one.
-    in_cycle: bool,
+    /// The budget's virtual clock: when the requests of the webhook cycles so far are paid for.
+    paid_until: Option<Instant>,
+    /// The earliest start of the next webhook-triggered cycle.
+    not_before: Option<Instant>,
+    /// When the webhook-triggered cycle about to run (or running) started.
+    started: Option<Instant>,
 }
 
 impl HookSpacing {
@@ -129,20 +138,23 @@ impl HookSpacing {
     }
 
     /// When the waiting calls get their cycle; `None`: no call is waiting.
-    pub fn due(&self, debounce: Duration, min_interval: Duration) -> Option<Instant> {
-        hook_due(self.since, self.last_end, debounce, min_interval)
+    pub fn due(&self, debounce: Duration) -> Option<Instant> {
+        hook_due(self.since, self.not_before, debounce)
     }
 
     /// Their cycle starts now.
     pub fn start(&mut self) {
         self.since = None;
-        self.in_cycle = true;
+        self.started = Some(Instant::now());
     }
 
-    /// A cycle ended (a webhook-triggered one sets the spacing's clock).
-    pub fn cycle_ended(&mut self) {
-        if std::mem::take(&mut self.in_cycle) {
-            self.last_end = Some(Instant::now());
+    /// A cycle ended; a webhook-triggered one is charged what its requests cost (see
+    /// [`HookBudget`]) and sets the earliest start of the next.
+    pub fn cycle_ended(&mut self, budget: &HookBudget, kommo: u64, chatapp: u64) {
+        if let Some(started) = self.started.take() {
+            let (paid, next) = budget.charge(self.paid_until, started, kommo, chatapp);
+            self.paid_until = Some(paid);
+            self.not_before = Some(next.max(Instant::now() + budget.min_pause));
         }
     }
 }
@@ -150,15 +162,69 @@ impl HookSpacing {
 /// See [`HookSpacing`].
 fn hook_due(
     since: Option<Instant>,
-    last_end: Option<Instant>,
+    not_before: Option<Instant>,
     debounce: Duration,
-    min_interval: Duration,
 ) -> Option<Instant> {
     let due = since? + debounce;
-    Some(match last_end {
-        Some(end) => due.max(end + min_interval),
-        None => due,
-    })
+    Some(not_before.map_or(due, |t| due.max(t)))
+}
+
+/// The share of each API's rate that webhook-triggered cycles may use (`[daemon]
+/// webhook_budget_percent` of `requests_per_second`), the burst it allows after a quiet spell,
+/// and the least pause between them (`webhook_min_interval`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HookBudget {
+    /// Kommo requests a second the budget allows.
+    pub kommo_rps: f64,
+    /// ChatApp requests a second the budget allows.
+    pub chatapp_rps: f64,
+    /// How far ahead of now the virtual clock may run before the next cycle waits.
+    pub burst: Duration,
+    /// The least pause after a webhook-triggered cycle, whatever its cost.
+    pub min_pause: Duration,
+}
+
+/// The burst the budget allows: two seconds of it (at Kommo's default rate and share, 3 Kommo
+/// requests: a card hint and its write go at once after a quiet spell).
+pub const HOOK_BURST: Duration = Duration::from_secs(2);
+
+impl HookBudget {
+    /// The config's budget.
+    pub fn new(cfg: &Config) -> HookBudget {
+        let share = f64::from(cfg.daemon.webhook_budget_percent.clamp(1, 100)) / 100.0;
+        HookBudget {
+            kommo_rps: share * f64::from(cfg.kommo.requests_per_second.max(1)),
+            chatapp_rps: share * f64::from(cfg.chatapp.requests_per_second.max(1)),
+            burst: HOOK_BURST,
+            min_pause: cfg.daemon.webhook_min_interval,
+        }
+    }
+
+    /// The time `kommo` and `chatapp` requests take at the budget's rates (the slower API's).
+    pub fn cost(&self, kommo: u64, chatapp: u64) -> Duration {
+        let secs = |n: u64, rps: f64| n as f64 / rps.max(f64::MIN_POSITIVE);
+        let span = secs(kommo, self.kommo_rps).max(secs(chatapp, self.chatapp_rps));
+        Duration::try_from_secs_f64(span).unwrap_or(Duration::MAX)
+    }
+
+    /// Charges a cycle that started at `started` and made these requests: the virtual clock
+    /// (`paid_until`, `None` at first) moves on by their cost from no earlier than the start;
+    /// returns the new clock and the earliest start of the next cycle (the clock minus the
+    /// burst).
+    pub fn charge(
+        &self,
+        paid_until: Option<Instant>,
+        started: Instant,
+        kommo: u64,
+        chatapp: u64,
+    ) -> (Instant, Instant) {
+        let from = paid_until.map_or(started, |p| p.max(started));
+        let paid = from
+            .checked_add(self.cost(kommo, chatapp))
+            .unwrap_or(from + Duration::from_secs(86_400));
+        let next = paid.checked_sub(self.burst).unwrap_or(started);
+        (paid, next)
+    }
 }
 
 /// Sleeps until `t`; never completes for `None`.
@@ -259,31 +325,66 @@ mod tests {
     }
 
     #[test]
-    fn webhook_cycles_are_debounced_and_spaced() {
+    fn webhook_cycles_are_debounced_and_paced() {
         let t0 = Instant::now();
         let s = |n: u64| Duration::from_secs(n);
-        let ms = Duration::from_millis(500);
-        assert_eq!(hook_due(None, Some(t0), ms, s(30)), None, "no call waiting");
+        let ms = Duration::from_millis(100);
+        assert_eq!(hook_due(None, Some(t0), ms), None, "no call waiting");
         assert_eq!(
-            hook_due(Some(t0), None, ms, s(30)),
+            hook_due(Some(t0), None, ms),
             Some(t0 + ms),
             "first: debounce only"
         );
-        // the last webhook cycle ended 10 s before the call: due 30 s after that end
-        let end = t0;
-        let call = t0 + s(10);
+        // the last webhook cycle earned a pause until t0 + 3 s: a call at t0 + 1 s waits for it
         assert_eq!(
-            hook_due(Some(call), Some(end), ms, s(30)),
-            Some(end + s(30))
+            hook_due(Some(t0 + s(1)), Some(t0 + s(3)), ms),
+            Some(t0 + s(3))
         );
-        // long after it: the debounce again
-        let call = t0 + s(100);
-        assert_eq!(hook_due(Some(call), Some(end), ms, s(30)), Some(call + ms));
+        // a call long after it: the debounce again
         assert_eq!(
-            hook_due(Some(t0 + s(1)), Some(end), ms, Duration::ZERO),
-            Some(t0 + s(1) + ms),
-            "0s: no spacing"
+            hook_due(Some(t0 + s(100)), Some(t0 + s(3)), ms),
+            Some(t0 + s(100) + ms)
         );
+    }
+
+    #[test]
+    fn the_budget_lets_a_burst_go_at_once_and_bounds_a_flood() {
+        let b = HookBudget {
+            kommo_rps: 1.5,
+            chatapp_rps: 5.0,
+            burst: Duration::from_secs(2),
+            min_pause: Duration::ZERO,
+        };
+        let ms = |n: u64| Duration::from_millis(n);
+        // a message callback: one ChatApp read costs 0.2 s; a Kommo hint's 3 requests 2 s
+        assert_eq!(b.cost(0, 1), ms(200));
+        assert_eq!(b.cost(3, 1), ms(2000), "the slower API sets the cost");
+        // after a quiet spell a cycle of 2 s of cost leaves the next one free to start at once
+        let t0 = Instant::now();
+        let (paid, next) = b.charge(None, t0, 3, 0);
+        assert_eq!((paid, next), (t0 + ms(2000), t0));
+        // a second one right after: it must wait until the clock is within the burst again
+        let (paid, next) = b.charge(Some(paid), t0 + ms(100), 3, 0);
+        assert_eq!((paid, next), (t0 + ms(4000), t0 + ms(2000)));
+        // an old clock does not bank credit: it counts from the cycle's start
+        let (paid, _) = b.charge(Some(t0), t0 + ms(60_000), 3, 0);
+        assert_eq!(paid, t0 + ms(62_000));
+        // a flood: cycles start as soon as allowed; over the whole span the requests stay
+        // within rate x (span + burst) plus one cycle's own
+        let (mut clock, mut at, mut sent) = (None, t0, 0u64);
+        for i in 0..500u64 {
+            let n = 1 + i % 4; // 1..=4 Kommo requests a cycle
+            let (paid, next) = b.charge(clock, at, n, 0);
+            sent += n;
+            clock = Some(paid);
+            let span = (at - t0).as_secs_f64();
+            assert!(
+                sent as f64 <= 1.5 * (span + 2.0) + 4.0 + 1e-6,
+                "{sent} requests by {span:.2} s"
+            );
+            at = next.max(at + ms(10)); // each cycle takes at least 10 ms
+        }
+        assert!((at - t0).as_secs_f64() > 600.0, "paced: {:?}", at - t0);
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Webhooks as triggers, never as data: Kommo's `responsible_*` account webhooks (form-encoded) and
-//! ChatApp's callback (`chatResponsible`, `message`) each only wake the runner for a debounced
-//! incremental cycle, which then reads both APIs as usual. Each endpoint sits behind a secret token
-//! in the URL path (neither API signs these calls); a wrong token is a plain 404.
+//! Webhooks as hints, never as data (SPEC 6.2): Kommo's `responsible_*` account webhooks
+//! (form-encoded) name cards, ChatApp's callback (`chatResponsible`, `message`) names chats. Each
+//! call only keeps the ids it names ([`crate::service::hint_parse`]) and wakes the runner, which
+//! reads those records in a hint cycle (`crate::sync::Syncer::run_hint`) sized to them. A call that
+//! names nothing readable by id (or calls that together name more than [`MAX_PENDING`] records)
+//! make the next webhook cycle an incremental one instead. Each endpoint sits behind a secret
+//! token in the URL path (neither API signs these calls); a wrong token is a plain 404.
 //!
 //! Routes (on the `[daemon] listen` address): `POST /hooks/kommo/{token}` and
 //! `POST /hooks/chatapp/{token}`. ChatApp checks a callback URL with an empty POST: it gets a 200.
@@ -14,10 +17,13 @@
 //!   64 KiB were read. The body must arrive within [`BODY_READ_TIMEOUT`] (else 408). These answers
 //!   close the connection too.
 //! - Any byte string is a valid input to the parsers below; nothing a request carries can panic.
-//! - A flood of valid calls only sets one flag: the runner spaces the cycles it triggers by
-//!   `[daemon] webhook_min_interval` (calls meanwhile are coalesced into one cycle, never lost).
+//! - A flood of valid calls only grows one bounded set of ids: the runner paces the cycles they
+//!   trigger by a budget, a share of each API's rate (`[daemon] webhook_budget_percent`; see
+//!   [`crate::service::triggers::HookBudget`]), and calls meanwhile are coalesced, never lost.
 
+use crate::service::hint_parse::{Named, chatapp_named, kommo_named};
 pub use crate::service::http_server::BODY_READ_TIMEOUT;
+use crate::sync::Hint;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -25,18 +31,55 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use secrecy::{ExposeSecret, SecretString};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The largest webhook body read.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// The most records waiting calls may name together; past it the next webhook cycle is an
+/// incremental one (it reads whatever changed, named or not).
+pub const MAX_PENDING: usize = 500;
+
+/// What the calls since the last webhook cycle named.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The records named (at most [`MAX_PENDING`]).
+    pub hint: Hint,
+    /// A call named nothing readable by id, or the calls named too much: the next webhook cycle
+    /// is an incremental one.
+    pub unnamed: bool,
+}
+
+impl Pending {
+    /// Adds what one call named.
+    fn add(&mut self, named: Named) {
+        if named.overflow || named.is_empty() {
+            self.unnamed = true;
+            return;
+        }
+        let room = MAX_PENDING.saturating_sub(self.hint.cards.len() + self.hint.dialogs.len());
+        if named.len() > room {
+            self.unnamed = true;
+            return;
+        }
+        self.hint.cards.extend(named.cards);
+        self.hint.dialogs.extend(named.dialogs);
+    }
+
+    /// Nothing waits.
+    pub fn is_empty(&self) -> bool {
+        !self.unnamed && self.hint.is_empty()
+    }
+}
+
 /// What the webhook endpoints share with the runner.
 pub struct Hooks {
     token: SecretString,
     notify: Notify,
+    pending: Mutex<Pending>,
     /// Calls that triggered a cycle.
     pub triggered: AtomicU64,
     /// Calls refused (wrong token, body too large or too slow).
@@ -51,6 +94,7 @@ impl Hooks {
         Arc::new(Hooks {
             token,
             notify: Notify::new(),
+            pending: Mutex::new(Pending::default()),
             triggered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
@@ -62,16 +106,18 @@ impl Hooks {
         self.notify.notified().await;
     }
 
-    /// Waits for a trigger, then for `debounce` more (triggers in that time are folded in).
-    pub async fn next(&self, debounce: Duration) {
-        self.notify.notified().await;
-        let until = Instant::now() + debounce;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until.into()) => return,
-                _ = self.notify.notified() => {}
-            }
-        }
+    /// Takes what the calls since the last take named.
+    pub fn take_pending(&self) -> Pending {
+        std::mem::take(&mut *self.lock_pending())
+    }
+
+    /// Whether calls named something not yet taken.
+    pub fn has_pending(&self) -> bool {
+        !self.lock_pending().is_empty()
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The token of the webhook URLs (to register them again; never to print).
@@ -79,7 +125,8 @@ impl Hooks {
         &self.token
     }
 
-    fn fire(&self) {
+    fn fire(&self, named: Named) {
+        self.lock_pending().add(named);
         self.triggered.fetch_add(1, Ordering::Relaxed);
         self.notify.notify_one();
     }
@@ -141,16 +188,17 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes,
     }
 }
 
-/// Answers a webhook call: 404 for a wrong token (the body unread); 413/408 for a body too large
-/// or too slow; otherwise 200, and a trigger when `relevant` says the body is worth a cycle.
-async fn answer(
-    h: &Hooks,
-    token: &str,
-    headers: &HeaderMap,
-    body: Body,
+/// How one API's calls are read: whether a body is worth a cycle, and what it names.
+struct Reading {
+    api: &'static str,
     relevant: fn(&[u8]) -> bool,
-    api: &str,
-) -> Response {
+    named: fn(&[u8]) -> Named,
+}
+
+/// Answers a webhook call: 404 for a wrong token (the body unread); 413/408 for a body too large
+/// or too slow; otherwise 200, and a trigger with what the body names when it is relevant.
+async fn answer(h: &Hooks, token: &str, headers: &HeaderMap, body: Body, how: Reading) -> Response {
+    let api = how.api;
     if !h.token_ok(token) {
         h.refused.fetch_add(1, Ordering::Relaxed);
         return closing(StatusCode::NOT_FOUND);
@@ -163,9 +211,10 @@ async fn answer(
             return closing(status);
         }
     };
-    if relevant(&body) {
-        tracing::debug!(api, "webhook: cycle soon");
-        h.fire();
+    if (how.relevant)(&body) {
+        let named = (how.named)(&body);
+        tracing::debug!(api, records = named.len(), "webhook: cycle soon");
+        h.fire(named);
     } else {
         h.ignored.fetch_add(1, Ordering::Relaxed);
     }
@@ -183,8 +232,11 @@ async fn kommo(
         &token,
         &headers,
         body,
-        kommo_body_is_responsible_change,
-        "kommo",
+        Reading {
+            api: "kommo",
+            relevant: kommo_body_is_responsible_change,
+            named: kommo_named,
+        },
     )
     .await
 }
@@ -200,8 +252,11 @@ async fn chatapp(
         &token,
         &headers,
         body,
-        chatapp_body_is_relevant,
-        "chatapp",
+        Reading {
+            api: "chatapp",
+            relevant: chatapp_body_is_relevant,
+            named: chatapp_named,
+        },
     )
     .await
 }
@@ -762,7 +817,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wrong_token_is_404_and_a_valid_call_triggers_once_after_the_debounce() {
+    async fn wrong_token_is_404_and_valid_calls_name_their_records_once() {
         let hooks = Hooks::new(SecretString::from("s3cret-token".to_string()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -783,11 +838,7 @@ mod tests {
         assert_eq!(hooks.triggered.load(Ordering::Relaxed), 0);
         let waiter = {
             let h = hooks.clone();
-            tokio::spawn(async move {
-                let t0 = Instant::now();
-                h.next(Duration::from_millis(300)).await;
-                t0.elapsed()
-            })
+            tokio::spawn(async move { h.notified().await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         for _ in 0..3 {
@@ -799,14 +850,16 @@ mod tests {
                 .unwrap();
             assert_eq!(r.status(), 200);
         }
-        let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .unwrap()
             .unwrap();
-        assert!(
-            waited >= Duration::from_millis(300),
-            "debounced: {waited:?}"
-        );
+        // three calls naming one lead: one record waits, named (a hint cycle reads it)
+        let p = hooks.take_pending();
+        assert!(!p.unnamed, "{p:?}");
+        let lead = crate::core::model::CardId::new(crate::core::model::CardKind::Lead, 1);
+        assert_eq!(p.hint.cards.iter().collect::<Vec<_>>(), vec![&lead]);
+        assert!(!hooks.has_pending(), "taken");
         assert_eq!(hooks.triggered.load(Ordering::Relaxed), 3);
         assert_eq!(hooks.refused.load(Ordering::Relaxed), 1);
     }
