@@ -639,14 +639,14 @@ async fn a_message_callback_on_an_assigned_linked_dialog_costs_no_kommo_request(
         s.calls(),
         cycle_calls(&[
             strings(&HINT_START),
+            // nothing found: no commit, no cycle record (no db write at all)
             strings(&[
                 &format!("chatapp.chat {D1}"),
                 "chatapp.chat 1:grWhatsApp:79990000002@c.us",
-                "store.commit_cycle 2",
-                "store.record_cycle 2 ok",
             ]),
         ])
     );
+    assert!(!r.recorded);
     assert_eq!(s.kommo.request_count(), k0, "no Kommo request");
     assert_eq!(r.record.kommo_requests, 0);
     assert_eq!(r.record.chatapp_requests, 2);
@@ -765,4 +765,21 @@ async fn a_hint_before_any_polled_cycle_of_this_syncer_runs_an_incremental_cycle
     // now it remembers one: the next hint is a hint
     let r = fresh.run_hint(&hint(&[], &[1])).await.expect("the hint");
     assert_eq!(r.record.kind, CycleKind::Hint);
+}
+
+#[tokio::test]
+async fn a_hint_naming_a_chat_of_another_line_or_a_card_of_an_unsynced_kind_reads_nothing() {
+    use chatapp_kommo_sync::core::model::{CardId, CardKind, DialogKey};
+    let s = Scenario::bootstrapped().await;
+    // a call may name anything: line 2 is not in `license_ids`, customers are not synced
+    let h = Hint {
+        cards: [CardId::new(CardKind::Customer, 5)].into_iter().collect(),
+        dialogs: [DialogKey::new(2, "grWhatsApp", "79990000001@c.us")]
+            .into_iter()
+            .collect(),
+    };
+    let r = s.syncer.run_hint(&h).await.expect("the hint");
+    assert!(r.plan.writes.is_empty());
+    assert_eq!(s.calls(), cycle_calls(&[strings(&HINT_START)]));
+    assert!(!r.recorded, "nothing read, nothing recorded");
 }

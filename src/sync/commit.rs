@@ -49,10 +49,14 @@ pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
         engine::settle_owned(&seen.snap, &mut report.plan, &confirmed, now)
     };
     let mut settlement = settlement;
-    settlement.held.extend(seen.carried_held);
     let overlap = sy.config.kommo.events_overlap.as_secs() as i64;
     let pipelines_read =
         sy.config.syncs_leads() && seen.stored_pipelines.as_ref() != Some(&seen.pipelines);
+    if found_nothing(&seen, &settlement, &report.plan, pipelines_read) {
+        report.recorded = false;
+        return Ok(());
+    }
+    settlement.held.extend(seen.carried_held);
     let commit = CycleCommit {
         settlement,
         pipelines: pipelines_read.then_some(seen.pipelines),
@@ -72,4 +76,30 @@ pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy.store.commit_cycle(&commit)?;
     trace_memory("committed");
     Ok(())
+}
+
+/// A hint cycle that found nothing: every record it read equals its base, it planned nothing,
+/// settled nothing, read no held record, found no bad record and released none, and kept the
+/// stored pipelines. Committing it would change nothing but the cycle log, so it is neither
+/// committed nor recorded (the metrics count it): a busy line's message callbacks cost no db
+/// write and do not push the polled cycles out of the kept history.
+fn found_nothing<St>(
+    seen: &Observed<St>,
+    s: &engine::Settlement,
+    plan: &engine::Plan,
+    pipelines_read: bool,
+) -> bool {
+    seen.kind == crate::ports::CycleKind::Hint
+        && plan.writes.is_empty()
+        && plan.parked.is_empty()
+        && plan.conflicts.is_empty()
+        && s.cards.is_empty()
+        && s.dialogs.is_empty()
+        && s.unpark.is_empty()
+        && s.park.is_empty()
+        && s.held.is_empty()
+        && seen.snap.held.is_empty()
+        && seen.bad.is_empty()
+        && seen.released.is_empty()
+        && !pipelines_read
 }

@@ -131,6 +131,9 @@ pub struct CycleReport {
     pub bad: Vec<BadRecord>,
     /// The names of the users and employees read this cycle (for the cycle's output).
     pub people: crate::core::text::People,
+    /// The cycle was committed and recorded in the state db: false for a dry run's and for a
+    /// hint cycle that found nothing (see `commit::found_nothing`).
+    pub recorded: bool,
 }
 
 /// The sync: what a cycle uses (config, the engine's policy) and the ports it talks through.
@@ -250,7 +253,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
                 report.record.chatapp_requests = c1 - c0;
                 report.record.duration_ms = took_ms;
                 report.record.finished_at = crate::clock::now_unix();
-                if !opts.dry_run {
+                if report.recorded {
                     // with its request counts and wall time (a commit recorded it without them)
                     self.store
                         .record_cycle(&report.record, &self.retention(crate::clock::now_unix()))?;
@@ -355,6 +358,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             recovered,
             bad: seen.bad.clone(),
             people: seen.people.clone(),
+            recorded: !opts.dry_run,
         };
         match gate::gate(&report.plan, seen.listing_brake.take(), opts, shadow) {
             gate::Gate::DryRun(brake) => {

@@ -4,7 +4,8 @@
 //!   on a quiet account): the events date the cards' values exactly as an incremental cycle
 //!   does, so the engine decides the same from the same records. Lead stages moved by those
 //!   events are kept current as on an incremental cycle.
-//! - Named dialogs are read one by one from ChatApp. A hint that names only dialogs makes no
+//! - Named dialogs of the configured lines (`[chatapp] license_ids`, as the chat listing keeps
+//!   them) are read one by one from ChatApp. A hint that names only dialogs makes no
 //!   Kommo request before its writes: their linked cards are decided from the bases, and each
 //!   target is read again right before it is written (rule 10), so a card that changed meanwhile
 //!   is not overwritten.
@@ -58,7 +59,13 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
         r.read_by_id(kind, ids).await?;
     }
     r.complete_cards(&events).await?;
-    for key in &hint.dialogs {
+    // only the configured lines, as the chat listing keeps them: a call may name any chat
+    let lines = &sy.config.chatapp.license_ids;
+    for key in hint
+        .dialogs
+        .iter()
+        .filter(|k| lines.contains(&k.license_id))
+    {
         if let Some(c) = sy.chatapp.chat(key).await? {
             r.observe_chat(c)?;
         }
