@@ -3,15 +3,18 @@
 //! incremental cycle with K changes: requests to each API against the minimum the cycle needs,
 //! wall time, the daemon's CPU time, its peak RSS, and the state file's size (after each phase);
 //! then a `run` daemon through several idle cycles (CPU per cycle, resident size between cycles,
-//! [`daemon`]), the same with `run --shadow` (shadow mode's first run, then idle shadow cycles),
-//! and N instances sharing one Kommo limit (the most requests in any second, [`instances`]).
+//! [`daemon`]), the same daemon with webhooks on through the hint cycles that ChatApp callbacks
+//! and Kommo webhooks trigger (requests and CPU per hint cycle), the same with `run --shadow`
+//! (shadow mode's first run, then idle shadow cycles), and N instances sharing one Kommo limit
+//! (the most requests in any second, [`instances`]).
 //!
 //! ```sh
 //! cargo build --release && cargo run --release --example scale -- --contacts 100000 --leads 150000 --dialogs 30000 --changes 100 --instances 20
 //! ```
 //! `--check` exits non-zero when a cycle costs more than its formula allows, the first run leaves
-//! a card or dialog without a base, an idle cycle writes to the state file, or the instances
-//! exceed the shared limit in some second (CI runs it small). `--help` lists the options.
+//! a card or dialog without a base, an idle cycle writes to the state file, a ChatApp callback
+//! costs a Kommo request or a Kommo webhook more than 2 per hint cycle, or the instances exceed the
+//! shared limit in some second (CI runs it small). `--help` lists the options.
 
 // A measuring harness over simulators it starts itself: a failed step (a simulator that does not
 // start, a temp file that cannot be written) ends the run with the panic's message and location.
@@ -365,6 +368,11 @@ async fn main() {
         size() as f64 / 1e6
     );
 
+    // 5a. webhooks: the same daemon with webhooks on, fed callbacks and webhooks that name
+    // existing records with nothing to change; each gives a hint cycle sized to what it names
+    clock.advance(60);
+    ok &= hint_phase(&a, &config, &kommo, &chatapp);
+
     // 5b. shadow mode as an integrator runs it beside ChatApp's widget: `run --shadow` on the same
     // state (its warm-up cycle is the shadow first run, a full read), then idle shadow cycles
     clock.advance(60);
@@ -399,6 +407,107 @@ async fn main() {
         eprintln!("a cycle cost more requests than its formula allows");
         std::process::exit(1);
     }
+}
+
+/// Hint phase ([`daemon::hints`]): 20 ChatApp `message` callbacks over 5 dialogs, then 5 Kommo
+/// webhooks each naming one contact with a dialog. With `check`: the callbacks cost no Kommo
+/// request, and a Kommo hint at most 2 (one events page, one cards-by-id read; nothing changed,
+/// so nothing is written). False when a check fails.
+fn hint_phase(a: &Args, config: &Path, kommo: &KommoSim, chatapp: &ChatAppSim) -> bool {
+    const MESSAGES: usize = 20;
+    const DIALOGS: usize = 5;
+    const WEBHOOKS: usize = 5;
+    let chats: Vec<daemon::ChatRef> = chatapp
+        .chats()
+        .into_iter()
+        .take(DIALOGS)
+        .map(|c| daemon::ChatRef {
+            license: c.license_id,
+            messenger: c.messenger_type,
+            chat_id: c.chat_id,
+        })
+        .collect();
+    // contacts with a dialog (their phone is a chat's), none of the ones the callbacks name
+    let used: Vec<&str> = chats.iter().map(|c| c.chat_id.as_str()).collect();
+    let phones: std::collections::BTreeSet<String> = chatapp
+        .chats()
+        .into_iter()
+        .filter(|c| !used.contains(&c.chat_id.as_str()))
+        .filter_map(|c| c.phone)
+        .collect();
+    let mut cards = kommo.cards("contacts");
+    cards.sort_by_key(|c| c.id);
+    let contacts: Vec<(u64, u64)> = cards
+        .iter()
+        .filter(|c| !c.is_deleted)
+        .filter(|c| {
+            c.custom_fields_values.iter().any(|f| {
+                f.values
+                    .iter()
+                    .any(|v| v["value"].as_str().is_some_and(|p| phones.contains(p)))
+            })
+        })
+        .map(|c| (c.id, c.responsible_user_id))
+        .take(WEBHOOKS)
+        .collect();
+    assert!(
+        chats.len() == DIALOGS && contacts.len() == WEBHOOKS,
+        "the world has too few dialogs for the hint phase ({} chats, {} contacts with a dialog)",
+        chats.len(),
+        contacts.len()
+    );
+    let f = daemon::hints(
+        &a.bin,
+        config,
+        &chats,
+        MESSAGES,
+        |c| chatapp.new_message(c.license, &c.messenger, &c.chat_id),
+        &contacts,
+        || (kommo.request_count(), chatapp.request_count()),
+    );
+    let (m, k) = (&f.messages, &f.kommo);
+    let others = |s: &daemon::HintStep| match s.other_cycles {
+        0 => String::new(),
+        n => format!(" (and {n} other cycles)"),
+    };
+    println!(
+        "run daemon, hint phase: {} message callbacks over {DIALOGS} dialogs -> {} hint cycles{}, {} Kommo requests, {} ChatApp requests, cpu per hint cycle {:.3} s (mean, serving the calls included), rss {:.1} MB; {} Kommo webhooks -> {} hint cycles{}, {} Kommo requests ({:.1} per hint), {} ChatApp requests",
+        m.calls,
+        m.hints,
+        others(m),
+        m.requests.0,
+        m.requests.1,
+        m.cpu_s / m.hints.max(1) as f64,
+        f.rss_mb,
+        k.calls,
+        k.hints,
+        others(k),
+        k.requests.0,
+        k.requests.0 as f64 / k.hints.max(1) as f64,
+        k.requests.1,
+    );
+    let mut ok = true;
+    if a.check {
+        if m.hints == 0 || k.hints == 0 {
+            eprintln!("CHECK FAILED: the webhook calls gave no hint cycle (see daemon.log)");
+            ok = false;
+        }
+        if m.requests.0 > 0 {
+            eprintln!(
+                "CHECK FAILED: ChatApp message callbacks cost {} Kommo requests (a message hint makes none)",
+                m.requests.0
+            );
+            ok = false;
+        }
+        if k.requests.0 as u64 > 2 * k.hints {
+            eprintln!(
+                "CHECK FAILED: {} Kommo requests for {} Kommo hint cycles (at most 2 each: one events page, one read by id)",
+                k.requests.0, k.hints
+            );
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// The daemon's figures: CPU per idle cycle (median, max), RSS between cycles, requests.
