@@ -344,7 +344,7 @@ fn render_cycles(o: &mut String, m: &Inner) {
         o,
         name,
         "counter",
-        "Cycles by kind (full, incremental) and outcome (ok, braked, failed).",
+        "Cycles by kind (full, incremental, hint) and outcome (ok, braked, failed).",
     );
     for ((k, out), n) in &m.cycles {
         sample(o, name, &[("kind", k), ("outcome", out)], n);
