@@ -183,10 +183,11 @@ pub struct KommoOAuthConfig {
     pub refresh_token_file: Option<PathBuf>,
 }
 
-/// `[chatapp]` as the file gives it ([`ChatAppConfig`] holds the parsed values).
+/// `[chatapp]`: as the file gives it ([`ChatAppFile`]) and with its set-responsible call parsed
+/// ([`ChatAppConfig`]); the two differ only in `S`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct ChatAppFile {
+pub struct ChatAppSection<S> {
     /// `https://api.chatapp.online`.
     pub base_url: String,
     /// Login e-mail.
@@ -213,7 +214,32 @@ pub struct ChatAppFile {
     pub max_logins_per_day: usize,
     /// The call that sets a dialog's responsible (UNCONFIRMED in ChatApp's public material).
     #[serde(default)]
-    pub set_responsible: SetResponsibleFile,
+    pub set_responsible: S,
+}
+
+/// `[chatapp]` as the file gives it ([`ChatAppConfig`] holds the parsed values).
+pub type ChatAppFile = ChatAppSection<SetResponsibleFile>;
+
+/// `[chatapp]` as the daemon uses it: the set-responsible call parsed.
+pub type ChatAppConfig = ChatAppSection<SetResponsibleConfig>;
+
+impl<S> ChatAppSection<S> {
+    /// The same section with another set-responsible value (the parsed one).
+    fn with_set_responsible<T>(self, set_responsible: T) -> ChatAppSection<T> {
+        ChatAppSection {
+            base_url: self.base_url,
+            email: self.email,
+            password_file: self.password_file,
+            app_id: self.app_id,
+            company_id: self.company_id,
+            license_ids: self.license_ids,
+            requests_per_second: self.requests_per_second,
+            timeout: self.timeout,
+            chats_overlap: self.chats_overlap,
+            max_logins_per_day: self.max_logins_per_day,
+            set_responsible,
+        }
+    }
 }
 
 /// `[chatapp.set_responsible]` as the file gives it ([`SetResponsibleConfig`] holds the parsed
@@ -322,33 +348,6 @@ impl fmt::Display for LogFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// `[chatapp]`
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatAppConfig {
-    /// `https://api.chatapp.online`.
-    pub base_url: String,
-    /// Login e-mail.
-    pub email: String,
-    /// A file holding the password.
-    pub password_file: PathBuf,
-    /// `app_<n>_<n>` from the ChatApp account.
-    pub app_id: String,
-    /// The company whose employees are the responsible persons.
-    pub company_id: u64,
-    /// The licenses ("lines") whose dialogs are synced.
-    pub license_ids: Vec<u64>,
-    /// Request rate limit.
-    pub requests_per_second: u32,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// How far before the chats watermark an incremental cycle reads again.
-    pub chats_overlap: Duration,
-    /// The most logins (`POST /v1/tokens`) in any 24 h.
-    pub max_logins_per_day: usize,
-    /// The call that sets a dialog's responsible (UNCONFIRMED in ChatApp's public material).
-    pub set_responsible: SetResponsibleConfig,
 }
 
 /// `[chatapp.set_responsible]`: the method, path template and body field of the call that sets a
@@ -1007,22 +1006,13 @@ impl Config {
                 max_connections: d.max_connections,
             },
             kommo,
-            chatapp: ChatAppConfig {
-                base_url: c.base_url,
-                email: c.email,
-                password_file: c.password_file,
-                app_id: c.app_id,
-                company_id: c.company_id,
-                license_ids: c.license_ids,
-                requests_per_second: c.requests_per_second,
-                timeout: c.timeout,
-                chats_overlap: c.chats_overlap,
-                max_logins_per_day: c.max_logins_per_day,
-                set_responsible: SetResponsibleConfig {
+            chatapp: {
+                let set = SetResponsibleConfig {
                     method: parsed.method,
-                    path: c.set_responsible.path,
-                    body_field: c.set_responsible.body_field,
-                },
+                    path: c.set_responsible.path.clone(),
+                    body_field: c.set_responsible.body_field.clone(),
+                };
+                c.with_set_responsible(set)
             },
             sync,
             links,
