@@ -329,6 +329,9 @@ impl Runner {
             .hb
             .cycle_ended(matches!(result, Some(Ok(_)) | None));
         self.pace_hooks(before);
+        if kind != CycleKind::Hint {
+            return_freed_memory();
+        }
         let mut after = AfterFailure::Continue;
         let good = matches!(result, Some(Ok(_)));
         if let Some(r) = result {
@@ -595,6 +598,19 @@ fn pinger(hb: Arc<Heartbeat>, period: Duration) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// Gives the heap a cycle freed back to the system. glibc keeps freed memory for reuse, so
+/// without this a daemon's resident size stays at its largest cycle's peak (at W, a shadow first
+/// run's 235 MB, against the 38 MB its idle cycles need) for as long as it runs. Called after
+/// every polled or full cycle (not after hint cycles: they allocate little); it costs a walk of
+/// the heap's free lists, a few milliseconds at most.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory of the heap.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Waits for a webhook trigger; never completes without webhooks.
