@@ -32,6 +32,12 @@
 //! ChatApp client's own test, `crate::chatapp::is_path_segment`) names nothing. An item that does
 //! not fit (no `chat`, a `chat` that is not an object, an id of another type) names nothing and
 //! the other items still count; fields the parser does not read are skipped unchecked.
+//!
+//! ASSUMPTION (no source confirms it): a `chatResponsible` callback uses the same envelope as the
+//! documented `messageStatus` body, with the chat in `data[].chat.id`. No public source shows a
+//! `chatResponsible` body (`../shared/api/payloads/README.md`). If a real account sends another
+//! shape, such a callback names nothing readable and its webhook cycle is an incremental one:
+//! slower, still correct.
 
 use crate::chatapp::is_path_segment;
 use crate::core::model::{CardId, CardKind, DialogKey};
