@@ -630,7 +630,7 @@ async fn a_message_callback_on_an_assigned_linked_dialog_costs_no_kommo_request(
     let k0 = s.kommo.request_count();
     let r = s
         .syncer
-        .run_hint(&hint(&[], &[1, 2]))
+        .run_hint(&hint(&[], &[1, 2]), false)
         .await
         .expect("the hint");
     assert_eq!(r.record.kind, CycleKind::Hint);
@@ -656,7 +656,11 @@ async fn a_message_callback_on_an_assigned_linked_dialog_costs_no_kommo_request(
 async fn a_dialog_hint_writes_the_linked_lead_as_an_incremental_cycle_would() {
     let s = Scenario::bootstrapped().await;
     s.chatapp.state().assign(&dkey(2), Some(BOB_E));
-    let r = s.syncer.run_hint(&hint(&[], &[2])).await.expect("the hint");
+    let r = s
+        .syncer
+        .run_hint(&hint(&[], &[2]), false)
+        .await
+        .expect("the hint");
     assert_eq!(r.results, vec![WriteResult::Done]);
     assert_eq!(
         s.calls(),
@@ -700,7 +704,7 @@ async fn a_card_hint_reads_the_card_and_the_events_and_decides_as_an_incremental
     }
     let by_hint = a
         .syncer
-        .run_hint(&hint(&[contact(3001)], &[]))
+        .run_hint(&hint(&[contact(3001)], &[]), false)
         .await
         .expect("the hint");
     let by_poll = b.cycle().await.expect("the incremental cycle");
@@ -759,11 +763,17 @@ async fn a_hint_before_any_polled_cycle_of_this_syncer_runs_an_incremental_cycle
         s.chatapp.clone(),
         Arc::new(s.store.clone()),
     );
-    let r = fresh.run_hint(&hint(&[], &[1])).await.expect("the cycle");
+    let r = fresh
+        .run_hint(&hint(&[], &[1]), false)
+        .await
+        .expect("the cycle");
     assert_eq!(r.record.kind, CycleKind::Incremental);
     assert!(s.calls().contains(&"kommo.users".to_string()));
     // now it remembers one: the next hint is a hint
-    let r = fresh.run_hint(&hint(&[], &[1])).await.expect("the hint");
+    let r = fresh
+        .run_hint(&hint(&[], &[1]), false)
+        .await
+        .expect("the hint");
     assert_eq!(r.record.kind, CycleKind::Hint);
 }
 
@@ -778,8 +788,38 @@ async fn a_hint_naming_a_chat_of_another_line_or_a_card_of_an_unsynced_kind_read
             .into_iter()
             .collect(),
     };
-    let r = s.syncer.run_hint(&h).await.expect("the hint");
+    let r = s.syncer.run_hint(&h, false).await.expect("the hint");
     assert!(r.plan.writes.is_empty());
     assert_eq!(s.calls(), cycle_calls(&[strings(&HINT_START)]));
     assert!(!r.recorded, "nothing read, nothing recorded");
+}
+
+#[tokio::test]
+async fn a_hint_in_shadow_mode_writes_nothing() {
+    let s = Scenario::bootstrapped().await;
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    // `run --shadow` passes its flag to every cycle, hint cycles included
+    let r = s
+        .syncer
+        .run_hint(&hint(&[], &[2]), true)
+        .await
+        .expect("the cycle");
+    assert_ne!(
+        r.record.kind,
+        CycleKind::Hint,
+        "shadow mode reads as a polled cycle"
+    );
+    assert!(
+        r.results.iter().all(|w| *w == WriteResult::Shadowed),
+        "{:?}",
+        r.results
+    );
+    let calls = s.calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("kommo.patch") || c.starts_with("chatapp.set_responsible")),
+        "{calls:?}"
+    );
+    assert_eq!(s.kommo.state().responsible(lead(2001)), ANN);
 }

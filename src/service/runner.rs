@@ -269,17 +269,23 @@ impl Runner {
         }
     }
 
-    /// What the webhook calls named, for a hint cycle; `None` when they named nothing readable
-    /// by id or too much (then an incremental cycle runs).
-    fn take_hint(&self) -> Option<Hint> {
-        let pending = self.ctx.hooks.as_ref()?.take_pending();
-        if pending.unnamed || pending.hint.is_empty() {
+    /// What the waiting webhook calls ask for (taken from the hooks).
+    fn take_hook_work(&self) -> HookWork {
+        let Some(hooks) = &self.ctx.hooks else {
+            return HookWork::Nothing;
+        };
+        let pending = hooks.take_pending();
+        if pending.unnamed {
             tracing::info!(
                 "webhook: the calls named nothing readable by id, or too much: an incremental cycle"
             );
-            return None;
+            return HookWork::Incremental;
         }
-        Some(pending.hint)
+        if pending.hint.is_empty() {
+            // a wake-up whose calls an earlier hint cycle already took
+            return HookWork::Nothing;
+        }
+        HookWork::Hint(pending.hint)
     }
 
     /// The requests made so far to Kommo and ChatApp.
@@ -306,12 +312,20 @@ impl Runner {
     /// One cycle, then what follows it: metrics, STATUS=, a reload asked for meanwhile, and a
     /// reopen of the state db after a db error.
     async fn cycle(&mut self, kind: CycleKind, sig: &mut Signals) -> Result<(), RunError> {
-        let hint = (kind == CycleKind::Hint)
-            .then(|| self.take_hint())
-            .flatten();
-        let kind = match (kind, &hint) {
-            (CycleKind::Hint, None) => CycleKind::Incremental,
-            _ => kind,
+        let (kind, hint) = match kind {
+            CycleKind::Hint => match self.take_hook_work() {
+                HookWork::Hint(h) => (kind, Some(h)),
+                HookWork::Incremental => (CycleKind::Incremental, None),
+                HookWork::Nothing => {
+                    self.state.hook_spacing.forget_start();
+                    return Ok(());
+                }
+            },
+            // a schedule or a signal: not the hooks' cycle (their calls get their own after it)
+            _ => {
+                self.state.hook_spacing.forget_start();
+                (kind, None)
+            }
         };
         self.ctx.hb.cycle_started();
         self.ctx.metrics.cycle_started();
@@ -378,7 +392,7 @@ impl Runner {
         };
         let cycle = async move {
             match &hint {
-                Some(h) => syncer.run_hint(h).await,
+                Some(h) => syncer.run_hint(h, opts.shadow).await,
                 None => syncer.run_cycle(opts).await,
             }
         };
@@ -611,6 +625,16 @@ fn return_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// What the waiting webhook calls ask for.
+enum HookWork {
+    /// A hint cycle on the records they named.
+    Hint(Hint),
+    /// An incremental cycle: a call named nothing readable by id, or the calls named too much.
+    Incremental,
+    /// Nothing: an earlier cycle took their records.
+    Nothing,
 }
 
 /// Waits for a webhook trigger; never completes without webhooks.

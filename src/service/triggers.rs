@@ -148,6 +148,12 @@ impl HookSpacing {
         self.started = Some(Instant::now());
     }
 
+    /// The cycle about to run is not the hooks' after all (a schedule or a signal made it; or
+    /// there was nothing to do): it is not charged to the budget.
+    pub fn forget_start(&mut self) {
+        self.started = None;
+    }
+
     /// A cycle ended; a webhook-triggered one is charged what its requests cost (see
     /// [`HookBudget`]) and sets the earliest start of the next.
     pub fn cycle_ended(&mut self, budget: &HookBudget, kommo: u64, chatapp: u64) {

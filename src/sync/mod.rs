@@ -218,10 +218,12 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
 
     /// Runs a hint cycle: reads what `hint` names, decides, writes (see [`observe::observe_hint`]).
     /// When a hint cannot run (no polled cycle yet since the start, shadow mode, a first run)
-    /// an incremental cycle runs instead; the record says which ran.
-    pub async fn run_hint(&self, hint: &Hint) -> Result<CycleReport, CycleError> {
+    /// an incremental cycle runs instead; the record says which ran. `shadow`: `run --shadow`
+    /// (the config's `[sync] mode` counts too, as for every cycle).
+    pub async fn run_hint(&self, hint: &Hint, shadow: bool) -> Result<CycleReport, CycleError> {
         let opts = CycleOptions {
             kind: CycleKind::Hint,
+            shadow,
             ..CycleOptions::default()
         };
         self.run(opts, Some(hint)).await
