@@ -653,7 +653,7 @@ async fn a_message_callback_on_an_assigned_linked_dialog_costs_no_kommo_request(
 }
 
 #[tokio::test]
-async fn a_dialog_hint_writes_the_linked_lead_as_an_incremental_cycle_would() {
+async fn a_dialog_hint_reads_the_linked_cards_and_writes_the_lead_as_an_incremental_cycle_would() {
     let s = Scenario::bootstrapped().await;
     s.chatapp.state().assign(&dkey(2), Some(BOB_E));
     let r = s
@@ -668,6 +668,14 @@ async fn a_dialog_hint_writes_the_linked_lead_as_an_incremental_cycle_would() {
             strings(&HINT_START),
             strings(&[
                 "chatapp.chat 1:grWhatsApp:79990000002@c.us",
+                // its responsible changed: its cards are read, dated by the events, before deciding
+                &format!(
+                    "kommo.events lead,contact stages=true from={}",
+                    s.t0 - OVERLAP
+                ),
+                "store.events_seen",
+                "kommo.cards_by_id lead [2001]",
+                "kommo.cards_by_id contact [3002]",
                 "store.write_failures",
                 "kommo.cards_by_id lead [2001]",
                 "store.record_intents [lead:2001]",
@@ -822,4 +830,63 @@ async fn a_hint_in_shadow_mode_writes_nothing() {
         "{calls:?}"
     );
     assert_eq!(s.kommo.state().responsible(lead(2001)), ANN);
+}
+
+/// Rule 5 through hints: a contact changed in Kommo, then (later) its dialog changed in ChatApp;
+/// the dialog's callback is answered first. Deciding the dialog from the contact's base would push
+/// the dialog's value to the lead and later let the contact's older change overwrite the dialog;
+/// the hint reads the dialog's cards with their events, so the newer change wins, as one
+/// incremental cycle decides.
+#[tokio::test]
+async fn hints_answered_out_of_order_decide_as_one_incremental_cycle() {
+    let (a, b) = (
+        Scenario::bootstrapped().await,
+        Scenario::bootstrapped().await,
+    );
+    for s in [&a, &b] {
+        s.kommo.state().set_responsible(contact(3002), BOB, ANN);
+        s.tick(300);
+        s.chatapp.state().assign(&dkey(2), Some(CAROL_E));
+    }
+    a.syncer
+        .run_hint(&hint(&[], &[2]), false)
+        .await
+        .expect("the dialog's hint");
+    a.syncer
+        .run_hint(&hint(&[contact(3002)], &[]), false)
+        .await
+        .expect("the contact's hint");
+    b.cycle().await.expect("the incremental cycle");
+    let state = |s: &Scenario| {
+        let dialog = s.chatapp.state().responsible(&dkey(2));
+        let k = s.kommo.state();
+        (
+            dialog,
+            k.responsible(lead(2001)),
+            k.responsible(contact(3002)),
+        )
+    };
+    assert_eq!(state(&b), (Some(CAROL_E), CAROL, BOB), "the reference");
+    assert_eq!(state(&a), state(&b));
+}
+
+/// A chat read on its own may hold only `id`, `name` and `responsible` (SPEC 6.1): for a dialog
+/// with a base, the rest stays the base's. A closed dialog whose answer lacks `status` is not
+/// taken as reopened (rule 2 would push the contact's responsible onto it).
+#[tokio::test]
+async fn a_minimal_one_chat_answer_does_not_reopen_a_closed_dialog() {
+    let s = Scenario::bootstrapped().await;
+    // dialog 1 closes with Bob (a polled cycle reads it closed), then the contact moves to Carol
+    s.chatapp.state().assign(&dkey(1), Some(BOB_E));
+    s.chatapp.state().close(&dkey(1));
+    s.cycle().await.expect("the polled cycle");
+    s.calls();
+    s.chatapp.state().minimal_chat_answers = true;
+    let r = s
+        .syncer
+        .run_hint(&hint(&[], &[1]), false)
+        .await
+        .expect("the hint");
+    assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
+    assert_eq!(s.chatapp.state().responsible(&dkey(1)), Some(BOB_E));
 }

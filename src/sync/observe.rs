@@ -25,8 +25,8 @@ pub use hint::observe_hint;
 use super::{CycleError, Syncer};
 use crate::core::engine::{Brake, Observations, Snapshot, empty_listing_brake};
 use crate::core::model::{
-    CardId, CardKind, CardObs, CardState, DialogKey, DialogRef, KommoUserId, LeadStage, RecordId,
-    StageKind,
+    CardId, CardKind, CardObs, CardState, DialogKey, DialogObs, DialogRef, KommoUserId, LeadStage,
+    RecordId, StageKind,
 };
 use crate::core::model::{Pipelines, classify_status, stage_or_open};
 use crate::core::neighbourhood::{
@@ -589,6 +589,28 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
             self.obs.dialogs.insert(key, o);
         }
         Ok(())
+    }
+
+    /// Observes a chat read on its own (`GET .../chats/{chatId}`). The sources of SPEC 6.1 show
+    /// that answer with `id`, `name` and `responsible` only (no source shows the rest), and a
+    /// field it lacks reads as open, 0 or none: for a dialog with a base, such a read must not
+    /// overwrite the base (a closed dialog taken as reopened, a phone link lost). So the
+    /// responsible is taken from the answer; `lastTime` and the conversation's start only when
+    /// they moved forward (absent, they read 0); the phone when present; closed stays the base's
+    /// (an absent status cannot be told from an open one: a reopen shows by a new conversation,
+    /// or at the next listing). A dialog without a base is observed as read.
+    fn observe_chat_alone(&mut self, mut c: ChatRead) -> Result<(), StoreError> {
+        if let Some(b) = self.bases.dialog(&c.key)? {
+            let read = c.view;
+            c.view = DialogObs {
+                responsible: read.responsible,
+                last_time: read.last_time.max(b.last_time),
+                session: read.session.max(b.session),
+                closed: b.closed,
+                phone: read.phone.or(b.phone),
+            };
+        }
+        self.observe_chat(c)
     }
 
     /// The chats read beside the cards, plus (incremental cycles) the held and quarantined

@@ -461,9 +461,19 @@ pub struct ChatAppState {
     pub now: i64,
     /// Records the next reads skipped (handed out by `take_bad`).
     pub bad: Vec<BadRecord>,
+    /// `chat` answers with `id` and `responsible` only (the fields SPEC 6.1's sources show).
+    pub minimal_chat_answers: bool,
 }
 
 impl ChatAppState {
+    /// The chat is closed now.
+    pub fn close(&mut self, key: &DialogKey) {
+        let now = self.now;
+        let c = self.chats.get_mut(key).expect("a chat of the world");
+        c.status = Some("closed".into());
+        c.last_time = now;
+    }
+
     /// A person (or ChatApp's distribution) assigns a chat now.
     pub fn assign(&mut self, key: &DialogKey, to: Option<u64>) {
         let now = self.now;
@@ -557,7 +567,13 @@ impl ChatAppApi for FakeChatApp {
     async fn chat(&self, key: &DialogKey) -> Result<Option<ChatRead>, ApiError> {
         self.0
             .call(format!("chatapp.chat {}", key.full_ref()), |s| {
-                s.chats.get(key).cloned().map(Chat::into_read)
+                let minimal = s.minimal_chat_answers;
+                s.chats.get(key).cloned().map(|mut c| {
+                    if minimal {
+                        (c.phone, c.last_time, c.status, c.conversation) = (None, 0, None, None);
+                    }
+                    c.into_read()
+                })
             })
     }
 

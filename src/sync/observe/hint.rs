@@ -4,11 +4,17 @@
 //!   on a quiet account): the events date the cards' values exactly as an incremental cycle
 //!   does, so the engine decides the same from the same records. Lead stages moved by those
 //!   events are kept current as on an incremental cycle.
+//! - A named dialog that is new, or whose responsible changed, is decided with its cards read
+//!   too (every card that may link to it, by id, with the events): deciding it from their bases
+//!   alone could undo a Kommo change made since the last poll ([`cards_to_read`]).
+//! - A chat read on its own is merged with its base: SPEC 6.1's sources show that answer with
+//!   `id`, `name` and `responsible` only, and a field it lacks must not overwrite the base (see
+//!   `Reader::observe_chat_alone`: a closed dialog stays closed until a new conversation or a
+//!   listing shows otherwise).
 //! - Named dialogs of the configured lines (`[chatapp] license_ids`, as the chat listing keeps
-//!   them) are read one by one from ChatApp. A hint that names only dialogs makes no
-//!   Kommo request before its writes: their linked cards are decided from the bases, and each
-//!   target is read again right before it is written (rule 10), so a card that changed meanwhile
-//!   is not overwritten.
+//!   them) are read one by one from ChatApp. A message callback on a dialog whose responsible did
+//!   not change makes no Kommo request (and, finding nothing, no db write); each target is read
+//!   again right before it is written (rule 10).
 //! - Nothing else is read, and no watermark moves and no event is marked handled: the next
 //!   polled cycle reads its window as if the hint had not run (the hint's records then equal
 //!   their new bases). Polling stays the safety net.
@@ -21,8 +27,10 @@
 //! while lead stages were never read: the caller then runs an incremental cycle instead.
 
 use super::{Observed, Reader};
+use crate::core::engine::Observations;
 use crate::core::engine::Snapshot;
-use crate::core::model::{CardKind, RecordId};
+use crate::core::model::{CardId, CardKind, RecordId};
+use crate::core::neighbourhood::{Frame, neighbourhood};
 use crate::ports::CycleKind;
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
 use crate::sync::{CycleError, Hint, Syncer};
@@ -45,20 +53,6 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
     frame.match_phone = sy.config.links.match_phone;
     let held = std::mem::take(&mut frame.held);
     let mut r = Reader::new(sy, now, CycleKind::Hint, frame, None, &stored_pipelines)?;
-    let kinds = sy.config.kinds();
-    let mut cards: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
-    for c in hint.cards.iter().filter(|c| kinds.contains(&c.kind)) {
-        cards.entry(c.kind).or_default().push(c.id);
-    }
-    let events = if cards.is_empty() {
-        vec![]
-    } else {
-        r.read_events().await?.0
-    };
-    for (kind, ids) in cards {
-        r.read_by_id(kind, ids).await?;
-    }
-    r.complete_cards(&events).await?;
     // only the configured lines, as the chat listing keeps them: a call may name any chat
     let lines = &sy.config.chatapp.license_ids;
     for key in hint
@@ -67,9 +61,19 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
         .filter(|k| lines.contains(&k.license_id))
     {
         if let Some(c) = sy.chatapp.chat(key).await? {
-            r.observe_chat(c)?;
+            r.observe_chat_alone(c)?;
         }
     }
+    let wanted = cards_to_read(&r, hint)?;
+    let events = if wanted.is_empty() {
+        vec![]
+    } else {
+        r.read_events().await?.0
+    };
+    for (kind, ids) in wanted {
+        r.read_by_id(kind, ids).await?;
+    }
+    r.complete_cards(&events).await?;
     r.collect_bad();
     let released = r.released();
     let (read_held, carried_held) = split_held(held, &r);
@@ -96,6 +100,42 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
         shadow_unlinked: Snapshot::default(),
         carried_held,
     }))
+}
+
+/// The cards a hint cycle reads, by kind: those the calls named, and every card that may link to
+/// a dialog it observed (a new one, or one whose responsible changed). Deciding such a dialog
+/// from its cards' bases alone could undo a change made in Kommo since the last poll (rule 5
+/// weighs the two changes by time): so those cards are read, with the events that date them,
+/// exactly as an incremental cycle would see them. A dialog whose only news is a message is not
+/// observed, so a message callback still reads no card.
+fn cards_to_read<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    r: &Reader<'_, K, C, S>,
+    hint: &Hint,
+) -> Result<BTreeMap<CardKind, Vec<u64>>, CycleError> {
+    let kinds = r.sy.config.kinds();
+    let mut ids: BTreeSet<CardId> = hint.cards.clone();
+    if !r.obs.dialogs.is_empty() {
+        let dialogs_only = Observations {
+            dialogs: r.obs.dialogs.clone(),
+            now: r.now,
+            ..Observations::default()
+        };
+        let frame = Frame {
+            bootstrapped: true,
+            match_phone: r.frame.match_phone,
+            ..Frame::default()
+        };
+        ids.extend(
+            neighbourhood(&r.bases, frame, &dialogs_only)?
+                .cards
+                .into_keys(),
+        );
+    }
+    let mut out: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
+    for c in ids.into_iter().filter(|c| kinds.contains(&c.kind)) {
+        out.entry(c.kind).or_default().push(c.id);
+    }
+    Ok(out)
 }
 
 /// Held records the hint read (decided again, as on a polled cycle) and those it did not (kept
