@@ -18,7 +18,7 @@ async fn daemon_env(port: u16, poll: Option<&str>) -> Env {
         let mut t = t.replace(
             "[kommo]",
             &format!(
-                "listen = \"127.0.0.1:{port}\"\nwebhook_token_file = \"webhook-token\"\nwebhook_debounce = \"300ms\"\n# the latency is measured without spacing (tests/http_hardening.rs covers it)\nwebhook_min_interval = \"0s\"\n\n[kommo]"
+                "listen = \"127.0.0.1:{port}\"\nwebhook_token_file = \"webhook-token\"\nwebhook_debounce = \"300ms\"\n# the latency is measured without the budget's pacing (tests/http_hardening.rs covers it)\nwebhook_min_interval = \"0s\"\nwebhook_budget_percent = 100\n\n[kommo]"
             ),
         );
         if let Some(p) = poll {
