@@ -890,3 +890,20 @@ async fn a_minimal_one_chat_answer_does_not_reopen_a_closed_dialog() {
     assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
     assert_eq!(s.chatapp.state().responsible(&dkey(1)), Some(BOB_E));
 }
+
+/// A new message moves the chat's `lastTime`: the dialog differs from its base only in activity,
+/// so its hint reads no card (the scale check found such hints reading the dialog's cards).
+#[tokio::test]
+async fn a_new_message_on_an_assigned_dialog_reads_no_card() {
+    let s = Scenario::bootstrapped().await;
+    let now = s.chatapp.state().now;
+    s.chatapp.state().chats.get_mut(&dkey(1)).unwrap().last_time = now;
+    let k0 = s.kommo.request_count();
+    let r = s
+        .syncer
+        .run_hint(&hint(&[], &[1]), false)
+        .await
+        .expect("the hint");
+    assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
+    assert_eq!(s.kommo.request_count(), k0, "{:?}", s.calls());
+}

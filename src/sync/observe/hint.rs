@@ -27,10 +27,10 @@
 //! while lead stages were never read: the caller then runs an incremental cycle instead.
 
 use super::{Observed, Reader};
-use crate::core::engine::Observations;
 use crate::core::engine::Snapshot;
+use crate::core::engine::{Observations, dialog_reopened};
 use crate::core::model::{CardId, CardKind, RecordId};
-use crate::core::neighbourhood::{Frame, neighbourhood};
+use crate::core::neighbourhood::{BaseLookup, Frame, neighbourhood};
 use crate::ports::CycleKind;
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
 use crate::sync::{CycleError, Hint, Syncer};
@@ -103,7 +103,7 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
 }
 
 /// The cards a hint cycle reads, by kind: those the calls named, and every card that may link to
-/// a dialog it observed (a new one, or one whose responsible changed). Deciding such a dialog
+/// a dialog it observed that is new, changed hands or was reopened. Deciding such a dialog
 /// from its cards' bases alone could undo a change made in Kommo since the last poll (rule 5
 /// weighs the two changes by time): so those cards are read, with the events that date them,
 /// exactly as an incremental cycle would see them. A dialog whose only news is a message is not
@@ -114,9 +114,20 @@ fn cards_to_read<K: KommoApi, C: ChatAppApi, S: StateStore>(
 ) -> Result<BTreeMap<CardKind, Vec<u64>>, CycleError> {
     let kinds = r.sy.config.kinds();
     let mut ids: BTreeSet<CardId> = hint.cards.clone();
-    if !r.obs.dialogs.is_empty() {
+    // a dialog whose only news is activity (`lastTime`) needs no card
+    let mut decided = BTreeMap::new();
+    for (key, o) in &r.obs.dialogs {
+        let news = match r.bases.dialog(key)? {
+            None => true,
+            Some(b) => b.responsible != o.responsible || dialog_reopened(&b, o),
+        };
+        if news {
+            decided.insert(key.clone(), o.clone());
+        }
+    }
+    if !decided.is_empty() {
         let dialogs_only = Observations {
-            dialogs: r.obs.dialogs.clone(),
+            dialogs: decided,
             now: r.now,
             ..Observations::default()
         };
