@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! cargo build --release --bins --examples
-//! target/release/examples/latency [--seconds 60] [--give-up 40] [--bin PATH]
+//! target/release/examples/latency [--seconds 60] [--give-up 40] [--bin PATH] [--keep-log PATH]
 //! ```
 //!
 //! Loopback only; the daemon is killed when the example ends.
@@ -44,6 +44,7 @@ struct Args {
     seconds: u64,
     give_up: u64,
     bin: PathBuf,
+    keep_log: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -51,6 +52,7 @@ fn args() -> Args {
         seconds: 60,
         give_up: 40,
         bin: PathBuf::new(),
+        keep_log: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -59,6 +61,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = v().parse().expect("--seconds N"),
             "--give-up" => a.give_up = v().parse().expect("--give-up N"),
             "--bin" => a.bin = PathBuf::from(v()),
+            "--keep-log" => a.keep_log = Some(PathBuf::from(v())),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -281,6 +284,20 @@ fn kommo_rate(w: &DemoWorld, from: Instant, to: Instant) -> (f64, usize) {
     (at.len() as f64 / secs, worst)
 }
 
+/// Kommo requests over `[from, to)` counted by method and path (query left out), most first.
+fn kommo_calls(w: &DemoWorld, from: Instant, to: Instant) -> String {
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in w.kommo.requests() {
+        if r.at >= from && r.at < to {
+            *by.entry(format!("{} {}", r.method, r.path)).or_default() += 1;
+        }
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    let v: Vec<String> = v.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    v.join(", ")
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
@@ -330,5 +347,9 @@ async fn main() {
     println!("  {}", timings[0].line("Kommo -> dialog"));
     println!("  {}", timings[1].line("dialog -> Kommo"));
     println!("  Kommo {rate:.2} requests/s during the flow, worst sliding second {worst}");
+    println!("  Kommo requests by call: {}", kommo_calls(&w, f0, f1));
     drop(d);
+    if let Some(to) = a.keep_log {
+        std::fs::copy(dir.path().join("daemon.log"), &to).expect("copy the daemon's log");
+    }
 }

@@ -147,12 +147,19 @@ impl Scenario {
     /// The world after its first cycle (full, bootstrap `adopt`: bases recorded, nothing
     /// written), with an empty call log and both clocks moved on by a minute.
     async fn bootstrapped() -> Scenario {
+        Scenario::bootstrapped_from(CONFIG, |_| {}).await
+    }
+
+    /// [`Scenario::bootstrapped`] with another config, and Kommo's world changed by `tweak`.
+    async fn bootstrapped_from(config: &str, tweak: impl FnOnce(&mut KommoState)) -> Scenario {
         let t0 = chatapp_kommo_sync::clock::now_unix();
         let log = CallLog::default();
-        let kommo = FakeKommo::new(kommo_world(t0), &log);
+        let mut world = kommo_world(t0);
+        tweak(&mut world);
+        let kommo = FakeKommo::new(world, &log);
         let chatapp = FakeChatApp::new(chatapp_world(t0), &log);
         let store = FakeStore::new(StoreState::default(), &log);
-        let config = Config::parse(CONFIG, "scenarios.toml").expect("the config parses");
+        let config = Config::parse(config, "scenarios.toml").expect("the config parses");
         let syncer = Syncer::new(
             config,
             kommo.clone(),
@@ -372,6 +379,49 @@ async fn check_before_write_drops_a_write_whose_target_changed_meanwhile() {
     );
     assert_eq!(s.chatapp.state().responsible(&dkey(1)), Some(CAROL_E));
     assert!(s.store.state().intents.is_empty());
+    assert_eq!(r.record.writes_failed, 1);
+}
+
+/// The lead's sync checkbox (`[sync.flag_fields] lead`), checked or not.
+fn set_lead_flag(k: &mut KommoState, checked: bool) {
+    use chatapp_kommo_sync::kommo::{CustomField, FieldValue};
+    let c = k.cards.get_mut(&lead(2001)).expect("lead 2001");
+    let fields = c.custom_fields_values.get_or_insert_with(Vec::new);
+    fields.retain(|f| f.field_id != 950);
+    fields.push(CustomField {
+        field_id: 950,
+        field_code: None,
+        values: Some(vec![FieldValue {
+            value: serde_json::Value::Bool(checked),
+        }]),
+    });
+}
+
+/// Rule 10 covers the sync flag too: a lead whose checkbox a person unchecks between the
+/// decision and the write no longer takes part, and is not written (a hint that decides a
+/// dialog without reading its cards relies on this).
+#[tokio::test]
+async fn check_before_write_drops_a_write_to_a_lead_unchecked_meanwhile() {
+    let config = CONFIG.replace(
+        "bootstrap = \"adopt\"\n",
+        "bootstrap = \"adopt\"\n\n[sync.flag_fields]\nlead = 950\n",
+    );
+    let s = Scenario::bootstrapped_from(&config, |k| {
+        k.flag_fields
+            .insert(chatapp_kommo_sync::core::model::SyncKind::Lead, 950);
+        set_lead_flag(k, true);
+    })
+    .await;
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    s.kommo
+        .before("kommo.cards_by_id", |k| set_lead_flag(k, false));
+    let r = s.cycle().await.expect("the cycle");
+    assert!(
+        matches!(&r.results[..], [WriteResult::Dropped(why)] if why.contains("no longer takes part")),
+        "{:?}",
+        r.results
+    );
+    assert_eq!(s.kommo.state().responsible(lead(2001)), ANN);
     assert_eq!(r.record.writes_failed, 1);
 }
 
@@ -653,7 +703,7 @@ async fn a_message_callback_on_an_assigned_linked_dialog_costs_no_kommo_request(
 }
 
 #[tokio::test]
-async fn a_dialog_hint_reads_the_linked_cards_and_writes_the_lead_as_an_incremental_cycle_would() {
+async fn a_dialog_hint_reads_the_events_and_writes_the_lead_as_an_incremental_cycle_would() {
     let s = Scenario::bootstrapped().await;
     s.chatapp.state().assign(&dkey(2), Some(BOB_E));
     let r = s
@@ -668,14 +718,13 @@ async fn a_dialog_hint_reads_the_linked_cards_and_writes_the_lead_as_an_incremen
             strings(&HINT_START),
             strings(&[
                 "chatapp.chat 1:grWhatsApp:79990000002@c.us",
-                // its responsible changed: its cards are read, dated by the events, before deciding
+                // it changed hands: the events say which of its cards changed since the last
+                // poll (none here, so none is read before deciding)
                 &format!(
                     "kommo.events lead,contact stages=true from={}",
                     s.t0 - OVERLAP
                 ),
                 "store.events_seen",
-                "kommo.cards_by_id lead [2001]",
-                "kommo.cards_by_id contact [3002]",
                 "store.write_failures",
                 "kommo.cards_by_id lead [2001]",
                 "store.record_intents [lead:2001]",

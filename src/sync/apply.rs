@@ -214,15 +214,17 @@ fn check(w: &Write, current: &BTreeMap<RecordId, Current>, at: &Readable) -> Res
     Ok(())
 }
 
-/// Whether a card read right before its write still takes part as a kind that receives (a lead
-/// may have closed, left the synced pipelines or changed kind meanwhile).
+/// Whether a card read right before its write still takes part as a kind that receives: its
+/// sync flag may have been unchecked, and a lead may have closed, left the synced pipelines or
+/// changed kind meanwhile.
 fn still_receives<K, C, S>(sy: &Syncer<K, C, S>, c: &CardRead, pipelines: &Pipelines) -> bool {
-    if c.kind != CardKind::Lead {
-        return true;
-    }
     let st = c.to_obs(c.lead_stage_or_open(pipelines)).into_state();
-    engine::sync_kind(&c.card_id(), &st, &sy.policy.leads)
-        .is_some_and(|k| sy.policy.chat_to_crm.contains(&k))
+    if !st.flag {
+        return false;
+    }
+    c.kind != CardKind::Lead
+        || engine::sync_kind(&c.card_id(), &st, &sy.policy.leads)
+            .is_some_and(|k| sy.policy.chat_to_crm.contains(&k))
 }
 
 /// The writes of one cycle, and what they need to confirm or park each one.

@@ -216,6 +216,9 @@ pub struct KommoState {
     pub unsorted: BTreeMap<u64, u64>,
     /// Records the next reads skipped (handed out by `take_bad`).
     pub bad: Vec<BadRecord>,
+    /// The sync-flag checkbox field per kind the cards are read with (the config's
+    /// `[sync.flag_fields]`; none by default).
+    pub flag_fields: BTreeMap<chatapp_kommo_sync::core::model::SyncKind, u64>,
 }
 
 impl KommoState {
@@ -312,6 +315,14 @@ impl FakeKommo {
     pub fn before(&self, method: &str, f: impl FnOnce(&mut KommoState) + Send + 'static) {
         self.0.before(method, f)
     }
+
+    /// The fields cards are read with: the default's, with the state's flag fields.
+    fn field_map(&self) -> FieldMap {
+        FieldMap {
+            flags: self.state().flag_fields.clone(),
+            ..FieldMap::default()
+        }
+    }
 }
 
 fn ids(ids: impl IntoIterator<Item = u64>) -> String {
@@ -390,14 +401,14 @@ impl KommoApi for FakeKommo {
             cards.sort_by_key(|c| std::cmp::Reverse(c.updated_at));
         }
         let n = cards.len();
-        let fields = FieldMap::default();
+        let fields = self.field_map();
         cards.iter().for_each(|c| sink(c.read(kind, &fields)));
         Ok(n)
     }
 
     async fn cards_by_id(&self, kind: CardKind, wanted: &[u64]) -> Result<Vec<CardRead>, ApiError> {
         let line = format!("kommo.cards_by_id {kind} {}", ids(wanted.iter().copied()));
-        let fields = FieldMap::default();
+        let fields = self.field_map();
         self.0.call(line, |s| {
             wanted
                 .iter()

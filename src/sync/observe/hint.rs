@@ -4,9 +4,11 @@
 //!   on a quiet account): the events date the cards' values exactly as an incremental cycle
 //!   does, so the engine decides the same from the same records. Lead stages moved by those
 //!   events are kept current as on an incremental cycle.
-//! - A named dialog that is new, or whose responsible changed, is decided with its cards read
-//!   too (every card that may link to it, by id, with the events): deciding it from their bases
-//!   alone could undo a Kommo change made since the last poll ([`cards_to_read`]).
+//! - A named dialog that is new, was reopened or changed hands is decided with the cards that
+//!   may link to it read too, with the events: deciding it from their bases alone could undo a
+//!   Kommo change made since the last poll ([`CardsToRead`]). A new or reopened dialog reads them
+//!   all (rule 2 takes an `E_in` card's value whether or not it changed); one that only changed
+//!   hands reads those the window's events name (only a changed responsible weighs against it).
 //! - A chat read on its own is merged with its base: SPEC 6.1's sources show that answer with
 //!   `id`, `name` and `responsible` only, and a field it lacks must not overwrite the base (see
 //!   `Reader::observe_chat_alone`: a closed dialog stays closed until a new conversation or a
@@ -29,10 +31,10 @@
 use super::{Observed, Reader};
 use crate::core::engine::Snapshot;
 use crate::core::engine::{Observations, dialog_reopened};
-use crate::core::model::{CardId, CardKind, RecordId};
+use crate::core::model::{CardId, CardKind, DialogKey, DialogObs, RecordId};
 use crate::core::neighbourhood::{BaseLookup, Frame, neighbourhood};
 use crate::ports::CycleKind;
-use crate::ports::{ChatAppApi, KommoApi, StateStore};
+use crate::ports::{CardEvent, ChatAppApi, KommoApi, StateStore};
 use crate::sync::{CycleError, Hint, Syncer};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -64,13 +66,13 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
             r.observe_chat_alone(c)?;
         }
     }
-    let wanted = cards_to_read(&r, hint)?;
+    let wanted = CardsToRead::new(&r, hint)?;
     let events = if wanted.is_empty() {
         vec![]
     } else {
         r.read_events().await?.0
     };
-    for (kind, ids) in wanted {
+    for (kind, ids) in wanted.by_kind(&events) {
         r.read_by_id(kind, ids).await?;
     }
     r.complete_cards(&events).await?;
@@ -102,51 +104,93 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
     }))
 }
 
-/// The cards a hint cycle reads, by kind: those the calls named, and every card that may link to
-/// a dialog it observed that is new, changed hands or was reopened. Deciding such a dialog
-/// from its cards' bases alone could undo a change made in Kommo since the last poll (rule 5
-/// weighs the two changes by time): so those cards are read, with the events that date them,
-/// exactly as an incremental cycle would see them. A dialog whose only news is a message is not
-/// observed, so a message callback still reads no card.
-fn cards_to_read<K: KommoApi, C: ChatAppApi, S: StateStore>(
-    r: &Reader<'_, K, C, S>,
-    hint: &Hint,
-) -> Result<BTreeMap<CardKind, Vec<u64>>, CycleError> {
-    let kinds = r.sy.config.kinds();
-    let mut ids: BTreeSet<CardId> = hint.cards.clone();
-    // a dialog whose only news is activity (`lastTime`) needs no card
-    let mut decided = BTreeMap::new();
-    for (key, o) in &r.obs.dialogs {
-        let news = match r.bases.dialog(key)? {
-            None => true,
-            Some(b) => b.responsible != o.responsible || dialog_reopened(&b, o),
+/// The cards a hint cycle reads: those the calls named, and the cards that may link to a dialog
+/// it observed that is new, changed hands or was reopened. Deciding such a dialog from its cards'
+/// bases alone could undo a change made in Kommo since the last poll (rule 5 weighs the two
+/// changes by time): so those cards are read, with the events that date them, as an incremental
+/// cycle would see them. A dialog whose only news is a message is not decided, so a message
+/// callback reads no card.
+#[derive(Default)]
+struct CardsToRead {
+    /// Read whatever the events say: named by a call, or around a new or reopened dialog (rule 2
+    /// takes the value of an `E_in` card whether or not it changed).
+    always: BTreeSet<CardId>,
+    /// Around a dialog that only changed hands: read when an event of the window names them.
+    /// Only a card whose responsible changed since the last poll can weigh against the dialog's
+    /// change (rules 1 and 5 count a card as changed by its value), and such a change has its
+    /// `responsible_changed` event in the window, the same events an incremental cycle reads
+    /// cards by. Another card's other fields do not bear on rule 3, whose targets are each read
+    /// right before their write (rule 10: gone, closed or unchecked since -> not written).
+    if_evented: BTreeSet<CardId>,
+}
+
+impl CardsToRead {
+    fn new<K: KommoApi, C: ChatAppApi, S: StateStore>(
+        r: &Reader<'_, K, C, S>,
+        hint: &Hint,
+    ) -> Result<Self, CycleError> {
+        let mut out = CardsToRead {
+            always: hint.cards.clone(),
+            ..Self::default()
         };
-        if news {
-            decided.insert(key.clone(), o.clone());
+        // a dialog whose only news is activity (`lastTime`) needs no card
+        let (mut opened, mut moved) = (BTreeMap::new(), BTreeMap::new());
+        for (key, o) in &r.obs.dialogs {
+            match r.bases.dialog(key)? {
+                Some(b) if dialog_reopened(&b, o) => opened.insert(key.clone(), o.clone()),
+                None => opened.insert(key.clone(), o.clone()),
+                Some(b) if b.responsible != o.responsible => moved.insert(key.clone(), o.clone()),
+                Some(_) => None,
+            };
         }
+        out.always.extend(around(r, opened)?);
+        out.if_evented.extend(around(r, moved)?);
+        // only the synced kinds: a call may name a card of any kind
+        let kinds = r.sy.config.kinds();
+        out.always.retain(|c| kinds.contains(&c.kind));
+        out.if_evented.retain(|c| kinds.contains(&c.kind));
+        Ok(out)
     }
-    if !decided.is_empty() {
-        let dialogs_only = Observations {
-            dialogs: decided,
-            now: r.now,
-            ..Observations::default()
-        };
-        let frame = Frame {
-            bootstrapped: true,
-            match_phone: r.frame.match_phone,
-            ..Frame::default()
-        };
-        ids.extend(
-            neighbourhood(&r.bases, frame, &dialogs_only)?
-                .cards
-                .into_keys(),
-        );
+
+    fn is_empty(&self) -> bool {
+        self.always.is_empty() && self.if_evented.is_empty()
     }
-    let mut out: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
-    for c in ids.into_iter().filter(|c| kinds.contains(&c.kind)) {
-        out.entry(c.kind).or_default().push(c.id);
+
+    /// What to read, by kind, given the window's events.
+    fn by_kind(self, events: &[CardEvent]) -> BTreeMap<CardKind, Vec<u64>> {
+        let evented: BTreeSet<CardId> = events.iter().filter_map(|e| e.card).collect();
+        let mut out: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
+        let chosen = self.if_evented.intersection(&evented).copied();
+        let ids: BTreeSet<CardId> = self.always.into_iter().chain(chosen).collect();
+        for c in ids {
+            out.entry(c.kind).or_default().push(c.id);
+        }
+        out
     }
-    Ok(out)
+}
+
+/// Every card that may link to `dialogs`, from the bases.
+fn around<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    r: &Reader<'_, K, C, S>,
+    dialogs: BTreeMap<DialogKey, DialogObs>,
+) -> Result<BTreeSet<CardId>, CycleError> {
+    if dialogs.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let dialogs_only = Observations {
+        dialogs,
+        now: r.now,
+        ..Observations::default()
+    };
+    let frame = Frame {
+        bootstrapped: true,
+        match_phone: r.frame.match_phone,
+        ..Frame::default()
+    };
+    Ok(neighbourhood(&r.bases, frame, &dialogs_only)?
+        .cards
+        .into_keys()
+        .collect())
 }
 
 /// Held records the hint read (decided again, as on a polled cycle) and those it did not (kept
