@@ -919,6 +919,42 @@ async fn hints_answered_out_of_order_decide_as_one_incremental_cycle() {
     assert_eq!(state(&a), state(&b));
 }
 
+/// A hint writes a card it read by id moments before without reading it again: that read is
+/// rule 10's check (`apply::FRESH_READ`), so each such write costs one request, not two.
+#[tokio::test]
+async fn a_hint_writes_a_card_it_just_read_without_reading_it_again() {
+    let s = Scenario::bootstrapped().await;
+    // a person moves lead 2001 to Carol in Kommo (an event names it), later the dialog to Bob
+    s.kommo.state().set_responsible(lead(2001), CAROL, ANN);
+    s.tick(300);
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    let r = s
+        .syncer
+        .run_hint(&hint(&[], &[2]), false)
+        .await
+        .expect("the hint");
+    assert_eq!(r.results, vec![WriteResult::Done]);
+    let kommo: Vec<String> = s
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("kommo."))
+        .collect();
+    assert_eq!(
+        kommo,
+        [
+            "kommo.retry_unsaved_token".to_string(),
+            format!(
+                "kommo.events lead,contact stages=true from={}",
+                s.t0 - OVERLAP
+            ),
+            "kommo.cards_by_id lead [2001]".into(),
+            format!("kommo.patch lead [2001->{BOB}]"),
+        ]
+    );
+    assert_eq!(s.kommo.state().responsible(lead(2001)), BOB);
+    assert_eq!(r.record.kommo_requests, 3);
+}
+
 /// A chat read on its own may hold only `id`, `name` and `responsible` (SPEC 6.1): for a dialog
 /// with a base, the rest stays the base's. A closed dialog whose answer lacks `status` is not
 /// taken as reopened (rule 2 would push the contact's responsible onto it).

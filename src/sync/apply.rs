@@ -1,7 +1,8 @@
 //! Step 5 of a cycle, and its recovery: writes through the ports.
 //!
 //! [`apply`] reads every target right before writing it (rule 10: cards in batches; a target
-//! that changed, closed, went away or no longer takes part is dropped), records an intent before
+//! that changed, closed, went away or no longer takes part is dropped; a card a hint cycle read
+//! by id less than [`FRESH_READ`] ago is not read again), records an intent before
 //! each write (rule 11), writes (Kommo in batches of `batch_size`, ChatApp one call per dialog)
 //! and confirms each write with its new base and audit entry in one transaction, so the daemon's
 //! own writes never come back as changes. A dialog write is read back before it is confirmed. A
@@ -20,6 +21,18 @@ use crate::ports::CardRead;
 use crate::ports::{AuditEntry, Base, FailureKind, Intent, WriteFailure};
 use crate::ports::{ChatAppApi, KommoApi, StateStore};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How old a card read of this cycle may be to stand as rule 10's check (a decision of ours,
+/// no API documents it). A hint cycle reads the cards it decides by id, milliseconds before it
+/// writes them: reading them again would double the request for each write (Kommo has no
+/// conditional write, so either read leaves the same kind of gap before the PATCH; the budget of
+/// hint work is counted in requests). A read older than this, and every read of a polled cycle
+/// (its listings can be minutes old), is made again right before the write.
+pub const FRESH_READ: Duration = Duration::from_secs(1);
+
+/// A hint cycle's cards read by id, with when each answer came (empty on other cycles).
+pub type ReadJustNow = BTreeMap<CardId, (Instant, CardRead)>;
 
 /// Rule 11: pending intents are settled by reading their targets (written: recorded as the new
 /// base; not written: dropped, decided again). Returns how many there were.
@@ -81,6 +94,7 @@ pub async fn apply<K: KommoApi, C: ChatAppApi, S: StateStore>(
     now: i64,
     report: &mut CycleReport,
     pipelines: &Pipelines,
+    just_read: &ReadJustNow,
 ) -> Result<(), CycleError> {
     if report.plan.writes.is_empty() {
         return Ok(());
@@ -98,7 +112,7 @@ pub async fn apply<K: KommoApi, C: ChatAppApi, S: StateStore>(
         .iter()
         .zip(&held)
         .filter(|(_, h)| h.is_none());
-    let current = read_targets(sy, to_send.map(|(w, _)| w), pipelines).await?;
+    let current = read_targets(sy, to_send.map(|(w, _)| w), pipelines, just_read).await?;
     let people = report.people.clone();
     let at = sy.readable(&people, now);
     let mut cards: BTreeMap<CardKind, Vec<(usize, Intent)>> = BTreeMap::new();
@@ -152,17 +166,35 @@ fn held_back(w: &Write, failures: &BTreeMap<RecordId, WriteFailure>, now: i64) -
     ))
 }
 
-/// Rule 10: each target read right before its write (cards in batches per kind).
+/// Rule 10: each target read right before its write (cards in batches per kind), unless this
+/// cycle read it less than [`FRESH_READ`] ago.
 async fn read_targets<'w, K: KommoApi, C: ChatAppApi, S: StateStore>(
     sy: &Syncer<K, C, S>,
     writes: impl Iterator<Item = &'w Write>,
     pipelines: &Pipelines,
+    just_read: &ReadJustNow,
 ) -> Result<BTreeMap<RecordId, Current>, CycleError> {
     let mut current = BTreeMap::new();
     let mut by_kind: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
+    let held_by = |c: &CardRead| {
+        if !c.view.deleted && still_receives(sy, c, pipelines) {
+            Current::Holds(
+                Some(c.view.responsible)
+                    .filter(|u| u.0 != 0)
+                    .map(Value::Card),
+            )
+        } else {
+            Current::Gone
+        }
+    };
     for w in writes {
         match &w.target {
-            Target::Card { id, .. } => by_kind.entry(id.kind).or_default().push(id.id),
+            Target::Card { id, .. } => match just_read.get(id) {
+                Some((at, c)) if at.elapsed() < FRESH_READ => {
+                    current.insert(RecordId::Card(*id), held_by(c));
+                }
+                _ => by_kind.entry(id.kind).or_default().push(id.id),
+            },
             Target::Dialog { key, .. } => {
                 let held = match sy.chatapp.chat(key).await? {
                     Some(c) if !c.view.closed => {
@@ -176,16 +208,7 @@ async fn read_targets<'w, K: KommoApi, C: ChatAppApi, S: StateStore>(
     }
     for (kind, ids) in &by_kind {
         for c in sy.kommo.cards_by_id(*kind, ids).await? {
-            let held = if !c.view.deleted && still_receives(sy, &c, pipelines) {
-                Current::Holds(
-                    Some(c.view.responsible)
-                        .filter(|u| u.0 != 0)
-                        .map(Value::Card),
-                )
-            } else {
-                Current::Gone
-            };
-            current.insert(RecordId::Card(CardId::new(*kind, c.id)), held);
+            current.insert(RecordId::Card(c.card_id()), held_by(&c));
         }
     }
     Ok(current)

@@ -376,7 +376,8 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
                 Ok(report)
             }
             gate::Gate::Write => {
-                apply::apply(self, id, now, &mut report, &seen.pipelines).await?;
+                let just_read = std::mem::take(&mut seen.read_just_now);
+                apply::apply(self, id, now, &mut report, &seen.pipelines, &just_read).await?;
                 commit::commit(self, now, seen, &mut report, None)?;
                 Ok(report)
             }

@@ -22,6 +22,7 @@
 mod hint;
 pub use hint::observe_hint;
 
+use super::apply::ReadJustNow;
 use super::{CycleError, Syncer};
 use crate::core::engine::{Brake, Observations, Snapshot, empty_listing_brake};
 use crate::core::model::{
@@ -85,6 +86,9 @@ pub struct Observed<St> {
     /// A hint cycle's held records that it did not read: not decided, still held after the
     /// commit (see [`observe_hint`]). Empty on other cycles.
     pub carried_held: BTreeSet<RecordId>,
+    /// A hint cycle's cards read by id, for rule 10's check (see [`super::apply::FRESH_READ`]).
+    /// Empty on other cycles.
+    pub read_just_now: ReadJustNow,
 }
 
 /// Reads everything a cycle needs (see the module docs).
@@ -155,6 +159,7 @@ pub async fn observe<K: KommoApi, C: ChatAppApi, S: StateStore>(
         shadow_tally,
         shadow_unlinked,
         carried_held: BTreeSet::new(),
+        read_just_now: ReadJustNow::new(),
     })
 }
 
@@ -193,6 +198,9 @@ struct Reader<'a, K, C, S: StateStore + 'a> {
     unknown_status: Vec<CardRead>,
     listing_brake: Option<Brake>,
     bad: Vec<BadRecord>,
+    /// Cards read by id on a hint cycle, with when (rule 10 may take them: see
+    /// [`super::apply::FRESH_READ`]).
+    read_just_now: ReadJustNow,
 }
 
 impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
@@ -230,6 +238,7 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
             unknown_status: vec![],
             listing_brake: None,
             bad: vec![],
+            read_just_now: ReadJustNow::new(),
         })
     }
 
@@ -427,6 +436,12 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     /// is not: it stays quarantined and is read again next cycle.
     async fn read_by_id(&mut self, kind: CardKind, ids: Vec<u64>) -> Result<(), CycleError> {
         let got = self.sy.kommo.cards_by_id(kind, &ids).await?;
+        if self.kind == CycleKind::Hint {
+            let at = std::time::Instant::now();
+            for c in &got {
+                self.read_just_now.insert(c.card_id(), (at, c.clone()));
+            }
+        }
         let bad_now = self.sy.kommo.take_bad();
         let unreadable = subjects(&bad_now);
         self.bad.extend(bad_now);

@@ -16,7 +16,8 @@
 //! - Named dialogs of the configured lines (`[chatapp] license_ids`, as the chat listing keeps
 //!   them) are read one by one from ChatApp. A message callback on a dialog whose responsible did
 //!   not change makes no Kommo request (and, finding nothing, no db write); each target is read
-//!   again right before it is written (rule 10).
+//!   again right before it is written (rule 10), except a card this hint read by id less than
+//!   [`crate::sync::apply::FRESH_READ`] before: that read is the check.
 //! - Nothing else is read, and no watermark moves and no event is marked handled: the next
 //!   polled cycle reads its window as if the hint had not run (the hint's records then equal
 //!   their new bases). Polling stays the safety net.
@@ -101,6 +102,7 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
         shadow_tally: None,
         shadow_unlinked: Snapshot::default(),
         carried_held,
+        read_just_now: std::mem::take(&mut r.read_just_now),
     }))
 }
 
