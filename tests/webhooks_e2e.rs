@@ -95,6 +95,47 @@ async fn a_wrong_token_is_404_and_a_valid_call_gives_one_cycle() {
     .await;
 }
 
+/// A hint cycle that fails (here ChatApp refuses the chat's read) puts its records back: the
+/// next webhook cycle, woken by an unrelated message callback, decides them. (A polled cycle might
+/// never see this change: a reassignment need not move the chat's `lastTime`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_hint_cycles_records_are_decided_by_the_next_webhook_cycle() {
+    use chatapp_kommo_sync::sim::{Fault, FaultRule};
+    proc::bounded(60, async {
+        let port = free_port();
+        let env = daemon_env(port, None).await;
+        let mut d = env.spawn(&[]);
+        d.ready(Duration::from_secs(15)).await;
+        d.signal("USR1");
+        d.cycle_done(1, Duration::from_secs(20)).await;
+        let c = reqwest::Client::new();
+        let post = |chat: &'static str, kind: &'static str| {
+            c.post(format!("http://127.0.0.1:{port}/hooks/chatapp/{TOKEN}"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"data":[{{"chat":{{"id":"{chat}"}}}}],"meta":{{"type":"{kind}","licenseId":1,"messengerType":"grWhatsApp"}}}}"#))
+                .send()
+        };
+        // an operator gives Maria's dialog to Vera; reading it fails once
+        env.w.chatapp.push_fault(
+            FaultRule::new(Fault::HtmlForbidden)
+                .path("/v1/licenses/1/messengers/grWhatsApp/chats/79990000002")
+                .times(1),
+        );
+        env.w.clock.advance(10);
+        env.w.chatapp.assign_as_human(1, WA, "79990000002@c.us", Some(85503));
+        assert_eq!(post("79990000002@c.us", "chatResponsible").await.unwrap().status(), 200);
+        let status = d.cycle_done(2, Duration::from_secs(10)).await;
+        assert!(status.contains("failed"), "{status}");
+        assert_eq!(env.w.kommo.responsible_of("leads", 2002), Some(504141));
+        // a message on Pavel's dialog wakes the next webhook cycle: Maria's comes with it
+        assert_eq!(post("79990000004@c.us", "message").await.unwrap().status(), 200);
+        d.cycle_done(3, Duration::from_secs(10)).await;
+        assert_eq!(env.w.kommo.responsible_of("leads", 2002), Some(504143));
+        d.term(Duration::from_secs(10)).await;
+    })
+    .await;
+}
+
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() - 1) as f64 * p).round() as usize]

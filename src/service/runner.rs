@@ -338,11 +338,18 @@ impl Runner {
         )))]);
         let t0 = Instant::now();
         let before = self.requests();
+        let taken = hint.clone();
         let result = self.drive(kind, hint, sig).await;
         self.ctx
             .hb
             .cycle_ended(matches!(result, Some(Ok(_)) | None));
         self.pace_hooks(before);
+        if let (Some(Err(_)), Some(taken), Some(hooks)) = (&result, taken, &self.ctx.hooks) {
+            // after the pacing: they wait for the next call (or the next cycle's follow-up), so
+            // a hint that keeps failing is not tried again in a loop
+            tracing::info!("the failed hint cycle's records wait for the next webhook cycle");
+            hooks.put_back(taken);
+        }
         if kind != CycleKind::Hint {
             return_freed_memory();
         }

@@ -54,19 +54,24 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Adds what one call named.
+    /// Adds what one call named: past [`MAX_PENDING`] records in all, or a call that named
+    /// nothing readable, the next webhook cycle is an incremental one.
     fn add(&mut self, named: Named) {
-        if named.overflow || named.is_empty() {
+        if named.is_empty() {
             self.unnamed = true;
             return;
         }
-        let room = MAX_PENDING.saturating_sub(self.hint.cards.len() + self.hint.dialogs.len());
-        if named.len() > room {
-            self.unnamed = true;
-            return;
-        }
-        self.hint.cards.extend(named.cards);
-        self.hint.dialogs.extend(named.dialogs);
+        let mut all = Named {
+            cards: std::mem::take(&mut self.hint.cards),
+            dialogs: std::mem::take(&mut self.hint.dialogs),
+            overflow: false,
+        };
+        all.merge(named, MAX_PENDING);
+        self.unnamed |= all.overflow;
+        self.hint = Hint {
+            cards: all.cards,
+            dialogs: all.dialogs,
+        };
     }
 
     /// Nothing waits.
@@ -109,6 +114,21 @@ impl Hooks {
     /// Takes what the calls since the last take named.
     pub fn take_pending(&self) -> Pending {
         std::mem::take(&mut *self.lock_pending())
+    }
+
+    /// Puts back what a failed hint cycle took: its records wait for the next webhook cycle,
+    /// with what calls named meanwhile (a `chatResponsible` change that does not move the chat's
+    /// `lastTime` is not in a polled cycle's window, so a dropped hint could wait for the full
+    /// cycle).
+    pub fn put_back(&self, hint: Hint) {
+        if hint.is_empty() {
+            return;
+        }
+        self.lock_pending().add(Named {
+            cards: hint.cards,
+            dialogs: hint.dialogs,
+            overflow: false,
+        });
     }
 
     /// Whether calls named something not yet taken.
@@ -814,6 +834,38 @@ mod tests {
             br#"{"data":[],"meta":{"type":"messageStatus"}}"#
         ));
         assert!(!chatapp_body_is_relevant(b""));
+    }
+
+    /// Calls add up to `MAX_PENDING` records (a record named again does not count twice); past
+    /// it the next webhook cycle is an incremental one. A failed hint's records put back join
+    /// what came meanwhile.
+    #[test]
+    fn pending_records_add_up_to_the_cap_and_a_failed_hint_puts_its_own_back() {
+        use crate::core::model::{CardId, CardKind};
+        let hooks = Hooks::new(SecretString::from("t".to_string()));
+        let leads = |r: std::ops::Range<u64>| Named {
+            cards: r.map(|i| CardId::new(CardKind::Lead, i)).collect(),
+            ..Named::default()
+        };
+        hooks.fire(leads(1..401));
+        hooks.fire(leads(1..101)); // the same records again: still 400
+        let p = hooks.take_pending();
+        assert!(!p.unnamed);
+        assert_eq!(p.hint.cards.len(), 400);
+        // the hint cycle failed: its 400 come back beside 100 named meanwhile
+        hooks.fire(leads(1000..1100));
+        hooks.put_back(p.hint);
+        let p = hooks.take_pending();
+        assert!(!p.unnamed);
+        assert_eq!(p.hint.cards.len(), MAX_PENDING);
+        hooks.fire(leads(1..401));
+        hooks.fire(leads(2000..2101));
+        assert!(
+            hooks.take_pending().unnamed,
+            "501 records: an incremental cycle"
+        );
+        hooks.put_back(Hint::default());
+        assert!(!hooks.has_pending(), "an empty hint puts nothing back");
     }
 
     #[tokio::test]
