@@ -182,6 +182,18 @@ impl Scenario {
         s
     }
 
+    /// One hint cycle (not in shadow mode) naming `cards` and the dialogs numbered `dialogs`.
+    async fn hint(
+        &self,
+        cards: &[chatapp_kommo_sync::core::model::CardId],
+        dialogs: &[u64],
+    ) -> CycleReport {
+        self.syncer
+            .run_hint(&hint(cards, dialogs), false)
+            .await
+            .expect("the hint")
+    }
+
     /// One incremental cycle.
     async fn cycle(&self) -> Result<CycleReport, CycleError> {
         self.syncer.run_cycle(CycleOptions::default()).await
@@ -678,11 +690,7 @@ const HINT_START: [&str; 5] = [
 async fn a_message_callback_on_an_assigned_linked_dialog_costs_no_kommo_request() {
     let s = Scenario::bootstrapped().await;
     let k0 = s.kommo.request_count();
-    let r = s
-        .syncer
-        .run_hint(&hint(&[], &[1, 2]), false)
-        .await
-        .expect("the hint");
+    let r = s.hint(&[], &[1, 2]).await;
     assert_eq!(r.record.kind, CycleKind::Hint);
     assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
     assert_eq!(
@@ -706,11 +714,7 @@ async fn a_message_callback_on_an_assigned_linked_dialog_costs_no_kommo_request(
 async fn a_dialog_hint_reads_the_events_and_writes_the_lead_as_an_incremental_cycle_would() {
     let s = Scenario::bootstrapped().await;
     s.chatapp.state().assign(&dkey(2), Some(BOB_E));
-    let r = s
-        .syncer
-        .run_hint(&hint(&[], &[2]), false)
-        .await
-        .expect("the hint");
+    let r = s.hint(&[], &[2]).await;
     assert_eq!(r.results, vec![WriteResult::Done]);
     assert_eq!(
         s.calls(),
@@ -759,11 +763,7 @@ async fn a_card_hint_reads_the_card_and_the_events_and_decides_as_an_incremental
     for s in [&a, &b] {
         s.kommo.state().set_responsible(contact(3001), BOB, ANN);
     }
-    let by_hint = a
-        .syncer
-        .run_hint(&hint(&[contact(3001)], &[]), false)
-        .await
-        .expect("the hint");
+    let by_hint = a.hint(&[contact(3001)], &[]).await;
     let by_poll = b.cycle().await.expect("the incremental cycle");
     let targets = |r: &CycleReport| -> Vec<String> {
         r.plan
@@ -897,14 +897,8 @@ async fn hints_answered_out_of_order_decide_as_one_incremental_cycle() {
         s.tick(300);
         s.chatapp.state().assign(&dkey(2), Some(CAROL_E));
     }
-    a.syncer
-        .run_hint(&hint(&[], &[2]), false)
-        .await
-        .expect("the dialog's hint");
-    a.syncer
-        .run_hint(&hint(&[contact(3002)], &[]), false)
-        .await
-        .expect("the contact's hint");
+    a.hint(&[], &[2]).await; // the dialog's hint
+    a.hint(&[contact(3002)], &[]).await; // the contact's
     b.cycle().await.expect("the incremental cycle");
     let state = |s: &Scenario| {
         let dialog = s.chatapp.state().responsible(&dkey(2));
@@ -928,11 +922,7 @@ async fn a_hint_writes_a_card_it_just_read_without_reading_it_again() {
     s.kommo.state().set_responsible(lead(2001), CAROL, ANN);
     s.tick(300);
     s.chatapp.state().assign(&dkey(2), Some(BOB_E));
-    let r = s
-        .syncer
-        .run_hint(&hint(&[], &[2]), false)
-        .await
-        .expect("the hint");
+    let r = s.hint(&[], &[2]).await;
     assert_eq!(r.results, vec![WriteResult::Done]);
     let kommo: Vec<String> = s
         .calls()
@@ -967,11 +957,7 @@ async fn a_minimal_one_chat_answer_does_not_reopen_a_closed_dialog() {
     s.cycle().await.expect("the polled cycle");
     s.calls();
     s.chatapp.state().minimal_chat_answers = true;
-    let r = s
-        .syncer
-        .run_hint(&hint(&[], &[1]), false)
-        .await
-        .expect("the hint");
+    let r = s.hint(&[], &[1]).await;
     assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
     assert_eq!(s.chatapp.state().responsible(&dkey(1)), Some(BOB_E));
 }
@@ -984,11 +970,7 @@ async fn a_new_message_on_an_assigned_dialog_reads_no_card() {
     let now = s.chatapp.state().now;
     s.chatapp.state().chats.get_mut(&dkey(1)).unwrap().last_time = now;
     let k0 = s.kommo.request_count();
-    let r = s
-        .syncer
-        .run_hint(&hint(&[], &[1]), false)
-        .await
-        .expect("the hint");
+    let r = s.hint(&[], &[1]).await;
     assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
     assert_eq!(s.kommo.request_count(), k0, "{:?}", s.calls());
 }

@@ -33,6 +33,17 @@ async fn daemon_env(port: u16, poll: Option<&str>) -> Env {
     env
 }
 
+/// A daemon with webhooks on `port` (polling as `poll` says), after its first cycle (asked for
+/// by SIGUSR1).
+async fn started(port: u16, poll: Option<&str>) -> (Env, proc::Daemon) {
+    let env = daemon_env(port, poll).await;
+    let mut d = env.spawn(&[]);
+    d.ready(Duration::from_secs(15)).await;
+    d.signal("USR1");
+    d.cycle_done(1, Duration::from_secs(20)).await;
+    (env, d)
+}
+
 fn finished_cycles(d: &proc::Daemon) -> usize {
     d.notices()
         .iter()
@@ -47,11 +58,7 @@ const KOMMO_BODY: &str = "contacts%5Bupdate%5D%5B0%5D%5Bid%5D=1001&contacts%5Bup
 async fn a_wrong_token_is_404_and_a_valid_call_gives_one_cycle() {
     proc::bounded(60, async {
         let port = free_port();
-        let env = daemon_env(port, None).await;
-        let mut d = env.spawn(&[]);
-        d.ready(Duration::from_secs(15)).await;
-        d.signal("USR1");
-        d.cycle_done(1, Duration::from_secs(20)).await;
+        let (env, mut d) = started(port, None).await;
         let c = reqwest::Client::new();
         let url = |kind: &str, tok: &str| format!("http://127.0.0.1:{port}/hooks/{kind}/{tok}");
         let r = c.post(url("kommo", "not-the-token")).body(KOMMO_BODY).send().await.unwrap();
@@ -103,11 +110,7 @@ async fn a_failed_hint_cycles_records_are_decided_by_the_next_webhook_cycle() {
     use chatapp_kommo_sync::sim::{Fault, FaultRule};
     proc::bounded(60, async {
         let port = free_port();
-        let env = daemon_env(port, None).await;
-        let mut d = env.spawn(&[]);
-        d.ready(Duration::from_secs(15)).await;
-        d.signal("USR1");
-        d.cycle_done(1, Duration::from_secs(20)).await;
+        let (env, mut d) = started(port, None).await;
         let c = reqwest::Client::new();
         let post = |chat: &'static str, kind: &'static str| {
             c.post(format!("http://127.0.0.1:{port}/hooks/chatapp/{TOKEN}"))
@@ -184,11 +187,7 @@ async fn change_to_correction_latency_with_and_without_webhooks() {
     proc::bounded(110, async {
         // webhooks on (polling every 10 minutes as the safety net)
         let port = free_port();
-        let env = daemon_env(port, Some("0 */10 * * * *")).await;
-        let mut d = env.spawn(&[]);
-        d.ready(Duration::from_secs(15)).await;
-        d.signal("USR1");
-        d.cycle_done(1, Duration::from_secs(20)).await;
+        let (env, mut d) = started(port, Some("0 */10 * * * *")).await;
         let mut on = latencies(&env, 8, Some(port)).await;
         d.term(Duration::from_secs(10)).await;
 
