@@ -945,6 +945,42 @@ async fn a_hint_writes_a_card_it_just_read_without_reading_it_again() {
     assert_eq!(r.record.kommo_requests, 3);
 }
 
+/// The shortcut has an age: a card read longer than `FRESH_READ` before its write is read again
+/// (here the hint's read of the pipelines, for a status it did not know, takes that long).
+#[tokio::test]
+async fn a_hint_reads_a_card_again_when_its_read_is_older_than_fresh_read() {
+    use chatapp_kommo_sync::sync::apply::FRESH_READ;
+    let s = Scenario::bootstrapped().await;
+    {
+        let mut k = s.kommo.state();
+        k.set_responsible(lead(2001), CAROL, ANN);
+        k.cards.get_mut(&lead(2001)).expect("lead 2001").status_id = Some(12);
+    }
+    s.kommo.before("kommo.pipelines", |k| {
+        k.pipelines.statuses.insert(
+            12,
+            StatusInfo {
+                pipeline: PIPELINE.0,
+                name: "Next".into(),
+                kind: 0,
+            },
+        );
+        std::thread::sleep(FRESH_READ + std::time::Duration::from_millis(100));
+    });
+    s.tick(300);
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    let r = s.hint(&[], &[2]).await;
+    assert_eq!(r.results, vec![WriteResult::Done]);
+    let calls = s.calls();
+    let reads = calls
+        .iter()
+        .filter(|c| *c == "kommo.cards_by_id lead [2001]")
+        .count();
+    assert_eq!(reads, 2, "{calls:?}");
+    assert!(calls.contains(&"kommo.pipelines".to_string()), "{calls:?}");
+    assert_eq!(s.kommo.state().responsible(lead(2001)), BOB);
+}
+
 /// A chat read on its own may hold only `id`, `name` and `responsible` (SPEC 6.1): for a dialog
 /// with a base, the rest stays the base's. A closed dialog whose answer lacks `status` is not
 /// taken as reopened (rule 2 would push the contact's responsible onto it).
