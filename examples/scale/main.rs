@@ -317,6 +317,13 @@ async fn main() {
     let m = run_once(&a.bin, &config, &[], &kommo, &chatapp);
     // account (once per process) + users + events + one page per kind; employees + one chat page
     ok &= report("incremental, idle", &m, 1 + users + 1 + 2, 2, a.check);
+    // the cycle's own wall time, as recorded (the process start and the db's opening aside)
+    let cycle_ms = chatapp_kommo_sync::store::Store::open_read_only(&state)
+        .and_then(|st| st.recent_cycles(1))
+        .expect("read the cycle log")
+        .first()
+        .map_or(0, |c| c.duration_ms);
+    println!("                             the idle cycle itself: {cycle_ms} ms (recorded)");
     let after_idle = size();
     println!(
         "state file: {:.1} MB before the idle cycle, {:.1} MB after",
@@ -525,8 +532,8 @@ fn hint_phase(a: &Args, config: &Path, kommo: &KommoSim, chatapp: &ChatAppSim) -
 
 /// The daemon's figures: CPU per idle cycle (median, max), RSS between cycles, requests.
 /// Issue 21 item 3 at the check's size: an idle shadow cycle costs the requests of an idle
-/// normal one, and about its CPU and memory (generous margins: the two daemons ran one after the
-/// other on a shared machine, and CPU is counted in 10 ms ticks). Prints why when it does not.
+/// normal one, and about its CPU and memory (margins: the two daemons ran one after the other on
+/// a shared machine, and CPU is counted in 10 ms ticks). Prints why when it does not.
 fn shadow_as_cheap(normal: &daemon::DaemonFigures, shadow: &daemon::DaemonFigures) -> bool {
     let median = |f: &daemon::DaemonFigures| {
         let mut v = f.cpu_per_cycle.clone();
@@ -548,7 +555,8 @@ fn shadow_as_cheap(normal: &daemon::DaemonFigures, shadow: &daemon::DaemonFigure
         ok = false;
     }
     let (cpu_n, cpu_s) = (median(normal), median(shadow));
-    if cpu_s > 2.0 * cpu_n + 0.05 {
+    // before item 3, at the check's size: 0.140 s against 0.060 s (BENCHMARKS.md)
+    if cpu_s > 1.5 * cpu_n + 0.03 {
         eprintln!("an idle shadow cycle took {cpu_s:.3} s of CPU, a normal one {cpu_n:.3} s");
         ok = false;
     }
