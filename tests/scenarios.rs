@@ -722,15 +722,12 @@ async fn a_dialog_hint_reads_the_events_and_writes_the_lead_as_an_incremental_cy
             strings(&HINT_START),
             strings(&[
                 "chatapp.chat 1:grWhatsApp:79990000002@c.us",
-                // it changed hands: the events say which of its cards changed since the last
-                // poll (none here, so none is read before deciding)
-                &format!(
-                    "kommo.events lead,contact stages=true from={}",
-                    s.t0 - OVERLAP
-                ),
-                "store.events_seen",
-                "store.write_failures",
+                // it changed hands: its cards are read (links and flags as they are now); none
+                // changed hands since the last poll, so no events page is needed to date them,
+                // and the lead read a moment ago is not read again before its write
                 "kommo.cards_by_id lead [2001]",
+                "kommo.cards_by_id contact [3002]",
+                "store.write_failures",
                 "store.record_intents [lead:2001]",
                 &format!("kommo.patch lead [2001->{BOB}]"),
                 "store.confirm_write lead:2001 (write)",
@@ -933,16 +930,18 @@ async fn a_hint_writes_a_card_it_just_read_without_reading_it_again() {
         kommo,
         [
             "kommo.retry_unsaved_token".to_string(),
+            // the dialog's cards, then (the lead changed hands too) the events that date it
+            "kommo.cards_by_id lead [2001]".into(),
+            "kommo.cards_by_id contact [3002]".into(),
             format!(
                 "kommo.events lead,contact stages=true from={}",
                 s.t0 - OVERLAP
             ),
-            "kommo.cards_by_id lead [2001]".into(),
             format!("kommo.patch lead [2001->{BOB}]"),
         ]
     );
     assert_eq!(s.kommo.state().responsible(lead(2001)), BOB);
-    assert_eq!(r.record.kommo_requests, 3);
+    assert_eq!(r.record.kommo_requests, 4);
 }
 
 /// The shortcut has an age: a card read longer than `FRESH_READ` before its write is read again
@@ -981,6 +980,31 @@ async fn a_hint_reads_a_card_again_when_its_read_is_older_than_fresh_read() {
     assert_eq!(s.kommo.state().responsible(lead(2001)), BOB);
 }
 
+/// The dialog changed hands first, its contact later (before the next poll): the dialog's hint
+/// reads the contact, sees it changed hands too and dates it by the events, so the newer Kommo
+/// change wins (rule 5), as on a polled cycle. Without the events the contact would be dated by
+/// the daemon's clock (earlier than the servers' here) and the dialog would win.
+#[tokio::test]
+async fn a_dialog_hint_dates_a_card_that_changed_hands_too_by_the_events() {
+    let (a, b) = (
+        Scenario::bootstrapped().await,
+        Scenario::bootstrapped().await,
+    );
+    for s in [&a, &b] {
+        s.chatapp.state().assign(&dkey(2), Some(CAROL_E));
+        s.tick(300);
+        s.kommo.state().set_responsible(contact(3002), BOB, ANN);
+    }
+    a.hint(&[], &[2]).await;
+    b.cycle().await.expect("the incremental cycle");
+    let state = |s: &Scenario| {
+        let dialog = s.chatapp.state().responsible(&dkey(2));
+        (dialog, s.kommo.state().responsible(lead(2001)))
+    };
+    assert_eq!(state(&b), (Some(BOB_E), BOB), "the reference");
+    assert_eq!(state(&a), state(&b));
+}
+
 /// A chat read on its own may hold only `id`, `name` and `responsible` (SPEC 6.1): for a dialog
 /// with a base, the rest stays the base's. A closed dialog whose answer lacks `status` is not
 /// taken as reopened (rule 2 would push the contact's responsible onto it).
@@ -1009,4 +1033,95 @@ async fn a_new_message_on_an_assigned_dialog_reads_no_card() {
     let r = s.hint(&[], &[1]).await;
     assert!(r.plan.writes.is_empty(), "{:?}", r.plan.writes);
     assert_eq!(s.kommo.request_count(), k0, "{:?}", s.calls());
+}
+
+/// (From a review.) A lead unlinked from the dialog's contact since the last poll (no responsible
+/// change, so no event) must not receive the dialog's new responsible, on a hint as on a poll.
+#[tokio::test]
+async fn a_hint_does_not_write_a_lead_unlinked_since_the_last_poll() {
+    let a = Scenario::bootstrapped().await;
+    let b = Scenario::bootstrapped().await;
+    for s in [&a, &b] {
+        s.tick(60);
+        {
+            let mut k = s.kommo.state();
+            let now = k.now;
+            let l = k.cards.get_mut(&lead(2001)).expect("lead 2001");
+            l.embedded = Some(chatapp_kommo_sync::kommo::CardEmbedded {
+                contacts: Some(vec![]),
+            });
+            l.updated_at = now;
+        }
+        s.tick(60);
+        s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    }
+    a.hint(&[], &[2]).await;
+    b.cycle().await.expect("the incremental cycle");
+    assert_eq!(b.kommo.state().responsible(lead(2001)), ANN, "the poll");
+    assert_eq!(a.kommo.state().responsible(lead(2001)), ANN, "the hint");
+}
+
+/// (From a review.) A contact whose Messenger value was cleared since the last poll: its lead no longer
+/// links to the dialog.
+#[tokio::test]
+async fn a_hint_does_not_write_a_lead_whose_contact_unlinked_since_the_last_poll() {
+    let a = Scenario::bootstrapped().await;
+    let b = Scenario::bootstrapped().await;
+    for s in [&a, &b] {
+        s.tick(60);
+        {
+            let mut k = s.kommo.state();
+            let now = k.now;
+            let c = k.cards.get_mut(&contact(3002)).expect("contact 3002");
+            c.custom_fields_values = None;
+            c.updated_at = now;
+        }
+        s.tick(60);
+        s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    }
+    a.hint(&[], &[2]).await;
+    b.cycle().await.expect("the incremental cycle");
+    assert_eq!(b.kommo.state().responsible(lead(2001)), ANN, "the poll");
+    assert_eq!(a.kommo.state().responsible(lead(2001)), ANN, "the hint");
+}
+
+/// (From a review.) A lead whose sync box was checked since the last poll (no responsible event) takes
+/// part: the poll writes the dialog's new responsible to it; the hint should too, and a poll
+/// after the hint must not leave it behind.
+#[tokio::test]
+async fn a_hint_writes_a_lead_checked_since_the_last_poll() {
+    let config = CONFIG.replace(
+        "bootstrap = \"adopt\"\n",
+        "bootstrap = \"adopt\"\n\n[sync.flag_fields]\nlead = 950\n",
+    );
+    let mk = || {
+        Scenario::bootstrapped_from(&config, |k| {
+            k.flag_fields
+                .insert(chatapp_kommo_sync::core::model::SyncKind::Lead, 950);
+            set_lead_flag(k, false);
+        })
+    };
+    let a = mk().await;
+    let b = mk().await;
+    for s in [&a, &b] {
+        s.tick(60);
+        {
+            let mut k = s.kommo.state();
+            set_lead_flag(&mut k, true);
+            let now = k.now;
+            k.cards.get_mut(&lead(2001)).unwrap().updated_at = now;
+        }
+        s.tick(60);
+        s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    }
+    a.hint(&[], &[2]).await;
+    a.tick(60);
+    a.cycle().await.expect("the poll after the hint");
+    b.cycle().await.expect("the incremental cycle");
+    assert_eq!(b.kommo.state().responsible(lead(2001)), BOB, "the poll");
+    assert_eq!(
+        a.kommo.state().responsible(lead(2001)),
+        BOB,
+        "hint then poll"
+    );
 }

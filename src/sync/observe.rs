@@ -41,6 +41,9 @@ use crate::ports::{CardEvent, CardRead, ChatAppApi, ChatRead, KommoApi, Staging,
 use crate::ports::{CycleKind, Quarantined, ShadowTally, StoreError, Watermarks};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Cards read by id, and the records the read skipped (not observed yet).
+type Fetched = (Vec<CardRead>, Vec<BadRecord>);
+
 /// Change times of card values from the events: `(card, new responsible)` -> latest event time.
 type EventTimes = BTreeMap<(CardId, KommoUserId), i64>;
 
@@ -435,14 +438,30 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
     /// Cards by id; one that does not come back is gone (deleted), one that came back unreadable
     /// is not: it stays quarantined and is read again next cycle.
     async fn read_by_id(&mut self, kind: CardKind, ids: Vec<u64>) -> Result<(), CycleError> {
-        let got = self.sy.kommo.cards_by_id(kind, &ids).await?;
+        let got = self.fetch_by_id(kind, &ids).await?;
+        self.accept_by_id(kind, ids, got)
+    }
+
+    /// The request of [`Reader::read_by_id`]: what came back and what was skipped, not observed
+    /// yet (a hint cycle reads the events first when one of them changed hands).
+    async fn fetch_by_id(&mut self, kind: CardKind, ids: &[u64]) -> Result<Fetched, CycleError> {
+        let got = self.sy.kommo.cards_by_id(kind, ids).await?;
         if self.kind == CycleKind::Hint {
             let at = std::time::Instant::now();
             for c in &got {
                 self.read_just_now.insert(c.card_id(), (at, c.clone()));
             }
         }
-        let bad_now = self.sy.kommo.take_bad();
+        Ok((got, self.sy.kommo.take_bad()))
+    }
+
+    /// The rest of [`Reader::read_by_id`]: observes what [`Reader::fetch_by_id`] got.
+    fn accept_by_id(
+        &mut self,
+        kind: CardKind,
+        ids: Vec<u64>,
+        (got, bad_now): Fetched,
+    ) -> Result<(), CycleError> {
         let unreadable = subjects(&bad_now);
         self.bad.extend(bad_now);
         for c in got {

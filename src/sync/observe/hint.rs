@@ -4,11 +4,12 @@
 //!   on a quiet account): the events date the cards' values exactly as an incremental cycle
 //!   does, so the engine decides the same from the same records. Lead stages moved by those
 //!   events are kept current as on an incremental cycle.
-//! - A named dialog that is new, was reopened or changed hands is decided with the cards that
-//!   may link to it read too, with the events: deciding it from their bases alone could undo a
-//!   Kommo change made since the last poll ([`CardsToRead`]). A new or reopened dialog reads them
-//!   all (rule 2 takes an `E_in` card's value whether or not it changed); one that only changed
-//!   hands reads those the window's events name (only a changed responsible weighs against it).
+//! - A named dialog that is new, was reopened or changed hands is decided with every card that
+//!   may link to it read too: deciding it from their bases alone could undo a Kommo change made
+//!   since the last poll, or write a card unlinked or unchecked since ([`CardsToRead`]). A new or
+//!   reopened dialog's cards come with the events; a dialog that only changed hands reads the
+//!   events only when one of its cards changed hands too (only a changed responsible weighs
+//!   against the dialog's change).
 //! - A chat read on its own is merged with its base: SPEC 6.1's sources show that answer with
 //!   `id`, `name` and `responsible` only, and a field it lacks must not overwrite the base (see
 //!   `Reader::observe_chat_alone`: a closed dialog stays closed until a new conversation or a
@@ -29,13 +30,13 @@
 //! A hint cannot run before the first cycle, in shadow mode, without a remembered user map, or
 //! while lead stages were never read: the caller then runs an incremental cycle instead.
 
-use super::{Observed, Reader};
+use super::{Fetched, Observed, Reader};
 use crate::core::engine::Snapshot;
 use crate::core::engine::{Observations, dialog_reopened};
 use crate::core::model::{CardId, CardKind, DialogKey, DialogObs, RecordId};
 use crate::core::neighbourhood::{BaseLookup, Frame, neighbourhood};
 use crate::ports::CycleKind;
-use crate::ports::{CardEvent, ChatAppApi, KommoApi, StateStore};
+use crate::ports::{ChatAppApi, KommoApi, StateStore};
 use crate::sync::{CycleError, Hint, Syncer};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -68,14 +69,25 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
         }
     }
     let wanted = CardsToRead::new(&r, hint)?;
-    let events = if wanted.is_empty() {
-        vec![]
-    } else {
-        r.read_events().await?.0
-    };
-    for (kind, ids) in wanted.by_kind(&events) {
+    let mut events = None;
+    if !wanted.dated.is_empty() {
+        events = Some(r.read_events().await?.0);
+    }
+    let mut fetched = vec![];
+    for (kind, ids) in by_kind(&wanted.moved) {
+        let got = r.fetch_by_id(kind, &ids).await?;
+        fetched.push((kind, ids, got));
+    }
+    if events.is_none() && any_changed_hands(&r, &fetched)? {
+        events = Some(r.read_events().await?.0);
+    }
+    for (kind, ids, got) in fetched {
+        r.accept_by_id(kind, ids, got)?;
+    }
+    for (kind, ids) in by_kind(&wanted.dated) {
         r.read_by_id(kind, ids).await?;
     }
+    let events = events.unwrap_or_default();
     r.complete_cards(&events).await?;
     r.collect_bad();
     let released = r.released();
@@ -106,24 +118,25 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
     }))
 }
 
-/// The cards a hint cycle reads: those the calls named, and the cards that may link to a dialog
+/// The cards a hint cycle reads: those the calls named, and every card that may link to a dialog
 /// it observed that is new, changed hands or was reopened. Deciding such a dialog from its cards'
 /// bases alone could undo a change made in Kommo since the last poll (rule 5 weighs the two
-/// changes by time): so those cards are read, with the events that date them, as an incremental
-/// cycle would see them. A dialog whose only news is a message is not decided, so a message
-/// callback reads no card.
+/// changes by time), write a card unlinked or unchecked since, or miss one linked or checked
+/// since: so those cards are read, as an incremental cycle would see them. A dialog whose only
+/// news is a message is not decided, so a message callback reads no card.
 #[derive(Default)]
 struct CardsToRead {
-    /// Read whatever the events say: named by a call, or around a new or reopened dialog (rule 2
-    /// takes the value of an `E_in` card whether or not it changed).
-    always: BTreeSet<CardId>,
-    /// Around a dialog that only changed hands: read when an event of the window names them.
-    /// Only a card whose responsible changed since the last poll can weigh against the dialog's
-    /// change (rules 1 and 5 count a card as changed by its value), and such a change has its
-    /// `responsible_changed` event in the window, the same events an incremental cycle reads
-    /// cards by. Another card's other fields do not bear on rule 3, whose targets are each read
-    /// right before their write (rule 10: gone, closed or unchecked since -> not written).
-    if_evented: BTreeSet<CardId>,
+    /// Read with the events that date them: named by a call (a change), or around a new or
+    /// reopened dialog (rule 2 takes the latest-changed `E_in` card's value whether or not it
+    /// changed, and a card changed and changed back since the last poll is dated only by its
+    /// events).
+    dated: BTreeSet<CardId>,
+    /// Around a dialog that only changed hands (and not in `dated`): read whole, their links and
+    /// flags included; the events are read only when one of them holds another responsible than
+    /// its base. Rules 1 and 5 count a card as changed by its value, so when none did, the
+    /// events could only re-date unchanged values, which does not bear on rule 3 (see
+    /// [`any_changed_hands`]).
+    moved: BTreeSet<CardId>,
 }
 
 impl CardsToRead {
@@ -132,7 +145,7 @@ impl CardsToRead {
         hint: &Hint,
     ) -> Result<Self, CycleError> {
         let mut out = CardsToRead {
-            always: hint.cards.clone(),
+            dated: hint.cards.clone(),
             ..Self::default()
         };
         // a dialog whose only news is activity (`lastTime`) needs no card
@@ -145,30 +158,43 @@ impl CardsToRead {
                 Some(_) => None,
             };
         }
-        out.always.extend(around(r, opened)?);
-        out.if_evented.extend(around(r, moved)?);
+        out.dated.extend(around(r, opened)?);
+        out.moved.extend(around(r, moved)?);
         // only the synced kinds: a call may name a card of any kind
         let kinds = r.sy.config.kinds();
-        out.always.retain(|c| kinds.contains(&c.kind));
-        out.if_evented.retain(|c| kinds.contains(&c.kind));
+        out.dated.retain(|c| kinds.contains(&c.kind));
+        let dated = &out.dated;
+        out.moved
+            .retain(|c| kinds.contains(&c.kind) && !dated.contains(c));
         Ok(out)
     }
+}
 
-    fn is_empty(&self) -> bool {
-        self.always.is_empty() && self.if_evented.is_empty()
+/// Cards by kind, ids in order.
+fn by_kind(cards: &BTreeSet<CardId>) -> BTreeMap<CardKind, Vec<u64>> {
+    let mut out: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
+    for c in cards {
+        out.entry(c.kind).or_default().push(c.id);
     }
+    out
+}
 
-    /// What to read, by kind, given the window's events.
-    fn by_kind(self, events: &[CardEvent]) -> BTreeMap<CardKind, Vec<u64>> {
-        let evented: BTreeSet<CardId> = events.iter().filter_map(|e| e.card).collect();
-        let mut out: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
-        let chosen = self.if_evented.intersection(&evented).copied();
-        let ids: BTreeSet<CardId> = self.always.into_iter().chain(chosen).collect();
-        for c in ids {
-            out.entry(c.kind).or_default().push(c.id);
+/// Whether a card read around a dialog that changed hands holds another responsible than its
+/// base (or has none): then the events must date it before deciding (rule 5 weighs its change
+/// against the dialog's; an `E_out` target changed by a person is weighed too).
+fn any_changed_hands<K: KommoApi, C: ChatAppApi, S: StateStore>(
+    r: &Reader<'_, K, C, S>,
+    fetched: &[(CardKind, Vec<u64>, Fetched)],
+) -> Result<bool, CycleError> {
+    for (_, _, (got, _)) in fetched {
+        for c in got {
+            let base = r.bases.card(&c.card_id())?;
+            if base.is_none_or(|b| b.responsible != c.view.responsible) {
+                return Ok(true);
+            }
         }
-        out
     }
+    Ok(false)
 }
 
 /// Every card that may link to `dialogs`, from the bases.
