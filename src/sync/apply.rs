@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 
 /// How old a card read of this cycle may be to stand as rule 10's check (a decision of ours,
 /// no API documents it). A hint cycle reads the cards it decides by id, milliseconds before it
-/// writes them: reading them again would double the request for each write (Kommo has no
-/// conditional write, so either read leaves the same kind of gap before the PATCH; the budget of
-/// hint work is counted in requests). A read older than this, and every read of a polled cycle
-/// (its listings can be minutes old), is made again right before the write.
+/// writes them: reading them again costs one more request per kind written, on a budget counted
+/// in requests, and Kommo has no conditional write, so either read leaves a gap before the
+/// PATCH. The age is taken after the dialogs' own reads, just before the intents are recorded and
+/// the PATCH waits for the rate limit (the same gap a re-read leaves). A read older than this,
+/// and every read of a polled cycle (its listings can be minutes old), is made again.
 pub const FRESH_READ: Duration = Duration::from_secs(1);
 
 /// A hint cycle's cards read by id, with when each answer came (empty on other cycles).
@@ -187,22 +188,26 @@ async fn read_targets<'w, K: KommoApi, C: ChatAppApi, S: StateStore>(
             Current::Gone
         }
     };
-    for w in writes {
-        match &w.target {
-            Target::Card { id, .. } => match just_read.get(id) {
+    let (cards, dialogs): (Vec<&Write>, Vec<&Write>) = writes
+        .into_iter()
+        .partition(|w| matches!(w.target, Target::Card { .. }));
+    // the dialogs first (each its own ChatApp request): a card's age is taken after them
+    for w in dialogs {
+        if let Target::Dialog { key, .. } = &w.target {
+            let held = match sy.chatapp.chat(key).await? {
+                Some(c) if !c.view.closed => Current::Holds(c.view.responsible.map(Value::Dialog)),
+                _ => Current::Gone,
+            };
+            current.insert(w.target.record(), held);
+        }
+    }
+    for w in cards {
+        if let Target::Card { id, .. } = &w.target {
+            match just_read.get(id) {
                 Some((at, c)) if at.elapsed() < FRESH_READ => {
                     current.insert(RecordId::Card(*id), held_by(c));
                 }
                 _ => by_kind.entry(id.kind).or_default().push(id.id),
-            },
-            Target::Dialog { key, .. } => {
-                let held = match sy.chatapp.chat(key).await? {
-                    Some(c) if !c.view.closed => {
-                        Current::Holds(c.view.responsible.map(Value::Dialog))
-                    }
-                    _ => Current::Gone,
-                };
-                current.insert(w.target.record(), held);
             }
         }
     }
