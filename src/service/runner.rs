@@ -134,6 +134,10 @@ struct Context {
     shadow: bool,
 }
 
+/// How many times in a row a failed hint cycle's records are put back (see
+/// [`Runner::after_hint`]).
+const MAX_HINT_RETRIES: u32 = 3;
+
 /// What the runner changes: schedules, what is due, webhook pacing, the last outcome.
 struct State {
     timers: Timers,
@@ -147,6 +151,8 @@ struct State {
     pinger: Option<tokio::task::JoinHandle<()>>,
     /// The webhook registrations were checked since the start (see [`Runner::recheck_webhooks`]).
     hooks_checked: bool,
+    /// Hint cycles failed in a row (their records put back, see [`Runner::after_hint`]).
+    hints_failed: u32,
 }
 
 /// The daemon's loop: a context it uses, a state it changes.
@@ -204,6 +210,7 @@ impl Runner {
             reload_after: false,
             pinger: watchdog.map(|period| pinger(hb, period)),
             hooks_checked: false,
+            hints_failed: 0,
         };
         let runner = Runner { ctx, state };
         notify(&[
@@ -288,6 +295,33 @@ impl Runner {
         HookWork::Hint(pending.hint)
     }
 
+    /// After a hint cycle: a failed one's records are put back for the next webhook cycle, after
+    /// the pacing (so they wait for the next call, or the next cycle's follow-up, and a hint that
+    /// keeps failing is not tried again in a loop); after [`MAX_HINT_RETRIES`] failures in a row
+    /// they are left to the polled cycles, so one record whose read always fails cannot keep
+    /// every later call's hint failing.
+    fn after_hint(&mut self, ok: bool, taken: Hint) {
+        let Some(hooks) = &self.ctx.hooks else {
+            return;
+        };
+        if ok {
+            self.state.hints_failed = 0;
+            return;
+        }
+        self.state.hints_failed += 1;
+        if self.state.hints_failed > MAX_HINT_RETRIES {
+            self.state.hints_failed = 0;
+            tracing::warn!(
+                records = taken.cards.len() + taken.dialogs.len(),
+                "hint cycles failed {} times in a row: their records are left to the polled cycles",
+                MAX_HINT_RETRIES + 1
+            );
+            return;
+        }
+        tracing::info!("the failed hint cycle's records wait for the next webhook cycle");
+        hooks.put_back(taken);
+    }
+
     /// The requests made so far to Kommo and ChatApp.
     fn requests(&self) -> (u64, u64) {
         let s = &self.ctx.syncer;
@@ -344,11 +378,8 @@ impl Runner {
             .hb
             .cycle_ended(matches!(result, Some(Ok(_)) | None));
         self.pace_hooks(before);
-        if let (Some(Err(_)), Some(taken), Some(hooks)) = (&result, taken, &self.ctx.hooks) {
-            // after the pacing: they wait for the next call (or the next cycle's follow-up), so
-            // a hint that keeps failing is not tried again in a loop
-            tracing::info!("the failed hint cycle's records wait for the next webhook cycle");
-            hooks.put_back(taken);
+        if let (Some(r), Some(taken)) = (&result, taken) {
+            self.after_hint(r.is_ok(), taken);
         }
         if kind != CycleKind::Hint {
             return_freed_memory();
