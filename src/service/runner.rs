@@ -135,7 +135,7 @@ struct Context {
 }
 
 /// How many times in a row a failed hint cycle's records are put back (see
-/// [`Runner::after_hint`]).
+/// [`Runner::hint_failed`]).
 const MAX_HINT_RETRIES: u32 = 3;
 
 /// What the runner changes: schedules, what is due, webhook pacing, the last outcome.
@@ -151,7 +151,8 @@ struct State {
     pinger: Option<tokio::task::JoinHandle<()>>,
     /// The webhook registrations were checked since the start (see [`Runner::recheck_webhooks`]).
     hooks_checked: bool,
-    /// Hint cycles failed in a row (their records put back, see [`Runner::after_hint`]).
+    /// Hint cycles failed with no good cycle since (their records put back, see
+    /// [`Runner::hint_failed`]).
     hints_failed: u32,
 }
 
@@ -295,19 +296,15 @@ impl Runner {
         HookWork::Hint(pending.hint)
     }
 
-    /// After a hint cycle: a failed one's records are put back for the next webhook cycle, after
-    /// the pacing (so they wait for the next call, or the next cycle's follow-up, and a hint that
-    /// keeps failing is not tried again in a loop); after [`MAX_HINT_RETRIES`] failures in a row
-    /// they are left to the polled cycles, so one record whose read always fails cannot keep
-    /// every later call's hint failing.
-    fn after_hint(&mut self, ok: bool, taken: Hint) {
+    /// After a failed hint cycle: its records are put back for the next webhook cycle, after the
+    /// pacing (so they wait for the next call, or the next cycle's follow-up, and a hint that keeps
+    /// failing is not tried again in a loop); after [`MAX_HINT_RETRIES`] failed cycles with no good
+    /// one between them they are left to the polled cycles, so one record whose read always fails
+    /// cannot keep every later call's hint failing.
+    fn hint_failed(&mut self, taken: Hint) {
         let Some(hooks) = &self.ctx.hooks else {
             return;
         };
-        if ok {
-            self.state.hints_failed = 0;
-            return;
-        }
         self.state.hints_failed += 1;
         if self.state.hints_failed > MAX_HINT_RETRIES {
             self.state.hints_failed = 0;
@@ -378,8 +375,11 @@ impl Runner {
             .hb
             .cycle_ended(matches!(result, Some(Ok(_)) | None));
         self.pace_hooks(before);
-        if let (Some(r), Some(taken)) = (&result, taken) {
-            self.after_hint(r.is_ok(), taken);
+        match (&result, taken) {
+            (Some(Err(_)), Some(taken)) => self.hint_failed(taken),
+            // any good cycle ends a run of failed hints
+            (Some(Ok(_)), _) => self.state.hints_failed = 0,
+            _ => {}
         }
         if kind != CycleKind::Hint {
             return_freed_memory();
