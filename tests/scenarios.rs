@@ -1005,6 +1005,27 @@ async fn a_dialog_hint_dates_a_card_that_changed_hands_too_by_the_events() {
     assert_eq!(state(&a), state(&b));
 }
 
+/// A hint naming a contact and a dialog that changed hands reads each kind once: the named
+/// contact and the contact around the dialog come in one request.
+#[tokio::test]
+async fn a_hint_reads_each_kind_of_card_once() {
+    let s = Scenario::bootstrapped().await;
+    s.chatapp.state().assign(&dkey(2), Some(BOB_E));
+    s.hint(&[contact(3001)], &[2]).await;
+    let reads: Vec<String> = s
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("kommo.cards_by_id"))
+        .collect();
+    assert_eq!(
+        reads,
+        [
+            "kommo.cards_by_id lead [2001]",
+            "kommo.cards_by_id contact [3001,3002]"
+        ]
+    );
+}
+
 /// A chat read on its own may hold only `id`, `name` and `responsible` (SPEC 6.1): for a dialog
 /// with a base, the rest stays the base's. A closed dialog whose answer lacks `status` is not
 /// taken as reopened (rule 2 would push the contact's responsible onto it).

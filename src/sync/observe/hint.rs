@@ -73,8 +73,9 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
     if !wanted.dated.is_empty() {
         events = Some(r.read_events().await?.0);
     }
+    // one request per kind for both sets; observed once the events (if any) are in
     let mut fetched = vec![];
-    for (kind, ids) in by_kind(&wanted.moved) {
+    for (kind, ids) in by_kind(wanted.dated.union(&wanted.moved)) {
         let got = r.fetch_by_id(kind, &ids).await?;
         fetched.push((kind, ids, got));
     }
@@ -83,9 +84,6 @@ pub async fn observe_hint<K: KommoApi, C: ChatAppApi, S: StateStore>(
     }
     for (kind, ids, got) in fetched {
         r.accept_by_id(kind, ids, got)?;
-    }
-    for (kind, ids) in by_kind(&wanted.dated) {
-        r.read_by_id(kind, ids).await?;
     }
     let events = events.unwrap_or_default();
     r.complete_cards(&events).await?;
@@ -171,7 +169,7 @@ impl CardsToRead {
 }
 
 /// Cards by kind, ids in order.
-fn by_kind(cards: &BTreeSet<CardId>) -> BTreeMap<CardKind, Vec<u64>> {
+fn by_kind<'c>(cards: impl IntoIterator<Item = &'c CardId>) -> BTreeMap<CardKind, Vec<u64>> {
     let mut out: BTreeMap<CardKind, Vec<u64>> = BTreeMap::new();
     for c in cards {
         out.entry(c.kind).or_default().push(c.id);
@@ -179,9 +177,10 @@ fn by_kind(cards: &BTreeSet<CardId>) -> BTreeMap<CardKind, Vec<u64>> {
     out
 }
 
-/// Whether a card read around a dialog that changed hands holds another responsible than its
-/// base (or has none): then the events must date it before deciding (rule 5 weighs its change
-/// against the dialog's; an `E_out` target changed by a person is weighed too).
+/// Whether a card read (around a dialog that changed hands: called only when no named card or
+/// new or reopened dialog has had the events read) holds another responsible than its base (or
+/// has none): then the events must date it before deciding (rule 5 weighs its change against
+/// the dialog's; an `E_out` target changed by a person is weighed too).
 fn any_changed_hands<K: KommoApi, C: ChatAppApi, S: StateStore>(
     r: &Reader<'_, K, C, S>,
     fetched: &[(CardKind, Vec<u64>, Fetched)],
