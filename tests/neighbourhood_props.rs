@@ -9,8 +9,10 @@
 mod worldgen;
 
 use chatapp_kommo_sync::core::engine::{Observations, Plan, Snapshot, plan};
+use chatapp_kommo_sync::core::first_run::{BATCH, plan_first_run};
+use chatapp_kommo_sync::core::model::RecordId;
 use chatapp_kommo_sync::core::neighbourhood::{
-    Frame, card_unchanged, dialog_unchanged, first_run, neighbourhood, staged_state,
+    Frame, card_unchanged, dialog_unchanged, neighbourhood, staged_state,
 };
 use proptest::prelude::*;
 use worldgen::*;
@@ -55,8 +57,9 @@ fn decisions(p: &Plan) -> Plan {
     }
 }
 
-/// A first run plans from every dialog and the cards that may link to one (the others are
-/// staged and stored as read): the same decisions, the same bases, as a plan from everything.
+/// A first run plans group by group from every dialog and the cards that may link to one (the
+/// others are staged and stored as read): the same decisions, in the same order, and the same
+/// bases, as a plan from everything; with one group a batch, and with every group in one batch.
 /// `snap` may hold bases (a first run after shadow mode).
 fn check_first_run(
     sim: &Sim,
@@ -72,29 +75,58 @@ fn check_first_run(
     }
     let mut obs = all_obs.clone();
     obs.cards.clear();
-    let frame = Frame {
-        parked: snap.parked.clone(),
-        held: snap.held.clone(),
-        bootstrapped: false,
-        match_phone: sim.policy.match_phone,
-    };
-    let (near, taken) =
-        first_run(&read, snap, frame, &mut obs, snap.dialogs.clone()).expect("in memory");
-    prop_assert_eq!(taken.len(), obs.cards.len());
-    let p = plan(&near, &obs, &sim.policy, &sim.users);
-    prop_assert_eq!(decisions(&p), decisions(full));
-    let mut settled = p.settle_cards.clone();
-    for (id, st) in read.cards {
-        if !taken.contains(&id) {
-            prop_assert!(
-                settled.insert(id, st).is_none(),
-                "card {} settled twice",
-                id
-            );
+    for batch in [1, BATCH] {
+        let mut frame = Snapshot {
+            dialogs: snap.dialogs.clone(),
+            parked: snap.parked.clone(),
+            held: snap.held.clone(),
+            ..Snapshot::default()
+        };
+        let (p, taken) = plan_first_run(
+            &read,
+            snap,
+            &mut frame,
+            obs.clone(),
+            &sim.policy,
+            &sim.users,
+            batch,
+        )
+        .expect("in memory");
+        prop_assert_eq!(decisions(&p), decisions(full), "batch {}", batch);
+        // a card a write names is settled by the plan: a failed write keeps its old base
+        for w in &p.writes {
+            for r in std::iter::once(w.target.record()).chain(w.holds.iter().cloned()) {
+                if let RecordId::Card(c) = r {
+                    prop_assert!(
+                        p.settle_cards.contains_key(&c) || !full.settle_cards.contains_key(&c),
+                        "card {} named by a write",
+                        c
+                    );
+                    prop_assert!(
+                        !p.settle_cards.contains_key(&c)
+                            || taken.contains(&c)
+                            || !read.cards.contains_key(&c),
+                        "card {} settled but not taken",
+                        c
+                    );
+                }
+            }
         }
+        let mut settled = p.settle_cards.clone();
+        for (id, st) in &read.cards {
+            if taken.contains(id) {
+                prop_assert!(settled.contains_key(id), "taken card {} not settled", id);
+            } else {
+                prop_assert!(
+                    settled.insert(*id, st.clone()).is_none(),
+                    "card {} settled and stored as read",
+                    id
+                );
+            }
+        }
+        prop_assert_eq!(&settled, &full.settle_cards, "batch {}", batch);
+        prop_assert_eq!(&p.settle_dialogs, &full.settle_dialogs, "batch {}", batch);
     }
-    prop_assert_eq!(&settled, &full.settle_cards);
-    prop_assert_eq!(&p.settle_dialogs, &full.settle_dialogs);
     Ok(())
 }
 

@@ -448,6 +448,25 @@ pub struct Plan {
     pub bootstrap: bool,
 }
 
+impl Plan {
+    /// Puts the plan's lists in their deterministic order: writes by target (cards by id, then
+    /// dialogs by key), parked pairs by subject, conflicts and disagreements by dialog. Every
+    /// sort is stable and its key is a record of the entry's own decision, so plans made group by
+    /// group and appended come out in the order of the plan of the whole
+    /// ([`crate::core::first_run`]).
+    pub fn order(&mut self) {
+        self.writes.sort_by_key(|a| a.target.record());
+        self.parked.sort_by(|a, b| a.subject.cmp(&b.subject));
+        self.conflicts.sort_by(|a, b| a.dialog.cmp(&b.dialog));
+        self.disagreements.sort_by(|a, b| a.dialog.cmp(&b.dialog));
+    }
+}
+
+/// Rule 13: the brake when more than `max` writes are planned.
+pub fn too_many_writes(planned: usize, max: usize) -> Option<Brake> {
+    (planned > max).then_some(Brake::TooManyWrites { planned, max })
+}
+
 /// Iterates `base` overlaid with `over` (both sorted by key): each key once, `over`'s value first.
 fn merge_overlay<'m, K: Ord, V>(
     base: &'m BTreeMap<K, V>,
@@ -755,14 +774,8 @@ impl Work<'_> {
             }
         }
         self.plan.settle_cards = cards;
-        self.plan.writes.sort_by_key(|a| a.target.record());
-        let max = self.policy.max_writes_per_cycle;
-        if self.plan.writes.len() > max {
-            self.plan.brake = Some(Brake::TooManyWrites {
-                planned: self.plan.writes.len(),
-                max,
-            });
-        }
+        self.plan.order();
+        self.plan.brake = too_many_writes(self.plan.writes.len(), self.policy.max_writes_per_cycle);
         self.plan
     }
 }

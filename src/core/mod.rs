@@ -3,6 +3,7 @@
 //! from its arguments.
 
 pub mod engine;
+pub mod first_run;
 pub mod hash;
 pub mod links;
 pub mod model;

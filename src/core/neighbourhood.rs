@@ -12,7 +12,7 @@
 //!   focus dialogs, so "unknown" is told from "not loaded"; a parked one is a seed, likewise;
 //! - a first run decides every dialog, so every dialog is its focus: it needs the cards linked to
 //!   any dialog, not the others (nothing parks or cascades from an unlinked card on a first run);
-//!   see [`first_run`].
+//!   [`crate::core::first_run`] plans it group by group.
 //!
 //! Links are found by *terms*: a dialog has its key, its chat id and its phone; a card has the
 //! terms its Messenger values and phones would match. Two records can be linked only if they
@@ -166,13 +166,13 @@ pub fn dialog_unchanged(base: &DialogState, o: &DialogObs, now: i64) -> bool {
 }
 
 /// What the engine needs of the bases for `obs` (see the module docs). Not for a first run:
-/// see [`first_run`].
+/// see [`crate::core::first_run`].
 pub fn neighbourhood<L: BaseLookup>(
     store: &L,
     frame: Frame,
     obs: &Observations,
 ) -> Result<Snapshot, L::Error> {
-    let (cards, dialogs, mut loaded) = reach(store, &frame, obs, BTreeSet::new())?;
+    let (cards, dialogs, mut loaded) = reach(store, &frame, obs)?;
     let mut snap = empty(frame);
     for c in cards {
         let base = match loaded.remove(&c) {
@@ -191,41 +191,6 @@ pub fn neighbourhood<L: BaseLookup>(
     Ok(snap)
 }
 
-/// What a first run's engine needs: its bootstrap decides every dialog (observed or with a
-/// base), so those are the focus; of the cards, only those that may link to one of them take
-/// part in a decision. `read` holds the cards the run read, each as [`staged_state`] made it;
-/// those found are moved into `obs` (as [`staged_obs`]) and returned: the plan settles them. The
-/// others take no part, and their base is their staged state. `stored_dialogs` are the dialog
-/// bases (every one is decided). Checked against a plan from everything by
-/// `tests/neighbourhood_props.rs`.
-pub fn first_run<E, R, B>(
-    read: &R,
-    bases: &B,
-    frame: Frame,
-    obs: &mut Observations,
-    stored_dialogs: BTreeMap<DialogKey, DialogState>,
-) -> Result<(Snapshot, Vec<CardId>), E>
-where
-    R: BaseLookup<Error = E>,
-    B: BaseLookup<Error = E>,
-{
-    let focus = stored_dialogs.keys().cloned().collect();
-    let (cards, _, _) = reach(&Layered { read, bases }, &frame, obs, focus)?;
-    let mut snap = empty(frame);
-    let mut taken = vec![];
-    for c in cards {
-        if let Some(st) = read.card(&c)? {
-            obs.cards.insert(c, staged_obs(st));
-            taken.push(c);
-        } else if let Some(st) = bases.card(&c)? {
-            snap.cards.insert(c, st);
-        }
-    }
-    // every dialog base is in the focus, and a focus dialog without a base has none to load
-    snap.dialogs = stored_dialogs;
-    Ok((snap, taken))
-}
-
 /// For shadow mode's count of linked pairs (`crate::sync::shadow`): the dialogs the observed
 /// cards' bases link to (through their contacts' bases for the other kinds) that `snap` (the
 /// cycle's neighbourhood) does not hold, with their bases and the bases of every card that may
@@ -239,13 +204,7 @@ pub fn unlinked_around<L: BaseLookup>(
     obs: &Observations,
     snap: &Snapshot,
 ) -> Result<Snapshot, L::Error> {
-    let mut n = Walk {
-        store,
-        obs,
-        obs_ix: ObsIndex::new(obs, match_phone),
-        match_phone,
-        cards: BTreeMap::new(),
-    };
+    let mut n = Walk::new(store, obs, match_phone);
     let mut lost = BTreeSet::new();
     for id in obs.cards.keys() {
         lost.extend(n.dialogs_of_base(id)?);
@@ -305,9 +264,11 @@ pub fn staged_obs(st: CardState) -> CardObs {
 }
 
 /// The cards a first run read, over the bases: a read card hides its base.
-struct Layered<'a, R, B> {
-    read: &'a R,
-    bases: &'a B,
+pub(crate) struct Layered<'a, R, B> {
+    /// The cards the run read (staged).
+    pub(crate) read: &'a R,
+    /// The bases.
+    pub(crate) bases: &'a B,
 }
 
 impl<E, R, B> BaseLookup for Layered<'_, R, B>
@@ -353,23 +314,11 @@ type Reached = (
     BTreeMap<CardId, Option<CardState>>,
 );
 
-/// The walk from the seeds (and `focus`) to their neighbourhood: the cards and dialogs whose
-/// bases (or staged values) the engine needs.
-fn reach<L: BaseLookup>(
-    store: &L,
-    frame: &Frame,
-    obs: &Observations,
-    mut focus: BTreeSet<DialogKey>,
-) -> Result<Reached, L::Error> {
-    let mut n = Walk {
-        store,
-        obs,
-        obs_ix: ObsIndex::new(obs, frame.match_phone),
-        match_phone: frame.match_phone,
-        cards: BTreeMap::new(),
-    };
-    let (seed_cards, seed_dialogs) = seeds(frame, obs);
-    focus.extend(seed_dialogs);
+/// The walk from the seeds to their neighbourhood: the cards and dialogs whose bases the engine
+/// needs.
+fn reach<L: BaseLookup>(store: &L, frame: &Frame, obs: &Observations) -> Result<Reached, L::Error> {
+    let mut n = Walk::new(store, obs, frame.match_phone);
+    let (seed_cards, mut focus) = seeds(frame, obs);
     for c in &seed_cards {
         focus.extend(n.dialogs_of_card(c)?);
     }
@@ -383,8 +332,16 @@ fn reach<L: BaseLookup>(
 /// The records a cycle starts from: observed, held and parked cards; observed, held and parked
 /// dialogs.
 fn seeds(frame: &Frame, obs: &Observations) -> (BTreeSet<CardId>, BTreeSet<DialogKey>) {
-    let mut cards: BTreeSet<CardId> = obs.cards.keys().copied().collect();
-    let mut dialogs: BTreeSet<DialogKey> = obs.dialogs.keys().cloned().collect();
+    let (mut cards, mut dialogs) = frame_seeds(frame);
+    cards.extend(obs.cards.keys().copied());
+    dialogs.extend(obs.dialogs.keys().cloned());
+    (cards, dialogs)
+}
+
+/// The seeds a cycle takes from its frame: held records, and the records of parked pairs (their
+/// subject, target and triggering card).
+pub(crate) fn frame_seeds(frame: &Frame) -> (BTreeSet<CardId>, BTreeSet<DialogKey>) {
+    let (mut cards, mut dialogs) = (BTreeSet::new(), BTreeSet::new());
     let records = frame.held.iter().chain(
         frame
             .parked
@@ -441,7 +398,7 @@ impl<'o> ObsIndex<'o> {
 type CardLinks = (Vec<DialogRef>, Vec<String>, Vec<u64>);
 
 /// The walk from the seeds to their neighbourhood, loading bases once each.
-struct Walk<'a, L> {
+pub(crate) struct Walk<'a, L> {
     store: &'a L,
     obs: &'a Observations,
     obs_ix: ObsIndex<'a>,
@@ -450,7 +407,18 @@ struct Walk<'a, L> {
     cards: BTreeMap<CardId, Option<CardState>>,
 }
 
-impl<L: BaseLookup> Walk<'_, L> {
+impl<'a, L: BaseLookup> Walk<'a, L> {
+    /// A walk over `store` and what the cycle observed.
+    pub(crate) fn new(store: &'a L, obs: &'a Observations, match_phone: bool) -> Walk<'a, L> {
+        Walk {
+            store,
+            obs,
+            obs_ix: ObsIndex::new(obs, match_phone),
+            match_phone,
+            cards: BTreeMap::new(),
+        }
+    }
+
     fn load_card(&mut self, id: &CardId) -> Result<Option<&CardState>, L::Error> {
         if !self.cards.contains_key(id) {
             let st = self.store.card(id)?;
@@ -471,7 +439,7 @@ impl<L: BaseLookup> Walk<'_, L> {
     }
 
     /// The dialogs a card may be linked to now (through its contacts for the other kinds).
-    fn dialogs_of_card(&mut self, id: &CardId) -> Result<BTreeSet<DialogKey>, L::Error> {
+    pub(crate) fn dialogs_of_card(&mut self, id: &CardId) -> Result<BTreeSet<DialogKey>, L::Error> {
         let (refs, phones, contacts) = self.card_now(id)?;
         let with_phones = self.match_phone && id.kind == CardKind::Contact;
         let mut out = self.dialogs_of_refs(&refs, &phones, with_phones)?;
@@ -547,7 +515,10 @@ impl<L: BaseLookup> Walk<'_, L> {
 
     /// The cards that may be linked to a dialog now: contacts (and cards with their own
     /// Messenger values) sharing a term with it, and the cards linking those contacts.
-    fn cards_of_dialog(&mut self, key: &DialogKey) -> Result<BTreeSet<CardId>, L::Error> {
+    pub(crate) fn cards_of_dialog(
+        &mut self,
+        key: &DialogKey,
+    ) -> Result<BTreeSet<CardId>, L::Error> {
         let phone = match self.obs.dialogs.get(key) {
             Some(o) => o.phone.clone(),
             None => self.store.dialog(key)?.and_then(|d| d.phone),

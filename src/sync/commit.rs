@@ -69,7 +69,7 @@ pub fn commit<K: KommoApi, C: ChatAppApi, S: StateStore>(
         people: seen.people,
         cycle: report.record.clone(),
         shadow,
-        staged: seen.staged,
+        staged: seen.staged.unwrap_or_default(),
     };
     drop(seen.snap); // the bases are in the settlement now: do not hold two copies
     trace_memory("settled");

@@ -24,6 +24,7 @@ pub mod shadow;
 
 use crate::config::Config;
 use crate::core::engine::{self, Brake, Plan, Policy};
+use crate::core::first_run;
 use crate::core::model::{CardId, DialogKey};
 use crate::core::text::People;
 use crate::core::usermap::UserMap;
@@ -312,6 +313,35 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         }
     }
 
+    /// Step 3: the plan. A first run plans group by group from its staged cards (see
+    /// [`crate::core::first_run`]); the cards whose settled value differs from the staged one
+    /// are taken from the staging, the commit stores the others as read.
+    fn plan(&self, seen: &mut observe::Observed<S::Staged>) -> Result<Plan, CycleError> {
+        let obs = std::mem::take(&mut seen.obs);
+        let Some(staged) = &mut seen.staged else {
+            return Ok(engine::plan_owned(
+                &seen.snap,
+                obs,
+                &self.policy,
+                &seen.usermap,
+            ));
+        };
+        let bases = self.store.bases()?;
+        let (plan, taken) = first_run::plan_first_run(
+            &*staged,
+            &bases,
+            &mut seen.snap,
+            obs,
+            &self.policy,
+            &seen.usermap,
+            first_run::BATCH,
+        )?;
+        for id in &taken {
+            crate::ports::Staging::take(staged, id);
+        }
+        Ok(plan)
+    }
+
     /// The steps of one cycle (see the module docs).
     async fn cycle(
         &self,
@@ -336,9 +366,8 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
             None => observe::observe(self, now, opts.kind, shadow).await?,
         };
         trace_memory("read");
-        let obs = std::mem::take(&mut seen.obs);
         let (cards_read, dialogs_read) = seen.read;
-        let plan = engine::plan_owned(&seen.snap, obs, &self.policy, &seen.usermap);
+        let plan = self.plan(&mut seen)?;
         describe::log_plan(&self.readable(&seen.people, now), &plan);
         let mut report = CycleReport {
             record: CycleRecord {

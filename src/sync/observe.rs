@@ -31,7 +31,7 @@ use crate::core::model::{
 };
 use crate::core::model::{Pipelines, classify_status, stage_or_open};
 use crate::core::neighbourhood::{
-    BaseLookup, Frame, card_unchanged, dialog_unchanged, first_run, neighbourhood, staged_state,
+    BaseLookup, Frame, card_unchanged, dialog_unchanged, neighbourhood, staged_state,
     unlinked_around,
 };
 use crate::core::text::People;
@@ -76,8 +76,10 @@ pub struct Observed<St> {
     pub stored_pipelines: Option<Pipelines>,
     /// A full listing came back empty where the snapshot holds many records (rule 13).
     pub listing_brake: Option<Brake>,
-    /// A first run's cards that take part in no decision (stored as read at the commit).
-    pub staged: St,
+    /// A first run's cards, staged as read (`None` on other cycles): the plan is made group by
+    /// group from them ([`crate::core::first_run`]), and the commit stores each as read unless
+    /// the plan settled it otherwise.
+    pub staged: Option<St>,
     /// A shadow cycle's kept count of linked pairs, when it plans from the neighbourhood and
     /// updates the count (`None`: a normal cycle, or a shadow one whose snapshot holds every base
     /// and that counts afresh).
@@ -588,27 +590,32 @@ impl<'a, K: KommoApi, C: ChatAppApi, S: StateStore + 'a> Reader<'a, K, C, S> {
         Ok(())
     }
 
-    /// The bases the engine plans from, and (a first run) the staged cards that take no part
-    /// in a decision. `every_base`: a shadow cycle that counts its linked pairs afresh.
-    fn plan_input(&mut self, every_base: bool) -> Result<(Snapshot, S::Staged), CycleError> {
+    /// The bases the engine plans from (a first run: the frame and the dialog bases), and (a first
+    /// run) the staged cards. `every_base`: a shadow cycle that counts its linked pairs afresh.
+    fn plan_input(
+        &mut self,
+        every_base: bool,
+    ) -> Result<(Snapshot, Option<S::Staged>), CycleError> {
         let frame = std::mem::take(&mut self.frame);
         if let Some(mut staged) = self.staged.take() {
+            // planned group by group from the staging (`crate::core::first_run`)
             staged.seal()?;
-            let dialogs = self.sy.store.dialog_bases()?;
-            let (snap, taken) = first_run(&staged, &self.bases, frame, &mut self.obs, dialogs)?;
-            for id in &taken {
-                staged.take(id);
-            }
-            return Ok((snap, staged));
+            let snap = Snapshot {
+                dialogs: self.sy.store.dialog_bases()?,
+                parked: frame.parked,
+                held: frame.held,
+                ..Snapshot::default()
+            };
+            return Ok((snap, Some(staged)));
         }
         if frame.bootstrapped && !every_base {
             let snap = neighbourhood(&self.bases, frame, &self.obs)?;
-            return Ok((snap, S::Staged::default()));
+            return Ok((snap, None));
         }
         // a shadow cycle that counts the pairs of the whole account afresh plans from every base
         let mut all = self.sy.store.load_snapshot()?;
         all.bootstrapped = frame.bootstrapped; // shadow mode's own flag
-        Ok((all, S::Staged::default()))
+        Ok((all, None))
     }
 
     /// Observes a chat unless it equals its base (after the first run).
