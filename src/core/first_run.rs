@@ -212,7 +212,9 @@ impl Batches {
         let (batch_of, count) = g.batches(batch);
         let at = |n: Option<u32>| n.map_or(u32::MAX, |n| batch_of[n as usize]);
         let of_key = |d: &DialogKey| at(dialog_node(d));
-        let mut by_batch = vec![Vec::new(); count];
+        let card_batch: Vec<u32> = cards.values().map(|n| batch_of[*n as usize]).collect();
+        let mut by_batch = sized(count, &card_batch);
+        drop(card_batch);
         for (c, n) in cards {
             by_batch[batch_of[n as usize] as usize].push(c);
         }
@@ -236,8 +238,8 @@ impl Batches {
         let mut w = Work {
             now: obs.now,
             cards: self.cards,
-            observed: vec![Vec::new(); n],
-            stored: vec![Vec::new(); n],
+            observed: sized(n, &self.observed),
+            stored: sized(n, &self.stored),
             parked: vec![BTreeMap::new(); n],
             held: vec![BTreeSet::new(); n],
             other_obs: obs.cards,
@@ -265,6 +267,17 @@ impl Batches {
         }
         w
     }
+}
+
+/// One empty list per batch, each with room for exactly its records (`of`: each record's batch).
+fn sized<T>(batches: usize, of: &[u32]) -> Vec<Vec<T>> {
+    let mut count = vec![0usize; batches];
+    for b in of {
+        if let Some(c) = count.get_mut(*b as usize) {
+            *c += 1;
+        }
+    }
+    count.into_iter().map(Vec::with_capacity).collect()
 }
 
 /// What each batch plans from, taken out batch by batch.
@@ -352,11 +365,14 @@ impl Merged {
             }
             self.plan.settle_cards.insert(c, st);
         }
+        // one by one: `BTreeMap::append` builds a new tree of both, a second copy of every
+        // dialog settled so far, and the batches' keys interleave
         let out = &mut self.plan;
-        out.settle_dialogs.append(&mut p.settle_dialogs);
+        out.settle_dialogs
+            .extend(std::mem::take(&mut p.settle_dialogs));
+        out.decided.extend(std::mem::take(&mut p.decided));
         out.writes.append(&mut p.writes);
         out.parked.append(&mut p.parked);
-        out.decided.append(&mut p.decided);
         out.conflicts.append(&mut p.conflicts);
         out.disagreements.append(&mut p.disagreements);
     }

@@ -409,7 +409,8 @@ pub trait Staging: BaseLookup<Error = StoreError> + Default + Send {
     }
     /// Every staged card, decoded, in id order once sealed.
     fn each(&self) -> impl Iterator<Item = Result<(CardId, CardState), StoreError>> + '_;
-    /// Marks a card as handed to the engine: the commit stores its settled value instead.
+    /// Marks a card the plan settled otherwise than staged: the commit stores its settled value
+    /// instead.
     fn take(&mut self, id: &CardId);
 }
 

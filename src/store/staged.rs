@@ -1,8 +1,9 @@
 //! The cards a first run read, kept in memory in the bases' own encoding ([`super::codec`]) until
 //! the commit writes them: about 40 bytes a card where an observation in a map takes several
-//! hundred. A first run's bootstrap decides every dialog, but only the cards that may link to a
-//! dialog take part in a decision; those are taken out for the engine
-//! ([`crate::core::neighbourhood::first_run`]), and the commit writes the rest as they were read.
+//! hundred. A first run's bootstrap decides every dialog, from the cards that may link to one:
+//! the plan is made group by group, each group's cards decoded from here
+//! ([`crate::core::first_run`]); a card the plan settles otherwise than staged is taken, and the
+//! commit writes the rest as they were read.
 //!
 //! Lookups by key and by link term ([`BaseLookup`]) work once the cards are [sealed](StagedCards::seal).
 
@@ -26,7 +27,7 @@ pub struct StagedCards {
     /// By id once sealed (the last staging of an id wins); in staging order before.
     entries: Vec<Entry>,
     sealed: bool,
-    /// Entries handed to the engine: the commit writes its settled value instead.
+    /// Entries the plan settled otherwise than staged: the commit writes its settled value instead.
     taken: Vec<bool>,
     /// Link term -> entry, sorted (built by [`StagedCards::seal`]).
     by_term: Vec<(Term, u32)>,
@@ -130,14 +131,14 @@ impl StagedCards {
         (0..self.entries.len()).map(|i| self.decode(i))
     }
 
-    /// Marks a card as handed to the engine: [`StagedCards::untaken`] skips it.
+    /// Marks a card the plan settled otherwise than staged: [`StagedCards::untaken`] skips it.
     pub fn take(&mut self, id: &CardId) {
         if let (true, Some(i)) = (self.sealed, self.position(id)) {
             self.taken[i] = true;
         }
     }
 
-    /// The cards not handed to the engine, decoded: the commit writes them as they were read.
+    /// The cards not taken, decoded: the commit writes them as they were read.
     pub fn untaken(&self) -> impl Iterator<Item = Result<(CardId, CardState), StoreError>> + '_ {
         (0..self.entries.len())
             .filter(|i| !self.taken.get(*i).copied().unwrap_or(false))

@@ -326,6 +326,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
                 &seen.usermap,
             ));
         };
+        trace_memory("first run: grouping");
         let bases = self.store.bases()?;
         let (plan, taken) = first_run::plan_first_run(
             &*staged,
@@ -339,6 +340,7 @@ impl<K: KommoApi, C: ChatAppApi, S: StateStore> Syncer<K, C, S> {
         for id in &taken {
             crate::ports::Staging::take(staged, id);
         }
+        trace_memory("first run: planned");
         Ok(plan)
     }
 

@@ -12,9 +12,9 @@
 //! with its base by a point lookup, and only those that differ become observations (a full cycle
 //! keeps the listing's pages, not the account); the engine then gets the neighbourhood of those
 //! observations ([`crate::core::neighbourhood`]). A first run (its bootstrap decides every
-//! dialog) stages every card it reads in the bases' compact encoding (the state port's [`Staging`]); only the
-//! cards that may link to a dialog become observations ([`first_run`]), and the commit stores the
-//! others as read. A shadow cycle plans from the neighbourhood too, unless it counts its linked
+//! dialog) stages every card it reads in the bases' compact encoding (the state port's
+//! [`Staging`]) and is planned group by group from the staging ([`crate::core::first_run`]); the
+//! commit stores every card the plan did not settle otherwise as read. A shadow cycle plans from the neighbourhood too, unless it counts its linked
 //! pairs afresh (a shadow first run, no kept count, or one made under another user map or
 //! policy: see [`super::shadow`]); then it loads every base. The chats are read while the Kommo
 //! cards are listed.
