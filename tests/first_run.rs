@@ -1,6 +1,6 @@
 //! Issue 11: a first run stages every card it reads in compact form and gives the engine only the
 //! cards that may link to a dialog; the commit stores the others as they were read
-//! (`store::staged`, `core::neighbourhood::first_run`). Through the real binary against the
+//! (`store::staged`, `core::first_run`). Through the real binary against the
 //! simulators, with the state db read afterwards.
 
 #![allow(clippy::unwrap_used)]
@@ -80,4 +80,54 @@ async fn a_first_run_stores_every_card_it_read_and_decides_the_linked_ones() {
         env.w.chatapp.responsible_of(1, WA, "79995550099@c.us"),
         Some(85503)
     );
+}
+
+/// A first run that writes cards (`bootstrap = "chat"`): the plan settles the cards its writes
+/// name, and the commit stores the rest from the staging as read. A confirmed write's card is
+/// stored with the written value; a card whose write Kommo refused gets no base (it is decided
+/// again: `core::first_run` keeps every card a write names out of the staging).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_run_that_writes_cards_stores_the_written_value_and_no_base_for_a_refused_write() {
+    for refused in [false, true] {
+        let env = Env::new("").await;
+        env.edit_config(|t| t.replace("bootstrap = \"adopt\"", "bootstrap = \"chat\""));
+        if refused {
+            env.w.kommo.push_fault(
+                chatapp_kommo_sync::sim::FaultRule::new(chatapp_kommo_sync::sim::Fault::Status(
+                    400,
+                ))
+                .method("PATCH"),
+            );
+        }
+        env.once(&[]).await;
+        let snap = bases(&env);
+        let kitchen = CardId::new(CardKind::Lead, 2002);
+        // Maria's chat is with 85502 (Kommo 504142): her checked lead, held by 504141, takes it
+        assert_eq!(
+            env.w.kommo.responsible_of("leads", 2002),
+            Some(if refused { 504141 } else { 504142 }),
+            "refused: {refused}"
+        );
+        match snap.cards.get(&kitchen) {
+            Some(base) => {
+                assert!(!refused, "a refused write's card has a base: {base:?}");
+                assert_eq!(base.responsible, KommoUserId(504142));
+            }
+            None => assert!(refused, "the written card has no base"),
+        }
+        // every other card is stored as read
+        for (kind, plural) in [(CardKind::Contact, "contacts"), (CardKind::Lead, "leads")] {
+            for c in env.w.kommo.cards(plural) {
+                let id = CardId::new(kind, c.id);
+                if id == kitchen {
+                    continue;
+                }
+                let base = snap
+                    .cards
+                    .get(&id)
+                    .unwrap_or_else(|| panic!("{id}: no base"));
+                assert_eq!(base.responsible, KommoUserId(c.responsible_user_id), "{id}");
+            }
+        }
+    }
 }

@@ -69,12 +69,17 @@ fn check_first_run(
 ) -> Result<(), TestCaseError> {
     let now = all_obs.now;
     let mut read = Snapshot::default();
-    for (id, o) in &all_obs.cards {
-        let st = staged_state(snap.cards.get(id), o.clone(), now);
-        read.cards.insert(*id, st);
-    }
     let mut obs = all_obs.clone();
-    obs.cards.clear();
+    // some cards with a base stay observed beside the staging (a first run after shadow mode
+    // observes the cards a `lead_status_changed` event moved), the others are staged
+    obs.cards
+        .retain(|id, _| snap.cards.contains_key(id) && id.id % 2 == 0);
+    for (id, o) in &all_obs.cards {
+        if !obs.cards.contains_key(id) {
+            let st = staged_state(snap.cards.get(id), o.clone(), now);
+            read.cards.insert(*id, st);
+        }
+    }
     for batch in [1, BATCH] {
         let mut frame = Snapshot {
             dialogs: snap.dialogs.clone(),

@@ -438,7 +438,8 @@ pub struct Plan {
     /// Disagreements reported by `bootstrap = adopt`.
     pub disagreements: Vec<Disagreement>,
     /// The new base of every observed or targeted card, before its write (the executor applies
-    /// confirmed writes and skips held records).
+    /// confirmed writes and skips held records). A first run's plan holds only the cards it
+    /// settles otherwise than staged and those its writes name ([`crate::core::first_run`]).
     pub settle_cards: BTreeMap<CardId, CardState>,
     /// Same for dialogs.
     pub settle_dialogs: BTreeMap<DialogKey, DialogState>,

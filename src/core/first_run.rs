@@ -182,6 +182,9 @@ impl Batches {
                 g.join(p as u32, n);
             }
         }
+        // the joins below repeat what the terms above found (a seed card shares a term with each
+        // dialog it may link to; a parked pair's records are linked): kept so that a group never
+        // depends on that symmetry holding
         for (c, ds) in &seed_links {
             let n = card_node(&mut g, *c);
             for p in ds.iter().filter_map(dialog_node) {
