@@ -293,6 +293,17 @@ pub struct Parked {
 }
 
 impl Parked {
+    /// The records the pair involves: its subject, its target, and the card that triggered it.
+    pub fn records(&self) -> impl Iterator<Item = RecordId> + '_ {
+        let trigger = match self.trigger {
+            Trigger::CardChanged(c) => Some(RecordId::Card(c)),
+            Trigger::DialogChanged | Trigger::DialogOpened => None,
+        };
+        std::iter::once(self.subject.clone())
+            .chain(self.target.clone())
+            .chain(trigger)
+    }
+
     /// A stable key for the store: subject and target.
     pub fn key(&self) -> String {
         match &self.target {

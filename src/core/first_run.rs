@@ -19,8 +19,10 @@
 //! `tests/neighbourhood_props.rs` checks the result against the plan of everything, with one
 //! group a batch and with one batch.
 
-use crate::core::engine::{Observations, Plan, Policy, Snapshot, plan_owned, too_many_writes};
-use crate::core::model::{CardId, DialogKey, DialogObs, DialogState, RecordId};
+use crate::core::engine::{
+    Observations, Parked, Plan, Policy, Snapshot, plan_owned, too_many_writes,
+};
+use crate::core::model::{CardId, CardObs, CardState, DialogKey, DialogObs, DialogState, RecordId};
 use crate::core::neighbourhood::{BaseLookup, Frame, Layered, Walk, frame_seeds, staged_obs};
 use crate::core::usermap::UserMap;
 use std::collections::{BTreeMap, BTreeSet};
@@ -196,12 +198,7 @@ impl Batches {
             RecordId::Dialog(d) => dialog_node(d),
         };
         for p in frame.parked.values() {
-            let mut records = vec![p.subject.clone()];
-            records.extend(p.target.clone());
-            if let crate::core::engine::Trigger::CardChanged(c) = p.trigger {
-                records.push(RecordId::Card(c));
-            }
-            let nodes: Vec<u32> = records.iter().filter_map(|r| node(&mut g, r)).collect();
+            let nodes: Vec<u32> = p.records().filter_map(|r| node(&mut g, &r)).collect();
             for w in nodes.windows(2) {
                 g.join(w[0], w[1]);
             }
@@ -289,18 +286,14 @@ struct Work {
     cards: Vec<Vec<CardId>>,
     observed: Vec<Vec<(DialogKey, DialogObs)>>,
     stored: Vec<Vec<(DialogKey, DialogState)>>,
-    parked: Vec<BTreeMap<String, crate::core::engine::Parked>>,
+    parked: Vec<BTreeMap<String, Parked>>,
     held: Vec<BTreeSet<RecordId>>,
     /// Cards observed besides the staging (none on a plain first run).
-    other_obs: BTreeMap<CardId, crate::core::model::CardObs>,
+    other_obs: BTreeMap<CardId, CardObs>,
 }
 
 /// A batch's bases and observations, and the staged states of its cards.
-type BatchInput = (
-    Snapshot,
-    Observations,
-    BTreeMap<CardId, crate::core::model::CardState>,
-);
+type BatchInput = (Snapshot, Observations, BTreeMap<CardId, CardState>);
 
 impl Work {
     /// Batch `b`'s input: a read card is observed as staged (its base hidden), another card
@@ -348,7 +341,7 @@ struct Merged {
 }
 
 impl Merged {
-    fn add(&mut self, mut p: Plan, staged: &BTreeMap<CardId, crate::core::model::CardState>) {
+    fn add(&mut self, mut p: Plan, staged: &BTreeMap<CardId, CardState>) {
         let named: BTreeSet<CardId> = p
             .writes
             .iter()

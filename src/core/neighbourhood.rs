@@ -19,7 +19,7 @@
 //! share a term; the engine then resolves the exact links over what was loaded, so an index may
 //! return too much (a hash collision), never too little.
 
-use crate::core::engine::{Observations, Parked, Snapshot, Trigger, card_change_time};
+use crate::core::engine::{Observations, Parked, Snapshot, card_change_time};
 use crate::core::hash::Fnv1a;
 use crate::core::links::phone_of_chat_id;
 use crate::core::model::{
@@ -342,22 +342,12 @@ fn seeds(frame: &Frame, obs: &Observations) -> (BTreeSet<CardId>, BTreeSet<Dialo
 /// subject, target and triggering card).
 pub(crate) fn frame_seeds(frame: &Frame) -> (BTreeSet<CardId>, BTreeSet<DialogKey>) {
     let (mut cards, mut dialogs) = (BTreeSet::new(), BTreeSet::new());
-    let records = frame.held.iter().chain(
-        frame
-            .parked
-            .values()
-            .flat_map(|p| std::iter::once(&p.subject).chain(p.target.iter())),
-    );
-    for r in records {
+    let parked = frame.parked.values().flat_map(Parked::records);
+    for r in frame.held.iter().cloned().chain(parked) {
         match r {
-            RecordId::Card(c) => cards.insert(*c),
-            RecordId::Dialog(d) => dialogs.insert(d.clone()),
+            RecordId::Card(c) => cards.insert(c),
+            RecordId::Dialog(d) => dialogs.insert(d),
         };
-    }
-    for p in frame.parked.values() {
-        if let Trigger::CardChanged(c) = p.trigger {
-            cards.insert(c);
-        }
     }
     (cards, dialogs)
 }
@@ -396,15 +386,16 @@ impl<'o> ObsIndex<'o> {
         ix.of_contact.sort_unstable();
         ix
     }
+}
 
-    /// The records stored under `key` in a sorted index.
-    fn under<K: Ord + Copy, V>(ix: &[(K, V)], key: K) -> impl Iterator<Item = &V> {
-        let from = ix.partition_point(|(k, _)| *k < key);
-        ix[from..]
-            .iter()
-            .take_while(move |(k, _)| *k == key)
-            .map(|(_, v)| v)
-    }
+/// The records stored under `key` in an index sorted by key (the cycle's observations here, the
+/// first run's staged cards in `crate::store::staged`).
+pub fn under<K: Ord + Copy, V>(ix: &[(K, V)], key: K) -> impl Iterator<Item = &V> {
+    let from = ix.partition_point(|(k, _)| *k < key);
+    ix[from..]
+        .iter()
+        .take_while(move |(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 /// What links a card: its Messenger values, its phones, its contacts.
@@ -513,7 +504,7 @@ impl<'a, L: BaseLookup> Walk<'a, L> {
             .collect();
         for t in own_terms(&others, phones, with_phones) {
             out.extend(self.store.dialogs_with(t)?);
-            out.extend(ObsIndex::under(&self.obs_ix.dialogs, t).map(|k| (*k).clone()));
+            out.extend(under(&self.obs_ix.dialogs, t).map(|k| (*k).clone()));
         }
         Ok(out)
     }
@@ -531,7 +522,7 @@ impl<'a, L: BaseLookup> Walk<'a, L> {
         let mut out = BTreeSet::new();
         for t in dialog_terms(key, phone.as_deref()) {
             out.extend(self.store.cards_with(t)?);
-            out.extend(ObsIndex::under(&self.obs_ix.cards, t).copied());
+            out.extend(under(&self.obs_ix.cards, t).copied());
         }
         let contacts: Vec<u64> = out
             .iter()
@@ -540,7 +531,7 @@ impl<'a, L: BaseLookup> Walk<'a, L> {
             .collect();
         for c in contacts {
             out.extend(self.store.cards_of_contact(c)?);
-            out.extend(ObsIndex::under(&self.obs_ix.of_contact, c).copied());
+            out.extend(under(&self.obs_ix.of_contact, c).copied());
         }
         Ok(out)
     }

@@ -9,7 +9,7 @@
 
 use super::{StoreError, bases, codec};
 use crate::core::model::{CardId, CardState, DialogKey, DialogState};
-use crate::core::neighbourhood::{BaseLookup, Term};
+use crate::core::neighbourhood::{self, BaseLookup, Term};
 
 /// One staged card: its id and where its bytes are.
 #[derive(Debug, Clone, Copy)]
@@ -147,11 +147,8 @@ impl StagedCards {
 
     /// The staged cards under `prefix` in a sorted `(prefix, entry)` index.
     fn under(&self, ix: &[(u64, u32)], prefix: u64) -> Vec<CardId> {
-        let from = ix.partition_point(|(p, _)| *p < prefix);
-        ix[from..]
-            .iter()
-            .take_while(|(p, _)| *p == prefix)
-            .map(|(_, i)| self.entries[*i as usize].id)
+        neighbourhood::under(ix, prefix)
+            .map(|i| self.entries[*i as usize].id)
             .collect()
     }
 }
